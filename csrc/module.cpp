@@ -1,0 +1,12 @@
+// lqs_megatron._C: the native hot loops. Each concept has its own .cpp with a
+// register_* function; this file only assembles the module.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void register_sample_index(py::module_& m);
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lqs_megatron native helpers: indexed-dataset builder and sample-index packing";
+  register_sample_index(m);
+}

@@ -1,0 +1,85 @@
+"""The ``lqs`` command: one subcommand per pipeline step.
+
+Each module of this package owns the subcommands of one area and exposes
+``register(subparsers)``; every subcommand sets ``func`` (``args -> int | None``)
+with :meth:`argparse.ArgumentParser.set_defaults`. Handlers import heavy modules
+(torch, transformers) lazily, so ``lqs --help`` is instant.
+
+Only this package parses arguments; library code takes plain values. Errors that
+the user can fix are raised as :class:`lqs_megatron.errors.LQSError` and printed
+here as one line with a non-zero exit (1); argparse usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from lqs_megatron import __version__
+from lqs_megatron.errors import LQSError
+
+# Order is the order of `lqs --help`: the pipeline, upstream first.
+COMMAND_MODULES = ("data", "train", "annotate", "scorer", "curate", "pipeline")
+
+EPILOG = """\
+The pipeline, in order:
+  train-tokenizer, tokenize, tokenize-target, retokenize, sample-proxy, merge  (data)
+  pretrain, evaluate, export-hf                                              (model)
+  annotate                                                                    (LQS scores)
+  prepare-scorer-data, train-scorer, score, export-jsonl                       (scorer)
+  select, order                                                               (curation)
+  pipeline, demo                                                              (everything)
+Run `lqs COMMAND --help` for the flags of one step. Everything reads local paths only.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lqs",
+        description="Score, select and order LLM pretraining data with the Learnability-Quality Score (LQS).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lqs_megatron {__version__}")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("LQS_LOG_LEVEL", "INFO"), help="logging level (default: INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"lqs_megatron.cli.{name}").register(sub)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO) if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank{rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    _setup_logging(args.log_level)
+    try:
+        rc = args.func(args)
+    except LQSError as e:
+        print(f"lqs {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lqs {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

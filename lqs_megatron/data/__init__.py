@@ -1,0 +1,1 @@
+"""Data layer: indexed datasets, tokenizers, preprocessing, sampling, batching."""

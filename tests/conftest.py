@@ -1,0 +1,57 @@
+"""Shared fixtures: seeds, a tiny local tokenizer, GPU auto-skip, Triton's CPU interpreter."""
+
+from __future__ import annotations
+
+import os
+
+# Triton kernels run under the interpreter when no GPU is present; the variable must be
+# set before triton is imported anywhere.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    torch = None
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch is not None and torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(1234)
+    np.random.seed(1234)
+    if torch is not None:
+        torch.manual_seed(1234)
+    yield
+
+
+def demo_texts() -> list[str]:
+    """Real English text that ships with Python (the pydoc topics), one string per topic."""
+    import pydoc_data.topics
+
+    return [v for _, v in sorted(pydoc_data.topics.topics.items())]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> str:
+    """A 512-piece sentencepiece BPE tokenizer directory, trained once per session."""
+    from lqs_megatron.data.train_tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(demo_texts(), out, vocab_size=512, num_threads=1)
+    return str(out)
