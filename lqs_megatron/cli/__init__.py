@@ -57,7 +57,7 @@ def _setup_logging(level: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.INFO) if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"[rank{rank}] %(levelname)s %(name)s: %(message)s",
+        format=("%(asctime)s " if rank == 0 else f"[rank{rank}] ") + "%(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )

@@ -189,7 +189,8 @@ class IndexedDatasetWriter:
         """Append one sequence (it joins the current document)."""
         arr = np.asarray(tokens)
         if arr.size and arr.dtype != self.dtype:
-            if arr.dtype.kind in "iu" and (arr.min() < np.iinfo(self.dtype).min or arr.max() > np.iinfo(self.dtype).max):
+            info = np.iinfo(self.dtype)
+            if arr.dtype.kind in "iu" and (arr.min() < info.min or arr.max() > info.max):
                 raise LQSError(f"token ids out of range for dtype {self.dtype}: [{arr.min()}, {arr.max()}]")
             arr = arr.astype(self.dtype)
         self._bin.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())

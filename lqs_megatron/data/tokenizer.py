@@ -27,7 +27,7 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
     except Exception as e:  # transformers raises many types here
         raise LQSError(f"cannot load a tokenizer from {path!r}: {type(e).__name__}: {e}") from None
     if require_eos and tok.eos_token_id is None:
-        raise LQSError(f"tokenizer {path!r} has no EOS token; documents need one appended (set eos_token in its config)")
+        raise LQSError(f"tokenizer {path!r} has no EOS token; documents need one (set eos_token in its config)")
     return tok
 
 

@@ -21,9 +21,8 @@ def test_native_equals_reference_and_slices_the_stream(seq_length):
         return docs[d][o:] if ln is None else docs[d][o : o + ln]
 
     for k in range(0, n, max(n // 40, 1)):
-        np.testing.assert_array_equal(
-            gather_sample(read, idx, np.arange(len(docs)), k, seq_length), flat[k * seq_length : (k + 1) * seq_length + 1]
-        )
+        sample = gather_sample(read, idx, np.arange(len(docs)), k, seq_length)
+        np.testing.assert_array_equal(sample, flat[k * seq_length : (k + 1) * seq_length + 1])
 
 
 def test_too_many_samples_is_a_clear_error():
