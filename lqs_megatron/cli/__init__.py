@@ -22,16 +22,17 @@ from lqs_megatron import __version__
 from lqs_megatron.errors import LQSError
 
 # Order is the order of `lqs --help`: the pipeline, upstream first.
-COMMAND_MODULES = ("data", "train", "annotate", "scorer", "curate", "pipeline")
+COMMAND_MODULES = ("data", "datasets", "train", "annotate", "scorer", "curate", "pipeline")
 
 EPILOG = """\
 The pipeline, in order:
-  train-tokenizer, tokenize, tokenize-target, retokenize, sample-proxy, merge  (data)
-  pretrain, evaluate, export-hf                                              (model)
-  annotate                                                                    (LQS scores)
-  prepare-scorer-data, train-scorer, score, export-jsonl                       (scorer)
-  select, order                                                               (curation)
-  pipeline, demo                                                              (everything)
+  train-tokenizer, tokenize, tokenize-target, retokenize    (tokenization)
+  sample-proxy, merge, export-jsonl                         (dataset tools)
+  pretrain, evaluate, export-hf                             (model)
+  annotate                                                  (LQS scores)
+  prepare-scorer-data, train-scorer, score                  (scorer)
+  select, order                                             (curation)
+  pipeline, demo                                            (everything)
 Run `lqs COMMAND --help` for the flags of one step. Everything reads local paths only.
 """
 
