@@ -5,8 +5,10 @@
 namespace py = pybind11;
 
 void register_sample_index(py::module_& m);
+void register_indexed_builder(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lqs_megatron native helpers: indexed-dataset builder and sample-index packing";
   register_sample_index(m);
+  register_indexed_builder(m);
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import sys
 from enum import IntEnum
 from pathlib import Path
 
@@ -141,7 +142,18 @@ class IndexedDataset:
 
 
 def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray, document_indices: np.ndarray):
-    """Write an ``.idx`` file exactly as megatron-core's ``_IndexWriter`` does."""
+    """Write an ``.idx`` file exactly as megatron-core's ``_IndexWriter`` does (native code)."""
+    from lqs_megatron import _C  # noqa: PLC0415
+
+    lengths = np.ascontiguousarray(sequence_lengths, dtype=np.int32)
+    docs = np.ascontiguousarray(document_indices, dtype=np.int64)
+    _native_call(_C.write_index, os.fspath(path), DType.code(dtype), lengths, docs)
+
+
+def write_index_py(
+    path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray, document_indices: np.ndarray
+) -> None:
+    """Pure-Python :func:`write_index`: the reference the native writer is tested against."""
     dtype = np.dtype(dtype)
     lengths = np.asarray(sequence_lengths, dtype=np.int32)
     pointers = np.zeros(len(lengths), dtype=np.int64)
@@ -159,64 +171,162 @@ def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.n
         f.write(docs.tobytes(order="C"))
 
 
+def _native_call(fn, *args):
+    """Call into ``_C``, turning its errors (bad ids, I/O failures) into :class:`LQSError`."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise LQSError(str(e)) from None
+    except RuntimeError as e:  # I/O errors: disk full, permissions
+        raise LQSError(str(e)) from None
+
+
+class PyBuilder:
+    """Pure-Python twin of the native ``_C.IndexedBuilder_<dtype>``: the reference for equivalence tests.
+
+    Same methods as the native class; :class:`IndexedDatasetWriter` uses it only with ``native=False``.
+    """
+
+    def __init__(self, bin_path: str, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self._f = open(bin_path, "wb")  # noqa: SIM115 - closed in finalize/abort
+        self._lengths: list[int] = []
+        self._docs: list[int] = [0]
+        self.num_tokens = 0
+
+    def _array(self, tokens) -> np.ndarray:
+        arr = np.asarray(tokens).reshape(-1)
+        if arr.size and arr.dtype != self.dtype:
+            if self.dtype.kind in "iu":
+                if arr.dtype.kind not in "iu":
+                    raise LQSError(f"cannot store an array of dtype {arr.dtype} in a {self.dtype} dataset")
+                info = np.iinfo(self.dtype)
+                if arr.min() < info.min or arr.max() > info.max:
+                    raise LQSError(f"token ids out of range for dtype {self.dtype}: [{arr.min()}, {arr.max()}]")
+            arr = arr.astype(self.dtype)
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def add_item(self, tokens) -> None:
+        arr = self._array(tokens)
+        self._f.write(arr.tobytes())
+        self._lengths.append(int(arr.size))
+        self.num_tokens += int(arr.size)
+
+    def add_items(self, tokens, lengths, end_documents: bool) -> None:
+        arr = self._array(tokens)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != arr.size:
+            raise LQSError(f"the lengths sum to {int(lengths.sum())} tokens, the array holds {arr.size}")
+        self._f.write(arr.tobytes())
+        self.num_tokens += int(arr.size)
+        for n in lengths.tolist():
+            self._lengths.append(n)
+            if end_documents:
+                self._docs.append(len(self._lengths))
+
+    def end_document(self) -> None:
+        self._docs.append(len(self._lengths))
+
+    def finalize(self, idx_path: str) -> None:
+        self._f.close()
+        write_index_py(idx_path, self.dtype, np.asarray(self._lengths), np.asarray(self._docs))
+
+    def abort(self) -> None:
+        self._f.close()
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._docs) - 1
+
+
 class IndexedDatasetWriter:
-    """Write an indexed dataset atomically.
+    """Write an indexed dataset atomically, through the native builder (``csrc/indexed_builder.cpp``).
 
     >>> with IndexedDatasetWriter("out/corpus", dtype=np.uint16) as w:   # doctest: +SKIP
     ...     w.add_document([5, 6, 7, 2])           # one sequence, one document
     ...     w.add_item([1, 2]); w.add_item([3, 2]); w.end_document()   # two sequences, one document
+    ...     w.add_documents(np.array([4, 2, 9, 9, 2]), [2, 3])          # two documents of one sequence each
 
-    Nothing appears at ``PREFIX.bin/.idx`` until the ``with`` block exits cleanly.
+    Token arrays of any integer dtype are converted to the dataset dtype (an id that does not
+    fit is an :class:`LQSError`). Nothing appears at ``PREFIX.bin/.idx`` until the ``with``
+    block exits cleanly. ``native=False`` uses :class:`PyBuilder`, the pure-Python reference.
     """
 
-    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type = np.int32):
+    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type = np.int32, native: bool = True):
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
         DType.code(self.dtype)  # validates
+        self.native = native
         self._stack: contextlib.ExitStack | None = None
-        self._lengths: list[int] = []
-        self._docs: list[int] = [0]
         self._tmp: str | None = None
-        self._bin = None
+        self._builder = None
 
     def __enter__(self) -> IndexedDatasetWriter:
         self._stack = contextlib.ExitStack()
         self._tmp = self._stack.enter_context(atomic_prefix(self.prefix))
-        self._bin = self._stack.enter_context(open(bin_path(self._tmp), "wb"))
+        try:
+            if self.native:
+                from lqs_megatron import _C  # noqa: PLC0415
+
+                cls = getattr(_C, f"IndexedBuilder_{self.dtype.name}")
+                self._builder = _native_call(cls, bin_path(self._tmp))
+            else:
+                self._builder = PyBuilder(bin_path(self._tmp), self.dtype)
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())
+            raise
         return self
 
     def add_item(self, tokens) -> None:
         """Append one sequence (it joins the current document)."""
-        arr = np.asarray(tokens)
-        if arr.size and arr.dtype != self.dtype:
-            info = np.iinfo(self.dtype)
-            if arr.dtype.kind in "iu" and (arr.min() < info.min or arr.max() > info.max):
-                raise LQSError(f"token ids out of range for dtype {self.dtype}: [{arr.min()}, {arr.max()}]")
-            arr = arr.astype(self.dtype)
-        self._bin.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
-        self._lengths.append(int(arr.size))
+        _native_call(self._builder.add_item, np.asarray(tokens))
+
+    def add_items(self, tokens, lengths) -> None:
+        """Append ``len(lengths)`` sequences cut from ``tokens``; they join the current document."""
+        _native_call(self._builder.add_items, np.asarray(tokens), np.asarray(lengths, dtype=np.int64), False)
 
     def end_document(self) -> None:
         """Close the current document (sequences added since the last call)."""
-        self._docs.append(len(self._lengths))
+        self._builder.end_document()
 
     def add_document(self, tokens, lengths: list[int] | None = None) -> None:
         """Append one document: a single sequence, or ``lengths`` sequences cut from ``tokens``."""
         if lengths is None:
             self.add_item(tokens)
         else:
-            arr = np.asarray(tokens)
-            start = 0
-            for n in lengths:
-                self.add_item(arr[start : start + n])
-                start += n
+            self.add_items(tokens, lengths)
         self.end_document()
+
+    def add_documents(self, tokens, lengths) -> None:
+        """Append ``len(lengths)`` documents of one sequence each, cut from ``tokens``."""
+        _native_call(self._builder.add_items, np.asarray(tokens), np.asarray(lengths, dtype=np.int64), True)
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self._builder.num_sequences)
+
+    @property
+    def num_documents(self) -> int:
+        """Documents closed so far."""
+        return int(self._builder.num_documents)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._builder.num_tokens)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
-                self._bin.close()
-                write_index(idx_path(self._tmp), self.dtype, np.asarray(self._lengths), np.asarray(self._docs))
-        finally:
-            self._stack.__exit__(exc_type, exc, tb)
+                _native_call(self._builder.finalize, idx_path(self._tmp))
+            else:
+                self._builder.abort()
+        except BaseException:
+            self._builder.abort()
+            self._stack.__exit__(*sys.exc_info())
+            raise
+        self._stack.__exit__(exc_type, exc, tb)
         return False
