@@ -1,0 +1,136 @@
+"""Merging indexed datasets: several ``PREFIX.bin/.idx`` -> one, in the order given.
+
+The merged dataset holds every sequence of the first input, then of the second, and
+so on, with the inputs' document boundaries kept: the document indices of input
+``k`` are shifted by the number of sequences before it (``offset + doc_idx[1:]``).
+Dropping that offset is the classic merge bug (document starts pointing into the
+first input); the tests compare with megatron-core's ``IndexedDatasetBuilder.add_index``.
+
+Token dtypes: inputs of one dtype merge in that dtype (the ``.bin`` bytes are copied
+as they are). Integer inputs of different dtypes are upcast to the smallest integer
+dtype that holds them all (``numpy.result_type``, e.g. ``uint16`` + ``int32`` ->
+``int32``), converted a block at a time; a warning says so. Anything else (a float
+token dataset, or a common dtype the format cannot store, such as ``uint64``) is an
+error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from lqs_megatron.data.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.errors import LQSError
+from lqs_megatron.utils.atomic import atomic_prefix
+
+logger = logging.getLogger(__name__)
+
+_BLOCK_TOKENS = 16 << 20
+
+
+def merged_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    """The dtype of the merged dataset (see the module docstring); :class:`LQSError` when there is none."""
+    uniq = sorted({np.dtype(d) for d in dtypes}, key=str)
+    if len(uniq) == 1:
+        return uniq[0]
+    if any(d.kind not in "iu" for d in uniq):
+        raise LQSError(f"cannot merge datasets of token dtypes {', '.join(map(str, uniq))}: only integer dtypes upcast")
+    out = np.result_type(*uniq)
+    try:
+        DType.code(out)
+    except KeyError:
+        raise LQSError(
+            f"cannot merge token dtypes {', '.join(map(str, uniq))}: their common dtype {out} is not storable "
+            "in the indexed format"
+        ) from None
+    return np.dtype(out)
+
+
+def _is_packed(ds: IndexedDataset) -> bool:
+    """True when the sequences lie back to back from byte 0 (the layout every standard writer produces)."""
+    n = len(ds)
+    if n == 0:
+        return True
+    expected = np.zeros(n, dtype=np.int64)
+    np.cumsum(ds.sequence_lengths[:-1].astype(np.int64) * ds.dtype.itemsize, out=expected[1:])
+    return bool(np.array_equal(expected, ds.sequence_pointers))
+
+
+def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathLike) -> dict:
+    """Merge the datasets at ``prefixes`` (in that order) into ``out_prefix``.
+
+    Returns ``{"prefix", "dtype", "num_sequences", "num_documents", "num_tokens", "inputs"}``.
+    """
+    if not prefixes:
+        raise LQSError("--data needs at least one dataset to merge")
+    out_abs = os.path.abspath(str(out_prefix))
+    for p in prefixes:
+        if os.path.abspath(str(p)) == out_abs:
+            raise LQSError(f"the output prefix {str(out_prefix)!r} is one of the inputs; choose another --out")
+    datasets = [IndexedDataset(p) for p in prefixes]
+    for ds in datasets:
+        docs = ds.document_indices
+        if len(docs) == 0 or docs[0] != 0 or docs[-1] != len(ds) or np.any(np.diff(docs) < 0):
+            raise LQSError(f"{idx_path(ds.prefix)}: malformed document indices (they must rise from 0 to {len(ds)})")
+    dtype = merged_dtype([ds.dtype for ds in datasets])
+    if any(ds.dtype != dtype for ds in datasets):
+        logger.warning("merging token dtypes %s: upcasting to %s", ", ".join(str(ds.dtype) for ds in datasets), dtype)
+    lengths = np.concatenate([ds.sequence_lengths for ds in datasets]).astype(np.int32)
+    doc_parts = [np.zeros(1, dtype=np.int64)]
+    offset = 0
+    for ds in datasets:
+        doc_parts.append(ds.document_indices[1:].astype(np.int64) + offset)
+        offset += len(ds)
+    documents = np.concatenate(doc_parts)
+    with atomic_prefix(out_prefix) as tmp:
+        with open(bin_path(tmp), "wb") as out:
+            for ds in datasets:
+                _append_tokens(ds, dtype, out)
+        write_index(idx_path(tmp), dtype, lengths, documents)
+    info = {
+        "prefix": str(out_prefix),
+        "dtype": str(dtype),
+        "num_sequences": int(len(lengths)),
+        "num_documents": int(len(documents) - 1),
+        "num_tokens": int(lengths.sum(dtype=np.int64)),
+        "inputs": [str(p) for p in prefixes],
+    }
+    logger.info(
+        "merged %d datasets -> %s (%d sequences, %d tokens)",
+        len(datasets),
+        out_prefix,
+        len(lengths),
+        info["num_tokens"],
+    )
+    return info
+
+
+def _append_tokens(ds: IndexedDataset, dtype: np.dtype, out) -> None:
+    """Append the tokens of ``ds`` (in sequence order) to the open file ``out`` in ``dtype``."""
+    if ds.num_tokens == 0:
+        return
+    if ds.dtype == dtype and _is_packed(ds):  # the common case: copy the referenced bytes as they are
+        need = ds.num_tokens * ds.dtype.itemsize
+        with open(bin_path(ds.prefix), "rb") as f:
+            remaining = need
+            while remaining:
+                buf = f.read(min(remaining, 64 << 20))
+                if not buf:
+                    raise LQSError(f"{bin_path(ds.prefix)}: ended early")
+                out.write(buf)
+                remaining -= len(buf)
+        return
+    if ds.dtype == dtype:  # exotic layout: gather sequence by sequence
+        for i in range(len(ds)):
+            out.write(ds[i].tobytes())
+        return
+    src = np.memmap(bin_path(ds.prefix), mode="r", dtype=ds.dtype, shape=(ds.num_tokens,)) if _is_packed(ds) else None
+    if src is not None:
+        total = ds.num_tokens
+        for start in range(0, total, _BLOCK_TOKENS):
+            out.write(np.asarray(src[start : min(start + _BLOCK_TOKENS, total)]).astype(dtype).tobytes())
+    else:
+        for i in range(len(ds)):
+            out.write(ds[i].astype(dtype).tobytes())

@@ -1,0 +1,117 @@
+"""Copy chosen sequences of an indexed dataset, in a chosen order, into a new dataset.
+
+The one gather behind ``sample-proxy``, ``select`` and ``order``: output sequence ``j``
+is input sequence ``indices[j]``, token for token, in the input's dtype, and **each
+output sequence is its own document** (the input's document boundaries do not survive
+a reordering, so none are kept; ``document_indices`` is ``0, 1, ..., K``).
+
+Bytes are copied straight from the input's ``.bin`` (no decode, no dtype round trip).
+Runs of indices that are contiguous in the input (``i, i+1, ...``, the usual case for
+a selection, which keeps the input order) are copied as one block; scattered indices
+(an ordering) are gathered a block of sequences at a time, so the number of write
+calls stays small. The output goes through :func:`~lqs_megatron.utils.atomic.atomic_prefix`
+(``.idx`` renamed last): a killed run leaves nothing that looks finished.
+
+:func:`write_subset_with_sidecars` adds the ``PREFIX.<name>.npy`` arrays that describe
+the output (``indices``, ``scores``) in a kill-safe order: the old ``PREFIX.idx`` is
+removed first, the sidecars written next, the dataset (``.idx`` last) at the end, so a
+complete-looking ``PREFIX.bin/.idx`` pair always has sidecars of the same run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.errors import LQSError
+from lqs_megatron.utils.atomic import atomic_prefix, save_npy
+
+_BLOCK_BYTES = 64 << 20  # gather buffer: at most this many bytes per write call
+
+
+def check_indices(indices: np.ndarray, n: int, name: str = "indices") -> np.ndarray:
+    """``indices`` as a 1-D int64 array of valid positions in ``[0, n)``; raise :class:`LQSError` otherwise."""
+    arr = np.asarray(indices)
+    if arr.ndim != 1:
+        raise LQSError(f"{name} must be a 1-D array, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise LQSError(f"{name} must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise LQSError(f"{name} out of range: [{arr.min()}, {arr.max()}] for a dataset of {n} sequences")
+    return arr
+
+
+def write_subset(data: IndexedDataset | str | os.PathLike, indices, out_prefix: str | os.PathLike) -> int:
+    """Write the sequences ``data[indices[0]], data[indices[1]], ...`` to ``out_prefix``.
+
+    Returns the number of tokens written. Indices may repeat (the sequence is copied
+    each time). ``out_prefix`` must differ from the input's prefix.
+    """
+    ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
+    idx = check_indices(indices, len(ds))
+    if os.path.abspath(str(out_prefix)) == os.path.abspath(ds.prefix):
+        raise LQSError(f"the output prefix {str(out_prefix)!r} is the input dataset; choose another --out")
+    itemsize = ds.dtype.itemsize
+    lengths = ds.sequence_lengths[idx].astype(np.int64)
+    starts = ds.sequence_pointers[idx].astype(np.int64)
+    ends = starts + lengths * itemsize
+    # Coalesce: a new run begins wherever a sequence does not start where the previous one ended.
+    new_run = np.ones(len(idx), dtype=bool)
+    new_run[1:] = starts[1:] != ends[:-1]
+    run_first = np.flatnonzero(new_run)
+    run_starts = starts[run_first]
+    run_ends = np.append(ends[run_first[1:] - 1], ends[-1]) if len(idx) else run_starts
+    src = np.memmap(bin_path(ds.prefix), mode="r", dtype=np.uint8) if ds.num_tokens else None
+    with atomic_prefix(out_prefix) as tmp:
+        with open(bin_path(tmp), "wb") as f:
+            block: list[np.ndarray] = []
+            block_bytes = 0
+            for s, e in zip(run_starts.tolist(), run_ends.tolist()):
+                if e == s:  # empty sequences only
+                    continue
+                if e - s >= _BLOCK_BYTES:  # a long run: flush, then stream it in slices
+                    if block:
+                        f.write(np.concatenate(block).data)
+                        block, block_bytes = [], 0
+                    for off in range(s, e, _BLOCK_BYTES):
+                        f.write(src[off : min(off + _BLOCK_BYTES, e)].data)
+                    continue
+                block.append(src[s:e])
+                block_bytes += e - s
+                if block_bytes >= _BLOCK_BYTES:
+                    f.write(np.concatenate(block).data)
+                    block, block_bytes = [], 0
+            if block:
+                f.write(np.concatenate(block).data)
+        write_index(idx_path(tmp), ds.dtype, lengths.astype(np.int32), np.arange(len(idx) + 1, dtype=np.int64))
+    return int(lengths.sum())
+
+
+def sidecar_path(prefix: str | os.PathLike, name: str) -> str:
+    """``PREFIX.<name>.npy``: an array that describes the dataset at ``PREFIX`` (e.g. ``indices``, ``scores``)."""
+    return f"{prefix}.{name}.npy"
+
+
+def write_subset_with_sidecars(
+    data: IndexedDataset | str | os.PathLike,
+    indices,
+    out_prefix: str | os.PathLike,
+    sidecars: dict[str, np.ndarray],
+) -> int:
+    """:func:`write_subset` plus ``out_prefix.<name>.npy`` for each array of ``sidecars``, kill-safe.
+
+    Order of writes: remove an old ``out_prefix.idx`` (so an old output can never pair
+    with new sidecars), write every sidecar atomically, then the dataset, ``.idx`` last.
+    Returns the number of tokens written.
+    """
+    ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
+    if os.path.abspath(str(out_prefix)) == os.path.abspath(ds.prefix):
+        raise LQSError(f"the output prefix {str(out_prefix)!r} is the input dataset; choose another --out")
+    if os.path.exists(idx_path(out_prefix)):
+        os.unlink(idx_path(out_prefix))
+    for name, array in sidecars.items():
+        save_npy(sidecar_path(out_prefix, name), np.asarray(array))
+    return write_subset(ds, indices, out_prefix)
