@@ -152,5 +152,12 @@ class Decoder(nn.Module):
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., vocab_size]`` logits (padding rows dropped). Single-rank use: tests, generation."""
-        return self.output(hidden)[..., : self.config.vocab_size]
+        """``[..., vocab_size]`` logits (padding rows dropped), for tests and generation.
+
+        A tensor-parallel head (``parallelize``) returns its vocabulary shard; ``gather``
+        concatenates the shards. Training never calls this (the loss never holds logits).
+        """
+        out = self.output(hidden)
+        if hasattr(self.output, "gather"):
+            out = self.output.gather(out)
+        return out[..., : self.config.vocab_size]

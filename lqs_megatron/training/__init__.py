@@ -1,0 +1,1 @@
+"""Training: the pretraining loop, its data stream, optimizer and schedule, checkpoints, evaluation."""
