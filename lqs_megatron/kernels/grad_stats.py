@@ -1,0 +1,569 @@
+"""Per-example gradient statistics of a linear layer, without per-example gradients.
+
+For ``y = x W^T`` (``W`` is ``[d_out, d_in]``) the gradient of example ``n``'s own loss is
+``G_n = D_n^T A_n`` where ``A_n`` (``T x d_in``) are the layer's input activations and
+``D_n`` (``T x d_out``) the gradients of that loss wrt the layer's outputs. The LQS engine
+needs, per example, ``<G_n, Lambda>`` and ``|G_n|_F^2`` for a given ``Lambda`` (the
+costate's block for ``W``). Two ways, both here:
+
+- **direct**: form ``G_n`` tile by tile. The Triton kernel keeps each ``[BLOCK_O, BLOCK_I]``
+  tile of ``G_n`` in registers (loop over positions), multiplies it with the matching tile of
+  ``Lambda`` and squares it, and writes two partial scalars per (example, tile): both
+  statistics for the FLOPs of the weight-gradient GEMM the engine skips
+  (``2 T d_in d_out`` per example), never a ``B x d_out x d_in`` tensor.
+- **ghost**: ``<G_n, Lambda> = sum(D_n * (A_n Lambda^T))`` and
+  ``|G_n|^2 = sum((A_n A_n^T) * (D_n D_n^T))``: one ``A Lambda^T`` GEMM fused with the
+  product with ``D`` and the reduction, plus ``T^2 (d_in + d_out)`` for the two Gram blocks.
+
+:func:`choose_method` picks one per layer. Positions with ``mask == 0`` are excluded (their
+rows of ``D`` count as zero; rows of ``A`` there may hold anything). Results are float32
+(float64 for float64 inputs in the reference), accumulated in float32 for bf16 inputs.
+Partial sums go to a ``[B, tiles]`` buffer summed by torch, so results are deterministic.
+The statistics are not differentiated: there is no autograd wrapper.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lqs_megatron.kernels._dispatch import acc_dtype, interpreting, tl_dot_precision, upcast_in_kernel, use_triton
+
+METHODS = ("auto", "direct", "ghost")
+
+# Working-set bound of the torch reference's per-chunk temporaries (bytes).
+REFERENCE_CHUNK_BYTES = 64 << 20
+
+
+def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:
+    """The cheaper way to get both statistics for one linear layer: ``"direct"`` or ``"ghost"``.
+
+    - Torch reference (``fused=False``), which materialises per-example products: ghost when
+      ``T^2 < d_in * d_out`` (the contract's rule). Then the ``T x T`` Gram blocks are smaller
+      than ``G_n``; measured on the CPU in ``benchmarks/bench_grad_stats.py`` (docs/benchmarks.md).
+    - Fused Triton kernels (``fused=True``): always direct. Both ways need one GEMM of
+      ``2 T d_in d_out`` FLOPs per example (direct: ``D^T A``; ghost: ``A Lambda^T`` for the dot),
+      and ghost adds ``T^2 (d_in + d_out)`` for the norm, so direct is never dearer; it also runs
+      on 16-bit tensor cores while the ghost dot needs float32 ``Lambda`` in the GEMM.
+    """
+    if fused:
+        return "direct"
+    return "ghost" if seq_len * seq_len < d_in * d_out else "direct"
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _linear_direct_kernel(
+    A, D, L, M, row_start, row_count, out_dot, out_sq,
+    n_examples, d_in, d_out, stride_a, stride_d, stride_l, n_tiles,
+    EX_PER_PROG: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):  # fmt: skip
+    """Direct statistics: for one tile (o, i) of ``G_n = sum_t D[t, o]^T A[t, i]``, for the examples
+    ``n`` of this program: ``out_dot[n, tile] = sum(G_tile * Lambda[o, i])``,
+    ``out_sq[n, tile] = sum(G_tile^2)``. Rows of example ``n`` are ``row_start[n] + [0, row_count[n])``;
+    rows with ``M == 0`` are skipped. The ``Lambda`` tile is loaded once for all of the program's examples.
+    """
+    pid_tile = tl.program_id(0)
+    pid_ex = tl.program_id(1)
+    n_iblocks = tl.cdiv(d_in, BLOCK_I)
+    offs_o = (pid_tile // n_iblocks) * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_i = (pid_tile % n_iblocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mo = offs_o < d_out
+    mi = offs_i < d_in
+    lam = tl.load(L + offs_o[:, None] * stride_l + offs_i[None, :], mask=mo[:, None] & mi[None, :], other=0.0)
+    lam = lam.to(tl.float32)
+    for k in range(EX_PER_PROG):
+        n = pid_ex * EX_PER_PROG + k
+        valid = n < n_examples
+        start = tl.load(row_start + n, mask=valid, other=0).to(tl.int64)
+        count = tl.load(row_count + n, mask=valid, other=0)
+        acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+        for t0 in range(0, count, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            mt = offs_t < count
+            rows = start + offs_t
+            if HAS_MASK:
+                mt = mt & (tl.load(M + rows, mask=mt, other=0.0) != 0)
+            d = tl.load(D + rows[:, None] * stride_d + offs_o[None, :], mask=mt[:, None] & mo[None, :], other=0.0)
+            a = tl.load(A + rows[:, None] * stride_a + offs_i[None, :], mask=mt[:, None] & mi[None, :], other=0.0)
+            if UPCAST:
+                d = d.to(tl.float32)
+                a = a.to(tl.float32)
+            acc += tl.dot(tl.trans(d), a, input_precision=PRECISION)
+        tl.store(out_dot + n * n_tiles + pid_tile, tl.sum(acc * lam), mask=valid)
+        tl.store(out_sq + n * n_tiles + pid_tile, tl.sum(acc * acc), mask=valid)
+
+
+@triton.jit
+def _linear_ghost_dot_kernel(
+    A, D, L, M, row_start, row_count, out,
+    d_in, d_out, stride_a, stride_d, stride_l, n_oblocks, n_parts,
+    HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):  # fmt: skip
+    """Ghost dot: ``out[n, (t, o)] = sum(D[t, o] * (A[t, :] @ Lambda[o, :]^T))`` for one block of
+    positions ``t`` and outputs ``o`` of example ``n``; the ``A Lambda^T`` tile never leaves the chip.
+    Runs in IEEE float32: ``Lambda`` is float32 and must not be rounded to 16 bits.
+    """
+    pid = tl.program_id(0)
+    n = tl.program_id(1)
+    start = tl.load(row_start + n).to(tl.int64)
+    count = tl.load(row_count + n)
+    tb = pid // n_oblocks
+    if tb * BLOCK_T < count:
+        offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_o = (pid % n_oblocks) * BLOCK_O + tl.arange(0, BLOCK_O)
+        mt = offs_t < count
+        mo = offs_o < d_out
+        rows = start + offs_t
+        if HAS_MASK:
+            mt = mt & (tl.load(M + rows, mask=mt, other=0.0) != 0)
+        acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
+        for i0 in range(0, d_in, BLOCK_I):
+            offs_i = i0 + tl.arange(0, BLOCK_I)
+            mi = offs_i < d_in
+            a = tl.load(A + rows[:, None] * stride_a + offs_i[None, :], mask=mt[:, None] & mi[None, :], other=0.0)
+            lam = tl.load(L + offs_o[:, None] * stride_l + offs_i[None, :], mask=mo[:, None] & mi[None, :], other=0.0)
+            acc += tl.dot(a.to(tl.float32), tl.trans(lam.to(tl.float32)), input_precision="ieee")
+        d = tl.load(D + rows[:, None] * stride_d + offs_o[None, :], mask=mt[:, None] & mo[None, :], other=0.0)
+        tl.store(out + n * n_parts + pid, tl.sum(acc * d.to(tl.float32)))
+
+
+@triton.jit
+def _linear_ghost_norm_kernel(
+    A, D, M, row_start, row_count, out,
+    d_in, d_out, stride_a, stride_d, n_tblocks,
+    HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Ghost norm: for position blocks ``i >= j`` of example ``n``,
+    ``out[n, (i, j)] = c * sum((A_i A_j^T) * (D_i D_j^T))`` with ``c = 2`` off the diagonal (the
+    Gram blocks are symmetric), so ``sum(out[n]) = |A_n^T D_n|_F^2``.
+    """
+    pid = tl.program_id(0)
+    n = tl.program_id(1)
+    bi = pid // n_tblocks
+    bj = pid % n_tblocks
+    start = tl.load(row_start + n).to(tl.int64)
+    count = tl.load(row_count + n)
+    if (bj <= bi) & (bi * BLOCK_T < count):
+        offs_i = bi * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_j = bj * BLOCK_T + tl.arange(0, BLOCK_T)
+        mti = offs_i < count
+        mtj = offs_j < count
+        rows_i = start + offs_i
+        rows_j = start + offs_j
+        if HAS_MASK:
+            mti = mti & (tl.load(M + rows_i, mask=mti, other=0.0) != 0)
+            mtj = mtj & (tl.load(M + rows_j, mask=mtj, other=0.0) != 0)
+        ga = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
+        for k0 in range(0, d_in, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mk = offs_k < d_in
+            ai = tl.load(A + rows_i[:, None] * stride_a + offs_k[None, :], mask=mti[:, None] & mk[None, :], other=0.0)
+            aj = tl.load(A + rows_j[:, None] * stride_a + offs_k[None, :], mask=mtj[:, None] & mk[None, :], other=0.0)
+            if UPCAST:
+                ai = ai.to(tl.float32)
+                aj = aj.to(tl.float32)
+            ga += tl.dot(ai, tl.trans(aj), input_precision=PRECISION)
+        gd = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
+        for k0 in range(0, d_out, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mk = offs_k < d_out
+            di = tl.load(D + rows_i[:, None] * stride_d + offs_k[None, :], mask=mti[:, None] & mk[None, :], other=0.0)
+            dj = tl.load(D + rows_j[:, None] * stride_d + offs_k[None, :], mask=mtj[:, None] & mk[None, :], other=0.0)
+            if UPCAST:
+                di = di.to(tl.float32)
+                dj = dj.to(tl.float32)
+            gd += tl.dot(di, tl.trans(dj), input_precision=PRECISION)
+        scale = tl.where(bi == bj, 1.0, 2.0)
+        tl.store(out + n * n_tblocks * n_tblocks + pid, scale * tl.sum(ga * gd))
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _block(dim: int, cap: int = 64) -> int:
+    """Power-of-two block for a dimension: at least 16 (``tl.dot``'s minimum), at most ``cap``."""
+    return max(16, min(cap, triton.next_power_of_2(dim)))
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def linear_direct_forward(
+    A2: torch.Tensor,
+    D2: torch.Tensor,
+    lam: torch.Tensor,
+    row_start: torch.Tensor,
+    row_count: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the direct kernel on ragged rows: ``A2 [rows, d_in]``, ``D2 [rows, d_out]``, example ``n``'s
+    rows at ``row_start[n] + [0, row_count[n])`` (int32). Returns float32 ``(dot [B], sqnorm [B])``."""
+    d_in, d_out = A2.shape[1], D2.shape[1]
+    B = row_start.numel()
+    bo, bi = _block(d_out), _block(d_in)
+    n_tiles = triton.cdiv(d_out, bo) * triton.cdiv(d_in, bi)
+    # Enough programs to fill the GPU (about 4 per SM); each reuses its Lambda tile over its examples.
+    groups = 1 if interpreting() else max(1, min(B, triton.cdiv(4 * _num_sms(A2.device), n_tiles)))
+    ex_per_prog = triton.cdiv(B, groups)
+    out_dot = torch.zeros(B, n_tiles, device=A2.device, dtype=torch.float32)
+    out_sq = torch.zeros_like(out_dot)
+    _linear_direct_kernel[(n_tiles, triton.cdiv(B, ex_per_prog))](
+        A2, D2, lam, mask if mask is not None else D2, row_start, row_count, out_dot, out_sq,
+        B, d_in, d_out, A2.stride(0), D2.stride(0), lam.stride(0), n_tiles,
+        EX_PER_PROG=ex_per_prog, HAS_MASK=mask is not None, UPCAST=upcast_in_kernel(A2.dtype),
+        PRECISION=tl_dot_precision(A2.dtype), BLOCK_T=32, BLOCK_O=bo, BLOCK_I=bi, num_warps=4,
+    )  # fmt: skip
+    return out_dot.sum(1), out_sq.sum(1)
+
+
+def linear_ghost_forward(
+    A2: torch.Tensor,
+    D2: torch.Tensor,
+    lam: torch.Tensor,
+    row_start: torch.Tensor,
+    row_count: torch.Tensor,
+    max_count: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the ghost dot and ghost norm kernels on ragged rows (see :func:`linear_direct_forward`);
+    ``max_count`` bounds ``row_count``. Returns float32 ``(dot [B], sqnorm [B])``."""
+    d_in, d_out = A2.shape[1], D2.shape[1]
+    B = row_start.numel()
+    bt = _block(max_count, 32)
+    n_t = triton.cdiv(max_count, bt)
+    bo = _block(d_out)
+    n_o = triton.cdiv(d_out, bo)
+    m = mask if mask is not None else D2
+    dot = torch.zeros(B, n_t * n_o, device=A2.device, dtype=torch.float32)
+    _linear_ghost_dot_kernel[(n_t * n_o, B)](
+        A2, D2, lam, m, row_start, row_count, dot, d_in, d_out, A2.stride(0), D2.stride(0), lam.stride(0),
+        n_o, n_t * n_o, HAS_MASK=mask is not None, BLOCK_T=bt, BLOCK_O=bo, BLOCK_I=_block(d_in), num_warps=4,
+    )  # fmt: skip
+    sq = torch.zeros(B, n_t * n_t, device=A2.device, dtype=torch.float32)
+    _linear_ghost_norm_kernel[(n_t * n_t, B)](
+        A2, D2, m, row_start, row_count, sq, d_in, d_out, A2.stride(0), D2.stride(0), n_t,
+        HAS_MASK=mask is not None, UPCAST=upcast_in_kernel(A2.dtype), PRECISION=tl_dot_precision(A2.dtype),
+        BLOCK_T=bt, BLOCK_K=_block(max(d_in, d_out)), num_warps=4,
+    )  # fmt: skip
+    return dot.sum(1), sq.sum(1)
+
+
+def ragged_rows(
+    mask: torch.Tensor | None, B: int, T: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(row_start, row_count, max_count)`` of a dense ``[B, T]`` layout: example ``n`` starts at row
+    ``n T``; its rows end after its last position with a nonzero mask (trailing padding is skipped)."""
+    row_start = torch.arange(B, device=device, dtype=torch.int32) * T
+    if mask is None:
+        return row_start, torch.full((B,), T, device=device, dtype=torch.int32), T
+    row_count = active_length(mask)
+    return row_start, row_count, max(int(row_count.max()), 1)
+
+
+def active_length(mask: torch.Tensor) -> torch.Tensor:
+    """Per example of a ``[B, T]`` mask, one past its last nonzero position (0 if none), int32."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=torch.int32)
+    return ((mask != 0).to(torch.int32) * pos).amax(1).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_linear(A: torch.Tensor, D: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor | None, method: str):
+    if A.dim() != 3 or D.dim() != 3 or A.shape[:2] != D.shape[:2]:
+        raise ValueError(f"A [B,T,d_in] and D [B,T,d_out] expected, got {tuple(A.shape)} and {tuple(D.shape)}")
+    if tuple(lam.shape) != (D.shape[2], A.shape[2]):
+        raise ValueError(f"Lambda must be [d_out, d_in] = {(D.shape[2], A.shape[2])}, got {tuple(lam.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(A.shape[:2]):
+        raise ValueError(f"mask must be [B, T] = {tuple(A.shape[:2])}, got {tuple(mask.shape)}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def grad_stats_linear(
+    A: torch.Tensor,
+    D: torch.Tensor,
+    lam: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    method: str = "auto",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example ``(<G_n, Lambda>, |G_n|_F^2)`` of a linear layer, ``G_n = D_n^T A_n``.
+
+    Args:
+        A: input activations ``[B, T, d_in]``.
+        D: gradients of each example's own loss wrt the layer outputs ``[B, T, d_out]``.
+        lam: ``Lambda`` ``[d_out, d_in]`` (the weight's layout), normally float32.
+        mask: optional ``[B, T]``; positions with ``mask == 0`` are excluded.
+        method: ``"auto"`` (:func:`choose_method`), ``"direct"`` or ``"ghost"``.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see ``kernels/_dispatch.py``).
+
+    Returns:
+        ``(dot [B], sqnorm [B])`` in float32 (float64 for float64 inputs on the torch backend).
+    """
+    _check_linear(A, D, lam, mask, method)
+    if not use_triton(backend, A, D, lam):
+        return grad_stats_linear_reference(A, D, lam, mask, method)
+    B, T, d_in = A.shape
+    row_start, row_count, max_count = ragged_rows(mask, B, T, A.device)
+    A2, D2 = A.reshape(B * T, d_in).contiguous(), D.reshape(B * T, -1).contiguous()
+    m = None if mask is None else mask.reshape(-1).to(torch.float32).contiguous()
+    lam = lam.contiguous()
+    if method == "auto":
+        method = choose_method(max_count, d_in, D.shape[2], fused=True)
+    if method == "direct":
+        return linear_direct_forward(A2, D2, lam, row_start, row_count, m)
+    return linear_ghost_forward(A2, D2, lam, row_start, row_count, max_count, m)
+
+
+def _example_chunks(B: int, per_example_bytes: int):
+    step = max(1, REFERENCE_CHUNK_BYTES // max(per_example_bytes, 1))
+    return [(s, min(B, s + step)) for s in range(0, B, step)]
+
+
+def grad_stats_linear_reference(
+    A: torch.Tensor,
+    D: torch.Tensor,
+    lam: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch :func:`grad_stats_linear`, chunked over examples so temporaries stay under
+    ``REFERENCE_CHUNK_BYTES`` (direct: ``G_n`` of a chunk; ghost: ``A Lambda^T`` and the Grams)."""
+    _check_linear(A, D, lam, mask, method)
+    B, T, d_in = A.shape
+    d_out = D.shape[2]
+    dt = acc_dtype(A, D, lam)
+    if mask is not None:  # drop trailing positions that no example uses
+        T = max(int(active_length(mask).max()), 1)
+        A, D, mask = A[:, :T], D[:, :T], mask[:, :T]
+    if method == "auto":
+        method = choose_method(T, d_in, d_out)
+    lam_ = lam.to(dt)
+    dot = torch.empty(B, dtype=dt, device=A.device)
+    sq = torch.empty(B, dtype=dt, device=A.device)
+    size = torch.finfo(dt).bits // 8
+    per_ex = size * (d_in * d_out if method == "direct" else T * (d_out + 2 * T))
+    for s, e in _example_chunks(B, per_ex):
+        a, d = A[s:e].to(dt), D[s:e].to(dt)
+        if mask is not None:
+            d = d * (mask[s:e] != 0).unsqueeze(-1).to(dt)
+        if method == "direct":
+            g = torch.bmm(d.transpose(1, 2), a)  # [c, d_out, d_in]
+            dot[s:e] = (g * lam_).sum((1, 2))
+            sq[s:e] = g.square().sum((1, 2))
+        else:
+            dot[s:e] = ((a @ lam_.T) * d).sum((1, 2))
+            sq[s:e] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum((1, 2))
+    return dot, sq
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@triton.jit
+def _embedding_kernel(
+    D, L, perm, seg_start, seg_count, seg_vocab, ex_seg_lo, ex_seg_hi, out_dot, out_sq,
+    d, stride_d, stride_l, n_dblocks, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Embedding statistics over sorted (example, token id) segments. Segment ``s`` covers the
+    positions ``perm[seg_start[s] + [0, seg_count[s])]``, all of one example and one id ``v``:
+    ``S = sum_t D[t]`` is row ``v`` of ``G_n``, so ``dot_n += S . Lambda[v]`` and ``sq_n += |S|^2``
+    (repeated ids summed before squaring: exact). One program per (example, block of ``d``).
+    """
+    n = tl.program_id(0)
+    db = tl.program_id(1)
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    dot = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sq = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for s in range(tl.load(ex_seg_lo + n), tl.load(ex_seg_hi + n)):
+        r0 = tl.load(seg_start + s)
+        r1 = r0 + tl.load(seg_count + s)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for r in range(r0, r1, BLOCK_R):
+            offs_r = r + tl.arange(0, BLOCK_R)
+            mr = offs_r < r1
+            rows = tl.load(perm + offs_r, mask=mr, other=0)
+            x = tl.load(D + rows[:, None] * stride_d + offs_d[None, :], mask=mr[:, None] & md[None, :], other=0.0)
+            acc += tl.sum(x.to(tl.float32), axis=0)
+        v = tl.load(seg_vocab + s)
+        lam = tl.load(L + v * stride_l + offs_d, mask=md, other=0.0).to(tl.float32)
+        dot += acc * lam
+        sq += acc * acc
+    tl.store(out_dot + n * n_dblocks + db, tl.sum(dot))
+    tl.store(out_sq + n * n_dblocks + db, tl.sum(sq))
+
+
+def _embedding_segments(ids: torch.Tensor, V_local: int, vocab_start: int, mask: torch.Tensor | None):
+    """Sort positions by (example, local id); drop positions outside the shard or masked out.
+
+    Returns ``perm`` (flat positions in sorted order), per segment ``start``, ``count``, ``example``,
+    ``vocab`` (local id), all int64.
+    """
+    B, T = ids.shape
+    local = ids.to(torch.int64) - vocab_start
+    keep = (local >= 0) & (local < V_local)
+    if mask is not None:
+        keep &= mask != 0
+    example = torch.arange(B, device=ids.device).unsqueeze(1).expand(B, T)
+    sentinel = B * V_local
+    key = torch.where(keep, example * V_local + local, torch.full_like(local, sentinel)).reshape(-1)
+    sorted_key, perm = torch.sort(key, stable=True)
+    uniq, count = torch.unique_consecutive(sorted_key, return_counts=True)
+    start = torch.cumsum(count, 0) - count
+    real = uniq != sentinel
+    uniq, count, start = uniq[real], count[real], start[real]
+    return perm, start, count, uniq // V_local, uniq % V_local
+
+
+def embedding_forward(ids, D, lam, vocab_start: int = 0, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch :func:`_embedding_kernel` (segments sorted by torch). Returns float32 ``(dot [B], sq [B])``."""
+    B, T, d = D.shape
+    perm, start, count, example, vocab = _embedding_segments(ids, lam.shape[0], vocab_start, mask)
+    ar = torch.arange(B, device=D.device)
+    lo = torch.searchsorted(example, ar)
+    hi = torch.searchsorted(example, ar, right=True)
+    D2 = D.reshape(B * T, d).contiguous()
+    lam = lam.contiguous()
+    bd = _block(d, 128)
+    n_d = triton.cdiv(d, bd)
+    out_dot = torch.zeros(B, n_d, device=D.device, dtype=torch.float32)
+    out_sq = torch.zeros_like(out_dot)
+    _embedding_kernel[(B, n_d)](
+        D2, lam, perm, start, count, vocab, lo, hi, out_dot, out_sq, d, D2.stride(0), lam.stride(0), n_d,
+        BLOCK_R=16, BLOCK_D=bd, num_warps=4,
+    )  # fmt: skip
+    return out_dot.sum(1), out_sq.sum(1)
+
+
+def _check_embedding(ids, D, lam, mask):
+    if ids.dim() != 2 or D.dim() != 3 or tuple(ids.shape) != tuple(D.shape[:2]):
+        raise ValueError(f"ids [B,T] and D [B,T,d] expected, got {tuple(ids.shape)} and {tuple(D.shape)}")
+    if lam.dim() != 2 or lam.shape[1] != D.shape[2]:
+        raise ValueError(f"Lambda must be [V_local, {D.shape[2]}], got {tuple(lam.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"mask must be [B, T] = {tuple(ids.shape)}, got {tuple(mask.shape)}")
+
+
+def grad_stats_embedding(
+    ids: torch.Tensor,
+    D: torch.Tensor,
+    lam: torch.Tensor,
+    vocab_start: int = 0,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example ``(<G_n, Lambda>, |G_n|_F^2)`` of an embedding table (or its vocab shard).
+
+    ``G_n[v] = sum_{t: ids[n,t] = v} D[n,t]`` is the gradient of example ``n``'s loss wrt row ``v``:
+    ``dot_n = sum_t D[n,t] . Lambda[ids[n,t]]``, ``sq_n = sum_v |G_n[v]|^2`` with repeated ids
+    summed first (exact). ``lam`` is this rank's shard ``[V_local, d]`` starting at global row
+    ``vocab_start``; ids outside it contribute 0 (sum the partial results over the tp group).
+    Positions with ``mask == 0`` are excluded. Float32 results (float64 for float64 on torch).
+    """
+    _check_embedding(ids, D, lam, mask)
+    if not use_triton(backend, D, lam):
+        return grad_stats_embedding_reference(ids, D, lam, vocab_start, mask)
+    return embedding_forward(ids, D, lam, vocab_start, mask)
+
+
+def grad_stats_embedding_reference(ids, D, lam, vocab_start: int = 0, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch :func:`grad_stats_embedding`: segment sums with ``index_add`` (memory ``<= |D|``)."""
+    _check_embedding(ids, D, lam, mask)
+    B, T, d = D.shape
+    dt = acc_dtype(D, lam)
+    perm, start, count, example, vocab = _embedding_segments(ids, lam.shape[0], vocab_start, mask)
+    seg_of_row = torch.repeat_interleave(torch.arange(start.numel(), device=D.device), count)
+    rows = perm[: seg_of_row.numel()]  # kept positions come first in sorted order
+    S = torch.zeros(start.numel(), d, dtype=dt, device=D.device)
+    S.index_add_(0, seg_of_row, D.reshape(B * T, d)[rows].to(dt))
+    dot = torch.zeros(B, dtype=dt, device=D.device).index_add_(0, example, (S * lam[vocab].to(dt)).sum(1))
+    sq = torch.zeros(B, dtype=dt, device=D.device).index_add_(0, example, S.square().sum(1))
+    return dot, sq
+
+
+# ----------------------------------------------------------------------------- norm weights
+
+
+@triton.jit
+def _norm_kernel(X, D, L, M, out_dot, out_sq, T, d, stride_x, stride_d, n_dblocks,
+                 HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """Elementwise weight ``y = w * xhat``: ``g_n = sum_t D[n,t] * xhat[n,t]`` (a d-vector) per block of
+    ``d``; ``out_dot[n, block] = g . Lambda``, ``out_sq[n, block] = |g|^2``."""
+    n = tl.program_id(0)
+    db = tl.program_id(1)
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    g = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mt = offs_t < T
+        rows = (n * T + offs_t).to(tl.int64)
+        if HAS_MASK:
+            mt = mt & (tl.load(M + rows, mask=mt, other=0.0) != 0)
+        m2 = mt[:, None] & md[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        dd = tl.load(D + rows[:, None] * stride_d + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        g += tl.sum(x * dd, axis=0)
+    lam = tl.load(L + offs_d, mask=md, other=0.0).to(tl.float32)
+    tl.store(out_dot + n * n_dblocks + db, tl.sum(g * lam))
+    tl.store(out_sq + n * n_dblocks + db, tl.sum(g * g))
+
+
+def norm_forward(xhat, D, lam, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch :func:`_norm_kernel`. Returns float32 ``(dot [B], sq [B])``."""
+    B, T, d = D.shape
+    X2, D2 = xhat.reshape(B * T, d).contiguous(), D.reshape(B * T, d).contiguous()
+    m = None if mask is None else mask.reshape(-1).to(torch.float32).contiguous()
+    bd = _block(d, 128)
+    n_d = triton.cdiv(d, bd)
+    out_dot = torch.zeros(B, n_d, device=D.device, dtype=torch.float32)
+    out_sq = torch.zeros_like(out_dot)
+    _norm_kernel[(B, n_d)](
+        X2, D2, lam.contiguous(), m if m is not None else D2, out_dot, out_sq, T, d, X2.stride(0), D2.stride(0),
+        n_d, HAS_MASK=m is not None, BLOCK_T=32, BLOCK_D=bd, num_warps=4,
+    )  # fmt: skip
+    return out_dot.sum(1), out_sq.sum(1)
+
+
+def _check_norm(xhat, D, lam, mask):
+    if xhat.dim() != 3 or tuple(xhat.shape) != tuple(D.shape) or tuple(lam.shape) != (D.shape[2],):
+        raise ValueError(f"xhat, D [B,T,d] and Lambda [d] expected, got {tuple(xhat.shape)}, {tuple(D.shape)}, "
+                         f"{tuple(lam.shape)}")  # fmt: skip
+    if mask is not None and tuple(mask.shape) != tuple(D.shape[:2]):
+        raise ValueError(f"mask must be [B, T] = {tuple(D.shape[:2])}, got {tuple(mask.shape)}")
+
+
+def grad_stats_norm(
+    xhat: torch.Tensor,
+    D: torch.Tensor,
+    lam: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example ``(g_n . Lambda, |g_n|^2)`` of a norm's weight ``w`` in ``y = w * xhat`` (RMSNorm,
+    LayerNorm's scale): ``g_n = sum_t D[n,t] * xhat[n,t]``. ``xhat [B,T,d]`` is the normalised input
+    exactly as it is multiplied by ``w`` (for HF-style RMSNorm: cast back to the input dtype), ``D``
+    the gradient wrt ``y``. Positions with ``mask == 0`` are excluded. Float32 results."""
+    _check_norm(xhat, D, lam, mask)
+    if not use_triton(backend, xhat, D, lam):
+        return grad_stats_norm_reference(xhat, D, lam, mask)
+    return norm_forward(xhat, D, lam, mask)
+
+
+def grad_stats_norm_reference(xhat, D, lam, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch :func:`grad_stats_norm`."""
+    _check_norm(xhat, D, lam, mask)
+    dt = acc_dtype(xhat, D, lam)
+    prod = xhat.to(dt) * D.to(dt)
+    if mask is not None:
+        prod = prod * (mask != 0).unsqueeze(-1).to(dt)
+    g = prod.sum(1)
+    return g @ lam.to(dt), g.square().sum(1)
