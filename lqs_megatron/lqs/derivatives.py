@@ -1,0 +1,97 @@
+"""Gradients and Hessian-vector products of mean losses over example sets, micro-batched and
+data-parallel.
+
+A set's mean loss is ``sum_x w_x l(x; theta)`` with ``w_x = 1 / (examples in the set)``;
+each rank takes its share of the examples in micro-batches, accumulates ``sum w_x grad l``
+into a float32 (float64 for float64 models) vector, and one all-reduce over the data-
+parallel ranks gives every rank the full result: the same as one process (up to the order
+of floating-point sums).
+
+Hessian-vector products ``H v`` are double backward: ``grad`` with ``create_graph`` through
+the plain-torch, twice-differentiable loss, then the gradient of ``<grad, v>``. No Hessian
+is ever formed. SDPA runs with its math kernel inside (the fused CPU and flash kernels
+have no double backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lqs_megatron.lqs import _interim_kernels as loss_ops
+from lqs_megatron.lqs.examples import Batch
+from lqs_megatron.lqs.vectors import ParamSpace, Vector
+from lqs_megatron.models.decoder import Decoder
+from lqs_megatron.models.mappings import reduce_from_region
+
+
+def example_losses(model: Decoder, batch: Batch) -> torch.Tensor:
+    """``[B]`` per-example losses ``l(x; theta)`` (twice differentiable)."""
+    hidden = model(batch.input_ids)
+    out = model.output
+    return loss_ops.per_example_loss(
+        hidden,
+        out.weight,
+        batch.labels,
+        batch.loss_mask,
+        model.config.vocab_size,
+        int(getattr(out, "vocab_start", 0)),
+        getattr(out, "tp_group", None),
+    )
+
+
+def _autocast(space: ParamSpace, dtype: torch.dtype):
+    dev = next(iter(space.params.values())).device
+    if dtype == torch.bfloat16:
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_grad(
+    space: ParamSpace, batches: Iterable[tuple[Batch, float]], acc_dtype: torch.dtype, compute_dtype: torch.dtype
+) -> tuple[Vector, float]:
+    """``(grad, value)`` of ``sum_x w_x l(x)`` over all ranks' ``(batch, w)`` micro-batches."""
+    params = list(space.params.values())
+    grad = space.zeros(acc_dtype)
+    dev = params[0].device
+    value = torch.zeros((), dtype=torch.float64, device=dev)
+    for batch, w in batches:
+        with _autocast(space, compute_dtype):
+            loss = example_losses(space.model, batch).sum() * w
+        gs = torch.autograd.grad(loss, params)
+        for n, g in zip(space.params, gs):
+            grad[n].add_(g.to(acc_dtype))
+        value += loss.detach().double()
+    space.all_reduce_dp(grad)
+    space.dims.all_reduce(value, group="dp")
+    return grad, float(value)
+
+
+def hvp(
+    space: ParamSpace,
+    batches: Iterable[tuple[Batch, float]],
+    v: Vector,
+    acc_dtype: torch.dtype,
+    compute_dtype: torch.dtype,
+) -> Vector:
+    """``H v`` of ``sum_x w_x l(x)`` over all ranks' micro-batches (double backward)."""
+    params = list(space.params.values())
+    out = space.zeros(acc_dtype)
+    vs = [v[n].to(p.dtype) for n, p in space.params.items()]
+    for batch, w in batches:
+        with sdpa_kernel(SDPBackend.MATH), _autocast(space, compute_dtype):
+            loss = example_losses(space.model, batch).sum() * w
+        gs = torch.autograd.grad(loss, params, create_graph=True)
+        # <grad, v> over the whole model as a replicated scalar (so that every rank back-propagates the
+        # same value): shards summed over the tp group, replicated tensors weighted 1/tp on every rank
+        # (every rank then walks the same graph, so the collectives in it match).
+        dot = sum((g * vv).sum() * space.share[n] for n, g, vv in zip(space.params, gs, vs))
+        dot = reduce_from_region(dot, space.dims.tp_group) if space.dims.tp > 1 else dot
+        hs = torch.autograd.grad(dot, params, allow_unused=True)
+        for n, h in zip(space.params, hs):
+            if h is not None:
+                out[n].add_(h.to(acc_dtype))
+    return space.all_reduce_dp(out)

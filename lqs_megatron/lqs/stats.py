@@ -1,0 +1,173 @@
+"""Per-example ``<g_n, lambda>`` and ``|g_n|^2`` over the whole model, from one forward and one
+backward of a proxy batch, never forming a per-example gradient.
+
+How (for a batch of ``B`` examples):
+
+1. Forward with hooks. Every parameter has ``requires_grad=False`` for the pass, so the
+   backward computes activation gradients only: the batch weight-gradient GEMMs of a
+   normal backward are skipped, and their FLOPs pay for the statistics. The embedding
+   output is made to require grad so that the graph exists. Forward hooks keep each
+   linear layer's input ``A`` and each RMSNorm's normalised input ``xhat`` and register a
+   tensor hook on the layer's output.
+2. Backward of ``sum_n l_n``. Examples are independent (causal attention within an
+   example, right padding), so the activation gradients of example ``n`` are those of
+   ``l_n`` alone. When a layer's output gradient ``D`` arrives, its tensor hook computes
+   that layer's per-example partial ``<G_n, Lambda>`` and ``|G_n|^2`` with the kernels of
+   ``lqs_megatron/kernels/grad_stats.py`` (linear: direct or ghost; embedding: repeated ids
+   exact; norm weights) and drops ``A``. The LM head's part comes from the fused loss op
+   (never ``B x T x V`` logits).
+3. Sums: ``|g_n|^2`` and ``<g_n, lambda>`` add over layers; under tensor parallelism each
+   rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
+   all-reduce over the tp group finishes both.
+
+Tied input/output embeddings are refused (:class:`LQSError`): the shared weight's
+per-example gradient is the sum of both uses, and the cross term is not implemented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.errors import LQSError
+from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
+from lqs_megatron.lqs import _interim_kernels as loss_ops
+from lqs_megatron.lqs.examples import Batch
+from lqs_megatron.lqs.vectors import Vector
+from lqs_megatron.models.decoder import Decoder, RMSNorm
+
+
+def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:
+    """``(weight [V_local, d], vocab_start, tp_group)`` of the model's output head."""
+    out = model.output
+    return out.weight, int(getattr(out, "vocab_start", 0)), getattr(out, "tp_group", None)
+
+
+def check_supported(model: Decoder) -> None:
+    if model.output.weight is model.tok_embeddings.weight:
+        raise LQSError(
+            "models with tied input/output embeddings (tie_word_embeddings) are not supported by the LQS "
+            "per-example statistics: the cross term of the shared weight is not implemented"
+        )
+
+
+class ExampleStats:
+    """Callable ``(batch, lam) -> (dot [B], sqnorm [B])`` (float64) for ``model``, as described above."""
+
+    def __init__(self, model: Decoder, dims: ParallelDims, backend: str = "auto"):
+        check_supported(model)
+        self.model = model
+        self.dims = dims
+        self.backend = backend
+        self.replicated_counted = dims.tp_rank == 0
+        self.modules: list[tuple[str, nn.Module]] = []
+        covered = set()
+        for name, mod in model.named_modules():
+            if mod is model.output:
+                continue
+            if isinstance(mod, (nn.Linear, nn.Embedding, RMSNorm)):
+                if isinstance(mod, nn.Linear) and mod.bias is not None:
+                    raise LQSError(f"{name}: linear biases are not supported by the per-example statistics")
+                self.modules.append((name, mod))
+                covered.add(f"{name}.weight")
+        covered.add("output.weight")
+        missing = [n for n, p in model.named_parameters() if n not in covered]
+        if missing:
+            raise LQSError(f"no per-example statistics rule for parameter(s) {', '.join(missing)}")
+
+    def __call__(self, batch: Batch, lam: Vector) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        B = len(batch)
+        dev = batch.input_ids.device
+        acc = torch.zeros(2, B, dtype=torch.float64, device=dev)  # rows: dot, sqnorm
+        mask = batch.loss_mask
+
+        def add(dot: torch.Tensor, sq: torch.Tensor) -> None:
+            acc[0] += dot.double()
+            acc[1] += sq.double()
+
+        def linear_hook(name: str):
+            lam_w = lam[f"{name}.weight"]
+
+            def fwd(mod, args, out):
+                held = [args[0].detach()]
+
+                def bwd(grad: torch.Tensor) -> None:
+                    add(*grad_stats_linear(held.pop(), grad, lam_w, mask, backend=self.backend))
+
+                out.register_hook(bwd)
+
+            return fwd
+
+        def norm_hook(name: str):
+            lam_w = lam[f"{name}.weight"]
+
+            def fwd(mod, args, out):
+                if not self.replicated_counted:
+                    return
+                held = [mod.normalize(args[0].detach())]
+
+                def bwd(grad: torch.Tensor) -> None:
+                    add(*grad_stats_norm(held.pop(), grad, lam_w, mask, backend=self.backend))
+
+                out.register_hook(bwd)
+
+            return fwd
+
+        def embedding_hook(name: str):
+            lam_w = lam[f"{name}.weight"]
+
+            def fwd(mod, args, out):
+                ids = args[0]
+                out = out.detach().requires_grad_()
+                start = int(getattr(mod, "vocab_start", 0))
+
+                def bwd(grad: torch.Tensor) -> None:
+                    add(*grad_stats_embedding(ids, grad, lam_w, start, mask, backend=self.backend))
+
+                out.register_hook(bwd)
+                return out
+
+            return fwd
+
+        handles = []
+        try:
+            for name, mod in self.modules:
+                hook = (
+                    embedding_hook(name)
+                    if isinstance(mod, nn.Embedding)
+                    else norm_hook(name)
+                    if isinstance(mod, RMSNorm)
+                    else linear_hook(name)
+                )
+                handles.append(mod.register_forward_hook(hook))
+            with _frozen(model), torch.enable_grad():
+                hidden = model(batch.input_ids)
+                weight, vocab_start, tp_group = lm_head(model)
+                losses, dot, sq = loss_ops.lm_head_loss_and_stats(
+                    hidden, weight, batch.labels, mask, lam["output.weight"], model.config.vocab_size,
+                    vocab_start, tp_group,
+                )  # fmt: skip
+                add(dot, sq)
+                losses.sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
+        self.dims.all_reduce(acc, group="tp")
+        return acc[0], acc[1]
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module):
+    """Parameters do not require grad inside (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)

@@ -1,0 +1,135 @@
+"""An independent float64 implementation of LQS_ALGORITHM.md, for the tests only.
+
+Nothing here comes from the engine: its own functional Mistral forward (read from the HF
+safetensors by HF names; RMSNorm, RoPE and softmax in float64, which HF cast to float64
+does not do), one example at a time with no padding, materialised per-example gradients
+(``torch.func.grad``), HVPs by ``torch.func.jvp`` of the gradient, all theta kept in memory
+(no checkpointing) and literal loops over the steps as written in the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import grad, jvp
+
+from lqs_megatron.data.indexed import IndexedDataset
+
+Params = dict[str, torch.Tensor]
+
+
+def load_hf_params(model_dir: str | Path) -> tuple[Params, dict]:
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    params = {k: v.double() for k, v in load_file(str(Path(model_dir) / "model.safetensors")).items()}
+    return params, cfg
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def logits(P: Params, cfg: dict, ids: torch.Tensor) -> torch.Tensor:
+    """``[T, V]`` logits of one unpadded sequence ``ids [T]`` (float64 throughout)."""
+    T = ids.shape[0]
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // H
+    eps = cfg["rms_norm_eps"]
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    freqs = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None]
+    emb = torch.cat((freqs, freqs), -1)
+    cos, sin = emb.cos(), emb.sin()
+    causal = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+    h = P["model.embed_tokens.weight"][ids]
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        x = _rms(h, P[p + "input_layernorm.weight"], eps)
+        q = (x @ P[p + "self_attn.q_proj.weight"].T).view(T, H, hd).transpose(0, 1)
+        k = (x @ P[p + "self_attn.k_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
+        v = (x @ P[p + "self_attn.v_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k = k.repeat_interleave(H // Hkv, dim=0)
+        v = v.repeat_interleave(H // Hkv, dim=0)
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd) + causal, dim=-1) @ v  # [H, T, hd]
+        h = h + att.transpose(0, 1).reshape(T, H * hd) @ P[p + "self_attn.o_proj.weight"].T
+        x = _rms(h, P[p + "post_attention_layernorm.weight"], eps)
+        gate = torch.nn.functional.silu(x @ P[p + "mlp.gate_proj.weight"].T)
+        h = h + (gate * (x @ P[p + "mlp.up_proj.weight"].T)) @ P[p + "mlp.down_proj.weight"].T
+    h = _rms(h, P["model.norm.weight"], eps)
+    head = P["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else P["lm_head.weight"]
+    return h @ head.T
+
+
+def example_loss(P: Params, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    """``l(x)``: mean token cross-entropy of ``x[:-1] -> x[1:]``."""
+    lg = logits(P, cfg, x[:-1])
+    return torch.nn.functional.cross_entropy(lg, x[1:], reduction="mean")
+
+
+def mean_loss(P: Params, cfg: dict, xs: list[torch.Tensor]) -> torch.Tensor:
+    return sum(example_loss(P, cfg, x) for x in xs) / len(xs)
+
+
+def read_examples(prefix: str, max_length: int, limit: int | None = None) -> list[torch.Tensor]:
+    ds = IndexedDataset(prefix)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [torch.from_numpy(ds[i][: max_length + 1].astype(np.int64)) for i in range(n)]
+
+
+def _dot(a: Params, b: Params) -> float:
+    return float(sum((a[k] * b[k]).sum() for k in a))
+
+
+def reference_scores(
+    model_dir: str, train: str, target: str, proxy: str, T: int, lr: float, B: int, K: int, L: int
+) -> dict[str, np.ndarray]:
+    """Raw scores of the contract, literally: ``{"lqs": s, "pds": s}`` (one sweep serves both)."""
+    P0, cfg = load_hf_params(model_dir)
+    names = [k for k in P0 if not (cfg.get("tie_word_embeddings") and k == "lm_head.weight")]
+    P0 = {k: P0[k] for k in names}
+    D_train, D_tgt, D_px = read_examples(train, L), read_examples(target, L), read_examples(proxy, L)
+
+    def batch(i):
+        return [D_train[j % len(D_train)] for j in range(i * B, (i + 1) * B)]
+
+    theta = [P0]
+    for i in range(T):
+        g = grad(mean_loss)(theta[i], cfg, batch(i))
+        theta.append({k: theta[i][k] - lr * g[k] for k in names})
+
+    lam = grad(mean_loss)(theta[T], cfg, D_tgt)
+    c = np.ones(len(D_px))
+    s = {"lqs": np.zeros(len(D_px)), "pds": np.zeros(len(D_px))}
+    for i in range(T - 1, -1, -1):
+        if i % K == 0:
+            lam_norm = math.sqrt(_dot(lam, lam))
+            for n, x in enumerate(D_px):
+                g = grad(example_loss)(theta[i], cfg, x)
+                g_norm = math.sqrt(_dot(g, g))
+                cos = 0.0 if g_norm * lam_norm == 0 else max(-1.0, min(1.0, _dot(g, lam) / (g_norm * lam_norm)))
+                ratio = {"lqs": g_norm / (c[n] if c[n] != 0 else 1.0), "pds": g_norm}
+                for method in s:
+                    s[method][n] += lr * lam_norm * ratio[method] * cos
+                c[n] = g_norm
+        g_tgt = grad(mean_loss)(theta[i], cfg, D_tgt)
+        b = batch(i)
+        _, hv = jvp(lambda p, b=b: grad(mean_loss)(p, cfg, b), (theta[i],), (lam,))
+        lam = {k: lam[k] + g_tgt[k] - lr * hv[k] for k in names}
+    return s
+
+
+def normalized(s: np.ndarray) -> np.ndarray:
+    std = s.std()
+    return np.zeros_like(s) if std == 0 else np.clip((s - s.mean()) / std, -3, 3)
