@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+
+class FMT(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
 
 SELECT_METHODS = ("top-r", "top-k", "threshold")
 SELECT_PARAMS = {"top-r": "r", "top-k": "k", "threshold": "threshold"}

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from lqs_megatron.data.export import export_jsonl
 from lqs_megatron.data.indexed import IndexedDatasetWriter
 from tests.conftest import demo_texts
 from tests.utils import run_lqs
@@ -57,7 +58,8 @@ def test_export_round_trip(tmp_path, tiny_tokenizer, texts):
     assert [r["score"] for r in rows] == [float(str(s)) for s in scores]  # shortest float32 decimal
     assert np.array_equal(np.array([r["score"] for r in rows], dtype=np.float32), scores)
 
-    run_lqs("export-jsonl", "--data", tmp_path / "c", "--tokenizer", tiny_tokenizer, "--out", tmp_path / "n.jsonl")
+    info = export_jsonl(tmp_path / "c", tiny_tokenizer, tmp_path / "n.jsonl")  # in-process: no second start-up
+    assert info == {"path": str(tmp_path / "n.jsonl"), "num_lines": len(texts) + 1, "with_scores": False}
     rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(set(r) == {"index", "text"} for r in rows) and rows[3]["text"] == texts[3]
 
