@@ -8,9 +8,9 @@ parallel ranks gives every rank the full result: the same as one process (up to 
 of floating-point sums).
 
 Hessian-vector products ``H v`` are double backward: ``grad`` with ``create_graph`` through
-the plain-torch, twice-differentiable loss, then the gradient of ``<grad, v>``. No Hessian
-is ever formed. SDPA runs with its math kernel inside (the fused CPU and flash kernels
-have no double backward).
+the plain-torch, twice-differentiable loss (``per_example_loss_reference``), then the
+gradient of ``<grad, v>``. No Hessian is ever formed. SDPA runs with its math kernel
+inside (the fused CPU and flash kernels have no double backward).
 """
 
 from __future__ import annotations
@@ -21,25 +21,17 @@ from collections.abc import Iterable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lqs_megatron.lqs import _interim_kernels as loss_ops
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.vectors import ParamSpace, Vector
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.models.mappings import reduce_from_region
+from lqs_megatron.training.loss import per_example_lm_loss
 
 
-def example_losses(model: Decoder, batch: Batch) -> torch.Tensor:
-    """``[B]`` per-example losses ``l(x; theta)`` (twice differentiable)."""
-    hidden = model(batch.input_ids)
-    out = model.output
-    return loss_ops.per_example_loss(
-        hidden,
-        out.weight,
-        batch.labels,
-        batch.loss_mask,
-        model.config.vocab_size,
-        int(getattr(out, "vocab_start", 0)),
-        getattr(out, "tp_group", None),
+def example_losses(model: Decoder, batch: Batch, twice_differentiable: bool = False) -> torch.Tensor:
+    """``[B]`` per-example losses ``l(x; theta)``: the fused kernel, or its twice-differentiable torch reference."""
+    return per_example_lm_loss(
+        model, batch.input_ids, batch.labels, batch.loss_mask, backend="torch" if twice_differentiable else "auto"
     )
 
 
@@ -83,7 +75,7 @@ def hvp(
     vs = [v[n].to(p.dtype) for n, p in space.params.items()]
     for batch, w in batches:
         with sdpa_kernel(SDPBackend.MATH), _autocast(space, compute_dtype):
-            loss = example_losses(space.model, batch).sum() * w
+            loss = example_losses(space.model, batch, twice_differentiable=True).sum() * w
         gs = torch.autograd.grad(loss, params, create_graph=True)
         # <grad, v> over the whole model as a replicated scalar (so that every rank back-propagates the
         # same value): shards summed over the tp group, replicated tensors weighted 1/tp on every rank

@@ -14,8 +14,9 @@ How (for a batch of ``B`` examples):
    ``l_n`` alone. When a layer's output gradient ``D`` arrives, its tensor hook computes
    that layer's per-example partial ``<G_n, Lambda>`` and ``|G_n|^2`` with the kernels of
    ``lqs_megatron/kernels/grad_stats.py`` (linear: direct or ghost; embedding: repeated ids
-   exact; norm weights) and drops ``A``. The LM head's part comes from the fused loss op
-   (never ``B x T x V`` logits).
+   exact; norm weights) and drops ``A``. The LM head's part comes from the hidden states and
+   the loss's logsumexp (``kernels/lm_head_stats.py``, chunked over the vocabulary: never
+   ``B x T x V`` logits).
 3. Sums: ``|g_n|^2`` and ``<g_n, lambda>`` add over layers; under tensor parallelism each
    rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
    all-reduce over the tp group finishes both.
@@ -34,10 +35,12 @@ from torch import nn
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
-from lqs_megatron.lqs import _interim_kernels as loss_ops
+from lqs_megatron.kernels.lm_head_stats import lm_head_grad_stats
+from lqs_megatron.kernels.per_example_loss import per_example_loss
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm
+from lqs_megatron.models.mappings import copy_to_region
 
 
 def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:
@@ -147,11 +150,15 @@ class ExampleStats:
             with _frozen(model), torch.enable_grad():
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
-                losses, dot, sq = loss_ops.lm_head_loss_and_stats(
-                    hidden, weight, batch.labels, mask, lam["output.weight"], model.config.vocab_size,
-                    vocab_start, tp_group,
+                vocab = model.config.vocab_size
+                losses, lse = per_example_loss(
+                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, vocab, vocab_start, tp_group,
+                    return_lse=True, backend=self.backend,
                 )  # fmt: skip
-                add(dot, sq)
+                add(*lm_head_grad_stats(
+                    hidden.detach(), weight, batch.labels, mask, lam["output.weight"], lse, vocab, vocab_start,
+                    backend=self.backend,
+                ))  # fmt: skip
                 losses.sum().backward()
         finally:
             for h in handles:
