@@ -2,13 +2,16 @@
 
 The model is trained *lossless* (identity normalisation, whitespace kept, byte
 fallback), so that ``decode(encode(text)) == text`` and the Hugging Face tokenizer
-built from ``tokenizer.model`` gives exactly sentencepiece's ids. (With
-sentencepiece's default NFKC normalisation and whitespace folding the two disagree
-on repeated spaces.) Special ids: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3.
+gives exactly sentencepiece's ids. Special ids: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2,
+``</s>`` 3; ``tok(text).input_ids`` adds no BOS or EOS (the pipeline appends EOS itself).
 
-The directory holds ``tokenizer.model`` and ``tokenizer_config.json`` (a
-``LlamaTokenizer``, no BOS or EOS added by ``__call__``: the pipeline appends EOS
-itself), plus ``tokenizer.json`` saved by transformers for fast loading.
+The directory holds ``tokenizer.model`` (for sentencepiece users), ``tokenizer.json`` and
+``tokenizer_config.json`` (``PreTrainedTokenizerFast``). Why not ``LlamaTokenizer``: in
+transformers 5 it rebuilds its own pre-tokenizer (``Metaspace``, prepend "first"), which
+adds no ``▁`` to a text that already starts with a space and strips one space on decode,
+so ``" a"`` neither matches sentencepiece nor round-trips. We keep sentencepiece's own
+rule instead: the normaliser prepends ``▁`` and turns every space into ``▁``, then BPE.
+(U+2581 ``▁`` in the input is read as a space, as in sentencepiece.)
 """
 
 from __future__ import annotations
@@ -39,10 +42,15 @@ def train_tokenizer(
     if vocab_size < 16:
         raise LQSError(f"--vocab-size must be at least 16, got {vocab_size}")
 
+    failure: list[BaseException] = []
+
     def nonempty() -> Iterator[str]:
-        for t in texts:
-            if t:
-                yield t
+        try:
+            for t in texts:
+                if t:
+                    yield t
+        except LQSError as e:  # bad input: stop feeding, re-raised below (not as a sentencepiece error)
+            failure.append(e)
 
     model = io.BytesIO()
     try:
@@ -68,24 +76,33 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
+        if failure:
+            raise failure[0] from None
         raise LQSError(f"sentencepiece training failed: {e}") from None
+    if failure:
+        raise failure[0]
     config = {
-        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": SPECIAL["bos"][0],
         "eos_token": SPECIAL["eos"][0],
         "unk_token": SPECIAL["unk"][0],
         "pad_token": SPECIAL["pad"][0],
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "legacy": False,
+        "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
     with atomic_dir(out_dir) as tmp:
         (tmp / "tokenizer.model").write_bytes(model.getvalue())
+        _write_tokenizer_json(tmp)
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        from transformers import AutoTokenizer  # noqa: PLC0415
-
-        tok = AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
-        tok.save_pretrained(str(tmp))  # adds tokenizer.json: fast loading, same ids
-        (tmp / "tokenizer.model").write_bytes(model.getvalue())
     return Path(out_dir)
+
+
+def _write_tokenizer_json(directory: Path) -> None:
+    """Convert ``tokenizer.model`` to ``tokenizer.json`` with sentencepiece's whitespace rule."""
+    from tokenizers import normalizers  # noqa: PLC0415
+    from transformers import LlamaTokenizer  # noqa: PLC0415
+
+    converted = LlamaTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
+    converted.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    converted.pre_tokenizer = None
+    converted.save(str(directory / "tokenizer.json"))
