@@ -355,9 +355,9 @@ def grad_stats_linear_reference(
         if mask is not None:
             d = d * (mask[s:e] != 0).unsqueeze(-1).to(dt)
         if method == "direct":
-            g = torch.bmm(d.transpose(1, 2), a)  # [c, d_out, d_in]
-            dot[s:e] = (g * lam_).sum((1, 2))
-            sq[s:e] = g.square().sum((1, 2))
+            g = torch.bmm(d.transpose(1, 2), a).flatten(1)  # [c, d_out * d_in]
+            dot[s:e] = g @ lam_.flatten()
+            sq[s:e] = torch.einsum("bi,bi->b", g, g)  # no temporary of g's size
         else:
             dot[s:e] = ((a @ lam_.T) * d).sum((1, 2))
             sq[s:e] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum((1, 2))

@@ -1,0 +1,186 @@
+"""The one benchmark harness of ``benchmarks/``: median time, peak memory, ratios to baselines.
+
+A script builds its inputs, then for each case adds one row per implementation to a :class:`Table`;
+the table times each (median of many runs: ``triton.testing.do_bench`` on a GPU, ``perf_counter``
+on the CPU), measures the peak memory it allocates, and prints a markdown row with the speed-up and
+memory ratio against the case's baselines (measured in the same run). The header names the machine
+(GPU name or ``lscpu`` model name) and the versions. ``--json PATH`` also writes the rows as JSON lines.
+
+    table = Table("per-example loss", baselines=["materialised"], args=args)
+    table.add("B=8 T=128", "materialised", lambda: ...)
+    table.add("B=8 T=128", "fused", lambda: ...)
+    table.finish()
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the harness's common flags; scripts add their own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--reps", type=int, default=10, help="timed runs per measurement on the CPU")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="CPU statistic of the timed runs (min is steadier on a loaded machine)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also append the rows as JSON lines to this file")
+    return p
+
+
+def machine(device: str) -> str:
+    """The GPU's name, or the CPU's ``lscpu`` model name with its core count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def versions() -> str:
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        parts.append(f"cuda {torch.version.cuda}")
+    return ", ".join(parts)
+
+
+def time_ms(fn: Callable[[], object], device: str, reps: int = 10, stat: str = "median") -> float:
+    """Wall time of ``fn()`` in milliseconds after warm-up: median (or ``stat="min"``) of ``reps`` runs."""
+    if device.startswith("cuda"):
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode=stat))
+    fn()  # warm-up (allocator, lazy init)
+    times = []
+    for _ in range(max(reps, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times) if stat == "min" else statistics.median(times)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of tensor storage allocated by torch ops inside the mode and still alive; tracks the peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: dict[int, weakref.finalize] = {}
+
+    def _free(self, key: int, n: int) -> None:
+        self.live -= n
+        self._seen.pop(key, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                key, n = st.data_ptr(), st.nbytes()
+                if n and key not in self._seen:
+                    self._seen[key] = weakref.finalize(st, self._free, key, n)
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+        return out
+
+
+def peak_mib(fn: Callable[[], object], device: str) -> float:
+    """Peak memory that ``fn()`` allocates beyond what exists before it, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the peak of live tensor storage created by torch ops
+    during ``fn`` (tracked with a dispatch mode; memory that a single op uses internally is not seen).
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with _LiveBytes() as mode:
+        fn()
+    return mode.peak / 2**20
+
+
+@dataclass
+class Row:
+    case: str
+    name: str
+    ms: float
+    peak_mib: float
+    ratios: dict = field(default_factory=dict)  # baseline name -> (speed-up, memory ratio)
+
+
+class Table:
+    """Rows of one benchmark; ratios against the named baselines of the same case."""
+
+    def __init__(self, title: str, baselines: list[str], args: argparse.Namespace):
+        self.title, self.baselines, self.args = title, baselines, args
+        self.rows: list[Row] = []
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"## {title}\n\nmachine: {machine(args.device)}; {versions()}\n")
+        cols = " | ".join(f"speed-up vs {b} | memory vs {b}" for b in baselines)
+        print(f"| case | implementation | {args.stat} ms | peak MiB | {cols} |")
+        print("|" + "---|" * (4 + 2 * len(baselines)))
+
+    def add(self, case: str, name: str, fn: Callable[[], object], memory: bool = True) -> Row:
+        """Time ``fn`` and measure its peak memory; print and keep the row."""
+        ms = time_ms(fn, self.args.device, self.args.reps, self.args.stat)
+        mib = peak_mib(fn, self.args.device) if memory else float("nan")
+        row = Row(case, name, ms, mib)
+        for b in self.baselines:
+            ref = next((r for r in self.rows if r.case == case and r.name == b), None)
+            if ref is not None:
+                row.ratios[b] = (ref.ms / ms, mib / ref.peak_mib if ref.peak_mib else float("nan"))
+        self.rows.append(row)
+        cells = " | ".join(
+            f"{row.ratios[b][0]:.2f}x | {row.ratios[b][1]:.2f}x" if b in row.ratios else "- | -" for b in self.baselines
+        )
+        print(f"| {case} | {name} | {ms:.2f} | {mib:.1f} | {cells} |", flush=True)
+        return row
+
+    def finish(self) -> None:
+        print()
+        if self.args.json:
+            with open(self.args.json, "a") as f:
+                for r in self.rows:
+                    rec = {
+                        "title": self.title,
+                        "machine": machine(self.args.device),
+                        "versions": versions(),
+                        **asdict(r),
+                    }
+                    f.write(json.dumps(rec) + "\n")
+
+
+def main_guard(run: Callable[[argparse.Namespace], None], p: argparse.ArgumentParser) -> None:
+    """Parse the flags and run; exit non-zero with one line if the device is missing."""
+    args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"{p.prog}: error: --device {args.device} but no CUDA device is available")
+    run(args)

@@ -1,0 +1,76 @@
+"""The compiled Triton kernels on a CUDA device against the torch references (skipped without CUDA).
+
+Shapes larger than the interpreter tests, crossing several blocks and chunks; bf16 and float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lqs_megatron.kernels import (
+    grad_stats_embedding,
+    grad_stats_linear,
+    grad_stats_norm,
+    lm_head_grad_stats,
+    per_example_loss,
+)
+from tests.utils import rel_err
+
+pytestmark = pytest.mark.gpu
+DTYPES = [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 1e-4, 2e-2)]  # (dtype, stats/loss tol, bf16-grad tol)
+
+
+def _mask(B, T, device):
+    lengths = torch.randint(T // 2, T + 1, (B,), device=device)
+    return (torch.arange(T, device=device)[None, :] < lengths[:, None]).float()
+
+
+@pytest.mark.parametrize("dtype,tol,_", DTYPES)
+@pytest.mark.parametrize("method", ["direct", "ghost"])
+def test_linear_stats_cuda(dtype, tol, _, method):
+    B, T, d_in, d_out = 5, 301, 333, 517
+    A = torch.randn(B, T, d_in, device="cuda", dtype=dtype)
+    D = torch.randn(B, T, d_out, device="cuda", dtype=dtype)
+    lam = torch.randn(d_out, d_in, device="cuda")
+    mask = _mask(B, T, "cuda")
+    out = grad_stats_linear(A, D, lam, mask, method=method, backend="triton")
+    ref = grad_stats_linear(A.double(), D.double(), lam.double(), mask, method="direct", backend="torch")
+    assert rel_err(out[0], ref[0]) < tol and rel_err(out[1], ref[1]) < tol
+
+
+@pytest.mark.parametrize("dtype,tol,_", DTYPES)
+def test_embedding_and_norm_stats_cuda(dtype, tol, _):
+    B, T, d, V = 4, 257, 300, 1000
+    ids = torch.randint(0, 50, (B, T), device="cuda")
+    D = torch.randn(B, T, d, device="cuda", dtype=dtype)
+    lam = torch.randn(V, d, device="cuda")
+    mask = _mask(B, T, "cuda")
+    out = grad_stats_embedding(ids, D, lam[10:], vocab_start=10, mask=mask, backend="triton")
+    ref = grad_stats_embedding(ids, D.double(), lam[10:].double(), vocab_start=10, mask=mask, backend="torch")
+    assert rel_err(out[0], ref[0]) < tol and rel_err(out[1], ref[1]) < tol
+    xhat = torch.randn(B, T, d, device="cuda", dtype=dtype)
+    out = grad_stats_norm(xhat, D, lam[0], mask, backend="triton")
+    ref = grad_stats_norm(xhat.double(), D.double(), lam[0].double(), mask, backend="torch")
+    assert rel_err(out[0], ref[0]) < tol and rel_err(out[1], ref[1]) < tol
+
+
+@pytest.mark.parametrize("dtype,tol,grad_tol", DTYPES)
+def test_loss_and_head_stats_cuda(dtype, tol, grad_tol):
+    B, T, d, V, vocab = 3, 517, 256, 5003, 4999
+    h = torch.randn(B, T, d, device="cuda", dtype=dtype, requires_grad=True)
+    w = (torch.randn(V, d, device="cuda", dtype=dtype) / d**0.5).requires_grad_()
+    labels = torch.randint(0, vocab, (B, T), device="cuda")
+    mask = _mask(B, T, "cuda")
+    loss, lse = per_example_loss(h, w, labels, mask, vocab_size=vocab, return_lse=True, backend="triton")
+    gh, gw = torch.autograd.grad(loss.sum(), [h, w])
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref, ref_lse = per_example_loss(h64, w64, labels, mask, vocab_size=vocab, return_lse=True, backend="torch")
+    rgh, rgw = torch.autograd.grad(ref.sum(), [h64, w64])
+    assert rel_err(loss, ref) < tol and rel_err(lse, ref_lse) < tol
+    assert rel_err(gh, rgh) < grad_tol and rel_err(gw, rgw) < grad_tol
+    lam = torch.randn(V, d, device="cuda")
+    out = lm_head_grad_stats(h.detach(), w.detach(), labels, mask, lam, lse, vocab_size=vocab, backend="triton")
+    ref = lm_head_grad_stats(h64.detach(), w64.detach(), labels, mask, lam.double(), ref_lse, vocab_size=vocab,
+                             backend="torch")  # fmt: skip
+    assert rel_err(out[0], ref[0]) < grad_tol and rel_err(out[1], ref[1]) < grad_tol
