@@ -129,6 +129,15 @@ class IndexedDataset:
         seq = self[i]
         return seq[offset:] if length is None else seq[offset : offset + length]
 
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """The tokens of sequences ``start .. stop-1``, back to back (one view; they are contiguous)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"sequences [{start}, {stop}) out of range for {len(self)} sequences")
+        if start == stop:
+            return np.zeros(0, dtype=self.dtype)
+        count = int(self.sequence_lengths[start:stop].sum(dtype=np.int64))
+        return np.frombuffer(self._bin, dtype=self.dtype, count=count, offset=int(self.sequence_pointers[start]))
+
     @property
     def num_tokens(self) -> int:
         return int(self.sequence_lengths.sum(dtype=np.int64))

@@ -35,9 +35,19 @@ from typing import Any
 
 from lqs_megatron.errors import InputError, LQSError
 
-ERROR_KINDS = ("undecodable", "invalid_json", "not_object", "missing_field", "not_string", "empty")
+ERROR_KINDS = (
+    "undecodable",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "not_string",
+    "not_list",
+    "empty",
+    "template",
+)
 """Why a line can be rejected: bytes that are not UTF-8, a line that is not JSON, JSON that is
-not an object, an object without the field, a field of the wrong type, an empty text."""
+not an object, an object without the field, a field (or list item) that should be a string,
+a field that should be a list, an empty text or list, a conversation the chat template rejects."""
 
 ON_ERROR = ("fail", "skip")
 
@@ -169,7 +179,7 @@ def parse_line(raw: bytes, path: str | None = None, line_no: int | None = None) 
             "undecodable", f"invalid UTF-8 byte at offset {e.start} (expected UTF-8 encoded JSON)", path, line_no
         ) from None
     try:
-        return json.loads(text)
+        return json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as e:
         msg = f"invalid JSON at column {e.colno}: {e.msg} (expected one JSON object per line)"
         raise BadLine("invalid_json", msg, path, line_no) from None

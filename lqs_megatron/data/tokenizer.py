@@ -34,3 +34,72 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
 def vocab_size(tok) -> int:
     """The number of ids the tokenizer can produce (base vocabulary plus added tokens)."""
     return len(tok)
+
+
+class BatchEncoder:
+    """Batch encoding and decoding with exactly the ids of ``tok(text).input_ids`` / ``tok.decode``.
+
+    For a fast tokenizer (one with a ``tokenizer.json`` backend) the batch goes straight to
+    the Rust backend (``encode_batch_fast``: no offsets, no Python object per token); any
+    truncation or padding saved in ``tokenizer.json`` is switched off, as ``tok(text)``
+    does. Other tokenizers go through ``tok(texts)``. Picklable: a worker process reloads
+    the directory (or inherits it when forked).
+    """
+
+    def __init__(self, tokenizer_dir: str | os.PathLike):
+        self.tokenizer_dir = str(tokenizer_dir)
+        self._backend = None
+        self._loaded = False
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer_dir": self.tokenizer_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["tokenizer_dir"])
+
+    @property
+    def tok(self):
+        return load_tokenizer(self.tokenizer_dir)
+
+    @property
+    def backend(self):
+        """The ``tokenizers.Tokenizer`` (a private copy), or ``None`` for a slow tokenizer."""
+        if not self._loaded:
+            bt = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+            if bt is not None:
+                from tokenizers import Tokenizer  # noqa: PLC0415
+
+                bt = Tokenizer.from_str(bt.to_str())
+                bt.no_truncation()
+                bt.no_padding()
+            self._backend, self._loaded = bt, True
+        return self._backend
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tok.eos_token_id)
+
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """``[tok(t, add_special_tokens=...).input_ids for t in texts]``, batched."""
+        if not texts:
+            return []
+        bt = self.backend
+        if bt is None:
+            return [list(x) for x in self.tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
+        fast = getattr(bt, "encode_batch_fast", bt.encode_batch)
+        return [e.ids for e in fast(list(texts), add_special_tokens=add_special_tokens)]
+
+    def encode_with_offsets(self, texts: list[str]) -> list:
+        """``tokenizers.Encoding`` objects (ids plus character offsets); needs a fast tokenizer."""
+        bt = self.backend
+        if bt is None:
+            raise LQSError(
+                f"tokenizer {self.tokenizer_dir!r} is not a fast tokenizer (no tokenizer.json); "
+                "chunk mode needs token offsets"
+            )
+        return bt.encode_batch(list(texts), add_special_tokens=True)
+
+    def decode(self, seqs: list) -> list[str]:
+        """``[tok.decode(s, skip_special_tokens=True) for s in seqs]``, batched."""
+        lists = [s.tolist() if hasattr(s, "tolist") else list(s) for s in seqs]
+        return list(self.tok.batch_decode(lists, skip_special_tokens=True))
