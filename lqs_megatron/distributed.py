@@ -142,9 +142,11 @@ class ParallelDims:
         g = {"world": None, "dp": self.dp_group, "tp": self.tp_group}[group]
         if not self.distributed or (group != "world" and g is None):
             return t
-        dist.all_reduce(
-            t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op], group=g
-        )
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        work = t if t.device == self.device else t.to(self.device)  # nccl reduces device tensors only
+        dist.all_reduce(work, op=ops[op], group=g)
+        if work is not t:
+            t.copy_(work)
         return t
 
 

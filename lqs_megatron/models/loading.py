@@ -14,10 +14,12 @@ scorer, ``lqs evaluate`` and ``lqs pretrain`` all use these.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
@@ -42,6 +44,19 @@ def build_model(
     model.init_weights(seed)
     parallelize(model, dims, make_vocab_size_divisible_by)
     return model.to(device=device or dims.device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _on_meta():
+    """Build modules on the meta device (no memory, no init). ``nn.Embedding``'s initialiser is
+    skipped meanwhile: on meta tensors it only costs a multi-second import of ``torch._dynamo``."""
+    reset = nn.Embedding.reset_parameters
+    nn.Embedding.reset_parameters = lambda self: None
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        nn.Embedding.reset_parameters = reset
 
 
 def _assign(model: Decoder, sd: dict[str, torch.Tensor], where: str) -> Decoder:
@@ -71,11 +86,11 @@ def _load_checkpoint(path: Path, dims: ParallelDims, multiple: int | None) -> De
     check_tp(cfg, dims.tp, name=str(step_dir))
     stored_multiple = meta.get("make_vocab_size_divisible_by", 1)
     padded = meta["padded_vocab_size"]
-    with torch.device("meta"):
+    with _on_meta():
         model = Decoder(cfg, padded)
     if meta["tp"] == dims.tp and (multiple is None or multiple == stored_multiple):
         # same split: each rank reads only its own shard file
-        with torch.device("meta"):
+        with _on_meta():
             parallelize(model, dims, stored_multiple)
         return _assign(model, read_model_shard(step_dir, dims.tp_rank, dims.tp), str(step_dir))
     # another split: merge the shards, then shard again for this tp

@@ -149,22 +149,23 @@ class VocabParallelEmbedding(nn.Embedding):
     contributions, so every rank returns the full embeddings.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, tp_group=None, device=None, dtype=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, tp_group=None, device=None, dtype=None, _weight=None):
         self.tp_size, self.tp_rank = group_size(tp_group), group_rank(tp_group)
         if num_embeddings % self.tp_size:
             raise ValueError(f"num_embeddings {num_embeddings} is not divisible by tp {self.tp_size}")
-        super().__init__(num_embeddings // self.tp_size, embedding_dim, device=device, dtype=dtype)
+        local = num_embeddings // self.tp_size
+        super().__init__(local, embedding_dim, device=device, dtype=dtype, _weight=_weight)
         self.tp_group = tp_group
         self.full_num_embeddings = num_embeddings
         self.vocab_start = self.tp_rank * self.num_embeddings
         self.vocab_end = self.vocab_start + self.num_embeddings
-        _mark(self.weight, 0)
+        _mark(self.weight, 0)  # nn.Embedding wraps _weight in a new Parameter: mark that one
 
     @classmethod
     def from_dense(cls, dense: nn.Embedding, tp_group=None) -> VocabParallelEmbedding:
-        m = cls(dense.num_embeddings, dense.embedding_dim, tp_group, device="meta")
-        m.weight = _mark(nn.Parameter(_shard(dense.weight, 0, m.tp_rank, m.tp_size)), 0)
-        return m
+        size, rank = group_size(tp_group), group_rank(tp_group)
+        shard = _shard(dense.weight, 0, rank, size)
+        return cls(dense.num_embeddings, dense.embedding_dim, tp_group, _weight=shard)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:

@@ -138,9 +138,11 @@ def save_checkpoint(
     dims: ParallelDims,
     meta: dict,
     trainer_state: dict,
-    tokenizer_dir: str | os.PathLike | None = None,
+    tokenizer=None,
 ) -> Path:
-    """Write ``root/step_X`` (collective: every rank calls it) and point ``latest`` at it."""
+    """Write ``root/step_X`` (collective: every rank calls it) and point ``latest`` at it.
+
+    ``tokenizer``: a transformers tokenizer saved into ``tokenizer/`` (for ``export-hf``)."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     root = Path(root)
@@ -158,8 +160,8 @@ def save_checkpoint(
     if dims.is_main:
         save_json(tmp / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
         save_json(tmp / "trainer.json", trainer_state)
-        if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
-            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
     dims.barrier()
     if dims.is_main:
         if final.exists():

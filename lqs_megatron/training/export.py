@@ -1,0 +1,30 @@
+"""``lqs export-hf``: a checkpoint (any tp) as a Hugging Face directory.
+
+The tp shards are merged (:func:`~lqs_megatron.models.parallelize.merge_state_dicts`), the
+vocabulary padding rows dropped and the true ``vocab_size`` written to ``config.json``
+(:func:`~lqs_megatron.models.hf.save_hf_model`), with the tokenizer files stored in the
+checkpoint. ``transformers`` loads the result with no missing or unexpected keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from lqs_megatron.models.config import ModelConfig
+from lqs_megatron.models.hf import save_hf_model
+from lqs_megatron.training.checkpoint import read_config, read_full_state_dict, resolve_checkpoint
+
+
+def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write ``out_dir`` (atomically) from ``checkpoint`` (a root with ``latest`` or a step directory)."""
+    step_dir = resolve_checkpoint(checkpoint)
+    meta = read_config(step_dir)
+    cfg = ModelConfig.from_dict(meta["model"])
+    sd = read_full_state_dict(step_dir)
+    if cfg.tie_word_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    tok = step_dir / "tokenizer"
+    return save_hf_model(sd, cfg, out_dir, dtype=dtype, tokenizer_dir=tok if tok.is_dir() else None)

@@ -1,0 +1,63 @@
+"""dp=2 (2 gloo processes, DDP) makes the update of one process on the same global batch;
+the schedule and the tp-aware clipping against their plain definitions."""
+
+import math
+
+import torch
+
+from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.models.config import ModelConfig
+from lqs_megatron.training.optim import WarmupCosine, build_optimizer, clip_grad_norm
+from tests.utils import assert_close, spawn
+
+CFG = dict(vocab_size=53, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def _train(dims, tokens_fn, micro, steps=3):
+    from lqs_megatron.models.loading import build_model
+    from lqs_megatron.training.step import TrainStep
+
+    model = build_model(ModelConfig(**CFG), dims, seed=7)
+    opt = build_optimizer(model, lr=1e-2)
+    step_fn = TrainStep(model, dims, opt, WarmupCosine(1e-2, 1e-3, 1, steps), micro, clip_grad=0.5)
+    losses = [float(step_fn(tokens_fn(s), s)["loss"]) for s in range(steps)]
+    return model, losses
+
+
+def _dp_worker(rank: int, world: int) -> None:
+    from lqs_megatron.distributed import init_distributed
+
+    dims = init_distributed(tp=1, device="cpu")
+    assert dims.dp == 2 and dims.dp_group is not None and dims.tp_group is None
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 53, (6, 12), generator=gen) for _ in range(3)]  # global batch 6, L = 11
+    ref_model, ref_losses = _train(ParallelDims(), lambda s: batches[s], micro=2)  # one process, 3 micro-batches
+    dp_model, dp_losses = _train(dims, lambda s: batches[s][3 * rank : 3 * rank + 3], micro=3)
+    assert_close(torch.tensor(dp_losses), torch.tensor(ref_losses), rtol=1e-5, name="loss")
+    for (name, p), q in zip(dp_model.named_parameters(), ref_model.parameters()):
+        assert_close(p, q, rtol=2e-5, atol=2e-6, name=f"{name} after 3 updates (rank {rank})")
+
+
+def test_dp2_equals_one_process():
+    spawn(_dp_worker, 2)
+
+
+def test_warmup_cosine():
+    s = WarmupCosine(lr=1.0, min_lr=0.1, warmup=4, total=14)
+    assert [s(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert math.isclose(s(9), 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert math.isclose(s(14), 0.1) and math.isclose(s(100), 0.1)
+
+
+def test_clip_matches_torch_on_one_rank():
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    a[0].tp_dim = 0  # a sharded weight on a tp=1 run counts once
+    for p, q in zip(a, b):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    norm = clip_grad_norm(a, 0.3, ParallelDims())
+    ref = torch.nn.utils.clip_grad_norm_(b, 0.3)
+    assert_close(norm, ref, rtol=1e-6, name="norm")
+    for p, q in zip(a, b):
+        assert_close(p.grad, q.grad, rtol=1e-6, name="clipped grad")

@@ -1,0 +1,203 @@
+"""`lqs pretrain` / `lqs export-hf` / `lqs evaluate` end to end through the real CLI on tiny data:
+export = checkpoint = transformers, evaluate = transformers, exact resume, tp=2 under torchrun
+= tp=1, --init-from, and the failure modes."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.training.conftest import write_tokens
+from tests.utils import REPO, rel_err, run_lqs
+
+ARGS = ["--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3"]
+ARGS += ["--log-interval", "1", "--seed", "5"]
+
+
+def _pretrain(data, out, *extra, steps=6, check=True):
+    return run_lqs(
+        "pretrain", "--model-config", "tiny", "--tokenizer", data["tokenizer"], "--data", data["train"],
+        "--steps", steps, "--out", out, *ARGS, *extra, check=check,
+    )  # fmt: skip
+
+
+def _losses(out) -> list[float]:
+    recs = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    return [r["loss"] for r in recs if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    """An uninterrupted 6-step run with checkpoints at 3 and 6 and validation at the end."""
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    proc = _pretrain(tiny_data, out, "--save-interval", "3", "--valid-data", tiny_data["valid"], "--eval-samples", "6")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"out": str(out), "summary": summary, **tiny_data}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(run, tmp_path_factory):
+    """The run's final checkpoint exported through `lqs export-hf`."""
+    out = tmp_path_factory.mktemp("export") / "hf"
+    run_lqs("export-hf", "--checkpoint", run["out"], "--out", out)
+    return out
+
+
+def test_checkpoint_layout(run):
+    out = run["out"]
+    assert open(os.path.join(out, "latest")).read().strip() == "step_00000006"
+    step = os.path.join(out, "step_00000006")
+    assert sorted(os.listdir(step)) == [
+        "config.json", "model-tp00-of-01.safetensors", "optimizer-tp00-of-01.pt", "rng-rank00000.pt",
+        "tokenizer", "trainer.json",
+    ]  # fmt: skip
+    meta = json.load(open(os.path.join(step, "config.json")))
+    assert meta["model"]["vocab_size"] == 512 and meta["tp"] == 1 and meta["padded_vocab_size"] == 512
+    assert meta["model"]["eos_token_id"] == 3
+    state = json.load(open(os.path.join(step, "trainer.json")))
+    assert state["step"] == 6 and state["consumed_samples"] == 24
+    losses = _losses(out)
+    assert len(losses) == 6 and losses[-1] < losses[0] and run["summary"]["valid_loss"] is not None
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_export_hf_loads_cleanly_and_matches_checkpoint(run, hf_dir, caplog):
+    import transformers
+
+    from lqs_megatron.models.loading import load_model
+
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.enable_propagation()
+    with caplog.at_level(logging.WARNING):
+        hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    noisy = [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
+    assert not [m for m in noisy if "missing" in m.lower() or "unexpected" in m.lower() or "newly" in m], noisy
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert len(tok) == 512 and tok.eos_token_id == 3
+    ours = load_model(run["out"]).eval()
+    ids = torch.randint(0, 512, (2, 17))
+    with torch.no_grad():
+        assert rel_err(hf.eval()(input_ids=ids).logits, ours.logits(ours(ids))) < 1e-5
+
+
+def _transformers_loss(model_dir, prefix, L) -> tuple[float, int]:
+    import transformers
+
+    from lqs_megatron.data.indexed import IndexedDataset
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    losses, tokens = [], 0  # one forward per example: no padding at all in the reference
+    with torch.no_grad():
+        for x in IndexedDataset(prefix):
+            x = torch.from_numpy(x[: L + 1].astype(np.int64))
+            logits = hf(input_ids=x[None, :-1]).logits[0]
+            losses.append(F.cross_entropy(logits.float(), x[1:]).item())
+            tokens += len(x) - 1
+    return float(np.mean(losses)), tokens
+
+
+def test_evaluate_equals_transformers(run, hf_dir):
+    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.models.loading import load_model
+    from lqs_megatron.training.evaluate import evaluate_dataset
+
+    # documents shorter and longer than L + 1 (padding and cutting both happen)
+    res = json.loads(run_lqs("evaluate", "--model", hf_dir, "--data", run["valid"], "--max-length", "48",
+                             "--batch-size", "3").stdout.strip().splitlines()[-1])  # fmt: skip
+    ref, tokens = _transformers_loss(hf_dir, run["valid"], 48)
+    assert res["examples"] == len(IndexedDataset(run["valid"])) and res["tokens"] == tokens
+    assert abs(res["loss"] - ref) / ref < 1e-5, (res, ref)
+    ck = evaluate_dataset(load_model(run["out"]), run["valid"], 48, batch_size=5, progress=False)
+    assert abs(ck["loss"] - ref) / ref < 1e-5 and ck["tokens"] == tokens
+
+
+def test_resume_continues_exactly(run, tmp_path):
+    out = tmp_path / "ckpt"
+    extra = ("--save-interval", "3", "--valid-data", run["valid"], "--eval-samples", "6")
+    first = _pretrain(run, out, *extra, "--stop-after", "5")  # killed after step 5: step 4-5 are lost
+    assert json.loads(first.stdout.strip().splitlines()[-1])["stopped_early"]
+    assert open(out / "latest").read().strip() == "step_00000003"
+    refused = _pretrain(run, out, *extra, check=False)
+    assert refused.returncode == 1 and "pass --resume" in refused.stderr
+    _pretrain(run, out, *extra, "--resume")
+    assert _losses(out) == _losses(run["out"])  # step for step, bit for bit (same machine and threads)
+    bad = _pretrain(run, out, *extra, "--resume", "--global-batch-size", "8", check=False)
+    assert bad.returncode == 1 and "--global-batch-size was 4, now 8" in bad.stderr
+
+
+def test_tp2_under_torchrun_matches_tp1(run, tmp_path):
+    out = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "lqs_megatron", "pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"],
+           "--data", run["train"], "--steps", "6", "--stop-after", "3", "--out", str(out), "--tp", "2",
+           "--save-interval", "3", *ARGS]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = out / "step_00000003"
+    assert json.load(open(step / "config.json"))["tp"] == 2
+    assert sorted(p for p in os.listdir(step) if p.startswith("model")) == [
+        "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors",
+    ]  # fmt: skip
+    np.testing.assert_allclose(_losses(out), _losses(run["out"])[:3], rtol=2e-5)
+    # export merges the shards; loading merges them too; both equal the tp=1 run up to float noise
+    import transformers
+
+    from lqs_megatron.models.loading import load_model
+
+    run_lqs("export-hf", "--checkpoint", out, "--out", tmp_path / "hf2")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2").eval()
+    merged = load_model(out).eval()
+    ref = load_model(os.path.join(run["out"], "step_00000003")).eval()
+    ids = torch.randint(0, 512, (2, 13))
+    with torch.no_grad():
+        assert rel_err(hf(input_ids=ids).logits, merged.logits(merged(ids))) < 1e-5
+        assert rel_err(merged.logits(merged(ids)), ref.logits(ref(ids))) < 1e-4
+
+
+def test_init_from_hf_starts_at_its_loss(run, hf_dir, tmp_path):
+    import transformers
+
+    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.training.data import SampleStream
+
+    out = tmp_path / "ft"
+    run_lqs("pretrain", "--init-from", hf_dir, "--data", run["train"], "--steps", "1", "--out", out, *ARGS)
+    batch = SampleStream([run["train"]], 32, 4).batch(range(4))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=batch[:, :-1]).logits
+    ref = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:]).item()
+    assert abs(_losses(out)[0] - ref) / ref < 1e-5
+    assert len(load_tokenizer(str(out / "step_00000001" / "tokenizer"))) == 512  # tokenizer came from the HF dir
+
+
+def test_bad_inputs_are_clear_errors(run, tmp_path):
+    def fails(*args, match):
+        proc = run_lqs(*args, check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert match in proc.stderr, proc.stderr[-2000:]
+        return proc
+
+    out = tmp_path / "out"
+    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", tmp_path / "missing",
+          "--steps", "2", "--out", out, *ARGS, match="missing")  # fmt: skip
+    big = write_tokens(tmp_path / "big", [[5, 6, 7, 8] * 20, [1, 2, 900, 3] * 20])
+    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", big,
+          "--steps", "2", "--out", out, *ARGS, match=f"dataset '{big}' holds token id 900")  # fmt: skip
+    assert not (out / "latest").exists()
+    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", run["train"],
+          "--steps", "2", "--out", out, "--tp", "3", *ARGS, match="--tp 3 does not divide num_heads = 4")  # fmt: skip
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    fails("evaluate", "--model", bert, "--data", run["valid"], "--max-length", "8", match="unsupported architecture")
+    fails("pretrain", "--init-from", bert, "--data", run["train"], "--steps", "2", "--out", out, *ARGS,
+          match="unsupported architecture 'bert'")  # fmt: skip
