@@ -9,6 +9,7 @@ whole global batch. Micro-batches accumulate gradients (``no_sync`` until the la
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -48,12 +49,14 @@ class TrainStep:
         if dims.dp > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
+            # the only buffer (rotary inv_freq) is a constant: no buffer sync per forward
+            newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
             self.module = DDP(
                 self.loss_module,
                 process_group=dims.dp_group,
                 device_ids=[dims.device.index] if dims.device.type == "cuda" else None,
-                broadcast_buffers=False,
                 gradient_as_bucket_view=True,
+                **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}),
             )
         self.params = [p for p in model.parameters() if p.requires_grad]
 
