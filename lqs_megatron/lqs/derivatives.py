@@ -16,6 +16,7 @@ inside (the fused CPU and flash kernels have no double backward).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +34,27 @@ def example_losses(model: Decoder, batch: Batch, twice_differentiable: bool = Fa
     return per_example_lm_loss(
         model, batch.input_ids, batch.labels, batch.loss_mask, backend="torch" if twice_differentiable else "auto"
     )
+
+
+@contextlib.contextmanager
+def _no_silent_collectives(active: bool):
+    """Fail loudly if the second backward runs through a collective that autograd cannot differentiate
+    (a tensor-parallel mapping whose backward calls ``dist.all_reduce`` directly instead of its
+    conjugate autograd function): the HVP would be silently wrong."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if "autograd kernel was not registered" in str(w.message):
+            raise RuntimeError(
+                "Hessian-vector product under tensor parallelism went through a collective with no autograd "
+                f"kernel ({str(w.message).split(':')[0]}): the tp mappings' backward must be built from their "
+                "conjugate autograd functions (models/mappings.py) for double backward"
+            )
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _autocast(space: ParamSpace, dtype: torch.dtype):
@@ -77,12 +99,17 @@ def hvp(
         with sdpa_kernel(SDPBackend.MATH), _autocast(space, compute_dtype):
             loss = example_losses(space.model, batch, twice_differentiable=True).sum() * w
         gs = torch.autograd.grad(loss, params, create_graph=True)
-        # <grad, v> over the whole model as a replicated scalar (so that every rank back-propagates the
-        # same value): shards summed over the tp group, replicated tensors weighted 1/tp on every rank
-        # (every rank then walks the same graph, so the collectives in it match).
-        dot = sum((g * vv).sum() * space.share[n] for n, g, vv in zip(space.params, gs, vs))
-        dot = reduce_from_region(dot, space.dims.tp_group) if space.dims.tp > 1 else dot
-        hs = torch.autograd.grad(dot, params, allow_unused=True)
+        # <grad, v> over the whole model as a replicated scalar, in Megatron's convention: the shards'
+        # partial sum goes through reduce_from_region (forward all-reduce, backward identity), the
+        # replicated tensors' terms (identical on every rank) are added after it, on every rank.
+        sharded = [(g * vv).sum() for n, g, vv in zip(space.params, gs, vs) if space.sharded[n]]
+        replicated = [(g * vv).sum() for n, g, vv in zip(space.params, gs, vs) if not space.sharded[n]]
+        dot = sum(sharded)
+        if space.dims.tp > 1:
+            dot = reduce_from_region(dot, space.dims.tp_group)
+        dot = dot + sum(replicated)
+        with _no_silent_collectives(space.dims.tp > 1):
+            hs = torch.autograd.grad(dot, params, allow_unused=True)
         for n, h in zip(space.params, hs):
             if h is not None:
                 out[n].add_(h.to(acc_dtype))

@@ -35,8 +35,7 @@ class ParamSpace:
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())  # shared tensors listed once
         # A replicated parameter is summed on tp rank 0 only; sharded ones on every tp rank.
         self.counted = {n: _is_sharded(p) or dims.tp_rank == 0 for n, p in self.params.items()}
-        # The same as a weight every tp rank applies: 1 for shards, 1/tp for replicated tensors.
-        self.share = {n: 1.0 if _is_sharded(p) else 1.0 / dims.tp for n, p in self.params.items()}
+        self.sharded = {n: _is_sharded(p) for n, p in self.params.items()}
 
     @property
     def names(self) -> list[str]:
