@@ -20,6 +20,7 @@ sequence is truncated keeping its EOS. Each sequence is one document.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -157,6 +158,7 @@ class EncodeConversations:
 
 def tokenize_target(config: TargetConfig) -> dict:
     """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``)."""
+    t0 = time.perf_counter()
     encoder = BatchEncoder(config.tokenizer_dir)
     tok = encoder.tok
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
@@ -171,6 +173,7 @@ def tokenize_target(config: TargetConfig) -> dict:
         desc=f"tokenize-target {os.path.basename(config.out_prefix)}",
         progress=config.progress,
     )
+    counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
     extra = {
         "format": "chat_template" if tok.chat_template else f"plain (turns joined by {PLAIN_SEPARATOR!r})",
         "dtype": np.dtype(dtype).name,

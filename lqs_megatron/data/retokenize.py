@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -136,6 +137,7 @@ def _write(writer, out: EncodedBatch) -> None:
 
 def retokenize(config: RetokenizeConfig) -> dict:
     """Run ``lqs retokenize``; return the statistics (also in ``PREFIX.stats.json``)."""
+    t0 = time.perf_counter()
     ds = IndexedDataset(config.data)
     src, dst = BatchEncoder(config.src_tokenizer), BatchEncoder(config.dst_tokenizer)
     src.tok, dst.tok  # noqa: B018 - load both now: clear errors before any work
@@ -157,6 +159,7 @@ def retokenize(config: RetokenizeConfig) -> dict:
         write=_write,
         progress=config.progress,
     )
+    counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
     extra = {
         "source": {"data": config.data, "sequences": len(ds), "documents": ds.num_documents, "tokens": ds.num_tokens},
         "dtype": np.dtype(dtype).name,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -306,6 +307,7 @@ def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, 
 
 def tokenize(config: TokenizeConfig) -> dict:
     """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``)."""
+    t0 = time.perf_counter()
     encoder = BatchEncoder(config.tokenizer_dir)
     tok = encoder.tok  # loads it: a clear error for a missing directory or no EOS
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
@@ -328,6 +330,7 @@ def tokenize(config: TokenizeConfig) -> dict:
         finish=None if chunker is None else (lambda w: w.add_documents(*chunker.finish())),
         progress=config.progress,
     )
+    counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
     extra = {
         "dtype": np.dtype(dtype).name,
         "vocab_size": vocab,

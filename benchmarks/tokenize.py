@@ -1,0 +1,226 @@
+"""`lqs tokenize` vs a Megatron-LM ``tools/preprocess_data.py``-style baseline: same corpus, tokenizer, cores.
+
+The baseline is written the way Megatron-LM's preprocessing works (re-implemented here, not
+imported): a ``multiprocessing.Pool(workers)`` whose initializer loads the tokenizer,
+``pool.imap(encode, lines, 32)`` over the text lines of the jsonl, each worker doing
+``json.loads`` + ``tokenizer(text).input_ids`` + EOD per document and returning Python
+lists, and the main process appending each document with megatron-core's own
+``IndexedDatasetBuilder.add_document`` (a Python-side writer). Ours is
+:func:`lqs_megatron.data.tokenize.tokenize_files` (what ``lqs tokenize`` runs): raw line
+batches to worker processes, one batched encode per batch in the Rust tokenizer, flat
+numpy arrays back, the native builder writing.
+
+Both run on the same ``--cores`` cores (CPU affinity, inherited by the workers) with
+``--workers`` worker processes each, on the same corpus: documents made from Python's own
+documentation (the ``pydoc_data`` topics and the standard library's docstrings), cut into
+paragraphs and recombined with variation into a multi-MB jsonl. The tokenizer is a
+sentencepiece BPE trained on that corpus (``--vocab-size``), or ``--tokenizer DIR``. The two
+outputs are checked to be byte-identical. Prints docs/s, tokens/s and MB/s of each and the
+ratios (best of ``--repeats`` runs).
+
+    python benchmarks/tokenize.py [--mb 24] [--workers 2] [--cores 2] [--repeats 2]
+"""
+
+# This file is named after the command it measures; drop its directory from the import path
+# first, so that it does not shadow the standard library's ``tokenize`` module.
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def python_doc_texts() -> list[str]:
+    """The pydoc topics and the docstrings of the importable standard library (modules and members)."""
+    import pydoc_data.topics
+
+    texts = list(pydoc_data.topics.topics.values())
+    skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip"}
+    warnings.simplefilter("ignore")
+    for name in sorted(sys.stdlib_module_names):
+        if name in skip or name.startswith("_"):
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                mod = importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - some modules do not import on every platform
+            continue
+        doc = inspect.getdoc(mod)
+        if doc:
+            texts.append(doc)
+        for attr, obj in sorted(vars(mod).items()):
+            if not attr.startswith("_") and getattr(obj, "__module__", None) == name:
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 200:
+                    texts.append(doc)
+    return texts
+
+
+def make_corpus(path: str, megabytes: float, seed: int = 0) -> tuple[int, int]:
+    """Write ~``megabytes`` of jsonl documents (paragraphs recombined, words varied); return (docs, bytes)."""
+    rng = random.Random(seed)
+    paragraphs = [p for t in python_doc_texts() for p in t.split("\n\n") if p.strip()]
+    words = sorted({w for p in paragraphs[:5000] for w in p.split() if w.isalpha()})
+    docs = size = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < megabytes * 1e6:
+            target = int(rng.lognormvariate(7.3, 0.9))  # median ~1.5 kB, long tail
+            start = rng.randrange(len(paragraphs))
+            parts, n = [], 0
+            while n < target:
+                p = paragraphs[(start + len(parts)) % len(paragraphs)]
+                if rng.random() < 0.3:  # variation: some words swapped for others
+                    toks = p.split(" ")
+                    for _ in range(max(1, len(toks) // 20)):
+                        toks[rng.randrange(len(toks))] = rng.choice(words)
+                    p = " ".join(toks)
+                parts.append(p)
+                n += len(p) + 2
+            line = json.dumps({"id": docs, "text": "\n\n".join(parts)}, ensure_ascii=False) + "\n"
+            f.write(line)
+            docs += 1
+            size += len(line.encode())
+    return docs, size
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+class MegatronStyleEncoder:
+    """Megatron-LM ``tools/preprocess_data.py``'s ``Encoder``: per-document encode in a pool worker."""
+
+    def __init__(self, tokenizer_dir: str, key: str = "text"):
+        self.tokenizer_dir, self.key = tokenizer_dir, key
+
+    def initializer(self):
+        from transformers import AutoTokenizer
+
+        MegatronStyleEncoder.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, local_files_only=True)
+
+    def encode(self, json_line: str):
+        data = json.loads(json_line)
+        text = data[self.key]
+        tok = MegatronStyleEncoder.tokenizer
+        doc_ids = tok(text).input_ids  # Megatron's _HuggingFaceTokenizer.tokenize
+        sentence_lens = [len(doc_ids)]
+        doc_ids.append(tok.eos_token_id)  # --append-eod
+        sentence_lens[-1] += 1
+        return {self.key: doc_ids}, {self.key: sentence_lens}, len(json_line)
+
+
+def run_baseline(corpus: str, tokenizer_dir: str, out_prefix: str, workers: int) -> None:
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    encoder = MegatronStyleEncoder(tokenizer_dir)
+    with open(corpus, encoding="utf-8") as fin:
+        pool = multiprocessing.Pool(workers, initializer=encoder.initializer)
+        encoded = pool.imap(encoder.encode, fin, 32)
+        builder = IndexedDatasetBuilder(f"{out_prefix}.bin", dtype=DType.optimal_dtype(len(tok)))
+        for doc, sentence_lens, _ in encoded:
+            for key in doc:
+                builder.add_document(doc[key], sentence_lens[key])
+        builder.finalize(f"{out_prefix}.idx")
+        pool.close()
+        pool.join()
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--mb", type=float, default=24.0, help="corpus size in MB of jsonl")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of each tool")
+    p.add_argument("--cores", type=int, default=2, help="CPU cores both tools are pinned to")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each; the best is reported")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: train one on the corpus)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained tokenizer")
+    p.add_argument("--workdir", default=None, help="where the corpus and outputs go (default: a temp dir)")
+    args = p.parse_args()
+
+    cpus = sorted(os.sched_getaffinity(0))[: args.cores]
+    os.sched_setaffinity(0, cpus)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # heavy imports of both sides happen here, outside the timed runs
+    import megatron.core.datasets.indexed_dataset  # noqa: F401
+    import transformers  # noqa: F401
+
+    from lqs_megatron.data.jsonl import read_texts
+    from lqs_megatron.data.tokenize import tokenize_files
+    from lqs_megatron.data.train_tokenizer import train_tokenizer
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        corpus = os.path.join(tmp, "corpus.jsonl")
+        n_docs, n_bytes = make_corpus(corpus, args.mb)
+        tok_dir = args.tokenizer
+        if tok_dir is None:
+            tok_dir = os.path.join(tmp, "tokenizer")
+            sample = (t for i, (_, _, t) in enumerate(read_texts(corpus, "text")) if i < 2000)
+            train_tokenizer(sample, tok_dir, vocab_size=args.vocab_size, num_threads=len(cpus))
+        print(f"corpus: {n_docs} documents, {n_bytes / 1e6:.1f} MB of jsonl; tokenizer: {tok_dir}")
+        print(f"machine: {cpu_name()}, pinned to {len(cpus)} cores; {args.workers} workers each; python "
+              f"{platform.python_version()}")  # fmt: skip
+
+        runs = {
+            "baseline (Megatron-LM preprocess_data style)": lambda out: run_baseline(
+                corpus, tok_dir, out, args.workers
+            ),
+            "lqs tokenize": lambda out: tokenize_files(
+                corpus, "text", tok_dir, out, workers=args.workers, progress=False
+            ),
+        }
+        best: dict[str, float] = {}
+        for rep in range(args.repeats):
+            for name, fn in runs.items() if rep % 2 == 0 else reversed(runs.items()):
+                out = os.path.join(tmp, "base" if name.startswith("baseline") else "ours")
+                t0 = time.perf_counter()
+                fn(out)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+        same = all(
+            open(os.path.join(tmp, f"base{e}"), "rb").read() == open(os.path.join(tmp, f"ours{e}"), "rb").read()
+            for e in (".bin", ".idx")
+        )
+        tokens = int(np.fromfile(os.path.join(tmp, "ours.idx"), dtype=np.int32, count=n_docs, offset=34).sum())
+        print(f"outputs byte-identical: {same}; {tokens} tokens")
+        base = best["baseline (Megatron-LM preprocess_data style)"]
+        print("\n| tool | seconds | docs/s | tokens/s | MB/s | docs/s vs baseline |")
+        print("|---|---|---|---|---|---|")
+        for name, sec in best.items():
+            print(f"| {name} | {sec:.2f} | {n_docs / sec:,.0f} | {tokens / sec:,.0f} | {n_bytes / 1e6 / sec:.2f} | "
+                  f"{base / sec:.2f}x |")  # fmt: skip
+        if not same:
+            sys.exit("the two outputs differ")
+
+
+if __name__ == "__main__":
+    main()
