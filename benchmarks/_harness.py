@@ -1,14 +1,13 @@
 """The one benchmark harness of ``benchmarks/``: median time, peak memory, ratios to baselines.
 
-A script builds its inputs, then for each case adds one row per implementation to a :class:`Table`;
-the table times each (median of many runs: ``triton.testing.do_bench`` on a GPU, ``perf_counter``
-on the CPU), measures the peak memory it allocates, and prints a markdown row with the speed-up and
+A script builds its inputs, then gives each case's implementations to a :class:`Table`, which
+times them (median of many runs: ``triton.testing.do_bench`` on a GPU, ``perf_counter`` round-robin
+on the CPU), measures the peak memory each allocates, and prints a markdown row with the speed-up and
 memory ratio against the case's baselines (measured in the same run). The header names the machine
 (GPU name or ``lscpu`` model name) and the versions. ``--json PATH`` also writes the rows as JSON lines.
 
     table = Table("per-example loss", baselines=["materialised"], args=args)
-    table.add("B=8 T=128", "materialised", lambda: ...)
-    table.add("B=8 T=128", "fused", lambda: ...)
+    table.case("B=8 T=128", {"materialised": lambda: ..., "fused": lambda: ...})
     table.finish()
 """
 
@@ -68,19 +67,24 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def time_ms(fn: Callable[[], object], device: str, reps: int = 10, stat: str = "median") -> float:
-    """Wall time of ``fn()`` in milliseconds after warm-up: median (or ``stat="min"``) of ``reps`` runs."""
+def time_ms(fns: dict[str, Callable[[], object]], device: str, reps: int = 10, stat: str = "median") -> dict:
+    """Wall time of each ``fn()`` in milliseconds after warm-up: median (or ``stat="min"``) of ``reps`` runs.
+
+    On the CPU the functions are timed round-robin, so a change in machine load hits them alike.
+    """
     if device.startswith("cuda"):
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode=stat))
-    fn()  # warm-up (allocator, lazy init)
-    times = []
+        return {k: float(triton.testing.do_bench(f, warmup=25, rep=100, return_mode=stat)) for k, f in fns.items()}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()  # warm-up (allocator, lazy init)
     for _ in range(max(reps, 1)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return min(times) if stat == "min" else statistics.median(times)
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: min(v) if stat == "min" else statistics.median(v) for k, v in times.items()}
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -97,11 +101,15 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # views and in-place results share an input's storage: not an allocation
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 st = t.untyped_storage()
                 key, n = st.data_ptr(), st.nbytes()
-                if n and key not in self._seen:
+                if n and key not in self._seen and key not in inputs:
                     self._seen[key] = weakref.finalize(st, self._free, key, n)
                     self.live += n
                     self.peak = max(self.peak, self.live)
@@ -148,21 +156,25 @@ class Table:
         print(f"| case | implementation | {args.stat} ms | peak MiB | {cols} |")
         print("|" + "---|" * (4 + 2 * len(baselines)))
 
-    def add(self, case: str, name: str, fn: Callable[[], object], memory: bool = True) -> Row:
-        """Time ``fn`` and measure its peak memory; print and keep the row."""
-        ms = time_ms(fn, self.args.device, self.args.reps, self.args.stat)
-        mib = peak_mib(fn, self.args.device) if memory else float("nan")
-        row = Row(case, name, ms, mib)
-        for b in self.baselines:
-            ref = next((r for r in self.rows if r.case == case and r.name == b), None)
-            if ref is not None:
-                row.ratios[b] = (ref.ms / ms, mib / ref.peak_mib if ref.peak_mib else float("nan"))
-        self.rows.append(row)
-        cells = " | ".join(
-            f"{row.ratios[b][0]:.2f}x | {row.ratios[b][1]:.2f}x" if b in row.ratios else "- | -" for b in self.baselines
-        )
-        print(f"| {case} | {name} | {ms:.2f} | {mib:.1f} | {cells} |", flush=True)
-        return row
+    def case(self, case: str, fns: dict[str, Callable[[], object]], memory: bool = True) -> list[Row]:
+        """Time the implementations ``fns`` (name -> callable) of one case and measure their peak memory;
+        print and keep one row each, with ratios against the baselines among them."""
+        ms = time_ms(fns, self.args.device, self.args.reps, self.args.stat)
+        rows = [Row(case, k, ms[k], peak_mib(f, self.args.device) if memory else float("nan")) for k, f in fns.items()]
+        by_name = {r.name: r for r in rows}
+        for row in rows:
+            for b in self.baselines:
+                ref = by_name.get(b)
+                if ref is not None and ref is not row:
+                    mem = row.peak_mib / ref.peak_mib if ref.peak_mib else float("nan")
+                    row.ratios[b] = (ref.ms / row.ms, mem)
+            cells = " | ".join(
+                f"{row.ratios[b][0]:.2f}x | {row.ratios[b][1]:.2f}x" if b in row.ratios else "- | -"
+                for b in self.baselines
+            )
+            print(f"| {case} | {row.name} | {row.ms:.2f} | {row.peak_mib:.1f} | {cells} |", flush=True)
+        self.rows.extend(rows)
+        return rows
 
     def finish(self) -> None:
         print()

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from _harness import Table, main_guard, parser  # noqa: E402
 
 from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear  # noqa: E402
@@ -42,11 +42,11 @@ def bench_shape(table: Table, dev: torch.device, dtype: torch.dtype, B: int, T: 
     D = torch.randn(B, T, d_out, device=dev, dtype=dtype)
     lam = torch.randn(d_out, d_in, device=dev, dtype=torch.float32)
     A2, D2 = A.reshape(B * T, d_in), D.reshape(B * T, d_out)
-    table.add(case, "materialised G_n", lambda: materialised(A, D, lam))
-    table.add(case, "wgrad GEMM (budget)", lambda: D2.T @ A2)
+    fns = {"materialised G_n": lambda: materialised(A, D, lam), "wgrad GEMM (budget)": lambda: D2.T @ A2}
     for backend in ("torch", "triton") if dev.type == "cuda" else ("torch",):
         for m in ("direct", "ghost"):
-            table.add(case, f"{backend} {m}", lambda m=m, b=backend: grad_stats_linear(A, D, lam, method=m, backend=b))
+            fns[f"{backend} {m}"] = lambda m=m, b=backend: grad_stats_linear(A, D, lam, method=m, backend=b)
+    table.case(case, fns)
 
 
 def run(args):

@@ -19,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from _harness import Table, main_guard, parser  # noqa: E402
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference  # noqa: E402
@@ -51,10 +51,8 @@ def bench_shape(table: Table, dev: torch.device, dtype: torch.dtype, pad_frac: f
         with torch.no_grad():
             return f(h, w, labels, mask)
 
-    for name, f in impls.items():
-        table.add(f"B={B} T={T} d={d} V={V} fwd+bwd", name, lambda f=f: step(f))
-    for name, f in impls.items():
-        table.add(f"B={B} T={T} d={d} V={V} forward", name, lambda f=f: forward(f))
+    table.case(f"B={B} T={T} d={d} V={V} fwd+bwd", {k: (lambda f=f: step(f)) for k, f in impls.items()})
+    table.case(f"B={B} T={T} d={d} V={V} forward", {k: (lambda f=f: forward(f)) for k, f in impls.items()})
 
 
 def run(args):

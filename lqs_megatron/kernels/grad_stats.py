@@ -32,8 +32,9 @@ from lqs_megatron.kernels._dispatch import acc_dtype, interpreting, tl_dot_preci
 
 METHODS = ("auto", "direct", "ghost")
 
-# Working-set bound of the torch reference's per-chunk temporaries (bytes).
-REFERENCE_CHUNK_BYTES = 64 << 20
+# Working-set bound of the torch reference's per-chunk temporaries (bytes). Under glibc's largest mmap
+# threshold (32 MiB), so repeated chunks reuse heap memory instead of page-faulting fresh mappings.
+REFERENCE_CHUNK_BYTES = 16 << 20
 
 
 def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:
@@ -357,7 +358,7 @@ def grad_stats_linear_reference(
         if method == "direct":
             g = torch.bmm(d.transpose(1, 2), a).flatten(1)  # [c, d_out * d_in]
             dot[s:e] = g @ lam_.flatten()
-            sq[s:e] = torch.einsum("bi,bi->b", g, g)  # no temporary of g's size
+            sq[s:e] = torch.linalg.vector_norm(g, dim=1).square()  # no temporary of g's size
         else:
             dot[s:e] = ((a @ lam_.T) * d).sum((1, 2))
             sq[s:e] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum((1, 2))

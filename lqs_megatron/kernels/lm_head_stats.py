@@ -111,7 +111,7 @@ def lm_head_grad_stats_reference(
     vocab_size: int | None = None,
     vocab_start: int = 0,
     method: str = "auto",
-    chunk_bytes: int = 64 << 20,
+    chunk_bytes: int = 16 << 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain torch :func:`lm_head_grad_stats`: dense ``[B, T, V_c]`` dlogits per vocabulary chunk;
     direct sums the chunks' ``grad_stats_linear_reference``; ghost accumulates ``sum_c D_c D_c^T``
