@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
+# this folder goes last on the path: a script here must never shadow a stdlib module
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import torch  # noqa: E402
 from _harness import Table, main_guard, parser  # noqa: E402
 
 from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear  # noqa: E402

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-import torch.nn.functional as F
+# this folder goes last on the path: a script here must never shadow a stdlib module
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from _harness import Table, main_guard, parser  # noqa: E402
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference  # noqa: E402
