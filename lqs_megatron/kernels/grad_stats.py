@@ -202,16 +202,18 @@ def linear_direct_forward(
     row_start: torch.Tensor,
     row_count: torch.Tensor,
     mask: torch.Tensor | None = None,
+    examples_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the direct kernel on ragged rows: ``A2 [rows, d_in]``, ``D2 [rows, d_out]``, example ``n``'s
-    rows at ``row_start[n] + [0, row_count[n])`` (int32). Returns float32 ``(dot [B], sqnorm [B])``."""
+    rows at ``row_start[n] + [0, row_count[n])`` (int32). Returns float32 ``(dot [B], sqnorm [B])``.
+    ``examples_per_program`` overrides the grid's split of the examples (tests)."""
     d_in, d_out = A2.shape[1], D2.shape[1]
     B = row_start.numel()
     bo, bi = _block(d_out), _block(d_in)
     n_tiles = triton.cdiv(d_out, bo) * triton.cdiv(d_in, bi)
     # Enough programs to fill the GPU (about 4 per SM); each reuses its Lambda tile over its examples.
     groups = 1 if interpreting() else max(1, min(B, triton.cdiv(4 * _num_sms(A2.device), n_tiles)))
-    ex_per_prog = triton.cdiv(B, groups)
+    ex_per_prog = examples_per_program or triton.cdiv(B, groups)
     out_dot = torch.zeros(B, n_tiles, device=A2.device, dtype=torch.float32)
     out_sq = torch.zeros_like(out_dot)
     _linear_direct_kernel[(n_tiles, triton.cdiv(B, ex_per_prog))](

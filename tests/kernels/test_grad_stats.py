@@ -17,6 +17,8 @@ from lqs_megatron.kernels.grad_stats import (
     grad_stats_embedding,
     grad_stats_linear,
     grad_stats_norm,
+    linear_direct_forward,
+    ragged_rows,
 )
 from tests.utils import assert_close, rel_err
 
@@ -98,6 +100,17 @@ def test_linear_without_mask_and_d_zero_at_padding(backend):
         _check(grad_stats_linear(A, D, lam, method=method, backend=backend), truth, 1e-4, 1e-6, method)
 
 
+def test_linear_triton_several_tiles_and_example_groups():
+    """d_in, d_out over one 64-wide tile each (2 x 2 tiles), 2 position blocks, one example per program."""
+    A, D, lam, mask, truth = _linear_problem(3, 37, 70, 90, torch.float32)
+    for method in ("direct", "ghost"):
+        _check(grad_stats_linear(A, D, lam, mask, method=method, backend="triton"), truth, 1e-4, 1e-6, method)
+    row_start, row_count, _ = ragged_rows(mask, 3, 37, A.device)
+    out = linear_direct_forward(A.reshape(-1, 70), D.reshape(-1, 90), lam, row_start, row_count,
+                                mask.reshape(-1).float(), examples_per_program=1)  # fmt: skip
+    _check(out, truth, 1e-4, 1e-6, "direct, one example per program")
+
+
 def test_choose_method_rule():
     assert choose_method(16, 64, 64) == "ghost"  # 256 < 4096
     assert choose_method(128, 64, 64) == "direct"  # 16384 >= 4096
@@ -146,6 +159,24 @@ def test_embedding_matches_vmap_grad_with_repeated_ids(vocab_start, V_local, dty
     lam_shard = lam_shard.to(torch.float64 if dtype == torch.float64 else torch.float32)
     out = grad_stats_embedding(ids, D, lam_shard, vocab_start=vocab_start, mask=mask, backend=backend)
     _check(out, truth, rtol, atol, f"embedding/{backend}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [130, 300])
+def test_embedding_and_norm_several_feature_blocks(backend, d):
+    """d over the 128-wide feature block of the embedding and norm kernels; truth by one-hot products."""
+    B, T, V = 2, 21, 9
+    ids = torch.randint(0, V, (B, T))
+    D = torch.randn(B, T, d)
+    mask = _mask(B, T)
+    lam = torch.randn(V, d)
+    G = torch.einsum("btv,btd->bvd", torch.nn.functional.one_hot(ids, V).double() * mask[..., None], D.double())
+    truth = ((G * lam.double()).sum((1, 2)), G.square().sum((1, 2)))
+    _check(grad_stats_embedding(ids, D, lam, mask=mask, backend=backend), truth, 1e-4, 1e-6, "embedding")
+    xhat = torch.randn(B, T, d)
+    g = (xhat.double() * D.double() * mask[..., None]).sum(1)
+    truth = (g @ lam[0].double(), g.square().sum(1))
+    _check(grad_stats_norm(xhat, D, lam[0], mask, backend=backend), truth, 1e-4, 1e-6, "norm")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -81,6 +81,21 @@ def test_loss_and_gradients_match_materialised_cross_entropy(B, T, d, V, vocab_s
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_large_vocabulary_spans_several_kernel_blocks(backend):
+    """V over the kernels' 4096-column block: the online logsumexp rescales across blocks."""
+    hidden, weight, labels, mask = _problem(2, 3, 16, 9000, 8999, torch.float32)
+    weight = weight * 4  # spread the logits so that the running maximum changes between blocks
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = per_example_loss(h, w, labels, mask, vocab_size=8999, backend=backend)
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    truth = truth_loss(h64, w64, labels, mask, 8999)
+    assert_close(loss, truth, rtol=1e-5, name="loss")
+    gh, gw = torch.autograd.grad(loss.sum(), [h, w])
+    tgh, tgw = torch.autograd.grad(truth.sum(), [h64, w64])
+    assert rel_err(gh, tgh) < 1e-5 and rel_err(gw, tgw) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_only_one_input_requires_grad_and_no_grad_mode(backend):
     hidden, weight, labels, mask = _problem(2, 7, 19, 31, 31, torch.float32)
     truth = truth_loss(hidden, weight, labels, mask, 31)
