@@ -1,0 +1,172 @@
+"""`lqs score`: ranks, restarts after SIGKILL, bucketing, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from lqs_megatron.data.train_tokenizer import train_tokenizer
+from lqs_megatron.errors import LQSError
+from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.model import build_scorer, save_scorer
+from tests.conftest import demo_texts
+from tests.scorer.helpers import write_token_dataset
+from tests.utils import REPO, run_lqs
+
+N = 230
+SHARD = 40  # 6 shards, the last one partial
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer):
+    d = tmp_path_factory.mktemp("score")
+    scorer, cfg, tok = build_scorer(model_config="tiny", tokenizer=tiny_tokenizer, max_length=96, seed=3)
+    (d / "scorer").mkdir()
+    save_scorer(scorer, cfg, tok, d / "scorer")
+    rng = np.random.default_rng(7)
+    lengths = np.clip(rng.lognormal(3.5, 0.8, size=N).astype(int), 1, 150)
+    write_token_dataset(d / "corpus", [rng.integers(4, 512, size=n) for n in lengths])
+    ref = d / "ref"
+    run_lqs("score", "--scorer", d / "scorer", "--data", d / "corpus", "--out", ref, "--shard-size", SHARD)
+    return d, np.load(ref / "scores.npy")
+
+
+def _args(d, out, *extra):
+    return ["score", "--scorer", d / "scorer", "--data", d / "corpus", "--out", out, "--shard-size", SHARD, *extra]
+
+
+def test_one_rank_output(setup):
+    d, ref = setup
+    assert ref.dtype == np.float32 and ref.shape == (N,) and np.isfinite(ref).all() and ref.std() > 0
+    stats = json.loads((d / "ref" / "score_stats.json").read_text())
+    assert stats["shards_computed"] == 6 and stats["shards_skipped"] == 0
+    names = sorted(p.name for p in (d / "ref" / "shards").iterdir())
+    assert names == ["meta.json"] + [f"shard-{k:05d}.npy" for k in range(6)]
+
+
+def test_two_ranks_give_the_same_scores(setup, tmp_path):
+    d, ref = setup
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lqs_megatron"]
+    proc = subprocess.run(
+        [*cmd, *map(str, _args(d, tmp_path / "out"))], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out" / "scores.npy")
+    assert np.array_equal(got, ref)  # each shard is computed the same way whatever the number of ranks
+    assert json.loads((tmp_path / "out" / "score_stats.json").read_text())["world_size"] == 2
+
+
+def test_scores_are_the_same_whatever_the_bucketing(setup, tmp_path):
+    d, ref = setup
+    for i, (tokens, rows, shard) in enumerate([(500, 3, SHARD), (100_000, 1000, N)]):
+        opts = ScoreOptions(max_tokens=tokens, max_batch_size=rows, shard_size=shard)
+        got = score_dataset(d / "scorer", d / "corpus", tmp_path / f"o{i}", options=opts, progress=False)
+        assert got["num_sequences"] == N
+        # float32 rounding differs with the batch shape (GEMM blocking), never more than a few ulps
+        np.testing.assert_allclose(np.load(tmp_path / f"o{i}" / "scores.npy"), ref, rtol=1e-6, atol=1e-6)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    import lqs_megatron.scorer.infer as infer
+    from lqs_megatron.utils.atomic import atomic_file
+
+    calls = [0]
+    real_save = infer.save_npy
+
+    def save_then_die(path, array):
+        calls[0] += 1
+        if calls[0] == 3:  # die while writing the third shard: its temporary file exists, the shard does not
+            with atomic_file(path) as tmp:
+                np.save(open(tmp, "wb"), array)
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_save(path, array)
+
+    infer.save_npy = save_then_die
+    from lqs_megatron.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_sigkill_then_restart_recomputes_only_missing_shards(setup, tmp_path):
+    d, ref = setup
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, *map(str, _args(d, out))], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    shards = out / "shards"
+    done = sorted(p.name for p in shards.glob("shard-*.npy"))
+    assert done == ["shard-00000.npy", "shard-00001.npy"]
+    assert list(shards.glob("shard-00002.npy.tmp-*"))  # the write in flight never became a shard
+    assert not (out / "scores.npy").exists()
+    mtimes = {p: os.stat(shards / p).st_mtime_ns for p in done}
+
+    restart = run_lqs(*_args(d, out))
+    stats = json.loads(restart.stdout.strip().splitlines()[-1])
+    assert stats["shards_skipped"] == 2 and stats["shards_computed"] == 4
+    assert "2 already done, 4 to compute" in restart.stderr
+    assert {p: os.stat(shards / p).st_mtime_ns for p in done} == mtimes  # finished shards untouched
+    assert not list(shards.glob("*.tmp-*"))
+    assert np.array_equal(np.load(out / "scores.npy"), ref)
+
+    again = score_dataset(d / "scorer", d / "corpus", out, options=ScoreOptions(shard_size=SHARD), progress=False)
+    assert again["shards_computed"] == 0 and again["shards_skipped"] == 6  # nothing left to do
+
+
+def test_restart_with_other_settings_is_refused(setup, tmp_path):
+    d, _ = setup
+    out = tmp_path / "out"
+    score_dataset(d / "scorer", d / "corpus", out, options=ScoreOptions(shard_size=SHARD), progress=False)
+    proc = run_lqs(
+        "score", "--scorer", d / "scorer", "--data", d / "corpus", "--out", out, "--shard-size", 50, check=False
+    )
+    assert proc.returncode == 1 and "shard_size differ" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok2") / "tok"
+    train_tokenizer(demo_texts(), out, vocab_size=600, num_threads=1)
+    return str(out)
+
+
+def test_bad_inputs_exit_1_without_scores(setup, tmp_path, tiny_tokenizer, other_tokenizer):
+    d, _ = setup
+    write_token_dataset(tmp_path / "empty", [])
+    write_token_dataset(tmp_path / "big", [[5, 6, 7], [8, 9], [10, 700, 11]])
+    (tmp_path / "tok.stats.json").write_text(json.dumps({"args": {"tokenizer_dir": other_tokenizer}}))
+    write_token_dataset(tmp_path / "tok", [[5, 6, 7]])
+    # through the CLI: one line on stderr, exit 1, no scores
+    cli_cases = [
+        (["--data", tmp_path / "empty"], "is empty: nothing to score"),
+        (["--data", d / "corpus", "--tokenizer", other_tokenizer], "retokenize the data for the scorer"),
+    ]
+    for i, (extra, message) in enumerate(cli_cases):
+        out = tmp_path / f"cli{i}"
+        proc = run_lqs("score", "--scorer", d / "scorer", "--out", out, *extra, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "lqs score: error: " in proc.stderr and message in proc.stderr
+        assert not (out / "scores.npy").exists() and not list(out.glob("shards/shard-*"))
+    # the library raises the same errors (cheaper than a process each)
+    lib_cases = [
+        (tmp_path / "tok", None, "retokenize the data for the scorer"),  # tokenizer recorded by `lqs tokenize`
+        (tmp_path / "big", None, "sequence 2 holds token id 700, outside the scorer's vocabulary of 512"),
+        (tmp_path / "big", tmp_path / "nope", "does not exist"),
+    ]
+    for i, (data, scorer, message) in enumerate(lib_cases):
+        out = tmp_path / f"lib{i}"
+        with pytest.raises(LQSError, match=message):
+            score_dataset(scorer or d / "scorer", data, out, progress=False)
+        assert not (out / "scores.npy").exists() and not list(out.glob("shards/shard-*"))
+    ok = score_dataset(d / "scorer", d / "corpus", tmp_path / "ok", tokenizer=tiny_tokenizer, progress=False)
+    assert ok["num_sequences"] == N

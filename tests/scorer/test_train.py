@@ -1,0 +1,157 @@
+"""`lqs train-scorer`: it learns a property of the text, DP=2 equals one process, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+from safetensors.torch import load_file
+
+from lqs_megatron.errors import LQSError
+from lqs_megatron.scorer.infer import score_dataset
+from lqs_megatron.scorer.train import TrainScorerConfig, schedule, train_scorer
+from tests.scorer.helpers import degraded_docs, write_dataset
+from tests.utils import REPO, assert_close, rel_err, run_lqs
+
+TRAIN_FLAGS = ["--model-config", "tiny", "--max-length", "96", "--lr", "3e-3", "--warmup", "5"]
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, tiny_tokenizer):
+    """A proxy set of 360 degraded documents (score = -share of junk words) and 150 held-out ones."""
+    d = tmp_path_factory.mktemp("train")
+    texts, scores = degraded_docs(360, seed=0)
+    write_dataset(d / "proxy", tiny_tokenizer, texts)
+    np.save(d / "scores.npy", scores)
+    texts, scores = degraded_docs(150, seed=1)
+    write_dataset(d / "heldout", tiny_tokenizer, texts)
+    np.save(d / "heldout_scores.npy", scores)
+    run_lqs("prepare-scorer-data", "--proxy", d / "proxy", "--scores", d / "scores.npy", "--out", d / "data")
+    return d
+
+
+def test_scorer_ranks_heldout_data_by_its_true_quality(proxy, tiny_tokenizer):
+    d = proxy
+    run_lqs(
+        "train-scorer", *TRAIN_FLAGS, "--tokenizer", tiny_tokenizer, "--data", d / "data", "--out", d / "ckpt",
+        "--epochs", "4", "--batch-size", "16", "--micro-batch-size", "8",
+    )  # fmt: skip
+    history = [json.loads(x) for x in (d / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    valid = [h for h in history if "valid_pearson" in h]
+    assert len(valid) == 4 and {"valid_mse", "valid_spearman"} <= set(valid[0])
+    best = max(valid, key=lambda h: h["valid_pearson"])
+    meta = json.loads((d / "ckpt" / "best" / "scorer.json").read_text())["meta"]
+    assert meta["best"]["epoch"] == best["epoch"] and meta["selected_by"] == "pearson"
+    assert (d / "ckpt" / "best" / "tokenizer" / "tokenizer_config.json").is_file()
+
+    run_lqs("score", "--scorer", d / "ckpt", "--data", d / "heldout", "--out", d / "out", "--tokenizer", tiny_tokenizer)
+    pred = np.load(d / "out" / "scores.npy")
+    rho = scipy.stats.spearmanr(pred, np.load(d / "heldout_scores.npy"))[0]
+    assert rho > 0.8, f"held-out Spearman {rho:.3f}"
+
+
+def _dp_worker(rank, world, data, out, tokenizer):
+    from lqs_megatron.distributed import init_distributed
+
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=4, max_length=64)
+    train_scorer(data, out, cfg, model_config="tiny", tokenizer=tokenizer, dims=init_distributed(), progress=False)
+
+
+def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_path):
+    from tests.utils import spawn
+
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=8, max_length=64)
+    train_scorer(proxy / "data", tmp_path / "one", cfg, model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
+    spawn(_dp_worker, 2, str(proxy / "data"), str(tmp_path / "two"), tiny_tokenizer)
+    # the same global batches: the logged losses agree, and so do the weights (up to float32
+    # summation order, which Adam amplifies only on near-zero gradient entries)
+    losses = [
+        [json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+        for run in ("one", "two")
+    ]
+    assert len(losses[0]) == 2  # 20 steps, logged every 10
+    assert_close(losses[1], losses[0], rtol=1e-5, name="train loss")
+    one = load_file(tmp_path / "one" / "last" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "last" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        assert rel_err(two[k], one[k]) < 1e-4, k
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch):
+    cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup=3, batch_size=32, micro_batch_size=16, max_length=64)
+    cfg.save_interval = 4
+    kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
+    full = train_scorer(proxy / "data", tmp_path / "full", cfg, **kw)
+
+    def dying_schedule(c, total):
+        lr_of = schedule(c, total)
+
+        def lr(step):
+            if step == 14:  # in epoch 2 (10 steps per epoch), two steps after the save at global step 12
+                raise _Killed
+            return lr_of(step)
+
+        return lr
+
+    monkeypatch.setattr("lqs_megatron.scorer.train.schedule", dying_schedule)
+    with pytest.raises(_Killed):
+        train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
+    trainer = json.loads((tmp_path / "cut" / "last" / "trainer.json").read_text())
+    assert (trainer["epoch"], trainer["step_in_epoch"], trainer["global_step"]) == (1, 2, 12)
+    monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
+    with pytest.raises(LQSError, match="pass --resume"):
+        train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
+    resumed = train_scorer(proxy / "data", tmp_path / "cut", cfg, resume=True, **kw)
+    assert resumed["steps"] == full["steps"] == 20 and resumed["best_epoch"] == full["best_epoch"]
+    for k, v in full["best_valid"].items():
+        assert resumed["best_valid"][k] == pytest.approx(v, rel=1e-5), k
+    # the same weights up to float32 rounding (CPU GEMM kernels may round differently for
+    # differently aligned copies of the same tensors); one step more or less differs by ~1e-3
+    a = load_file(tmp_path / "full" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "last" / "model.safetensors")
+    for k in a:
+        assert rel_err(b[k], a[k]) < 1e-5, k
+
+
+def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path):
+    import transformers
+
+    hf = tmp_path / "xglm"  # a causal LM outside the fast path (DELT's fairseq-dense family)
+    cfg = transformers.XGLMConfig(
+        vocab_size=512, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=128
+    )
+    transformers.XGLMForCausalLM(cfg).save_pretrained(hf)
+    tcfg = TrainScorerConfig(epochs=1, lr=1e-3, warmup=2, batch_size=32, micro_batch_size=16, max_length=64)
+    with pytest.raises(LQSError, match="no config.json"):
+        train_scorer(proxy / "data", tmp_path / "x", tcfg, base=str(tmp_path), tokenizer=tiny_tokenizer)
+    res = train_scorer(proxy / "data", tmp_path / "ckpt", tcfg, base=str(hf), tokenizer=tiny_tokenizer, progress=False)
+    assert res["steps"] == 10
+    assert json.loads((tmp_path / "ckpt" / "best" / "scorer.json").read_text())["backbone"] == "hf"
+    stats = score_dataset(tmp_path / "ckpt", proxy / "heldout", tmp_path / "scored", progress=False)
+    assert stats["num_sequences"] == 150 and np.isfinite(np.load(tmp_path / "scored" / "scores.npy")).all()
+
+
+def test_batch_flags_are_checked(proxy, tiny_tokenizer, tmp_path):
+    kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
+    with pytest.raises(LQSError, match="larger than the training split"):
+        train_scorer(proxy / "data", tmp_path / "a", TrainScorerConfig(batch_size=1024, micro_batch_size=8), **kw)
+    with pytest.raises(LQSError, match="not a multiple"):
+        train_scorer(proxy / "data", tmp_path / "b", TrainScorerConfig(batch_size=20, micro_batch_size=8), **kw)
+    with pytest.raises(LQSError, match="--lr"):
+        TrainScorerConfig(lr=0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lqs_megatron", "train-scorer", "--data", proxy / "data", "--out", tmp_path / "c"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2 and "one of the arguments --base --model-config is required" in proc.stderr
