@@ -32,7 +32,13 @@ def use_triton(backend: str, *tensors: torch.Tensor | None) -> bool:
         return False
     on_cuda = all(t.is_cuda for t in ts)
     if backend == "auto":
-        return on_cuda and all(t.dtype != torch.float64 for t in ts if t.is_floating_point())
+        from lqs_megatron.kernels._triton import HAVE_TRITON  # noqa: PLC0415
+
+        return HAVE_TRITON and on_cuda and all(t.dtype != torch.float64 for t in ts if t.is_floating_point())
+    from lqs_megatron.kernels._triton import HAVE_TRITON  # noqa: PLC0415
+
+    if not HAVE_TRITON:
+        raise ValueError('backend="triton" needs the triton package (pip install triton)')
     if not on_cuda and not interpreting():
         raise ValueError('backend="triton" on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported')
     return True

@@ -25,10 +25,9 @@ The statistics are not differentiated: there is no autograd wrapper.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from lqs_megatron.kernels._dispatch import acc_dtype, interpreting, tl_dot_precision, upcast_in_kernel, use_triton
+from lqs_megatron.kernels._triton import tl, triton
 
 METHODS = ("auto", "direct", "ghost")
 

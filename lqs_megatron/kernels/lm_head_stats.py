@@ -16,9 +16,9 @@ shard's partial sums; all-reduce them over the tp group.
 from __future__ import annotations
 
 import torch
-import triton
 
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
+from lqs_megatron.kernels._triton import triton
 from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear_reference, linear_direct_forward
 from lqs_megatron.kernels.per_example_loss import _prepare, row_dlogits_
 

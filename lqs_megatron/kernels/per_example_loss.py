@@ -28,12 +28,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
+from lqs_megatron.kernels._triton import tl, triton
 
 # Sentinel for "no column seen yet": finite, so that exp(m_local - m_global) is 0, not NaN.
 _NEG = -1.0e30
