@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clipping (0 = off)")
     p.add_argument("--batch-size", type=int, default=512, help="global batch size (sequences per optimizer step)")
     p.add_argument("--micro-batch-size", type=int, default=16, help="sequences per rank per forward/backward")
-    p.add_argument("--eval-batch-tokens", type=int, default=32768, help="token budget of a validation batch")
+    p.add_argument(
+        "--eval-batch-tokens",
+        type=int,
+        default=None,
+        help="token budget of a validation batch (default: 4096 on the CPU, 32768 on CUDA)",
+    )
     p.add_argument("--max-length", type=int, default=1024, help="tokens read per sequence (BOS included)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend the tokenizer's BOS to each sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the head init, random backbone init and data order")
@@ -81,7 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="PREFIX", help="indexed dataset to score")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--tokenizer", metavar="TOKENIZER_DIR", help="the data's tokenizer, checked against the scorer's")
-    p.add_argument("--max-tokens", type=int, default=32768, help="token budget of a batch (rows x longest row)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="token budget of a batch, rows x longest row (default: 4096 on the CPU, 32768 on CUDA)",
+    )
     p.add_argument("--max-batch-size", type=int, default=512, help="most sequences in a batch")
     p.add_argument("--shard-size", type=int, default=100_000, help="sequences per output shard (unit of restart)")
     p.add_argument("--compile", action="store_true", help="torch.compile the scorer (CUDA)")

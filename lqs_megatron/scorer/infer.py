@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 class ScoreOptions:
     """How ``lqs score`` batches, shards and runs."""
 
-    max_tokens: int = 32768
-    """Token budget of one batch: rows x longest row, padding included (``--max-tokens``)."""
+    max_tokens: int | None = None
+    """Token budget of one batch: rows x longest row, padding included (``--max-tokens``; None: 4096 on the
+    CPU, 32768 on CUDA)."""
     max_batch_size: int = 512
     """Most rows in one batch (``--max-batch-size``)."""
     shard_size: int = 100_000
@@ -56,7 +57,7 @@ class ScoreOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "max_batch_size", "shard_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LQSError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 

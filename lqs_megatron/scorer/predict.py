@@ -31,6 +31,12 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.model import Scorer, ScorerConfig
 
 
+def default_max_tokens(device: torch.device) -> int:
+    """Token budget of a batch: large on a GPU; small on the CPU, where a batch that fits the caches runs
+    faster (4096 tokens ran 1.7x faster than 16384 for a d=256 model on the benchmark machine)."""
+    return 32768 if device.type == "cuda" else 4096
+
+
 def length_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int) -> list[np.ndarray]:
     """Positions into ``lengths`` grouped into batches, longest first (see the module docstring)."""
     if max_tokens < 1 or max_batch_size < 1:
@@ -84,7 +90,7 @@ def predict(
     ds: IndexedDataset,
     indices: np.ndarray,
     device: torch.device,
-    max_tokens: int = 32768,
+    max_tokens: int | None = None,
     max_batch_size: int = 512,
     pad_multiple: int = 1,
     on_batch: Callable[[int, int], None] | None = None,
@@ -92,6 +98,7 @@ def predict(
     """Float32 scores of ``ds[indices]``, in the order of ``indices``.
 
     ``model`` must already sit on ``device`` in eval mode (and in its inference dtype).
+    ``max_tokens``: token budget of a batch (None: :func:`default_max_tokens`).
     ``on_batch(sequences, tokens)`` is called after each batch is launched (progress bars).
     """
     indices = np.asarray(indices, dtype=np.int64)
@@ -99,7 +106,7 @@ def predict(
     if not len(indices):
         return out.cpu().numpy()
     eff = cfg.effective_lengths(ds.sequence_lengths[indices])
-    batches = length_batches(eff, max_tokens, max_batch_size)
+    batches = length_batches(eff, max_tokens or default_max_tokens(device), max_batch_size)
     pin = device.type == "cuda"
 
     def load(b: np.ndarray):

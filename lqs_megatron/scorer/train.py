@@ -76,8 +76,8 @@ class TrainScorerConfig:
     """Global batch: sequences per optimizer step over all ranks (``--batch-size``)."""
     micro_batch_size: int = 16
     """Sequences per rank per forward/backward (``--micro-batch-size``)."""
-    eval_batch_tokens: int = 32768
-    """Token budget of a validation batch (``--eval-batch-tokens``)."""
+    eval_batch_tokens: int | None = None
+    """Token budget of a validation batch (``--eval-batch-tokens``; None: 4096 on the CPU, 32768 on CUDA)."""
     max_length: int = 1024
     """Tokens read per sequence, BOS included (``--max-length``)."""
     use_bos: bool = True
@@ -101,7 +101,7 @@ class TrainScorerConfig:
             "clip-grad": self.clip_grad >= 0,
             "batch-size": self.batch_size >= 1,
             "micro-batch-size": self.micro_batch_size >= 1,
-            "eval-batch-tokens": self.eval_batch_tokens >= 1,
+            "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
             "max-length": self.max_length >= 2,
             "save-interval": self.save_interval >= 0,
             "log-interval": self.log_interval >= 1,
@@ -147,7 +147,7 @@ def _gather(arr: np.ndarray, dims) -> list[np.ndarray]:
     return out
 
 
-def evaluate(model: Scorer, cfg: ScorerConfig, split, dims, max_tokens: int) -> dict[str, float]:
+def evaluate(model: Scorer, cfg: ScorerConfig, split, dims, max_tokens: int | None) -> dict[str, float]:
     """Valid-split metrics; every rank predicts a contiguous share, rank order restores the split order."""
     n = len(split.data)
     mine = np.array_split(np.arange(n), dims.world_size)[dims.rank]
