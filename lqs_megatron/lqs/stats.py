@@ -14,9 +14,9 @@ How (for a batch of ``B`` examples):
    ``l_n`` alone. When a layer's output gradient ``D`` arrives, its tensor hook computes
    that layer's per-example partial ``<G_n, Lambda>`` and ``|G_n|^2`` with the kernels of
    ``lqs_megatron/kernels/grad_stats.py`` (linear: direct or ghost; embedding: repeated ids
-   exact; norm weights) and drops ``A``. The LM head's part comes from the hidden states and
-   the loss's logsumexp (``kernels/lm_head_stats.py``, chunked over the vocabulary: never
-   ``B x T x V`` logits).
+   exact; norm weights) and drops ``A``. The LM head's part is fused with the loss
+   (``lqs/lm_head.py``: one logits GEMM per chunk of examples gives the losses, the gradient
+   wrt the hidden states and the head's statistics; never ``B x T x V`` logits).
 3. Sums: ``|g_n|^2`` and ``<g_n, lambda>`` add over layers; under tensor parallelism each
    rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
    all-reduce over the tp group finishes both.
@@ -35,9 +35,8 @@ from torch import nn
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
-from lqs_megatron.kernels.lm_head_stats import lm_head_grad_stats
-from lqs_megatron.kernels.per_example_loss import per_example_loss
 from lqs_megatron.lqs.examples import Batch
+from lqs_megatron.lqs.lm_head import lm_head_loss_and_stats
 from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm
 from lqs_megatron.models.mappings import copy_to_region
@@ -150,15 +149,11 @@ class ExampleStats:
             with _frozen(model), torch.enable_grad():
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
-                vocab = model.config.vocab_size
-                losses, lse = per_example_loss(
-                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, vocab, vocab_start, tp_group,
-                    return_lse=True, backend=self.backend,
+                losses, dot, sq = lm_head_loss_and_stats(
+                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, lam["output.weight"],
+                    model.config.vocab_size, vocab_start, tp_group, backend=self.backend,
                 )  # fmt: skip
-                add(*lm_head_grad_stats(
-                    hidden.detach(), weight, batch.labels, mask, lam["output.weight"], lse, vocab, vocab_start,
-                    backend=self.backend,
-                ))  # fmt: skip
+                add(dot, sq)
                 losses.sum().backward()
         finally:
             for h in handles:
