@@ -16,9 +16,14 @@ documentation (the ``pydoc_data`` topics and the standard library's docstrings),
 paragraphs and recombined with variation into a multi-MB jsonl. The tokenizer is a
 sentencepiece BPE trained on that corpus (``--vocab-size``), or ``--tokenizer DIR``. The two
 outputs are checked to be byte-identical. Prints docs/s, tokens/s and MB/s of each and the
-ratios (best of ``--repeats`` runs).
+ratios (best of ``--repeats`` runs), and the CPU seconds each spent, all processes together
+and (in parentheses) its main process alone: the baseline's main process (unpickling
+Python lists, the Python-side writer) is a serial stage that bounds its throughput
+whatever the worker count. On a machine shared with other jobs the wall-clock ratio is
+noisy (a tool with more runnable processes gets a larger share of the cores); the CPU
+figures are steadier.
 
-    python benchmarks/tokenize.py [--mb 24] [--workers 2] [--cores 2] [--repeats 2]
+    python benchmarks/tokenize.py [--mb 24] [--workers 2] [--cores 2] [--repeats 2] [--tokenizer-kind bytelevel]
 """
 
 # This file is named after the command it measures; drop its directory from the import path
@@ -38,6 +43,7 @@ import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -144,7 +150,30 @@ def run_baseline(corpus: str, tokenizer_dir: str, out_prefix: str, workers: int)
         pool.join()
 
 
+def train_bytelevel(texts: list[str], out_dir: str, vocab_size: int) -> None:
+    """A GPT-2 style byte-level BPE (regex pre-tokenizer, EOS ``<|endoftext|>``) saved for ``AutoTokenizer``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=special[0]).save_pretrained(out_dir)
+
+
 # ----------------------------------------------------------------------------- driver
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """User + system CPU time of (this process, its finished children: the workers of both tools)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def cpu_name() -> str:
@@ -165,6 +194,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each; the best is reported")
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: train one on the corpus)")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of the trained tokenizer")
+    p.add_argument(
+        "--tokenizer-kind",
+        choices=("sentencepiece", "bytelevel"),
+        default="sentencepiece",
+        help="the tokenizer trained on the corpus: `lqs train-tokenizer`'s sentencepiece BPE (Llama-2/Mistral "
+        "style, no pre-tokenizer) or a GPT-2/Llama-3 style byte-level BPE (regex pre-tokenizer)",
+    )
     p.add_argument("--workdir", default=None, help="where the corpus and outputs go (default: a temp dir)")
     args = p.parse_args()
 
@@ -172,6 +208,7 @@ def main() -> None:
     os.sched_setaffinity(0, cpus)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # heavy imports of both sides happen here, outside the timed runs
+    warnings.filterwarnings("ignore")  # megatron-core's notes about Transformer Engine / Apex
     import megatron.core.datasets.indexed_dataset  # noqa: F401
     import transformers  # noqa: F401
 
@@ -185,9 +222,13 @@ def main() -> None:
         tok_dir = args.tokenizer
         if tok_dir is None:
             tok_dir = os.path.join(tmp, "tokenizer")
-            sample = (t for i, (_, _, t) in enumerate(read_texts(corpus, "text")) if i < 2000)
-            train_tokenizer(sample, tok_dir, vocab_size=args.vocab_size, num_threads=len(cpus))
-        print(f"corpus: {n_docs} documents, {n_bytes / 1e6:.1f} MB of jsonl; tokenizer: {tok_dir}")
+            sample = [t for i, (_, _, t) in enumerate(read_texts(corpus, "text")) if i < 2000]
+            if args.tokenizer_kind == "sentencepiece":
+                train_tokenizer(sample, tok_dir, vocab_size=args.vocab_size, num_threads=len(cpus))
+            else:
+                train_bytelevel(sample, tok_dir, args.vocab_size)
+        kind = args.tokenizer or args.tokenizer_kind
+        print(f"corpus: {n_docs} documents, {n_bytes / 1e6:.1f} MB of jsonl; tokenizer: {kind}")
         print(f"machine: {cpu_name()}, pinned to {len(cpus)} cores; {args.workers} workers each; python "
               f"{platform.python_version()}")  # fmt: skip
 
@@ -200,12 +241,17 @@ def main() -> None:
             ),
         }
         best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        main_cpu: dict[str, float] = {}
         for rep in range(args.repeats):
             for name, fn in runs.items() if rep % 2 == 0 else reversed(runs.items()):
                 out = os.path.join(tmp, "base" if name.startswith("baseline") else "ours")
-                t0 = time.perf_counter()
+                (m0, w0), t0 = cpu_seconds(), time.perf_counter()
                 fn(out)
-                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                (m1, w1) = cpu_seconds()
+                if seconds < best.get(name, float("inf")):
+                    best[name], cpu[name], main_cpu[name] = seconds, (m1 - m0) + (w1 - w0), m1 - m0
         same = all(
             open(os.path.join(tmp, f"base{e}"), "rb").read() == open(os.path.join(tmp, f"ours{e}"), "rb").read()
             for e in (".bin", ".idx")
@@ -213,11 +259,13 @@ def main() -> None:
         tokens = int(np.fromfile(os.path.join(tmp, "ours.idx"), dtype=np.int32, count=n_docs, offset=34).sum())
         print(f"outputs byte-identical: {same}; {tokens} tokens")
         base = best["baseline (Megatron-LM preprocess_data style)"]
-        print("\n| tool | seconds | docs/s | tokens/s | MB/s | docs/s vs baseline |")
-        print("|---|---|---|---|---|---|")
+        base_cpu = cpu["baseline (Megatron-LM preprocess_data style)"]
+        print("\n| tool | seconds | docs/s | tokens/s | MB/s | vs baseline | CPU s (main) | docs/CPU s vs baseline |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, sec in best.items():
+            c = f"{cpu[name]:.2f} ({main_cpu[name]:.2f})"
             print(f"| {name} | {sec:.2f} | {n_docs / sec:,.0f} | {tokens / sec:,.0f} | {n_bytes / 1e6 / sec:.2f} | "
-                  f"{base / sec:.2f}x |")  # fmt: skip
+                  f"{base / sec:.2f}x | {c} | {base_cpu / cpu[name]:.2f}x |")  # fmt: skip
         if not same:
             sys.exit("the two outputs differ")
 

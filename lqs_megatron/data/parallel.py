@@ -111,7 +111,7 @@ def ordered_map(
         for task in tasks:
             yield fn(task)
         return
-    max_in_flight = max_in_flight or 2 * workers + 2
+    max_in_flight = max_in_flight or 4 * workers + 4
     ctx = _context()
     task_q, result_q = ctx.Queue(), ctx.Queue()
     procs = [

@@ -5,7 +5,7 @@ batches of them to ``workers`` processes, which decode the JSON, check the field
 the whole batch at once with the fast tokenizer and return one flat token array per
 batch (already in the dataset dtype). The main process writes the batches, in input
 order, through the native builder (:class:`~lqs_megatron.data.indexed.IndexedDatasetWriter`).
-At most ``2 * workers + 2`` batches are in flight, so memory stays flat whatever the
+At most ``4 * workers + 4`` batches are in flight, so memory stays flat whatever the
 corpus size, and the output is the same for any number of workers.
 
 Each document becomes ``tok(text).input_ids + [eos]`` (EOS is not appended a second time
@@ -73,9 +73,9 @@ class TokenizeConfig:
     """``--workers``: encoding processes (0: encode in the main process; ``None``: one per core)."""
     on_error: str = "fail"
     """``--on-error``: ``fail`` at the first bad line, or ``skip`` (count and report) bad lines."""
-    batch_lines: int = 512
+    batch_lines: int = 256
     """Lines per batch handed to a worker."""
-    batch_bytes: int = 1 << 20
+    batch_bytes: int = 1 << 18
     """A batch is also closed once its raw lines reach this many bytes."""
     punkt_sample_chars: int = 2_000_000
     """Chunk mode: characters of corpus text the Punkt sentence splitter is trained on."""

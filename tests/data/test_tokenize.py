@@ -249,8 +249,11 @@ def test_killed_run_leaves_no_finished_looking_output(tmp_path, corpus_jsonl, ti
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
     assert tmp_bin.stat().st_size >= 1 << 20, "the run never got going"
-    children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
-    assert len(children) == 2
+    try:  # the encoding workers (checked below: they exit once their parent is gone)
+        children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+        assert len(children) == 2
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+        children = []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not dataset_exists(out)
