@@ -33,6 +33,7 @@ import torch
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.costate import Costate
+from lqs_megatron.lqs.derivatives import autocast
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
 from lqs_megatron.lqs.scores import METHODS, normalize, score_update
 from lqs_megatron.lqs.state import StateStore, SweepState
@@ -269,7 +270,8 @@ def annotate(cfg: AnnotateConfig, dims: ParallelDims) -> dict:
                     with timer("scoring"):
                         lam_norm = space.norm(lam)
                         for idx in proxy_plan:
-                            dot, sq = stats(proxy.batch(idx).to(dims.device), lam)
+                            with autocast(dims.device, compute_dtype):
+                                dot, sq = stats(proxy.batch(idx).to(dims.device), lam)
                             k = idx - lo
                             s_k, c_k = s_local[k], c_local[k]
                             score_update(s_k, c_k, dot.cpu().numpy(), sq.cpu().numpy(), lam_norm, cfg.lr, cfg.method)

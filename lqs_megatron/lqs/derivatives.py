@@ -57,11 +57,15 @@ def _no_silent_collectives(active: bool):
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _autocast(space: ParamSpace, dtype: torch.dtype):
-    dev = next(iter(space.params.values())).device
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast on ``device`` for ``dtype == bfloat16`` (``--dtype bf16``), else nothing."""
     if dtype == torch.bfloat16:
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _autocast(space: ParamSpace, dtype: torch.dtype):
+    return autocast(next(iter(space.params.values())).device, dtype)
 
 
 def loss_grad(

@@ -95,7 +95,7 @@ class ExampleStats:
             lam_w = lam[f"{name}.weight"]
 
             def fwd(mod, args, out):
-                held = [args[0].detach()]
+                held = [_as_computed(args[0].detach())]
 
                 def bwd(grad: torch.Tensor) -> None:
                     add(*grad_stats_linear(held.pop(), grad, lam_w, mask, backend=self.backend))
@@ -149,6 +149,7 @@ class ExampleStats:
             with _frozen(model), torch.enable_grad():
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
+                hidden, weight = _as_computed(hidden), _as_computed(weight)
                 losses, dot, sq = lm_head_loss_and_stats(
                     copy_to_region(hidden, tp_group), weight, batch.labels, mask, lam["output.weight"],
                     model.config.vocab_size, vocab_start, tp_group, backend=self.backend,
@@ -160,6 +161,14 @@ class ExampleStats:
                 h.remove()
         self.dims.all_reduce(acc, group="tp")
         return acc[0], acc[1]
+
+
+def _as_computed(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype a matmul under the active autocast multiplies it in (bf16 runs), else as is."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.is_floating_point():
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
 
 
 @contextlib.contextmanager
