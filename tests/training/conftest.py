@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import demo_texts
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the tiny ops of these tests crawl when OpenMP threads spin on a shared machine,
+    and the golden loss curve is defined with one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def write_tokens(prefix, docs, dtype=np.uint16) -> str:

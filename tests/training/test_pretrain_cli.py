@@ -18,12 +18,17 @@ from tests.utils import REPO, rel_err, run_lqs
 
 ARGS = ["--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3"]
 ARGS += ["--log-interval", "1", "--seed", "5"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny ops on a shared 2-core machine: spinning OpenMP threads cost 100x
+
+
+def lqs(*args, check=True):
+    return run_lqs(*args, check=check, env=ONE_THREAD)
 
 
 def _pretrain(data, out, *extra, steps=6, check=True):
-    return run_lqs(
+    return lqs(
         "pretrain", "--model-config", "tiny", "--tokenizer", data["tokenizer"], "--data", data["train"],
-        "--steps", steps, "--out", out, *ARGS, *extra, check=check,
+        "--steps", steps, "--out", out, *ARGS, *extra, check=check
     )  # fmt: skip
 
 
@@ -45,7 +50,7 @@ def run(tiny_data, tmp_path_factory):
 def hf_dir(run, tmp_path_factory):
     """The run's final checkpoint exported through `lqs export-hf`."""
     out = tmp_path_factory.mktemp("export") / "hf"
-    run_lqs("export-hf", "--checkpoint", run["out"], "--out", out)
+    lqs("export-hf", "--checkpoint", run["out"], "--out", out)
     return out
 
 
@@ -72,10 +77,15 @@ def test_export_hf_loads_cleanly_and_matches_checkpoint(run, hf_dir, caplog):
 
     from lqs_megatron.models.loading import load_model
 
+    level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_warning()
-    transformers.logging.enable_propagation()
-    with caplog.at_level(logging.WARNING):
-        hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
+    transformers.logging.enable_propagation()  # so caplog sees transformers' own warnings
+    try:
+        with caplog.at_level(logging.WARNING):
+            hf, info = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
+    finally:
+        transformers.logging.disable_propagation()
+        transformers.logging.set_verbosity(level)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     noisy = [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
     assert not [m for m in noisy if "missing" in m.lower() or "unexpected" in m.lower() or "newly" in m], noisy
@@ -109,7 +119,7 @@ def test_evaluate_equals_transformers(run, hf_dir):
     from lqs_megatron.training.evaluate import evaluate_dataset
 
     # documents shorter and longer than L + 1 (padding and cutting both happen)
-    res = json.loads(run_lqs("evaluate", "--model", hf_dir, "--data", run["valid"], "--max-length", "48",
+    res = json.loads(lqs("evaluate", "--model", hf_dir, "--data", run["valid"], "--max-length", "48",
                              "--batch-size", "3").stdout.strip().splitlines()[-1])  # fmt: skip
     ref, tokens = _transformers_loss(hf_dir, run["valid"], 48)
     assert res["examples"] == len(IndexedDataset(run["valid"])) and res["tokens"] == tokens
@@ -152,7 +162,7 @@ def test_tp2_under_torchrun_matches_tp1(run, tmp_path):
 
     from lqs_megatron.models.loading import load_model
 
-    run_lqs("export-hf", "--checkpoint", out, "--out", tmp_path / "hf2")
+    lqs("export-hf", "--checkpoint", out, "--out", tmp_path / "hf2")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2").eval()
     merged = load_model(out).eval()
     ref = load_model(os.path.join(run["out"], "step_00000003")).eval()
@@ -169,7 +179,7 @@ def test_init_from_hf_starts_at_its_loss(run, hf_dir, tmp_path):
     from lqs_megatron.training.data import SampleStream
 
     out = tmp_path / "ft"
-    run_lqs("pretrain", "--init-from", hf_dir, "--data", run["train"], "--steps", "1", "--out", out, *ARGS)
+    lqs("pretrain", "--init-from", hf_dir, "--data", run["train"], "--steps", "1", "--out", out, *ARGS)
     batch = SampleStream([run["train"]], 32, 4).batch(range(4))
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     with torch.no_grad():
@@ -181,7 +191,7 @@ def test_init_from_hf_starts_at_its_loss(run, hf_dir, tmp_path):
 
 def test_bad_inputs_are_clear_errors(run, tmp_path):
     def fails(*args, match):
-        proc = run_lqs(*args, check=False)
+        proc = lqs(*args, check=False)
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert match in proc.stderr, proc.stderr[-2000:]
         return proc
