@@ -37,7 +37,7 @@ from lqs_megatron.lqs.derivatives import autocast
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
 from lqs_megatron.lqs.scores import METHODS, normalize, score_update
 from lqs_megatron.lqs.state import StateStore, SweepState
-from lqs_megatron.lqs.stats import ExampleStats, check_supported
+from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace
 from lqs_megatron.utils.atomic import save_json, save_npy
@@ -177,9 +177,7 @@ def load_annotation_model(path: str, dims: ParallelDims, dtype: torch.dtype):
     """The HF model as our decoder, sharded for ``dims.tp``, on ``dims.device``, in ``dtype``."""
     from lqs_megatron.models.loading import load_model  # noqa: PLC0415
 
-    model = load_model(path, dims, dtype=dtype)
-    check_supported(model)
-    return model.train()
+    return load_model(path, dims, dtype=dtype).train()
 
 
 def _progress(total: int, desc: str, dims: ParallelDims):

@@ -57,7 +57,7 @@ def _dlogits_torch_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tenso
 
 class _LossAndStats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, mask, lam, vocab_size, vocab_start, tp_group, backend, out):
+    def forward(ctx, hidden, weight, labels, mask, lam, vocab_size, vocab_start, tp_group, backend, out, lse_out):
         B, T, d = hidden.shape
         dt = acc_dtype(hidden, weight)
         triton = use_triton(backend, hidden, weight)
@@ -83,6 +83,7 @@ class _LossAndStats(torch.autograd.Function):
             logits = mm_acc(rows, W.T, dt)  # [rows, n_valid]
             lse, tgt = (row_lse if triton else _lse_torch)(logits, lab, vocab_start, tp_group)
             losses[s:e] = ((lse - tgt) * w).view(e - s, t).sum(1)
+            lse_out[s:e, :t] = lse.view(e - s, t).to(lse_out.dtype)
             dl = (row_dlogits_ if triton else _dlogits_torch_)(logits, lab, lse, w.to(logits.dtype), vocab_start)
             dl = dl.to(hidden.dtype)
             dh[s:e, :t] = mm_acc(dl, W, dt).view(e - s, t, d).to(hidden.dtype)
@@ -95,7 +96,7 @@ class _LossAndStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (dh,) = ctx.saved_tensors
-        return (dh * g.to(dh.dtype)[:, None, None],) + (None,) * 9
+        return (dh * g.to(dh.dtype)[:, None, None],) + (None,) * 10
 
 
 def lm_head_loss_and_stats(
@@ -109,11 +110,13 @@ def lm_head_loss_and_stats(
     tp_group=None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(losses [B], dot [B], sqnorm [B])``: per-example losses (differentiable wrt ``hidden``; pass
+    """``(losses [B], dot [B], sqnorm [B], lse [B, T])``: per-example losses (differentiable wrt ``hidden``; pass
     ``hidden`` through ``copy_to_region`` under tp) and this shard's partial head statistics
-    (sum them over the tp group). ``weight``/``lam``: this rank's ``[V_local, d]`` shard."""
+    (sum them over the tp group), and the global logsumexp of every row (0 past each example's
+    last real position). ``weight``/``lam``: this rank's ``[V_local, d]`` shard."""
     out = torch.zeros(2, hidden.shape[0], dtype=torch.float64, device=hidden.device)
+    lse = torch.zeros(hidden.shape[:2], dtype=acc_dtype(hidden, weight), device=hidden.device)
     losses = _LossAndStats.apply(
-        hidden, weight.detach(), labels, loss_mask, lam, vocab_size, vocab_start, tp_group, backend, out
+        hidden, weight.detach(), labels, loss_mask, lam, vocab_size, vocab_start, tp_group, backend, out, lse
     )
-    return losses, out[0], out[1]
+    return losses, out[0], out[1], lse

@@ -21,8 +21,9 @@ How (for a batch of ``B`` examples):
    rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
    all-reduce over the tp group finishes both.
 
-Tied input/output embeddings are refused (:class:`LQSError`): the shared weight's
-per-example gradient is the sum of both uses, and the cross term is not implemented.
+Tied input/output embeddings: the shared weight's per-example gradient is the sum of both
+uses, so ``|g|^2`` gains the cross term ``2 <G_emb, G_head>`` (:func:`tied_cross_term`, two
+``T x T`` products per example, exact); the dot products simply add.
 """
 
 from __future__ import annotations
@@ -48,20 +49,45 @@ def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:
     return out.weight, int(getattr(out, "vocab_start", 0)), getattr(out, "tp_group", None)
 
 
-def check_supported(model: Decoder) -> None:
-    if model.output.weight is model.tok_embeddings.weight:
-        raise LQSError(
-            "models with tied input/output embeddings (tie_word_embeddings) are not supported by the LQS "
-            "per-example statistics: the cross term of the shared weight is not implemented"
-        )
+def tied_cross_term(
+    ids: torch.Tensor,
+    d_emb: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lse: torch.Tensor,
+    vocab_start: int,
+    n_valid: int,
+) -> torch.Tensor:
+    """Per-example ``<G_emb,n, G_head,n>`` of a weight shared by the embedding and the head (this shard).
+
+    ``G_emb[v] = sum_{t: ids_t = v} D_t`` and ``G_head = sum_s dl_s^T h_s`` with
+    ``dl_s = w_s (softmax_s - onehot(y_s))``, so ``<G_emb, G_head> = sum_{s,t} dl_s[ids_t] (h_s . D_t)``:
+    two ``T x T`` products per example (``h W[ids]^T`` for ``softmax_s[ids_t]``, and ``h D^T``), never
+    ``T x V``. Rows ``ids_t`` outside ``[vocab_start, vocab_start + n_valid)`` belong to another shard.
+    """
+    dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    m = loss_mask.to(dt)
+    w = m / m.sum(1, keepdim=True).clamp_min(torch.finfo(dt).tiny)  # [B, T]
+    local = ids - vocab_start
+    inside = ((local >= 0) & (local < n_valid) & (loss_mask != 0)).to(dt)  # [B, T_t]
+    h = hidden.to(dt)
+    w_ids = weight[local.clamp(0, max(n_valid - 1, 0))].to(dt)  # [B, T_t, d]
+    x = torch.bmm(h, w_ids.transpose(1, 2)) - lse.to(dt).unsqueeze(2)  # [B, T_s, T_t] log softmax_s[ids_t]
+    p = torch.exp(x.masked_fill(w.unsqueeze(2) == 0, float("-inf")))  # rows s past the example: exactly 0
+    p -= (labels.unsqueeze(2) == ids.unsqueeze(1)).to(dt)
+    p *= w.unsqueeze(2) * inside.unsqueeze(1)
+    return (p * torch.bmm(h, d_emb.to(dt).transpose(1, 2))).sum((1, 2))
 
 
 class ExampleStats:
     """Callable ``(batch, lam) -> (dot [B], sqnorm [B])`` (float64) for ``model``, as described above."""
 
     def __init__(self, model: Decoder, dims: ParallelDims, backend: str = "auto"):
-        check_supported(model)
         self.model = model
+        self.tied = model.output.weight is model.tok_embeddings.weight
+        self.head_name = "tok_embeddings.weight" if self.tied else "output.weight"
         self.dims = dims
         self.backend = backend
         self.replicated_counted = dims.tp_rank == 0
@@ -129,12 +155,18 @@ class ExampleStats:
 
                 def bwd(grad: torch.Tensor) -> None:
                     add(*grad_stats_embedding(ids, grad, lam_w, start, mask, backend=self.backend))
+                    if self.tied:  # |g_emb + g_head|^2 = |g_emb|^2 + |g_head|^2 + 2 <g_emb, g_head>
+                        h, weight, lse = head_inputs
+                        n_valid = min(max(model.config.vocab_size - start, 0), weight.shape[0])
+                        cross = tied_cross_term(ids, grad, h, weight, batch.labels, mask, lse, start, n_valid)
+                        acc[1] += 2 * cross.double()
 
                 out.register_hook(bwd)
                 return out
 
             return fwd
 
+        head_inputs = None  # (hidden, head weight, logsumexp) for the tied cross term, set after the forward
         handles = []
         try:
             for name, mod in self.modules:
@@ -150,10 +182,11 @@ class ExampleStats:
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
                 hidden, weight = _as_computed(hidden), _as_computed(weight)
-                losses, dot, sq = lm_head_loss_and_stats(
-                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, lam["output.weight"],
+                losses, dot, sq, lse = lm_head_loss_and_stats(
+                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, lam[self.head_name],
                     model.config.vocab_size, vocab_start, tp_group, backend=self.backend,
                 )  # fmt: skip
+                head_inputs = (hidden.detach(), weight.detach(), lse)
                 add(dot, sq)
                 losses.sum().backward()
         finally:

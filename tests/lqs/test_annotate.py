@@ -119,6 +119,29 @@ def test_float64_equals_the_contract(setup, single64):
     assert_close(single64, ref["lqs"], rtol=1e-7, atol=1e-12, name="float64 raw scores")
 
 
+def test_tied_embeddings_float64_equals_the_contract(tmp_path):
+    """A model whose head is its embedding (the statistics' cross term, the HVP of a shared weight)."""
+    import transformers
+
+    torch.manual_seed(1)
+    cfg = transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, initializer_range=0.2, tie_word_embeddings=True,
+    )  # fmt: skip
+    transformers.MistralForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 5), ("target", 3), ("proxy", 6)):
+        _write(tmp_path / name, _random_seqs(rng, n, 2, 12))
+    paths = {k: str(tmp_path / k) for k in ("model", "train", "target", "proxy")}
+    args = dict(steps=3, lr=0.5, batch_size=2, interval=1, max_length=8)
+    ref = reference_scores(*paths.values(), *args.values())
+    from lqs_megatron.distributed import ParallelDims
+    from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+
+    annotate(AnnotateConfig(**paths, out=str(tmp_path / "out"), **args, dtype="float64"), ParallelDims())
+    assert_close(np.load(tmp_path / "out" / "raw_scores.npy"), ref["lqs"], rtol=1e-7, atol=1e-12, name="tied")
+
+
 TP_MAPPINGS_NOT_TWICE_DIFFERENTIABLE = pytest.mark.xfail(
     strict=True,
     reason="models/mappings.py: _CopyToRegion/_ReduceFromRegion backward call dist.all_reduce directly, so double "

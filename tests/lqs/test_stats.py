@@ -7,7 +7,6 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lqs_megatron.distributed import ParallelDims
-from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.models.config import ModelConfig
@@ -53,7 +52,7 @@ def torch_func_stats(model, batch: Batch, lam):
 
     def loss(p, ids, labels, mask):
         hidden = functional_call(model, p, (ids[None],))
-        logits = hidden[0] @ p["output.weight"].T
+        logits = hidden[0] @ p.get("output.weight", p["tok_embeddings.weight"]).T  # tied: one tensor
         ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         return (ce * mask).sum() / mask.sum()
 
@@ -101,7 +100,14 @@ def test_stats_do_not_depend_on_batch_company():
     assert_close(s1, sq[:1], rtol=1e-12, name="sq alone")
 
 
-def test_tied_embeddings_are_refused():
-    model = tiny_model(tie_word_embeddings=True)
-    with pytest.raises(LQSError, match="tied"):
-        ExampleStats(model, ParallelDims())
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
+def test_tied_embeddings_include_the_cross_term(dtype, rtol):
+    """A weight shared by the embedding and the head: |g|^2 of the sum of both uses (the cross term)."""
+    model = tiny_model(dtype, tie_word_embeddings=True)
+    assert model.output.weight is model.tok_embeddings.weight
+    batch = random_batch([11, 5, 1, 8])
+    lam = random_lambda(model)
+    ref_dot, ref_sq = torch_func_stats(tiny_model(torch.float64, tie_word_embeddings=True), batch, lam)
+    dot, sq = ExampleStats(model, ParallelDims(), backend="torch")(batch, {n: t.to(dtype) for n, t in lam.items()})
+    assert_close(sq, ref_sq, rtol=rtol, name="|g_n|^2 (tied)")
+    assert_close(dot, ref_dot, rtol=rtol, name="<g_n, lambda> (tied)")
