@@ -183,7 +183,7 @@ def score_dataset(
     pad_multiple = 8 if device.type == "cuda" else 1
     my_seqs = sum(ranges[k][1] - ranges[k][0] for k in mine)
     done = {"seqs": 0, "tokens": 0}
-    bar = _progress_bar(my_seqs, enabled=progress and dims.is_main)
+    bar = _progress_bar(my_seqs, enabled=progress and dims.is_main, world=dims.world_size)
     t_compute = time.time()
 
     def on_batch(seqs: int, tokens: int) -> None:
@@ -265,9 +265,11 @@ def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
     }
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, world: int):
+    """Rank 0's bar: its own share of the sequences and its own rates (the others run alike)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    return tqdm(total=total, unit="seq", unit_scale=True, desc="scoring", dynamic_ncols=True, disable=None)
+    desc = "scoring" if world == 1 else f"scoring (rank 0 of {world})"
+    return tqdm(total=total, unit="seq", unit_scale=True, desc=desc, dynamic_ncols=True, disable=None)

@@ -222,7 +222,12 @@ def train_scorer(
     if dims.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
+        )
     use_bf16 = device.type == "cuda" and cfg.bf16
     train_lengths = scfg.effective_lengths(train.data.sequence_lengths)
     run_meta = {"args": dataclasses.asdict(cfg), "data": str(data_dir), "source": scfg.source}

@@ -12,6 +12,7 @@ import scipy.stats
 from safetensors.torch import load_file
 
 from lqs_megatron.errors import LQSError
+from lqs_megatron.scorer.data import prepare_scorer_data
 from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.train import TrainScorerConfig, schedule, train_scorer
 from tests.scorer.helpers import degraded_docs, write_dataset
@@ -155,3 +156,18 @@ def test_batch_flags_are_checked(proxy, tiny_tokenizer, tmp_path):
         cwd=REPO,
     )
     assert proc.returncode == 2 and "one of the arguments --base --model-config is required" in proc.stderr
+
+
+def test_scorer_tokenizer_must_match_the_data(proxy, tiny_tokenizer, tmp_path):
+    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from tests.conftest import demo_texts
+
+    other = tmp_path / "tok"
+    train_tokenizer(demo_texts(), other, vocab_size=600, num_threads=1)
+    data = tmp_path / "data"  # the same proxy, this time with its tokenizer recorded
+    prepare_scorer_data(
+        proxy / "proxy", proxy / "scores.npy", data, src_tokenizer=tiny_tokenizer, dst_tokenizer=tiny_tokenizer
+    )
+    cfg = TrainScorerConfig(epochs=1, batch_size=32, micro_batch_size=16, max_length=32)
+    with pytest.raises(LQSError, match="retokenize the data for the scorer"):
+        train_scorer(data, tmp_path / "ckpt", cfg, model_config="tiny", tokenizer=str(other), progress=False)
