@@ -85,14 +85,25 @@ def run_meta(ds: IndexedDataset, ckpt: Path, shard_size: int) -> dict:
     }
 
 
-def prepare_for_inference(model: Scorer, device: torch.device, bf16: bool, compile: bool) -> torch.nn.Module:
-    """Move to ``device``; on CUDA optionally cast the backbone to bf16 (the head stays float32) and compile."""
+def prepare_for_inference(
+    model: Scorer, device: torch.device, bf16: bool, compile: bool
+) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """``(module, autocast dtype)``: the scorer on ``device`` in eval mode, in bf16 when asked, compiled when asked.
+
+    Our decoder's parameters are cast to bf16 (buffers such as the rotary frequencies keep their
+    precision; pooling and the head run in float32); an HF backbone keeps float32 weights and runs
+    under bf16 autocast (safe whatever its buffers are).
+    """
     model = model.to(device).eval()
-    if device.type == "cuda" and bf16:
-        model.backbone.to(torch.bfloat16)
+    amp = None
+    if bf16 and model.hf_backbone:
+        amp = torch.bfloat16
+    elif bf16:
+        for p in model.backbone.parameters():
+            p.data = p.data.to(torch.bfloat16)
     if compile:
         model = torch.compile(model, dynamic=True)
-    return model
+    return model, amp
 
 
 def _broadcast(obj, dims):
@@ -179,7 +190,7 @@ def score_dataset(
     )
 
     device = dims.device
-    net = prepare_for_inference(model, device, opts.bf16, opts.compile)
+    net, amp = prepare_for_inference(model, device, opts.bf16 and device.type == "cuda", opts.compile)
     pad_multiple = 8 if device.type == "cuda" else 1
     my_seqs = sum(ranges[k][1] - ranges[k][0] for k in mine)
     done = {"seqs": 0, "tokens": 0}
@@ -197,7 +208,16 @@ def score_dataset(
     for k in mine:
         start, end = ranges[k]
         scores = predict(
-            net, cfg, ds, np.arange(start, end), device, opts.max_tokens, opts.max_batch_size, pad_multiple, on_batch
+            net,
+            cfg,
+            ds,
+            np.arange(start, end),
+            device,
+            max_tokens=opts.max_tokens,
+            max_batch_size=opts.max_batch_size,
+            pad_multiple=pad_multiple,
+            on_batch=on_batch,
+            autocast=amp,
         )
         save_npy(shard_path(out, k), scores)
         logger.debug("shard %d [%d, %d) written", k, start, end)

@@ -94,12 +94,14 @@ def predict(
     max_batch_size: int = 512,
     pad_multiple: int = 1,
     on_batch: Callable[[int, int], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> np.ndarray:
     """Float32 scores of ``ds[indices]``, in the order of ``indices``.
 
     ``model`` must already sit on ``device`` in eval mode (and in its inference dtype).
     ``max_tokens``: token budget of a batch (None: :func:`default_max_tokens`).
     ``on_batch(sequences, tokens)`` is called after each batch is launched (progress bars).
+    ``autocast``: run the model under ``torch.autocast`` with this dtype (None: as it is).
     """
     indices = np.asarray(indices, dtype=np.int64)
     out = torch.empty(len(indices), dtype=torch.float32, device=device)
@@ -123,7 +125,8 @@ def predict(
             if k + 1 < len(batches):
                 nxt = pool.submit(load, batches[k + 1])
             ids, lens, pos = (x.to(device, non_blocking=True) for x in (ids, lens, pos))
-            out[pos] = model(ids, lens)
+            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                out[pos] = model(ids, lens)
             if on_batch is not None:
                 on_batch(len(pos), int(eff[batches[k]].sum()))
     return out.cpu().numpy()

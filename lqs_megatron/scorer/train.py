@@ -147,13 +147,15 @@ def _gather(arr: np.ndarray, dims) -> list[np.ndarray]:
     return out
 
 
-def evaluate(model: Scorer, cfg: ScorerConfig, split, dims, max_tokens: int | None) -> dict[str, float]:
+def evaluate(
+    model: Scorer, cfg: ScorerConfig, split, dims, max_tokens: int | None, autocast: torch.dtype | None = None
+) -> dict[str, float]:
     """Valid-split metrics; every rank predicts a contiguous share, rank order restores the split order."""
     n = len(split.data)
     mine = np.array_split(np.arange(n), dims.world_size)[dims.rank]
     was_training = model.training
     model.eval()
-    pred = predict(model, cfg, split.data, mine, dims.device, max_tokens=max_tokens)
+    pred = predict(model, cfg, split.data, mine, dims.device, max_tokens=max_tokens, autocast=autocast)
     model.train(was_training)
     full = np.concatenate(_gather(pred, dims))
     return regression_metrics(full, split.scores)
@@ -297,7 +299,8 @@ def train_scorer(
                 bar.update(1)
             if cfg.save_interval and state["global_step"] % cfg.save_interval == 0 and step + 1 < steps_per_epoch:
                 save_last(dict(state, epoch=epoch))
-        metrics = evaluate(unwrap(net), scfg, valid, dims, cfg.eval_batch_tokens)
+        amp = torch.bfloat16 if use_bf16 else None
+        metrics = evaluate(unwrap(net), scfg, valid, dims, cfg.eval_batch_tokens, amp)
         record = {"epoch": epoch + 1, "step": state["global_step"], **{f"valid_{k}": v for k, v in metrics.items()}}
         state["history"].append(record)
         log_metrics(record)

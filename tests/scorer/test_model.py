@@ -11,7 +11,7 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.model import build_scorer, load_scorer, save_scorer
 from lqs_megatron.scorer.predict import collate, length_batches, predict
 from tests.scorer.helpers import write_token_dataset
-from tests.utils import assert_close
+from tests.utils import assert_close, rel_err
 
 
 def _hf_dir(tmp_path_factory, tokenizer_dir: str, kind: str) -> str:
@@ -171,3 +171,26 @@ def test_base_can_be_a_lqs_pretrain_checkpoint(tiny_tokenizer, tmp_path):
     loaded, _, _ = load_scorer(tmp_path / "s")
     with torch.no_grad():
         assert torch.equal(loaded(ids, lens), scorer(ids, lens))
+
+
+@pytest.mark.parametrize("kind", ["decoder", "hf"])
+def test_bf16_inference_keeps_rotary_frequencies_and_stays_close(kind, tiny_tokenizer, xglm_dir, tmp_path):
+    from lqs_megatron.scorer.infer import prepare_for_inference
+
+    kw = dict(model_config="tiny", tokenizer=tiny_tokenizer) if kind == "decoder" else dict(base=xglm_dir)
+    scorer, cfg, _ = build_scorer(max_length=200, seed=4, **kw)
+    torch.nn.init.normal_(scorer.head.weight, std=1.0)
+    ds = write_token_dataset(tmp_path / "d", _random_seqs(12, seed=5, lo=100, hi=199))
+    cpu = torch.device("cpu")
+    ref = predict(scorer.eval(), cfg, ds, np.arange(12), cpu)
+    buffers = {k: v.dtype for k, v in scorer.backbone.named_buffers()}
+    net, amp = prepare_for_inference(scorer, cpu, bf16=True, compile=False)  # what CUDA runs, here on the CPU
+    if kind == "decoder":
+        assert amp is None and net.backbone.tok_embeddings.weight.dtype == torch.bfloat16
+        # buffers keep their precision: a bf16 copy of the rotary frequencies would skew long positions
+        assert {k: v.dtype for k, v in net.backbone.named_buffers()} == buffers and "rope.inv_freq" in buffers
+    else:
+        assert amp == torch.bfloat16 and next(net.backbone.parameters()).dtype == torch.float32
+    got = predict(net, cfg, ds, np.arange(12), cpu, autocast=amp)
+    assert got.dtype == np.float32
+    assert rel_err(got, ref) < 0.05
