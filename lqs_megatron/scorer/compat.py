@@ -86,14 +86,14 @@ def dataset_tokenizer(prefix: str | os.PathLike, tokenizer: str | os.PathLike | 
     return None
 
 
-def check_same_tokenizer(scorer_tok: dict | None, data_tok: dict | None, data_name: str, scorer_name: str) -> None:
-    """Raise :class:`LQSError` when both tokenizers are known and differ; warn when the data's is unknown."""
+def check_same_tokenizer(
+    scorer_tok: dict | None, data_tok: dict | None, data_name: str, scorer_name: str, hint: str = ""
+) -> None:
+    """Raise :class:`LQSError` when both tokenizers are known and differ; warn when the data's is unknown
+    (``hint`` says how to make it known)."""
     if scorer_tok is None or data_tok is None:
         if data_tok is None:
-            logger.warning(
-                "the tokenizer of %s is unknown (pass --tokenizer DIR to check it); only token ids are range-checked",
-                data_name,
-            )
+            logger.warning("the tokenizer of %s is unknown%s; only token ids are range-checked", data_name, hint)
         return
     if scorer_tok["fingerprint"] != data_tok["fingerprint"]:
         raise LQSError(

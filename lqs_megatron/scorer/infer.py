@@ -160,7 +160,13 @@ def score_dataset(
     if n == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
     model, cfg, ckpt = load_scorer(scorer)
-    check_same_tokenizer(cfg.tokenizer, dataset_tokenizer(data, tokenizer), f"dataset {str(data)!r}", f"scorer {ckpt}")
+    check_same_tokenizer(
+        cfg.tokenizer,
+        dataset_tokenizer(data, tokenizer),
+        f"dataset {str(data)!r}",
+        f"scorer {ckpt}",
+        hint=" (pass --tokenizer DIR to check it)",
+    )
     if cfg.bos_token_id is None and (ds.sequence_lengths == 0).any():
         raise LQSError(f"dataset {str(data)!r}: sequence {int(np.argmax(ds.sequence_lengths == 0))} is empty")
 

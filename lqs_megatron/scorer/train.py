@@ -208,7 +208,11 @@ def train_scorer(
         model, scfg, tok_dir = build_scorer(base, model_config, tokenizer, cfg.max_length, cfg.seed, cfg.use_bos)
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": []}
     check_same_tokenizer(
-        scfg.tokenizer, load_stats(data_dir).get("tokenizer"), f"scorer data {str(data_dir)!r}", "the scorer"
+        scfg.tokenizer,
+        load_stats(data_dir).get("tokenizer"),
+        f"scorer data {str(data_dir)!r}",
+        "the scorer",
+        hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
     )
 
     device = dims.device
