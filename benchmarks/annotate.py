@@ -31,6 +31,7 @@ memory at two small batches (memory is affine in the batch size), checked at the
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -142,7 +143,11 @@ def memory_mib(args, m: Methods | None, size: str, method: str, B: int) -> float
     """Peak memory of one call: the allocator's on a GPU, a subprocess's resident high-water mark on the CPU."""
     if args.device.startswith("cuda"):
         b = random_batch(B, args.length, m.model.config.vocab_size, args.device)
-        return peak_mib(lambda: getattr(m, METHOD_FNS[method])(b), args.device)
+        try:
+            return peak_mib(lambda: getattr(m, METHOD_FNS[method])(b), args.device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return float("inf")
     cmd = [sys.executable, "-P", os.path.abspath(__file__), "--child", size, method, str(B), str(args.length)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return float(out.stdout.strip().splitlines()[-1])
@@ -153,8 +158,11 @@ def largest_batch(args, m, size: str, method: str, start: int = 2, cap: int = 40
     budget = args.budget_mib
     b1, b2 = start, 2 * start
     m1, m2 = memory_mib(args, m, size, method, b1), memory_mib(args, m, size, method, b2)
-    per = max((m2 - m1) / (b2 - b1), 1e-3)
-    B = int(max(1, min(cap, (budget - (m1 - per * b1)) // per)))
+    if not (math.isfinite(m1) and math.isfinite(m2)):  # out of memory already at a small batch
+        B = b1 if math.isfinite(m1) else 1
+    else:
+        per = max((m2 - m1) / (b2 - b1), 1e-3)
+        B = int(max(1, min(cap, (budget - (m1 - per * b1)) // per)))
     while B > 1:
         mem = memory_mib(args, m, size, method, B)
         if mem <= budget:

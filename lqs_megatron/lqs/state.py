@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from lqs_megatron.distributed import ParallelDims
-from lqs_megatron.lqs.vectors import ParamSpace, Vector, load_vector, save_vector
+from lqs_megatron.lqs.vectors import ParamSpace, Vector, broadcast_object, load_vector, save_vector
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
 
@@ -41,15 +41,6 @@ class SweepState:
     target_losses: dict[int, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     scoring_steps_done: int = 0
-
-
-def broadcast_object(dims: ParallelDims, obj, src: int = 0):
-    """``obj`` from global rank ``src`` on every rank (identity for one process)."""
-    if not dims.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 class StateStore:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from lqs_megatron.lqs.derivatives import loss_grad
 from lqs_megatron.lqs.examples import ExampleSet, rank_slice, train_indices, weighted_micro_batches
-from lqs_megatron.lqs.vectors import ParamSpace, Vector, load_vector, save_vector
+from lqs_megatron.lqs.vectors import ParamSpace, Vector, broadcast_object, load_vector, save_vector
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,9 @@ class Trajectory:
     def _resume_point(self) -> int | None:
         """Last checkpoint of a previous run with the same fingerprint (None: start from theta_0)."""
         meta = self.dir / "trajectory.json"
-        if not meta.is_file():
-            return None
-        info = json.loads(meta.read_text())
-        if info.get("fingerprint") != self.fingerprint:
+        info = json.loads(meta.read_text()) if self.dims.is_main and meta.is_file() else None
+        info = broadcast_object(self.dims, info)  # read on rank 0 only: the directory need not be shared
+        if info is None or info.get("fingerprint") != self.fingerprint:
             return None
         have = [i for i in info["saved"] if i in self.checkpoint_steps]
         if self.writer:

@@ -87,6 +87,17 @@ class ParamSpace:
         return vec
 
 
+def broadcast_object(dims: ParallelDims, obj, src: int = 0):
+    """``obj`` from global rank ``src`` on every rank (identity for one process)."""
+    if not dims.distributed:
+        return obj
+    import torch.distributed as dist  # noqa: PLC0415
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def add_(out: Vector, other: Vector, alpha: float = 1.0) -> Vector:
     """``out += alpha * other``, in place."""
     for n, t in out.items():
