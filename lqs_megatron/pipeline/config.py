@@ -100,8 +100,13 @@ class ScorerSection:
     """Backbone: ``annotation`` (the annotation model), an HF directory, or None for
     ``model_config`` with random init."""
     model_config: str = "tiny"
-    epochs: int = 3
-    lr: float = 5e-4
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 512
+    """Global batch (sequences per optimizer step); keep epochs * N / batch_size in the hundreds
+    of steps at least (the papers: 512 over 163,840 proxy examples)."""
+    warmup: int = 10
+    """Linear warmup steps of the scorer's learning rate."""
     valid_num: int = 100
     extra_args: list[str] = field(default_factory=list)
     score_extra_args: list[str] = field(default_factory=list)
