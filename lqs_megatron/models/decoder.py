@@ -40,17 +40,23 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables of rotary embeddings, HF's non-interleaved (``rotate_half``) layout."""
+    """cos/sin tables of rotary embeddings, HF's non-interleaved (``rotate_half``) layout.
+
+    The inverse frequencies are computed in the working precision on every call (``head_dim / 2``
+    numbers), not kept as a buffer: a buffer is rounded to float32 by ``model.float()`` and
+    stays rounded after a later ``model.double()``, which cost float64 runs ~1e-8.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).double() / head_dim
-        self.register_buffer("inv_freq", 1.0 / (theta**exponent), persistent=False)
+        self.head_dim, self.theta = head_dim, float(theta)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions [B, T] -> cos, sin [B, 1, T, head_dim], computed in float32 (float64 for float64 models)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        freqs = positions.to(work)[..., None] * self.inv_freq.to(work)  # [B, T, hd/2]
+        exponent = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float64) / self.head_dim
+        inv_freq = (1.0 / self.theta**exponent).to(work)
+        freqs = positions.to(work)[..., None] * inv_freq  # [B, T, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -11,6 +11,10 @@ function                 forward                    backward
 
 ``group=None`` (or a group of one rank) makes every function the identity, so the same
 layer code runs on one process without a process group. Layers only compose these.
+
+Each backward is built from its conjugate *autograd function* (not a bare collective), so
+the backward is itself differentiable: double backward and forward-over-reverse
+(Hessian-vector products, as the LQS costate needs) go through tensor parallelism.
 """
 
 from __future__ import annotations
@@ -54,17 +58,18 @@ class _CopyToRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _all_reduce(g, ctx.group), None
+        return _ReduceFromRegion.apply(g, ctx.group), None
 
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
+        ctx.group = group
         return _all_reduce(x, group)
 
     @staticmethod
     def backward(ctx, g):
-        return g, None
+        return _CopyToRegion.apply(g, ctx.group), None
 
 
 class _GatherFromRegion(torch.autograd.Function):
@@ -75,7 +80,7 @@ class _GatherFromRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _split_last(g, ctx.group), None
+        return _SplitToRegion.apply(g, ctx.group), None
 
 
 class _SplitToRegion(torch.autograd.Function):
@@ -86,7 +91,7 @@ class _SplitToRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _gather_last(g, ctx.group), None
+        return _GatherFromRegion.apply(g, ctx.group), None
 
 
 def copy_to_region(x: torch.Tensor, group) -> torch.Tensor:

@@ -49,7 +49,7 @@ class TrainStep:
         if dims.dp > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
-            # the only buffer (rotary inv_freq) is a constant: no buffer sync per forward
+            # the decoder has no buffers: nothing to sync per forward
             newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
             self.module = DDP(
                 self.loss_module,

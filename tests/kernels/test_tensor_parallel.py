@@ -79,11 +79,5 @@ def test_vocab_parallel_loss_and_head_stats_equal_unsharded(backend):
 
 
 @pytest.mark.distributed
-@pytest.mark.xfail(
-    reason="models/mappings.py: the backward of reduce_from_region/copy_to_region is not itself differentiable "
-    "(it should apply the conjugate mapping), so double backward under tp misses the other shards' terms; "
-    "with that change this passes",
-    strict=False,
-)
 def test_vocab_parallel_reference_hvp_by_double_backward():
     spawn(_rank_fn, 2, "torch", _problems(), True)
