@@ -31,25 +31,30 @@ memory at two small batches (memory is affine in the batch size), checked at the
 
 from __future__ import annotations
 
-import math
 import os
-import subprocess
 import sys
+
+# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
+# the standard library's tokenize module (imported by inspect, numpy, torch): move it to the end
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
+import math
+import subprocess
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from _harness import Row, machine, main_guard, parser, peak_mib, time_ms, versions  # noqa: E402
+from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.lqs.examples import Batch
+from lqs_megatron.lqs.stats import ExampleStats
+from lqs_megatron.models.config import ModelConfig, load_model_config
+from lqs_megatron.models.loading import build_model
+from lqs_megatron.training.loss import per_example_lm_loss
 
-from lqs_megatron.distributed import ParallelDims  # noqa: E402
-from lqs_megatron.lqs.examples import Batch  # noqa: E402
-from lqs_megatron.lqs.stats import ExampleStats  # noqa: E402
-from lqs_megatron.models.config import ModelConfig, load_model_config  # noqa: E402
-from lqs_megatron.models.loading import build_model  # noqa: E402
-from lqs_megatron.training.loss import per_example_lm_loss  # noqa: E402
+from _harness import Row, machine, main_guard, parser, peak_mib, time_ms, versions
 
 SIZES = {
     "8M": dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4),

@@ -14,9 +14,16 @@ the ratio is baseline time / our time.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
+# the standard library's tokenize module (imported by inspect, numpy, torch): move it to the end
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess

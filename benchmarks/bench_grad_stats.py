@@ -23,10 +23,11 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-import torch  # noqa: E402
-from _harness import Table, main_guard, parser  # noqa: E402
+import torch
 
-from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear  # noqa: E402
+from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear
+
+from _harness import Table, main_guard, parser
 
 CPU_SHAPES = [(8, 64, 256, 256), (8, 128, 512, 512), (4, 256, 256, 256), (4, 512, 256, 256), (4, 128, 768, 3072)]
 GPU_SHAPES = [(16, 1024, 768, 768), (16, 1024, 768, 3072), (16, 1024, 3072, 768), (64, 128, 2048, 2048),

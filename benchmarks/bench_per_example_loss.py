@@ -20,11 +20,12 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from _harness import Table, main_guard, parser  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference  # noqa: E402
+from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference
+
+from _harness import Table, main_guard, parser
 
 CPU_SHAPES = [(4, 128, 256, 8192), (8, 128, 512, 32000)]
 GPU_SHAPES = [(16, 1024, 768, 32000), (8, 2048, 2048, 32000), (4, 4096, 4096, 128256)]

@@ -30,18 +30,19 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _harness import machine, main_guard, parser, versions  # noqa: E402
+import numpy as np
+import torch
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter  # noqa: E402
-from lqs_megatron.scorer.infer import ScoreOptions, score_dataset  # noqa: E402
-from lqs_megatron.scorer.model import build_scorer, save_scorer  # noqa: E402
+from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.model import build_scorer, save_scorer
+
+from _harness import machine, main_guard, parser, versions
 
 CPU = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
 GPU = dict(  # fairseq-dense-125M's width and depth

@@ -34,22 +34,22 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib  # noqa: E402
-import inspect  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
+import argparse
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import multiprocessing
+import platform
+import random
+import resource
+import subprocess
+import tempfile
+import time
+import warnings
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 # ----------------------------------------------------------------------------- corpus
 

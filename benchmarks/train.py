@@ -28,15 +28,16 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-import torch  # noqa: E402
-from _harness import Table, main_guard, parser  # noqa: E402
+import torch
 
-from lqs_megatron.distributed import ParallelDims  # noqa: E402
-from lqs_megatron.models.config import ModelConfig, load_model_config  # noqa: E402
-from lqs_megatron.models.hf import config_to_hf, state_dict_to_hf  # noqa: E402
-from lqs_megatron.models.loading import build_model  # noqa: E402
-from lqs_megatron.training.optim import WarmupCosine, build_optimizer  # noqa: E402
-from lqs_megatron.training.step import TrainStep  # noqa: E402
+from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.models.config import ModelConfig, load_model_config
+from lqs_megatron.models.hf import config_to_hf, state_dict_to_hf
+from lqs_megatron.models.loading import build_model
+from lqs_megatron.training.optim import WarmupCosine, build_optimizer
+from lqs_megatron.training.step import TrainStep
+
+from _harness import Table, main_guard, parser
 
 CPU_MODEL = dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=4)
 
