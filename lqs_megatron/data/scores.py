@@ -61,3 +61,22 @@ def json_floats(scores: np.ndarray) -> list[float]:
     if scores.dtype in (np.float32, np.float16):
         return [float(str(x)) for x in scores]
     return [float(x) for x in scores.astype(np.float64).tolist()]
+
+
+CLIP = 3.0
+"""Normalised scores are clipped to ``[-CLIP, CLIP]`` (``LQS_ALGORITHM.md``)."""
+
+
+def normalize_scores(raw: np.ndarray, clip: float = CLIP) -> np.ndarray:
+    """``clip((s - mean(s)) / std(s), -clip, clip)`` in float64, with the population std.
+
+    All zeros when the std is 0 (or not finite). The one definition used by ``lqs annotate``
+    (``scores.npy``) and ``lqs prepare-scorer-data`` (the scorer's targets).
+    """
+    s = np.asarray(raw, dtype=np.float64)
+    if s.size == 0:
+        return s.copy()
+    std = s.std()
+    if std == 0 or not np.isfinite(std):
+        return np.zeros_like(s)
+    return np.clip((s - s.mean()) / std, -clip, clip)

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.derivatives import autocast
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
-from lqs_megatron.lqs.scores import METHODS, normalize, score_update
+from lqs_megatron.lqs.scores import METHODS, score_update
 from lqs_megatron.lqs.state import StateStore, SweepState
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.trajectory import Trajectory
@@ -314,7 +315,7 @@ def annotate(cfg: AnnotateConfig, dims: ParallelDims) -> dict:
     }  # fmt: skip
     if dims.is_main:
         save_npy(out / "raw_scores.npy", raw.astype(np.float64))
-        save_npy(out / "scores.npy", normalize(raw))
+        save_npy(out / "scores.npy", normalize_scores(raw))
         save_json(out / "annotate.json", record)
         if not cfg.keep_checkpoints:
             import shutil  # noqa: PLC0415

@@ -1,4 +1,5 @@
-"""The score update of one scoring step and the normalisation (``LQS_ALGORITHM.md``), in float64.
+"""The score update of one scoring step (``LQS_ALGORITHM.md``), in float64. The normalisation
+is :func:`lqs_megatron.data.scores.normalize_scores`.
 
 At a scoring step ``i`` (``i % K == 0``), for every proxy example with per-example gradient
 ``g`` at ``theta_i`` (given as ``dot = <g, lambda_{i+1}>`` and ``sq = |g|^2``)::
@@ -33,14 +34,3 @@ def score_update(
         ratio = g_norm
     s += lr * lam_norm * ratio * cos
     c[:] = g_norm
-
-
-def normalize(raw: np.ndarray) -> np.ndarray:
-    """``clip((s - mean) / std, -3, 3)`` with the population std; all zeros when the std is 0."""
-    raw = np.asarray(raw, dtype=np.float64)
-    if raw.size == 0:
-        return raw.copy()
-    std = raw.std()
-    if std == 0:
-        return np.zeros_like(raw)
-    return np.clip((raw - raw.mean()) / std, -3.0, 3.0)

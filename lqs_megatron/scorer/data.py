@@ -39,24 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.scores import load_scores
+from lqs_megatron.data.scores import CLIP, load_scores, normalize_scores
 from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_dir, save_json, save_npy
 
 logger = logging.getLogger(__name__)
 
-CLIP = 3.0
 SPLITS = ("train", "valid")
-
-
-def normalize_scores(raw: np.ndarray, clip: float = CLIP) -> np.ndarray:
-    """``clip((s - mean) / std, -clip, clip)`` in float64 (population std; zeros when std == 0)."""
-    s = np.asarray(raw, dtype=np.float64)
-    std = s.std()
-    if std == 0 or not np.isfinite(std):
-        return np.zeros_like(s)
-    return np.clip((s - s.mean()) / std, -clip, clip)
 
 
 def default_valid_num(n: int) -> int:

@@ -49,7 +49,7 @@ from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, mse_loss, save_scorer, unwrap
 from lqs_megatron.scorer.predict import collate, predict
-from lqs_megatron.training.checkpoint import _rng_state, _set_rng_state
+from lqs_megatron.training.checkpoint import rng_state, set_rng_state
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer, clip_grad_norm, set_lr
 from lqs_megatron.utils.atomic import atomic_dir
 
@@ -222,7 +222,7 @@ def train_scorer(
     lr_of = schedule(cfg, total_steps)
     if resume and (last / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location=device, weights_only=False))
-        _set_rng_state(torch.load(last / "rng.pt", weights_only=False))
+        set_rng_state(torch.load(last / "rng.pt", weights_only=False))
     params = [p for p in model.parameters() if p.requires_grad]
     net = model
     if dims.distributed:
@@ -243,7 +243,7 @@ def train_scorer(
 
             def extra(tmp: Path) -> None:
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(_rng_state(), tmp / "rng.pt")
+                torch.save(rng_state(), tmp / "rng.pt")
                 (tmp / "trainer.json").write_text(json.dumps(tmp_extra_state, indent=2) + "\n")
 
             _write_ckpt(last, model, scfg, tok_dir, {**run_meta, "trainer": tmp_extra_state}, extra)

@@ -107,14 +107,16 @@ def read_full_state_dict(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]
     return merge_state_dicts([read_model_shard(step_dir, r, tp) for r in range(tp)])
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Every RNG a training step can draw from (torch CPU and CUDA, numpy, Python), for exact resume."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -156,7 +158,7 @@ def save_checkpoint(
     if dims.dp_rank == 0:
         save_file(model_state_for_save(model), tmp / shard_name("model", tpr, tp, "safetensors"), {"format": "pt"})
         torch.save(optimizer.state_dict(), tmp / shard_name("optimizer", tpr, tp, "pt"))
-    torch.save(_rng_state(), tmp / f"rng-rank{dims.rank:05d}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{dims.rank:05d}.pt")
     if dims.is_main:
         save_json(tmp / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
         save_json(tmp / "trainer.json", trainer_state)
@@ -193,5 +195,5 @@ def load_training_state(
     optimizer.load_state_dict(torch.load(opt_file, map_location=dims.device, weights_only=False))
     rng = step_dir / f"rng-rank{dims.rank:05d}.pt"
     if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(torch.load(rng, weights_only=False))
     return json.loads((step_dir / "trainer.json").read_text())

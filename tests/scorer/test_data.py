@@ -10,8 +10,9 @@ import pytest
 import scipy.stats
 
 from lqs_megatron.data.indexed import IndexedDataset
+from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
-from lqs_megatron.scorer.data import load_split, normalize_scores, prepare_scorer_data, split_indices
+from lqs_megatron.scorer.data import load_split, prepare_scorer_data, split_indices
 from tests.scorer.helpers import write_token_dataset
 from tests.utils import run_lqs
 
