@@ -24,7 +24,7 @@ from torch import nn
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig
-from lqs_megatron.models.decoder import Decoder, RotaryEmbedding
+from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.models.parallelize import check_tp, padded_vocab_size, parallelize, tp_size_of
 
 
@@ -68,7 +68,6 @@ def _assign(model: Decoder, sd: dict[str, torch.Tensor], where: str) -> Decoder:
         raise LQSError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     if tied:
         model.output.weight = model.tok_embeddings.weight
-    model.rope = RotaryEmbedding(model.config.head_dim, model.config.rope_theta)  # non-persistent buffer
     return model
 
 

@@ -90,8 +90,8 @@ def prepare_for_inference(
 ) -> tuple[torch.nn.Module, torch.dtype | None]:
     """``(module, autocast dtype)``: the scorer on ``device`` in eval mode, in bf16 when asked, compiled when asked.
 
-    Our decoder's parameters are cast to bf16 (buffers such as the rotary frequencies keep their
-    precision; pooling and the head run in float32); an HF backbone keeps float32 weights and runs
+    Our decoder's parameters are cast to bf16 (it has no buffers: the rotary tables are computed
+    in float32 on every call; pooling and the head run in float32); an HF backbone keeps float32 weights and runs
     under bf16 autocast (safe whatever its buffers are).
     """
     model = model.to(device).eval()
