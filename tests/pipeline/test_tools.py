@@ -42,3 +42,28 @@ def test_get_checkpoints_checks_a_local_hf_dir(tmp_path, tiny_tokenizer):
     assert info["vocab"] == 512 and info["parameters"] > 0 and "mistral" in info["kind"]
     proc = _run("tools/get_checkpoints.py", str(tmp_path / "missing"))
     assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_proxy_data_script_launches_lqs_annotate_under_torchrun(tmp_path):
+    """scripts/proxy_data/160M.sh (the original name) runs the annotation launcher: torchrun, the
+    papers' defaults, multi-node variables, extra flags passed through."""
+    import os
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "torchrun").write_text('#!/bin/sh\necho torchrun "$@"\n')
+    (fake / "torchrun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "MODEL": "m", "TRAIN": "t", "TARGET": "g",
+           "PROXY": "p", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "node0"}  # fmt: skip
+    proc = subprocess.run(["bash", "scripts/proxy_data/160M.sh", "--seed", "3"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.split()
+    assert out[:1] == ["torchrun"] and "annotate" in out and out[-2:] == ["--seed", "3"]
+    flags = dict(zip(out[::1], out[1::1]))
+    assert flags["--nnodes"] == "2" and flags["--node-rank"] == "1" and flags["--master-addr"] == "node0"
+    assert flags["--steps"] == "100" and flags["--interval"] == "10" and flags["--lr"] == "0.008"
+    assert flags["--batch-size"] == "16" and flags["--max-length"] == "1024" and flags["--model"] == "m"
+    missing = subprocess.run(["bash", "scripts/proxy_data/160M.sh"], capture_output=True, text=True, cwd=REPO,
+                             env={**env, "MODEL": ""}, timeout=60)  # fmt: skip
+    assert missing.returncode != 0 and "MODEL" in missing.stderr
