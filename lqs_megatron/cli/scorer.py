@@ -59,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10, help="linear warmup steps")
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clipping (0 = off)")
     p.add_argument("--batch-size", type=int, default=512, help="global batch size (sequences per optimizer step)")
-    p.add_argument("--micro-batch-size", type=int, default=16, help="sequences per rank per forward/backward")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        help="sequences per rank per forward/backward (default: the largest divisor of batch-size / ranks up to 16)",
+    )
     p.add_argument(
         "--eval-batch-tokens",
         type=int,

@@ -74,8 +74,9 @@ class TrainScorerConfig:
     """Clip the global gradient norm to this; 0 disables (``--clip-grad``)."""
     batch_size: int = 512
     """Global batch: sequences per optimizer step over all ranks (``--batch-size``)."""
-    micro_batch_size: int = 16
-    """Sequences per rank per forward/backward (``--micro-batch-size``)."""
+    micro_batch_size: int | None = None
+    """Sequences per rank per forward/backward (``--micro-batch-size``); None: the largest divisor
+    of ``batch_size / dp`` up to 16."""
     eval_batch_tokens: int | None = None
     """Token budget of a validation batch (``--eval-batch-tokens``; None: 4096 on the CPU, 32768 on CUDA)."""
     max_length: int = 1024
@@ -100,7 +101,7 @@ class TrainScorerConfig:
             "warmup": self.warmup >= 0,
             "clip-grad": self.clip_grad >= 0,
             "batch-size": self.batch_size >= 1,
-            "micro-batch-size": self.micro_batch_size >= 1,
+            "micro-batch-size": self.micro_batch_size is None or self.micro_batch_size >= 1,
             "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
             "max-length": self.max_length >= 2,
             "save-interval": self.save_interval >= 0,
@@ -110,13 +111,24 @@ class TrainScorerConfig:
         if bad:
             raise LQSError(f"invalid --{bad[0]}: {getattr(self, bad[0].replace('-', '_'))}")
 
+    def micro_batch(self, dp: int) -> int:
+        """Sequences per rank per forward/backward: ``--micro-batch-size``, or by default the largest
+        divisor of ``batch_size / dp`` that is at most 16."""
+        if self.batch_size % dp:
+            raise LQSError(f"--batch-size {self.batch_size} is not a multiple of the {dp} data-parallel ranks")
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
+        per_rank = self.batch_size // dp
+        return max(d for d in range(1, min(16, per_rank) + 1) if per_rank % d == 0)
+
     def accumulation(self, dp: int) -> int:
         """Micro-batches per rank per step; the global batch must split evenly."""
-        per_step = dp * self.micro_batch_size
+        mb = self.micro_batch(dp)
+        per_step = dp * mb
         if self.batch_size % per_step:
             raise LQSError(
                 f"--batch-size {self.batch_size} is not a multiple of data-parallel ranks x --micro-batch-size "
-                f"({dp} x {self.micro_batch_size} = {per_step})"
+                f"({dp} x {mb} = {per_step})"
             )
         return self.batch_size // per_step
 
