@@ -136,12 +136,14 @@ class EvaluateSection:
 
 @dataclass
 class LaunchSection:
+    """How the distributed steps run. ``lqs pipeline`` drives one node; for several nodes run
+    the steps one by one with the launch scripts of ``scripts/`` (docs/pipeline.md)."""
+
     nproc_per_node: int = 1
-    """Processes per node for the distributed steps (pretrain, annotate, train-scorer,
-    score); > 1 runs them under torchrun."""
-    nnodes: int = 1
+    """Processes (GPUs) for the distributed steps (pretrain, annotate, train-scorer, score);
+    > 1 runs them under ``torchrun --standalone``."""
     torchrun_args: list[str] = field(default_factory=list)
-    """More torchrun flags (``--rdzv-endpoint`` etc.) for multi-node runs."""
+    """More torchrun flags, verbatim."""
 
 
 @dataclass

@@ -22,7 +22,7 @@ def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> di
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     with atomic_file(Path(cfg.workdir) / "pipeline.yaml") as tmp:
         tmp.write_text(dump_config(cfg))
-    runner = Runner(cfg.workdir, cfg.launch.nproc_per_node, cfg.launch.nnodes, cfg.launch.torchrun_args)
+    runner = Runner(cfg.workdir, cfg.launch.nproc_per_node, cfg.launch.torchrun_args)
     steps = plan.steps()
     echo(f"pipeline: {len(steps)} steps in {cfg.workdir} (logs in {runner.logs})")
     t0 = time.time()

@@ -64,11 +64,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 class Runner:
-    def __init__(self, workdir: str | os.PathLike, nproc_per_node: int = 1, nnodes: int = 1, torchrun_args=()):
+    def __init__(self, workdir: str | os.PathLike, nproc_per_node: int = 1, torchrun_args=()):
         self.workdir = Path(workdir)
         self.markers = self.workdir / ".pipeline"
         self.logs = self.workdir / "logs"
-        self.nproc, self.nnodes, self.torchrun_args = nproc_per_node, nnodes, list(torchrun_args)
+        self.nproc, self.torchrun_args = nproc_per_node, list(torchrun_args)
         self.fingerprints: dict[str, str] = {}
         self.timings: dict[str, dict] = {}
 
@@ -85,13 +85,13 @@ class Runner:
 
     def command(self, step: Step, resume: bool) -> list[str]:
         argv = list(step.argv) + ([step.resume_flag] if resume and step.resume_flag else [])
-        if step.distributed and self.nproc * self.nnodes > 1:
+        if step.distributed and self.nproc > 1:
             return [
                 sys.executable,
                 "-m",
                 "torch.distributed.run",
+                "--standalone",
                 f"--nproc-per-node={self.nproc}",
-                f"--nnodes={self.nnodes}",
                 *self.torchrun_args,
                 "-m",
                 "lqs_megatron",

@@ -64,3 +64,26 @@ def test_plan_of_the_demo_config_is_consistent(tmp_path):
         "sample-proxy",
     }
     assert names[-1] == "evaluate-random" and "pick-random" in names
+
+
+def test_distributed_steps_run_under_torchrun_on_one_node(tmp_path):
+    import sys
+
+    from lqs_megatron.pipeline.runner import Runner, Step
+
+    step = Step("pretrain-x", ["pretrain", "--steps", "3"], distributed=True, resume_flag="--resume")
+    one = Runner(tmp_path, nproc_per_node=1)
+    assert one.command(step, resume=False) == [sys.executable, "-m", "lqs_megatron", "pretrain", "--steps", "3"]
+    eight = Runner(tmp_path, nproc_per_node=8, torchrun_args=["--master-port=29600"])
+    cmd = eight.command(step, resume=True)
+    assert cmd[1:7] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=8",
+        "--master-port=29600",
+        "-m",
+    ]
+    assert cmd[-4:] == ["pretrain", "--steps", "3", "--resume"]
+    single = Step("select", ["select", "--k", "1"])  # not distributed: one process whatever the launch
+    assert eight.command(single, resume=False)[1:3] == ["-m", "lqs_megatron"]
