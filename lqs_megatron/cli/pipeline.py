@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser(
         "demo",
-        help="the whole pipeline on a corpus built from Python's own text (offline, ~15 min on 2 CPU cores)",
+        help="the whole pipeline on a corpus built from Python's own text (offline, minutes on 2 CPU cores)",
         description=(
             "Build a small corpus from the standard library's docstrings and pydoc topics, with labelled degraded "
             "copies, and a target set of clean explanatory conversations; then run `lqs pipeline` with the "
