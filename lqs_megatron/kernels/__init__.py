@@ -4,7 +4,8 @@ Every public function takes ``backend="auto" | "triton" | "torch"``: Triton on C
 reference on CPU tensors (see ``_dispatch.py``).
 
 - :mod:`.per_example_loss`: fused linear + cross-entropy, one mean loss per example (vocab-parallel).
-- :mod:`.lm_head_stats`: the LM head's per-example ``<G_n, Lambda>`` and ``|G_n|^2``.
+- :mod:`.lm_head_stats`: the LM head's per-example losses, ``dhidden`` and ``<G_n, Lambda>``, ``|G_n|^2``
+  in one fused pass (composes the two modules below).
 - :mod:`.grad_stats`: the same statistics for linear layers (direct or ghost), embeddings, norm weights.
 """
 
@@ -17,7 +18,7 @@ from lqs_megatron.kernels.grad_stats import (
     grad_stats_norm,
     grad_stats_norm_reference,
 )
-from lqs_megatron.kernels.lm_head_stats import lm_head_grad_stats, lm_head_grad_stats_reference
+from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference
 
 __all__ = [
@@ -28,8 +29,7 @@ __all__ = [
     "grad_stats_linear_reference",
     "grad_stats_norm",
     "grad_stats_norm_reference",
-    "lm_head_grad_stats",
-    "lm_head_grad_stats_reference",
+    "lm_head_loss_and_stats",
     "per_example_loss",
     "per_example_loss_reference",
 ]

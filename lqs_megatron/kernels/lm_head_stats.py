@@ -1,154 +1,205 @@
-"""Per-example gradient statistics of the LM head, chunked over the vocabulary.
+"""The LM head's per-example loss, gradient wrt the hidden states and gradient statistics, in one pass.
 
-The head's per-example gradient is ``G_n = sum_t dlogits_nt^T h_nt`` (``[V_local, d]``) with
-``dlogits_nt = w_nt (softmax(h_nt W^T) - onehot(y_nt))`` and ``w_nt = m_nt / sum_t m_nt``: the
-output gradient is ``B x T x V``, too big to hold. For each chunk of ``V_c`` vocabulary rows this
-recomputes the chunk's logits (one GEMM), turns them into ``dlogits`` in place with the global
-logsumexp from the loss forward (the Triton kernel of ``per_example_loss``), and feeds
-``(A = h, D = dlogits_chunk, Lambda_chunk)`` to the linear-layer statistics: the rows of ``G_n``
-split over vocabulary chunks, so ``<G_n, Lambda>`` and ``|G_n|^2`` are sums over chunks.
+For the head ``z = h W^T`` (rows of ``W`` at global index ``>= vocab_size`` are padding, left out
+of the softmax) and per-example mean cross-entropy
 
-Under tensor parallelism pass this rank's shard (``weight``, ``lam_weight``, ``vocab_start``) and the
-global ``lse`` (from ``per_example_loss(..., tp_group=..., return_lse=True)``): the results are this
-shard's partial sums; all-reduce them over the tp group.
+    ``l_n = sum_t w_nt (lse_nt - z_nt[y_nt])``,  ``w_nt = m_nt / sum_t m_nt``,  ``lse_nt = logsumexp_v z_ntv``,
+
+the gradient of ``l_n`` wrt the logits is ``dz_nt = w_nt (softmax(z_nt) - onehot(y_nt))``, so
+
+    ``d l_n / d h_nt = dz_nt W``,   ``G_n = d l_n / d W = sum_t dz_nt^T h_nt``,
+    ``dot_n = <G_n, Lambda>``,       ``sq_n = |G_n|_F^2``
+
+(``G_n`` is 0 on the padding rows). One pass over chunks of **whole examples** (every example's
+rows meet in one call) does, per chunk:
+
+1. ``z = h W^T`` (one GEMM; float32, float64 for float64 inputs), the global ``lse`` (all-reduced
+   over the tp group when the vocabulary is sharded, as Megatron's vocab-parallel cross-entropy)
+   and the losses;
+2. ``dz`` in place of the logits;
+3. ``dhidden = dz W`` (one GEMM), kept for the backward;
+4. ``dot_n`` and ``sq_n`` by :func:`~lqs_megatron.kernels.grad_stats.grad_stats_linear` with
+   ``A = h``, ``D = dz`` (direct or ghost; always direct on Triton): the FLOPs of the
+   weight-gradient GEMM a plain backward would do, never ``G_n`` itself.
+
+So the head costs the three GEMMs of a plain forward+backward (logits, ``dhidden``, ``dW``), holds
+one chunk of logits at a time (about the size of the hidden states, at least one example) and keeps
+only ``dhidden`` for the backward (no logits graph). ``dz`` is rounded to the input dtype before
+the last two GEMMs, as a bf16 backward does.
+
+Tiers: this op has no Triton kernel of its own; it composes the launchers of
+``per_example_loss.py`` (:func:`row_lse`, :func:`row_dlogits_`) and ``grad_stats.py``
+(:func:`grad_stats_linear`). :func:`lm_head_loss_and_stats_forward` is the chunk loop, a thin
+autograd Function gives the backward (``dhidden`` scaled by the upstream gradient), and
+:func:`lm_head_loss_and_stats` is the functional entry point. ``backend="torch"`` is the plain torch
+reference (torch logsumexp/softmax and ``grad_stats_linear_reference``), the one tests and
+benchmarks compare the Triton path with.
+
+Tensor parallelism: pass this rank's shard (``weight``, ``lam``, ``vocab_start``) and route
+``hidden`` through ``models.mappings.copy_to_region``; the losses and ``lse`` are global, the
+statistics are this shard's partial sums (all-reduce them over the tp group).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
-from lqs_megatron.kernels._triton import triton
-from lqs_megatron.kernels.grad_stats import choose_method, grad_stats_linear_reference, linear_direct_forward
-from lqs_megatron.kernels.per_example_loss import _prepare, row_dlogits_
+from lqs_megatron.kernels.grad_stats import grad_stats_linear
+from lqs_megatron.kernels.per_example_loss import _NEG, _prepare, row_dlogits_, row_lse
+
+# ----------------------------------------------------------------------------- torch reference pieces
 
 
-def lm_head_stats_forward(
+def _lse_torch(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, tp_group):
+    """``(lse [rows], target logit [rows])`` of this shard's logits rows, global over the tp group
+    (the torch twin of :func:`~lqs_megatron.kernels.per_example_loss.row_lse`)."""
+    rows, n = logits.shape
+    local = labels - vocab_start
+    inside = (local >= 0) & (local < n)
+    if n:
+        tgt = torch.where(inside, logits.gather(1, local.clamp(0, n - 1).unsqueeze(1)).squeeze(1), 0.0)
+    else:  # a shard holding padding rows only
+        tgt = logits.new_zeros(rows)
+    if tp_group is None:
+        return torch.logsumexp(logits, 1), tgt
+    m = logits.amax(1) if n else logits.new_full((rows,), _NEG)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
+    both = torch.stack([torch.exp(logits - m.unsqueeze(1)).sum(1), tgt])
+    dist.all_reduce(both, group=tp_group)
+    return m + torch.log(both[0]), both[1]
+
+
+def _dlogits_torch_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, vocab_start: int):
+    """In place: ``logits <- w * (softmax - onehot)`` (the torch twin of ``row_dlogits_``)."""
+    logits.sub_(lse.unsqueeze(1)).exp_()
+    local = labels - vocab_start
+    rows = torch.nonzero((local >= 0) & (local < logits.shape[1])).squeeze(1)
+    logits[rows, local[rows]] -= 1.0
+    return logits.mul_(w.unsqueeze(1))
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def lm_head_loss_and_stats_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    row_w: torch.Tensor,
+    loss_mask: torch.Tensor,
     lam: torch.Tensor,
-    lse: torch.Tensor,
+    row_w: torch.Tensor,
     n_valid: int,
     vocab_start: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton path: rows with ``row_w != 0`` compacted per example, then per vocabulary chunk a GEMM,
-    the in-place ``dlogits`` kernel and the fused direct statistics kernel. float32 ``(dot, sq)``."""
+    tp_group,
+    backend: str,
+    grad_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The chunk loop (arguments validated by :func:`lm_head_loss_and_stats`; ``row_w [B*T]`` the
+    per-position weights ``w_nt``, ``n_valid`` this shard's rows below the vocabulary size).
+
+    Returns ``(losses [B], dot [B], sq [B], lse [B, T], dhidden [B, T, d] or None)``.
+    """
     B, T, d = hidden.shape
-    dev = hidden.device
-    active = torch.nonzero(row_w).squeeze(1)
-    count = torch.bincount(torch.div(active, T, rounding_mode="floor"), minlength=B)
-    row_start = (torch.cumsum(count, 0) - count).to(torch.int32)
-    row_count = count.to(torch.int32)
-    h = hidden.reshape(B * T, d)[active].contiguous()
-    lab, z, w = labels.reshape(-1)[active], lse.reshape(-1)[active].float(), row_w[active].float()
-    dot = torch.zeros(B, device=dev, dtype=torch.float32)
+    dt = acc_dtype(hidden, weight)
+    triton = use_triton(backend, hidden, weight)
+    W, lam_w = weight[:n_valid], lam[:n_valid]
+    w_all = row_w.view(B, T)
+    on = loss_mask != 0
+    labels = torch.where(on, labels, torch.zeros_like(labels))
+    length = (on * torch.arange(1, T + 1, device=hidden.device)).amax(1)  # rows in use per example
+    losses = torch.zeros(B, dtype=dt, device=hidden.device)
+    lse_out = torch.zeros(B, T, dtype=dt, device=hidden.device)
+    stats_dt = acc_dtype(hidden, weight, lam)
+    dot = torch.zeros(B, dtype=stats_dt, device=hidden.device)
     sq = torch.zeros_like(dot)
-    vc = max(64, triton.cdiv(d, 64) * 64)  # a chunk of dlogits about the size of the hidden states
-    for v0 in range(0, n_valid, vc):
-        v1 = min(n_valid, v0 + vc)
-        dl = row_dlogits_(mm_acc(h, weight[v0:v1].T), lab, z, w, vocab_start + v0).to(h.dtype)
-        cd, cs = linear_direct_forward(h, dl, lam[v0:v1].contiguous(), row_start, row_count)
-        dot += cd
-        sq += cs
-    return dot, sq
+    dh = torch.zeros_like(hidden) if grad_hidden else None
+    # Chunks of whole examples, the same on every tp rank (their collectives must match).
+    # Liger's rule: a chunk of logits about as large as the hidden states, at least one example.
+    step = max(1, (B * T * d) // (max(int(length.max()), 1) * weight.shape[0]))
+    for s in range(0, B, step):
+        e = min(B, s + step)
+        t = max(int(length[s:e].max()), 1)
+        h = hidden[s:e, :t].reshape(-1, d)  # one copy of the chunk's rows, shared by both consumers
+        lab = labels[s:e, :t].reshape(-1)
+        w = w_all[s:e, :t].reshape(-1)
+        logits = mm_acc(h, W.T, dt)  # [rows, n_valid]
+        lse, tgt = (row_lse if triton else _lse_torch)(logits, lab, vocab_start, tp_group)
+        losses[s:e] = ((lse - tgt) * w).view(e - s, t).sum(1)
+        lse_out[s:e, :t] = torch.where(on[s:e, :t], lse.view(e - s, t), 0.0)
+        dl = (row_dlogits_ if triton else _dlogits_torch_)(logits, lab, lse, w.to(logits.dtype), vocab_start)
+        dl = dl.to(hidden.dtype)
+        if grad_hidden:
+            dh[s:e, :t] = mm_acc(dl, W, dt).view(e - s, t, d).to(hidden.dtype)
+        if n_valid:
+            A, D = h.view(e - s, t, d), dl.view(e - s, t, n_valid)
+            dot[s:e], sq[s:e] = grad_stats_linear(A, D, lam_w, on[s:e, :t], backend=backend)
+    return losses, dot, sq, lse_out, dh
 
 
-def lm_head_grad_stats(
+class _LossAndStats(torch.autograd.Function):
+    """Everything in the forward; the backward scales the saved ``dhidden`` by the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, loss_mask, lam, row_w, n_valid, vocab_start, tp_group, backend):
+        losses, dot, sq, lse, dh = lm_head_loss_and_stats_forward(
+            hidden, weight, labels, loss_mask, lam, row_w, n_valid, vocab_start, tp_group, backend, True
+        )
+        ctx.save_for_backward(dh)
+        ctx.mark_non_differentiable(dot, sq, lse)
+        return losses, dot, sq, lse
+
+    @staticmethod
+    def backward(ctx, g, _g_dot, _g_sq, _g_lse):
+        (dh,) = ctx.saved_tensors
+        return (dh * g.to(dh.dtype)[:, None, None],) + (None,) * 9
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def lm_head_loss_and_stats(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     loss_mask: torch.Tensor,
-    lam_weight: torch.Tensor,
-    lse: torch.Tensor,
-    vocab_size: int | None = None,
+    lam: torch.Tensor,
+    vocab_size: int,
     vocab_start: int = 0,
-    method: str = "auto",
+    tp_group=None,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example ``(<G_n, Lambda>, |G_n|_F^2)`` of the LM head weight (this rank's shard).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example loss of the LM head with the head weight's per-example gradient statistics.
 
     Args:
-        hidden, weight, labels, loss_mask, vocab_size, vocab_start: as for ``per_example_loss``.
-        lam_weight: ``Lambda`` for this shard of the head weight, ``[V_local, d]`` (float32).
-        lse: the global logsumexp ``[B, T]`` returned by ``per_example_loss(..., return_lse=True)``.
-        method: torch path: ``"auto"`` (:func:`~lqs_megatron.kernels.grad_stats.choose_method` with
-            ``T, d, V_local``), ``"direct"`` or ``"ghost"``; the Triton path is always direct.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
+        hidden: final hidden states ``[B, T, d]``; under tp pass them through ``copy_to_region``.
+        weight: the head (this rank's vocabulary shard) ``[V_local, d]``, same dtype as ``hidden``.
+            Not differentiated (the statistics pass never needs its batch gradient).
+        labels: ``[B, T]`` int64 global token ids; anything where ``loss_mask == 0``.
+        loss_mask: ``[B, T]`` weights ``m`` (0/1 in LQS); an all-zero example gets 0 everywhere.
+        lam: ``Lambda`` for this shard of the head weight, ``[V_local, d]`` (normally float32).
+        vocab_size: the true vocabulary; rows at global index ``>= vocab_size`` are padding.
+        vocab_start: global index of ``weight``'s first row.
+        tp_group: tensor-parallel group over which the vocabulary is sharded (None: no tp).
+        backend: ``"auto"`` (Triton on CUDA, the torch reference on CPU), ``"triton"`` or ``"torch"``.
 
     Returns:
-        ``(dot [B], sqnorm [B])``, float32 (float64 for float64 inputs on the torch path); partial
-        over the tp shards.
+        ``(losses [B], dot [B], sqnorm [B], lse [B, T])``: the losses ``l_n`` (differentiable wrt
+        ``hidden``, first order), ``<G_n, Lambda>`` and ``|G_n|_F^2`` (this shard's partial sums:
+        all-reduce them over the tp group), and the global logsumexp of every row (0 where
+        ``loss_mask`` is 0). Losses and ``lse`` in float32 (float64 for float64 inputs), the
+        statistics in float32 (float64 when any input is float64).
     """
-    if tuple(lam_weight.shape) != tuple(weight.shape):
-        raise ValueError(f"lam_weight must have weight's shape {tuple(weight.shape)}, got {tuple(lam_weight.shape)}")
-    if tuple(lse.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(f"lse must be [B, T] = {tuple(hidden.shape[:2])}, got {tuple(lse.shape)}")
-    triton_path = use_triton(backend, hidden, weight, lam_weight)
-    if triton_path and method == "ghost":
-        raise ValueError('the Triton path computes the LM head statistics directly; method="ghost" is torch-only')
-    if not triton_path:
-        return lm_head_grad_stats_reference(
-            hidden, weight, labels, loss_mask, lam_weight, lse, vocab_size, vocab_start, method
+    row_w, n_valid = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
+    if tuple(lam.shape) != tuple(weight.shape):
+        raise ValueError(f"lam must have weight's shape {tuple(weight.shape)}, got {tuple(lam.shape)}")
+    weight = weight.detach()
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return _LossAndStats.apply(
+            hidden, weight, labels, loss_mask, lam, row_w, n_valid, vocab_start, tp_group, backend
         )
-    V_local = weight.shape[0]
-    n_valid = V_local if vocab_size is None else min(max(vocab_size - vocab_start, 0), V_local)
-    if n_valid == 0:
-        z = torch.zeros(hidden.shape[0], device=hidden.device, dtype=torch.float32)
-        return z, z.clone()
-    row_w, _ = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, None)
-    return lm_head_stats_forward(hidden, weight, labels, row_w, lam_weight, lse, n_valid, vocab_start)
-
-
-def lm_head_grad_stats_reference(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    loss_mask: torch.Tensor,
-    lam_weight: torch.Tensor,
-    lse: torch.Tensor,
-    vocab_size: int | None = None,
-    vocab_start: int = 0,
-    method: str = "auto",
-    chunk_bytes: int = 16 << 20,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch :func:`lm_head_grad_stats`: dense ``[B, T, V_c]`` dlogits per vocabulary chunk;
-    direct sums the chunks' ``grad_stats_linear_reference``; ghost accumulates ``sum_c D_c D_c^T``
-    (``[B, T, T]``) for the norm."""
-    B, T, d = hidden.shape
-    V_local = weight.shape[0]
-    dt = acc_dtype(hidden, weight, lam_weight)
-    dot = torch.zeros(B, dtype=dt, device=hidden.device)
-    sq = torch.zeros_like(dot)
-    n_valid = V_local if vocab_size is None else min(max(vocab_size - vocab_start, 0), V_local)
-    if n_valid == 0:
-        return dot, sq
-    row_w, _ = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, None)
-    if method == "auto":
-        method = choose_method(T, d, V_local)
-    active = torch.nonzero(row_w).squeeze(1)
-    h = hidden.to(dt)
-    h_act = h.reshape(B * T, d)[active]
-    lab = labels.reshape(-1)[active] - vocab_start
-    z, w = lse.reshape(-1)[active].to(dt), row_w[active].to(dt)
-    gram_d = torch.zeros(B, T, T, dtype=dt, device=hidden.device) if method == "ghost" else None
-    vc = max(1, chunk_bytes // (B * T * torch.finfo(dt).bits // 8))
-    for v0 in range(0, n_valid, vc):
-        v1 = min(n_valid, v0 + vc)
-        p = torch.exp(h_act @ weight[v0:v1].to(dt).T - z.unsqueeze(1))
-        hit = (lab >= v0) & (lab < v1)
-        p[hit, lab[hit] - v0] -= 1.0
-        dl = torch.zeros(B * T, v1 - v0, dtype=dt, device=hidden.device)
-        dl[active] = w.unsqueeze(1) * p
-        dl = dl.view(B, T, v1 - v0)
-        if gram_d is None:
-            cd, cs = grad_stats_linear_reference(h, dl, lam_weight[v0:v1], method="direct")
-            sq += cs
-        else:
-            cd = ((h @ lam_weight[v0:v1].to(dt).T) * dl).sum((1, 2))
-            gram_d += torch.bmm(dl, dl.transpose(1, 2))
-        dot += cd
-    if gram_d is not None:
-        sq = (torch.bmm(h, h.transpose(1, 2)) * gram_d).sum((1, 2))
-    return dot, sq
+    losses, dot, sq, lse, _ = lm_head_loss_and_stats_forward(
+        hidden, weight, labels, loss_mask, lam, row_w, n_valid, vocab_start, tp_group, backend, False
+    )
+    return losses, dot, sq, lse

@@ -255,8 +255,8 @@ def per_example_loss(
         vocab_start: global index of ``weight``'s first row.
         tp_group: tensor-parallel group over which the vocabulary is sharded (None: no tp).
         return_lse: also return the global logsumexp ``[B, T]`` (not differentiable; float32, float64
-            for float64 inputs on the torch path; 0 where the mask is 0),
-            the input :func:`~lqs_megatron.kernels.lm_head_stats.lm_head_grad_stats` needs.
+            for float64 inputs on the torch path; 0 where the mask is 0). The statistics pass
+            gets it, with the losses, from :func:`~lqs_megatron.kernels.lm_head_stats.lm_head_loss_and_stats`.
         backend: ``"auto"`` (Triton on CUDA, torch reference on CPU), ``"triton"`` or ``"torch"``.
 
     Returns:

@@ -15,7 +15,7 @@ How (for a batch of ``B`` examples):
    that layer's per-example partial ``<G_n, Lambda>`` and ``|G_n|^2`` with the kernels of
    ``lqs_megatron/kernels/grad_stats.py`` (linear: direct or ghost; embedding: repeated ids
    exact; norm weights) and drops ``A``. The LM head's part is fused with the loss
-   (``lqs/lm_head.py``: one logits GEMM per chunk of examples gives the losses, the gradient
+   (``kernels/lm_head_stats.py``: one logits GEMM per chunk of examples gives the losses, the gradient
    wrt the hidden states and the head's statistics; never ``B x T x V`` logits).
 3. Sums: ``|g_n|^2`` and ``<g_n, lambda>`` add over layers; under tensor parallelism each
    rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
@@ -36,8 +36,8 @@ from torch import nn
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
+from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
 from lqs_megatron.lqs.examples import Batch
-from lqs_megatron.lqs.lm_head import lm_head_loss_and_stats
 from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm
 from lqs_megatron.models.mappings import copy_to_region

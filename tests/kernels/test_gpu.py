@@ -1,6 +1,7 @@
 """The compiled Triton kernels on a CUDA device against the torch references (skipped without CUDA).
 
 Shapes larger than the interpreter tests, crossing several blocks and chunks; bf16 and float32.
+The references run in float64 on the same device.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from lqs_megatron.kernels import (
     grad_stats_embedding,
     grad_stats_linear,
     grad_stats_norm,
-    lm_head_grad_stats,
+    lm_head_loss_and_stats,
     per_example_loss,
 )
 from tests.utils import rel_err
@@ -56,7 +57,7 @@ def test_embedding_and_norm_stats_cuda(dtype, tol, _):
 
 
 @pytest.mark.parametrize("dtype,tol,grad_tol", DTYPES)
-def test_loss_and_head_stats_cuda(dtype, tol, grad_tol):
+def test_per_example_loss_cuda(dtype, tol, grad_tol):
     B, T, d, V, vocab = 3, 517, 256, 5003, 4999
     h = torch.randn(B, T, d, device="cuda", dtype=dtype, requires_grad=True)
     w = (torch.randn(V, d, device="cuda", dtype=dtype) / d**0.5).requires_grad_()
@@ -69,8 +70,23 @@ def test_loss_and_head_stats_cuda(dtype, tol, grad_tol):
     rgh, rgw = torch.autograd.grad(ref.sum(), [h64, w64])
     assert rel_err(loss, ref) < tol and rel_err(lse, ref_lse) < tol
     assert rel_err(gh, rgh) < grad_tol and rel_err(gw, rgw) < grad_tol
+
+
+@pytest.mark.parametrize("dtype,tol,grad_tol", DTYPES)
+def test_fused_head_loss_and_stats_cuda(dtype, tol, grad_tol):
+    """Several chunks of whole examples (4, 4, 3), vocabulary padding rows, against float64."""
+    B, T, d, V, vocab = 11, 517, 2048, 5003, 4999
+    h = torch.randn(B, T, d, device="cuda", dtype=dtype, requires_grad=True)
+    w = torch.randn(V, d, device="cuda", dtype=dtype) / d**0.5
+    labels = torch.randint(0, vocab, (B, T), device="cuda")
+    mask = _mask(B, T, "cuda")
     lam = torch.randn(V, d, device="cuda")
-    out = lm_head_grad_stats(h.detach(), w.detach(), labels, mask, lam, lse, vocab_size=vocab, backend="triton")
-    ref = lm_head_grad_stats(h64.detach(), w64.detach(), labels, mask, lam.double(), ref_lse, vocab_size=vocab,
-                             backend="torch")  # fmt: skip
-    assert rel_err(out[0], ref[0]) < grad_tol and rel_err(out[1], ref[1]) < grad_tol
+    losses, dot, sq, lse = lm_head_loss_and_stats(h, w, labels, mask, lam, vocab, backend="triton")
+    (gh,) = torch.autograd.grad(losses.sum(), [h])
+    h64 = h.detach().double().requires_grad_()
+    r_losses, r_dot, r_sq, r_lse = lm_head_loss_and_stats(h64, w.double(), labels, mask, lam.double(), vocab,
+                                                          backend="torch")  # fmt: skip
+    (r_gh,) = torch.autograd.grad(r_losses.sum(), [h64])
+    assert rel_err(losses.detach(), r_losses.detach()) < tol and rel_err(lse, r_lse) < tol
+    assert rel_err(gh, r_gh) < grad_tol
+    assert rel_err(dot, r_dot) < grad_tol and rel_err(sq, r_sq) < grad_tol

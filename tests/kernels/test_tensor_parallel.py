@@ -1,10 +1,11 @@
 """Vocab-parallel loss and LM head statistics over 2 gloo processes equal the unsharded ones.
 
 The head weight (with vocabulary padding rows) is split by vocabulary rows; the hidden states enter
-through ``copy_to_region`` (backward all-reduce, Megatron's convention). Checked per rank: loss and
-logsumexp, gradient wrt the hidden states and wrt the weight shard, the all-reduced head statistics,
-and (torch reference) a Hessian-vector product by double backward. One configuration leaves a rank
-with padding rows only.
+through ``copy_to_region`` (backward all-reduce, Megatron's convention). Checked per rank, against the
+float64 truth: ``per_example_loss``'s loss and logsumexp, gradients wrt the hidden states and the
+weight shard, and (torch reference) a Hessian-vector product by double backward; the fused
+``lm_head_loss_and_stats``'s losses, logsumexp, gradient wrt the hidden states and all-reduced head
+statistics, also against the unsharded op. One configuration leaves a rank with padding rows only.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lqs_megatron.kernels.lm_head_stats import lm_head_grad_stats
+from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
 from lqs_megatron.kernels.per_example_loss import per_example_loss
 from lqs_megatron.models.mappings import copy_to_region, reduce_from_region
-from tests.kernels.test_lm_head_stats import per_example_head_grads
+from tests.kernels.test_lm_head_stats import truth_stats
 from tests.kernels.test_per_example_loss import _problem, truth_loss
 from tests.utils import assert_close, spawn
 
@@ -33,8 +34,7 @@ def _truth(B, T, d, V, vocab_size):
     gh, gw = torch.autograd.grad((loss * coef).sum(), [h64, w64], create_graph=True)
     (hvp_w,) = torch.autograd.grad((gw * vw).sum(), [w64])
     lse = torch.logsumexp(hidden.double() @ weight.double()[:vocab_size].T, -1) * mask
-    G = per_example_head_grads(hidden, weight, labels, mask, vocab_size)
-    stats = ((G * lam.double()).sum((1, 2)), G.square().sum((1, 2)))
+    stats = truth_stats(hidden, weight, labels, mask, lam, vocab_size)
     inputs = (hidden, weight, labels, mask, lam, coef, vw)
     return inputs, (loss.detach(), lse, gh.detach(), gw.detach(), hvp_w, *stats)
 
@@ -60,12 +60,28 @@ def _rank_fn(rank, world, backend, problems, hvp=False):
             (hw,) = torch.autograd.grad(reduce_from_region((gw * vw[sl].float()).sum(), group), [w])
             assert_close(hw, t_hvp[sl], rtol=1e-4, atol=1e-4 * float(t_hvp.abs().max()), name=f"{tag} HVP")
             continue
-        dot, sq = lm_head_grad_stats(h.detach(), w.detach(), labels, mask, lam[sl], lse, vocab_size=vocab_size,
-                                     vocab_start=rank * vl, backend=backend)  # fmt: skip
+        # The fused head pass: sharded, then unsharded in this process.
+        h = hidden.clone().requires_grad_()
+        losses, dot, sq, lse = lm_head_loss_and_stats(copy_to_region(h, group), weight[sl], labels, mask, lam[sl],
+                                                      vocab_size, rank * vl, group, backend=backend)  # fmt: skip
+        (gh,) = torch.autograd.grad((losses * coef.float()).sum(), [h])
         both = torch.stack([dot, sq])
         dist.all_reduce(both, group=group)
-        assert_close(both[0], t_dot, rtol=1e-4, atol=1e-4 * float(t_dot.abs().max()), name=f"{tag} head dot")
-        assert_close(both[1], t_sq, rtol=1e-4, name=f"{tag} head sqnorm")
+        h1 = hidden.clone().requires_grad_()
+        u_losses, u_dot, u_sq, u_lse = lm_head_loss_and_stats(h1, weight, labels, mask, lam, vocab_size,
+                                                              backend=backend)  # fmt: skip
+        (u_gh,) = torch.autograd.grad((u_losses * coef.float()).sum(), [h1])
+        tag = f"{tag} fused"
+        for got, unsharded, truth, name in [
+            (losses.detach(), u_losses.detach(), t_loss, "losses"),
+            (lse, u_lse, t_lse, "lse"),
+            (gh, u_gh, t_gh, "grad hidden"),
+            (both[0], u_dot, t_dot, "head dot"),
+            (both[1], u_sq, t_sq, "head sqnorm"),
+        ]:
+            scale = float(truth.abs().max())
+            assert_close(got, truth, rtol=1e-4, atol=1e-5 * scale, name=f"{tag} {name} vs float64")
+            assert_close(got, unsharded, rtol=1e-5, atol=1e-6 * scale, name=f"{tag} {name} vs unsharded")
 
 
 def _problems():
