@@ -34,22 +34,39 @@ METHODS = ("auto", "direct", "ghost")
 # Working-set bound of the torch reference's per-chunk temporaries (bytes). Under glibc's largest mmap
 # threshold (32 MiB), so repeated chunks reuse heap memory instead of page-faulting fresh mappings.
 REFERENCE_CHUNK_BYTES = 16 << 20
+REFERENCE_TILE_BYTES = 4 << 20
+"""The direct reference computes an example's ``G_n`` larger than this in blocks of output rows of
+about this size, each reduced while it is still in cache (as the Triton kernel does with its
+on-chip tiles)."""
+GHOST_WORK_RATIO = 80
+"""The torch reference takes ghost when ``T^2 (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out``
+(:func:`choose_method`): between the measured 64 (ghost faster) and 85 (direct faster)."""
 
 
 def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:
-    """The cheaper way to get both statistics for one linear layer: ``"direct"`` or ``"ghost"``.
+    """The cheaper way to get both statistics for one linear layer: ``"direct"`` or ``"ghost"``
+    (``LQS_ALGORITHM.md``: ``|g_W|^2`` by either formula, "whichever is cheaper").
 
-    - Torch reference (``fused=False``), which materialises per-example products: ghost when
-      ``T^2 < d_in * d_out`` (the contract's rule). Then the ``T x T`` Gram blocks are smaller
-      than ``G_n``; measured on the CPU in ``benchmarks/bench_grad_stats.py`` (docs/benchmarks.md).
-    - Fused Triton kernels (``fused=True``): always direct. Both ways need one GEMM of
-      ``2 T d_in d_out`` FLOPs per example (direct: ``D^T A``; ghost: ``A Lambda^T`` for the dot),
-      and ghost adds ``T^2 (d_in + d_out)`` for the norm, so direct is never dearer; it also runs
-      on 16-bit tensor cores while the ghost dot needs float32 ``Lambda`` in the GEMM.
+    Both ways pay one GEMM of ``T d_in d_out`` per example (direct: ``G_n = D^T A``, reduced tile by
+    tile while in cache; ghost: the dot's ``A Lambda^T``); ghost adds two Gram blocks
+    (``T^2 (d_in + d_out)``).
+
+    - Fused Triton kernels (``fused=True``): always direct: ``G_n`` tiles never leave the chip,
+      so direct costs exactly the GEMM and ghost can only add work; the 16-bit tensor cores run
+      it while the ghost dot needs float32 ``Lambda`` in the GEMM.
+    - Torch reference (``fused=False``): ghost only when its Gram work is small next to the
+      GEMM's output, ``T^2 (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out``; direct otherwise.
+      Tuned on the CPU (one thread; docs/benchmarks.md, Kernels and Annotation): it picks the
+      faster way in all five single-layer shapes of ``bench_grad_stats.py`` and in both model
+      sizes of ``annotate.py`` (8M: direct, 1.07-1.09x of a forward+backward against 1.22-1.25x
+      for the contract's memory rule ``T^2 < d_in d_out``, which picks ghost for every
+      256-1024-wide layer at T = 128; 64M: ghost, as that rule does).
     """
     if fused:
         return "direct"
-    return "ghost" if seq_len * seq_len < d_in * d_out else "direct"
+    if seq_len * seq_len * (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out:
+        return "ghost"
+    return "direct"
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -356,10 +373,17 @@ def grad_stats_linear_reference(
         a, d = A[s:e].to(dt), D[s:e].to(dt)
         if mask is not None:
             d = d * (mask[s:e] != 0).unsqueeze(-1).to(dt)
-        if method == "direct":
-            g = torch.bmm(d.transpose(1, 2), a).flatten(1)  # [c, d_out * d_in]
-            dot[s:e] = g @ lam_.flatten()
-            sq[s:e] = torch.linalg.vector_norm(g, dim=1).square()  # no temporary of g's size
+        if method == "direct":  # G_n in blocks of output rows, each reduced while in cache
+            blk = (
+                d_out
+                if size * d_in * d_out <= REFERENCE_TILE_BYTES
+                else max(1, REFERENCE_TILE_BYTES // (size * (e - s) * d_in))
+            )
+            dot[s:e], sq[s:e] = 0, 0
+            for j in range(0, d_out, blk):
+                g = torch.bmm(d[:, :, j : j + blk].transpose(1, 2), a).flatten(1)  # [c, blk * d_in]
+                dot[s:e] += g @ lam_[j : j + blk].flatten()
+                sq[s:e] += torch.linalg.vector_norm(g, dim=1).square()  # no temporary of g's size
         else:
             dot[s:e] = ((a @ lam_.T) * d).sum((1, 2))
             sq[s:e] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum((1, 2))
