@@ -7,14 +7,16 @@ imported): a ``multiprocessing.Pool(workers)`` whose initializer loads the token
 lists, and the main process appending each document with megatron-core's own
 ``IndexedDatasetBuilder.add_document`` (a Python-side writer). Ours is
 :func:`lqs_megatron.data.tokenize.tokenize_files` (what ``lqs tokenize`` runs): raw line
-batches to worker processes, one batched encode per batch in the Rust tokenizer, flat
-numpy arrays back, the native builder writing.
+batches to worker processes, each batch encoded through the native word cache (each distinct
+word encoded once per process by the Rust tokenizer, ``data/word_cache.py``) where the tokenizer
+qualifies, else one batched encode in the Rust tokenizer; flat numpy arrays back, the native
+builder writing. ``lqs tokenize --no-word-cache`` is measured too.
 
 Both run on the same ``--cores`` cores (CPU affinity, inherited by the workers) with
 ``--workers`` worker processes each, on the same corpus: documents made from Python's own
 documentation (the ``pydoc_data`` topics and the standard library's docstrings), cut into
 paragraphs and recombined with variation into a multi-MB jsonl. The tokenizer is a
-sentencepiece BPE trained on that corpus (``--vocab-size``), or ``--tokenizer DIR``. The two
+sentencepiece BPE trained on that corpus (``--vocab-size``), or ``--tokenizer DIR``. The
 outputs are checked to be byte-identical. Prints docs/s, tokens/s and MB/s of each and the
 ratios (best of ``--repeats`` runs), and the CPU seconds each spent, all processes together
 and (in parentheses) its main process alone: the baseline's main process (unpickling
@@ -239,24 +241,30 @@ def main() -> None:
             "lqs tokenize": lambda out: tokenize_files(
                 corpus, "text", tok_dir, out, workers=args.workers, progress=False
             ),
+            "lqs tokenize --no-word-cache": lambda out: tokenize_files(
+                corpus, "text", tok_dir, out, workers=args.workers, progress=False, word_cache=False
+            ),
         }
+        outputs = {name: os.path.join(tmp, f"out{i}") for i, name in enumerate(runs)}
         best: dict[str, float] = {}
         cpu: dict[str, float] = {}
         main_cpu: dict[str, float] = {}
         for rep in range(args.repeats):
             for name, fn in runs.items() if rep % 2 == 0 else reversed(runs.items()):
-                out = os.path.join(tmp, "base" if name.startswith("baseline") else "ours")
+                out = outputs[name]
                 (m0, w0), t0 = cpu_seconds(), time.perf_counter()
                 fn(out)
                 seconds = time.perf_counter() - t0
                 (m1, w1) = cpu_seconds()
                 if seconds < best.get(name, float("inf")):
                     best[name], cpu[name], main_cpu[name] = seconds, (m1 - m0) + (w1 - w0), m1 - m0
+        first = outputs["baseline (Megatron-LM preprocess_data style)"]
         same = all(
-            open(os.path.join(tmp, f"base{e}"), "rb").read() == open(os.path.join(tmp, f"ours{e}"), "rb").read()
+            open(first + e, "rb").read() == open(out + e, "rb").read()
+            for out in outputs.values()
             for e in (".bin", ".idx")
         )
-        tokens = int(np.fromfile(os.path.join(tmp, "ours.idx"), dtype=np.int32, count=n_docs, offset=34).sum())
+        tokens = int(np.fromfile(first + ".idx", dtype=np.int32, count=n_docs, offset=34).sum())
         print(f"outputs byte-identical: {same}; {tokens} tokens")
         base = best["baseline (Megatron-LM preprocess_data style)"]
         base_cpu = cpu["baseline (Megatron-LM preprocess_data style)"]
@@ -267,7 +275,7 @@ def main() -> None:
             print(f"| {name} | {sec:.2f} | {n_docs / sec:,.0f} | {tokens / sec:,.0f} | {n_bytes / 1e6 / sec:.2f} | "
                   f"{base / sec:.2f}x | {c} | {base_cpu / cpu[name]:.2f}x |")  # fmt: skip
         if not same:
-            sys.exit("the two outputs differ")
+            sys.exit("the outputs differ")
 
 
 if __name__ == "__main__":

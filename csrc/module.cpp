@@ -6,9 +6,11 @@ namespace py = pybind11;
 
 void register_sample_index(py::module_& m);
 void register_indexed_builder(py::module_& m);
+void register_word_cache(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "lqs_megatron native helpers: indexed-dataset builder and sample-index packing";
+  m.doc() = "lqs_megatron native helpers: indexed-dataset builder, sample-index packing, tokenizer word cache";
   register_sample_index(m);
   register_indexed_builder(m);
+  register_word_cache(m);
 }

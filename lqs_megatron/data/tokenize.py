@@ -81,6 +81,9 @@ class TokenizeConfig:
     """Chunk mode: characters of corpus text the Punkt sentence splitter is trained on."""
     progress: bool = True
     """Show a progress bar (on a terminal) or periodic log lines."""
+    word_cache: bool = True
+    """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
+    (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -161,21 +164,27 @@ def flatten(ids: list[list[int]], eos: int, max_length: int | None, dtype: np.dt
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     total = int(lengths.sum())
     if np.dtype(dtype).kind in "iu" and total:
-        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
-        hi = int(tokens.max())
-        if hi > np.iinfo(dtype).max or int(tokens.min()) < 0:
-            raise LQSError(f"the tokenizer produced id {hi}, outside the dataset dtype {np.dtype(dtype)}")
-        tokens = tokens.astype(dtype)
+        tokens = _in_dtype(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total), dtype)
     else:
         tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total)
     return EncodedBatch(tokens, lengths, truncated=truncated, truncated_tokens=dropped)
+
+
+def _in_dtype(tokens: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``tokens`` cast to the dataset dtype; a clear error for an id it cannot hold."""
+    if tokens.size and np.dtype(dtype).kind in "iu":
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if hi > np.iinfo(dtype).max or lo < 0:
+            bad = hi if hi > np.iinfo(dtype).max else lo
+            raise LQSError(f"the tokenizer produced id {bad}, outside the dataset dtype {np.dtype(dtype)}")
+    return tokens.astype(dtype, copy=False)
 
 
 class EncodeDocuments:
     """The worker's job for ``lqs tokenize``: one batch of raw lines -> :class:`EncodedBatch`."""
 
     def __init__(self, config: TokenizeConfig, dtype: np.dtype, eos: int, punkt_params=None):
-        self.encoder = BatchEncoder(config.tokenizer_dir)
+        self.encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
         self.field, self.on_error, self.mode = config.field, config.on_error, config.mode
         self.max_length = config.max_length if config.mode == "document" else None
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
@@ -200,7 +209,14 @@ class EncodeDocuments:
         if self.mode == "chunk":
             out = self._chunk_pieces(texts)
         else:
-            out = flatten(self.encoder.encode(texts), self.eos, self.max_length, self.dtype)
+            flat = self.encoder.encode_flat(texts, self.eos, self.max_length)
+            if flat is None:
+                out = flatten(self.encoder.encode(texts), self.eos, self.max_length, self.dtype)
+            else:
+                tokens, lengths, truncated, dropped = flat
+                out = EncodedBatch(
+                    _in_dtype(tokens, self.dtype), lengths, truncated=truncated, truncated_tokens=dropped
+                )
         out.skipped, out.chars = skipped, sum(map(len, texts))
         return out
 
@@ -308,11 +324,12 @@ def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, 
 def tokenize(config: TokenizeConfig) -> dict:
     """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``)."""
     t0 = time.perf_counter()
-    encoder = BatchEncoder(config.tokenizer_dir)
+    encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
     tok = encoder.tok  # loads it: a clear error for a missing directory or no EOS
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
     dtype = optimal_dtype(vocab)
     files = expand_inputs(config.inputs)
+    encoding = "word cache" if config.mode == "document" and encoder.word_cache is not None else "backend"
     punkt = chunker = None
     if config.mode == "chunk":
         if encoder.backend is None:
@@ -335,6 +352,7 @@ def tokenize(config: TokenizeConfig) -> dict:
         "dtype": np.dtype(dtype).name,
         "vocab_size": vocab,
         "eos_token_id": eos,
+        "encoding": encoding,
         "files": files,
         "args": {k: v for k, v in asdict(config).items() if k != "progress"},
     }
@@ -362,6 +380,7 @@ def tokenize_files(
     workers: int | None = None,
     on_error: str = "fail",
     progress: bool = True,
+    word_cache: bool = True,
 ) -> dict:
     """Tokenize jsonl files into ``out_prefix.bin/.idx`` (+ ``.stats.json``); return the stats dict.
 
@@ -378,5 +397,6 @@ def tokenize_files(
         workers=workers,
         on_error=on_error,
         progress=progress,
+        word_cache=word_cache,
     )
     return tokenize(cfg)

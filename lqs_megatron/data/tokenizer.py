@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+import numpy as np
+
 from lqs_megatron.errors import LQSError
 
 
@@ -51,20 +53,28 @@ class BatchEncoder:
     offsets) applies the same two steps with ``str.replace`` instead and encodes with the
     normaliser off: the same ids. Texts that are empty or contain a special token's string
     (split out *before* normalisation by the backend) take the normal path.
+
+    When the tokenizer also qualifies for the word cache (``data/word_cache.py``: BPE whose
+    pieces never hold ``▁`` after another character, as sentencepiece trains them), batches
+    whose texts are all plain go through :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`
+    instead: each distinct word is encoded once per process, the same ids again.
+    ``word_cache=False`` turns that off.
     """
 
-    def __init__(self, tokenizer_dir: str | os.PathLike):
+    def __init__(self, tokenizer_dir: str | os.PathLike, word_cache: bool = True):
         self.tokenizer_dir = str(tokenizer_dir)
+        self.use_word_cache = word_cache
         self._backend = None
         self._raw = None  # the backend without its normaliser, when the fast path applies
+        self._words = None  # the WordCacheEncoder, when it applies
         self._specials: tuple[str, ...] = ()
         self._loaded = False
 
     def __getstate__(self) -> dict:
-        return {"tokenizer_dir": self.tokenizer_dir}
+        return {"tokenizer_dir": self.tokenizer_dir, "word_cache": self.use_word_cache}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tokenizer_dir"])
+        self.__init__(state["tokenizer_dir"], state.get("word_cache", True))
 
     @property
     def tok(self):
@@ -82,8 +92,35 @@ class BatchEncoder:
                 bt.no_truncation()
                 bt.no_padding()
                 self._raw, self._specials = _without_sentencepiece_normalizer(bt)
+                if self._raw is not None and self.use_word_cache:
+                    from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec  # noqa: PLC0415
+
+                    spec = word_cache_spec(bt)
+                    if spec is not None:
+                        self._words = WordCacheEncoder(self._raw, *spec)
             self._backend, self._loaded = bt, True
         return self._backend
+
+    @property
+    def word_cache(self):
+        """The :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`, or ``None`` where it does not apply."""
+        self.backend  # noqa: B018 - loads
+        return self._words
+
+    def _all_plain(self, texts: list[str]) -> bool:
+        specials = self._specials
+        return all(t and not any(sp in t for sp in specials) for t in texts)
+
+    def encode_flat(
+        self, texts: list[str], eos: int, max_length: int | None
+    ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+        """``(tokens int32, lengths, truncated, dropped)`` of the texts, EOS appended and cut as
+        ``lqs tokenize`` does, through the word cache; ``None`` when the cache does not apply to
+        this tokenizer or batch (then use :meth:`encode`)."""
+        words = self.word_cache
+        if words is None or not texts or not self._all_plain(texts):
+            return None
+        return words.encode_flat(texts, True, eos, max_length or 0)
 
     @property
     def eos_token_id(self) -> int:
@@ -97,6 +134,8 @@ class BatchEncoder:
         if bt is None:
             return [list(x) for x in self.tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
         texts = list(texts)
+        if self._words is not None and self._all_plain(texts):
+            return self._words.encode(texts, add_special_tokens)
         if self._raw is not None:
             plain = [bool(t) and not any(sp in t for sp in self._specials) for t in texts]
             pre = ["▁" + t.replace(" ", "▁") for t, ok in zip(texts, plain) if ok]
@@ -122,7 +161,7 @@ class BatchEncoder:
         return list(self.tok.batch_decode(lists, skip_special_tokens=True))
 
 
-_SENTENCEPIECE_NORMALIZER = {
+SENTENCEPIECE_NORMALIZER = {
     "type": "Sequence",
     "normalizers": [
         {"type": "Prepend", "prepend": "▁"},
@@ -139,7 +178,7 @@ def _without_sentencepiece_normalizer(bt) -> tuple[object | None, tuple[str, ...
     from tokenizers import Tokenizer  # noqa: PLC0415
 
     spec = json.loads(bt.to_str())
-    if spec.get("normalizer") != _SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
+    if spec.get("normalizer") != SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
         return None, ()
     raw = Tokenizer.from_str(bt.to_str())
     raw.normalizer = None

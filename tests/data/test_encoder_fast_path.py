@@ -19,7 +19,7 @@ def _random_texts(n: int, seed: int) -> list[str]:
 
 def test_fast_path_equals_the_tokenizer(tiny_tokenizer):
     tok = load_tokenizer(tiny_tokenizer)
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, word_cache=False)  # the word cache has its own tests
     assert enc.backend is not None and enc._raw is not None, "the trained tokenizer should take the fast path"
     texts = CORNERS + demo_texts()[:60] + _random_texts(400, seed=7)
     for add in (False, True):
