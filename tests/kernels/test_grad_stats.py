@@ -117,7 +117,8 @@ def test_choose_method_rule():
     assert choose_method(64, 64, 64) == "direct"
     # the CPU measurements the threshold is tuned on (docs/benchmarks.md)
     assert choose_method(128, 256, 256) == choose_method(128, 256, 768) == "direct"  # 8M model
-    assert choose_method(128, 512, 512) == choose_method(128, 512, 1536) == "ghost"  # 64M model
+    assert choose_method(128, 256, 8192) == "direct"  # 8M LM head
+    assert choose_method(128, 512, 1536) == choose_method(128, 512, 32000) == "ghost"  # 64M MLP, head
     assert choose_method(64, 256, 256) == choose_method(128, 768, 3072) == "ghost"
     assert choose_method(256, 256, 256) == choose_method(512, 256, 256) == "direct"
     assert choose_method(1024, 4096, 4096, fused=True) == "direct"
