@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
 from lqs_megatron.kernels.grad_stats import grad_stats_linear
-from lqs_megatron.kernels.per_example_loss import _NEG, _prepare, row_dlogits_, row_lse
+from lqs_megatron.kernels.per_example_loss import NEG_INIT, prepare_loss_inputs, row_dlogits_, row_lse
 
 # ----------------------------------------------------------------------------- torch reference pieces
 
@@ -64,7 +64,7 @@ def _lse_torch(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, tp_
         tgt = logits.new_zeros(rows)
     if tp_group is None:
         return torch.logsumexp(logits, 1), tgt
-    m = logits.amax(1) if n else logits.new_full((rows,), _NEG)
+    m = logits.amax(1) if n else logits.new_full((rows,), NEG_INIT)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
     both = torch.stack([torch.exp(logits - m.unsqueeze(1)).sum(1), tgt])
     dist.all_reduce(both, group=tp_group)
@@ -191,7 +191,7 @@ def lm_head_loss_and_stats(
         ``loss_mask`` is 0). Losses and ``lse`` in float32 (float64 for float64 inputs), the
         statistics in float32 (float64 when any input is float64).
     """
-    row_w, n_valid = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
+    row_w, n_valid = prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
     if tuple(lam.shape) != tuple(weight.shape):
         raise ValueError(f"lam must have weight's shape {tuple(weight.shape)}, got {tuple(lam.shape)}")
     weight = weight.detach()

@@ -34,8 +34,9 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
 from lqs_megatron.kernels._triton import tl, triton
 
-# Sentinel for "no column seen yet": finite, so that exp(m_local - m_global) is 0, not NaN.
-_NEG = -1.0e30
+# Sentinel for "no column seen yet": finite, so that exp(m_local - m_global) is 0, not NaN (shared
+# with lm_head_stats.py, as is prepare_loss_inputs).
+NEG_INIT = -1.0e30
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -204,7 +205,7 @@ class _PerExampleLossFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- public API
 
 
-def _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group):
+def prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group):
     """Validate; return ``(row_w [B*T] float, n_valid)`` with ``row_w = m_t / sum_t m_t`` per example and
     ``n_valid`` the rows of ``weight`` below ``vocab_size``. ``tp_group`` only serves the checks."""
     if hidden.dim() != 3 or weight.dim() != 2 or hidden.shape[2] != weight.shape[1]:
@@ -266,7 +267,7 @@ def per_example_loss(
     if not use_triton(backend, hidden, weight):
         return per_example_loss_reference(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group,
                                           return_lse)  # fmt: skip
-    row_w, n_valid = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
+    row_w, n_valid = prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
     labels = labels.contiguous()
     hidden = hidden.contiguous()
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
@@ -302,7 +303,7 @@ def per_example_loss_reference(
     """
     from lqs_megatron.models.mappings import reduce_from_region
 
-    row_w, n_valid = _prepare(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
+    row_w, n_valid = prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
     B, T, d = hidden.shape
     dt = row_w.dtype
     h2 = hidden.reshape(B * T, d)
@@ -326,7 +327,7 @@ def per_example_loss_reference(
             tgt = logits.gather(1, lab.clamp(0, n_valid - 1).unsqueeze(1)).squeeze(1) * inside
         else:
             tgt = logits.new_zeros(idx.numel())
-        gmax = logits.detach().amax(1) if n_valid else logits.new_full((idx.numel(),), _NEG)
+        gmax = logits.detach().amax(1) if n_valid else logits.new_full((idx.numel(),), NEG_INIT)
         dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=tp_group)
         both = reduce_from_region(torch.stack([torch.exp(logits - gmax.unsqueeze(1)).sum(1), tgt]), tp_group)
         lse = gmax + torch.log(both[0])
