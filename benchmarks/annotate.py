@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import lqs_megatron.kernels.grad_stats as grad_stats  # noqa: E402
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats
@@ -55,6 +56,32 @@ from lqs_megatron.models.loading import build_model
 from lqs_megatron.training.loss import per_example_lm_loss
 
 from _harness import Row, machine, main_guard, parser, peak_mib, time_ms, versions
+
+_RULE_ENV = "LQS_BENCH_REFERENCE_RULE"
+
+
+def set_reference_rule(rule: str | None) -> None:
+    """``--reference-rule``: how the torch reference picks ghost or direct per layer in this process
+    (and the memory subprocesses, through the environment). ``None``/``""``: the library's
+    ``choose_method``; a number R: its rule with ``GHOST_WORK_RATIO = R``; ``contract``: ghost
+    when ``T^2 < d_in d_out``; ``direct`` / ``ghost``: every layer that way."""
+    if not rule:
+        return
+    os.environ[_RULE_ENV] = rule
+    tuned = grad_stats.choose_method
+    if rule not in ("contract", "direct", "ghost"):
+        grad_stats.GHOST_WORK_RATIO = float(rule)
+        return
+
+    def choose(seq_len, d_in, d_out, fused=False):
+        if fused:
+            return tuned(seq_len, d_in, d_out, fused)
+        if rule == "contract":
+            return "ghost" if seq_len * seq_len < d_in * d_out else "direct"
+        return rule
+
+    grad_stats.choose_method = choose
+
 
 SIZES = {
     "8M": dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4),
@@ -221,11 +248,14 @@ def bench_size(args, size: str, dev: torch.device) -> tuple[list[Row], list[str]
 
 
 def run(args):
+    set_reference_rule(args.reference_rule)
     dev = torch.device(args.device)
     if not args.threads and dev.type == "cpu":
         torch.set_num_threads(1)
     print(f"## LQS per-example statistics vs one forward+backward (float32, B={args.batch}, T={args.length})\n")
     print(f"machine: {machine(args.device)}; {versions()}\n")
+    if args.reference_rule:
+        print(f"torch reference ghost/direct rule: {args.reference_rule}\n")
     print(f"| model | method | {args.stat} ms | peak MiB | time / fwd+bwd | peak memory / fwd+bwd |")
     print("|---|---|---|---|---|---|")
     summary = []
@@ -242,6 +272,7 @@ def run(args):
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         size, method, B, T = sys.argv[2:6]
+        set_reference_rule(os.environ.get(_RULE_ENV))
         print(child_memory(size, method, int(B), int(T)))
         sys.exit(0)
     p = parser(__doc__.split("\n\n")[0])
@@ -250,5 +281,11 @@ if __name__ == "__main__":
     p.add_argument("--length", type=int, default=128, help="tokens per example")
     p.add_argument("--methods", default="vmap,jvp", help="comparison methods besides fwd+bwd and ours")
     p.add_argument("--budget-mib", type=float, default=2048, help="memory budget of the throughput search (0: skip)")
+    p.add_argument(
+        "--reference-rule",
+        default=None,
+        help="ghost/direct choice of the torch reference (CPU): a number (GHOST_WORK_RATIO), contract "
+        "(ghost when T^2 < d_in d_out), direct or ghost (default: the library's choose_method)",
+    )
     p.set_defaults(reps=5)
     main_guard(run, p)

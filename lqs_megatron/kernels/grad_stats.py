@@ -40,8 +40,8 @@ about this size, each reduced while it is still in cache (as the Triton kernel d
 on-chip tiles)."""
 GHOST_WORK_RATIO = 60
 """The torch reference takes ghost when ``T^2 (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out``
-(:func:`choose_method`): between the measured 43 (64M's MLP, ghost faster) and 66 (8M's LM head,
-direct faster)."""
+(:func:`choose_method`). Measured: ghost faster at work ratio 27-43 (768x3072 and 64M's MLP at
+T = 128), direct at 85-512; at 64-66 (512x512, the 8M LM head) the two are within 2-13%."""
 
 
 def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:
@@ -58,10 +58,10 @@ def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> s
     - Torch reference (``fused=False``): ghost only when its Gram work is small next to the
       GEMM's output, ``T^2 (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out``; direct otherwise.
       Tuned on the CPU (one thread; docs/benchmarks.md, Kernels and Annotation) on the
-      model-level ``annotate.py``: at 8M (T = 128) direct for every layer, the LM head included,
-      gives 1.09-1.10x of a forward+backward against 1.18-1.20x with ghost for the head and 1.22-1.25x
-      with the contract's memory rule ``T^2 < d_in d_out`` (ghost for every 256-1024-wide layer);
-      at 64M ghost stays for the MLP and the head.
+      model-level ``annotate.py``: at 8M (T = 128) it takes direct for every layer and the
+      statistics cost a median 1.12x of a forward+backward, against 1.22-1.27x with the
+      contract's memory rule ``T^2 < d_in d_out`` (ghost for every 256-1024-wide layer); at 64M
+      it keeps ghost for the MLP and the LM head, as that rule does.
     """
     if fused:
         return "direct"
