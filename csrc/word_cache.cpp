@@ -131,21 +131,35 @@ class WordCache {
     return out;
   }
 
-  // The ids of the segments `misses` returned, in its order.
+  // The ids of the segments `misses` returned, in its order. On an error the listed segments are
+  // forgotten (as by `abandon`), so the cache is ready for the next batch.
   void fill(const py::sequence& ids) {
-    if (static_cast<size_t>(ids.size()) != pending_.size())
-      throw std::invalid_argument("WordCache.fill: got " + std::to_string(ids.size()) + " id lists for " +
-                                  std::to_string(pending_.size()) + " segments");
-    for (size_t i = 0; i < pending_.size(); ++i) {
-      const auto seq = ids[i].cast<std::vector<int64_t>>();
-      Entry& e = map_.at(pending_[i]);
-      e.offset = ids_.size();
-      e.length = static_cast<uint32_t>(seq.size());
-      for (int64_t v : seq) {
-        if (v < 0 || v > INT32_MAX) throw std::invalid_argument("token id out of int32 range: " + std::to_string(v));
-        ids_.push_back(static_cast<int32_t>(v));
+    try {
+      if (static_cast<size_t>(ids.size()) != pending_.size())
+        throw std::invalid_argument("WordCache.fill: got " + std::to_string(ids.size()) + " id lists for " +
+                                    std::to_string(pending_.size()) + " segments");
+      for (size_t i = 0; i < pending_.size(); ++i) {
+        const auto seq = ids[i].cast<std::vector<int64_t>>();
+        for (int64_t v : seq)
+          if (v < 0 || v > INT32_MAX) throw std::invalid_argument("token id out of int32 range: " + std::to_string(v));
+        Entry& e = map_.at(pending_[i]);
+        e.offset = ids_.size();
+        e.length = static_cast<uint32_t>(seq.size());
+        ids_.insert(ids_.end(), seq.begin(), seq.end());
+        bytes_ += seq.size() * sizeof(int32_t);
       }
-      bytes_ += seq.size() * sizeof(int32_t);
+    } catch (...) {
+      abandon();
+      throw;
+    }
+    pending_.clear();
+  }
+
+  // Forget the segments the last `misses` listed and that have no ids yet.
+  void abandon() {
+    for (std::string_view key : pending_) {
+      auto it = map_.find(key);
+      if (it != map_.end() && it->second.length == kPending) map_.erase(it);
     }
     pending_.clear();
   }
@@ -262,6 +276,7 @@ void register_word_cache(py::module_& m) {
       .def("misses", &WordCache::misses, py::arg("texts"),
            "Distinct uncached segments of the texts, normalised, to encode and pass to fill().")
       .def("fill", &WordCache::fill, py::arg("ids"), "Ids of the segments the last misses() returned.")
+      .def("abandon", &WordCache::abandon, "Forget the segments the last misses() listed (no fill).")
       .def("assemble", &WordCache::assemble, py::arg("texts"), py::arg("prefix"), py::arg("suffix"),
            py::arg("eos"), py::arg("max_length"),
            "(tokens int32, lengths int64, truncated, dropped) of the texts from cached segment ids.")

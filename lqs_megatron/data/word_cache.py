@@ -26,6 +26,7 @@ that contain a special token's string are encoded by the backend too (it splits 
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 
@@ -71,7 +72,8 @@ class WordCacheEncoder:
     """Encodes batches of texts through the native word cache (see the module docstring).
 
     ``raw`` is the backend with its normaliser removed; ``prefix``/``suffix`` the ids the
-    post-processor adds around a text (from :func:`word_cache_spec`).
+    post-processor adds around a text (from :func:`word_cache_spec`). Thread-safe: one batch at a
+    time goes through the cache's list-misses / fill / assemble protocol.
     """
 
     def __init__(self, raw, prefix: list[int], suffix: list[int], max_bytes: int = DEFAULT_MAX_BYTES):
@@ -79,6 +81,7 @@ class WordCacheEncoder:
 
         self._raw, self.prefix, self.suffix = raw, list(prefix), list(suffix)
         self._cache = _C.WordCache(int(max_bytes))
+        self._lock = threading.Lock()
 
     @property
     def cache(self):
@@ -91,12 +94,17 @@ class WordCacheEncoder:
         """``(tokens int32, lengths int64, truncated, dropped)``: the texts' ids concatenated; per
         text EOS appended unless it already ends with it (``eos < 0``: none), then cut to
         ``max_length`` tokens with EOS kept last (``0``: no limit)."""
-        missing = self._cache.misses(texts)
-        if missing:
-            encs = self._raw.encode_batch_fast(missing, add_special_tokens=False)
-            self._cache.fill([e.ids for e in encs])
         pre, suf = (self.prefix, self.suffix) if add_special_tokens else ([], [])
-        return self._cache.assemble(texts, pre, suf, int(eos), int(max_length or 0))
+        with self._lock:
+            missing = self._cache.misses(texts)
+            if missing:
+                try:
+                    encs = self._raw.encode_batch_fast(missing, add_special_tokens=False)
+                except BaseException:
+                    self._cache.abandon()  # forget the listed segments: the next batch starts clean
+                    raise
+                self._cache.fill([e.ids for e in encs])
+            return self._cache.assemble(texts, pre, suf, int(eos), int(max_length or 0))
 
     def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         """The texts' ids as lists (what ``tok(text).input_ids`` gives)."""

@@ -140,8 +140,23 @@ def test_native_protocol_errors(tiny_tokenizer):
     with pytest.raises(RuntimeError, match="before fill"):
         cache.assemble(["hello"], [], [], -1, 0)
     with pytest.raises(ValueError, match="2 segments"):
-        cache.fill([[1]])
+        cache.fill([[1]])  # a failed fill forgets the listed segments
+    assert cache.misses(["hello  world"]) == ["▁hello", "▁▁world"]
+    cache.abandon()
+    assert cache.misses(["hello  world", "hello"]) == ["▁hello", "▁▁world"]
     cache.fill([[5, 6], [7]])
     tokens, lengths, _, _ = cache.assemble(["hello  world", "hello", ""], [], [], -1, 0)
     assert tokens.tolist() == [5, 6, 7, 5, 6] and lengths.tolist() == [3, 2, 0]
     assert cache.misses(["hello"]) == []
+
+
+def test_threads_share_one_encoder(tiny_tokenizer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = BatchEncoder(tiny_tokenizer)
+    texts = demo_texts()[:40] + random_texts(400, seed=13)
+    batches = [texts[i : i + 9] for i in range(0, len(texts), 9)]
+    want = [whole_text_ids(tiny_tokenizer, b, True) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(enc.encode, batches))
+    assert got == want
