@@ -95,7 +95,7 @@ class BatchEncoder:
                 if self._raw is not None and self.use_word_cache:
                     from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec  # noqa: PLC0415
 
-                    spec = word_cache_spec(bt)
+                    spec = word_cache_spec(self._raw)
                     if spec is not None:
                         self._words = WordCacheEncoder(self._raw, *spec)
             self._backend, self._loaded = bt, True
@@ -107,9 +107,9 @@ class BatchEncoder:
         self.backend  # noqa: B018 - loads
         return self._words
 
-    def _all_plain(self, texts: list[str]) -> bool:
-        specials = self._specials
-        return all(t and not any(sp in t for sp in specials) for t in texts)
+    def _plain(self, text: str) -> bool:
+        """Whether the fast paths may encode ``text``: not empty, no special token's string in it."""
+        return bool(text) and not any(sp in text for sp in self._specials)
 
     def encode_flat(
         self, texts: list[str], eos: int, max_length: int | None
@@ -118,7 +118,7 @@ class BatchEncoder:
         ``lqs tokenize`` does, through the word cache; ``None`` when the cache does not apply to
         this tokenizer or batch (then use :meth:`encode`)."""
         words = self.word_cache
-        if words is None or not texts or not self._all_plain(texts):
+        if words is None or not texts or not all(map(self._plain, texts)):
             return None
         return words.encode_flat(texts, True, eos, max_length or 0)
 
@@ -134,16 +134,16 @@ class BatchEncoder:
         if bt is None:
             return [list(x) for x in self.tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
         texts = list(texts)
-        if self._words is not None and self._all_plain(texts):
+        if self._raw is None:
+            return _encode(bt, texts, add_special_tokens)
+        plain = [self._plain(t) for t in texts]
+        if self._words is not None and all(plain):
             return self._words.encode(texts, add_special_tokens)
-        if self._raw is not None:
-            plain = [bool(t) and not any(sp in t for sp in self._specials) for t in texts]
-            pre = ["▁" + t.replace(" ", "▁") for t, ok in zip(texts, plain) if ok]
-            rest = [t for t, ok in zip(texts, plain) if not ok]
-            fast_ids = iter(_encode(self._raw, pre, add_special_tokens))
-            slow_ids = iter(_encode(bt, rest, add_special_tokens))
-            return [next(fast_ids) if ok else next(slow_ids) for ok in plain]
-        return _encode(bt, texts, add_special_tokens)
+        pre = ["▁" + t.replace(" ", "▁") for t, ok in zip(texts, plain) if ok]
+        rest = [t for t, ok in zip(texts, plain) if not ok]
+        fast_ids = iter(_encode(self._raw, pre, add_special_tokens))
+        slow_ids = iter(_encode(bt, rest, add_special_tokens))
+        return [next(fast_ids) if ok else next(slow_ids) for ok in plain]
 
     def encode_with_offsets(self, texts: list[str]) -> list:
         """``tokenizers.Encoding`` objects (ids plus character offsets); needs a fast tokenizer."""
@@ -161,7 +161,7 @@ class BatchEncoder:
         return list(self.tok.batch_decode(lists, skip_special_tokens=True))
 
 
-SENTENCEPIECE_NORMALIZER = {
+_SENTENCEPIECE_NORMALIZER = {
     "type": "Sequence",
     "normalizers": [
         {"type": "Prepend", "prepend": "▁"},
@@ -178,7 +178,7 @@ def _without_sentencepiece_normalizer(bt) -> tuple[object | None, tuple[str, ...
     from tokenizers import Tokenizer  # noqa: PLC0415
 
     spec = json.loads(bt.to_str())
-    if spec.get("normalizer") != SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
+    if spec.get("normalizer") != _SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
         return None, ()
     raw = Tokenizer.from_str(bt.to_str())
     raw.normalizer = None

@@ -30,18 +30,21 @@ import threading
 
 import numpy as np
 
-from lqs_megatron.data.tokenizer import SENTENCEPIECE_NORMALIZER
-
 MARK = "▁"
 DEFAULT_MAX_BYTES = 64 << 20
 
 
-def word_cache_spec(backend) -> tuple[list[int], list[int]] | None:
+def word_cache_spec(raw) -> tuple[list[int], list[int]] | None:
     """``(prefix ids, suffix ids)`` that the post-processor adds, when the word cache gives exactly
-    the backend's ids for ``backend`` (a ``tokenizers.Tokenizer``); ``None`` when it does not apply."""
-    spec = json.loads(backend.to_str())
+    the tokenizer's ids; ``None`` when it does not apply.
+
+    ``raw`` is the backend of a tokenizer that normalises exactly as sentencepiece does, with the
+    normaliser removed (``BatchEncoder``'s fast path checks that and builds it); this checks the
+    model, the vocabulary and the post-processor.
+    """
+    spec = json.loads(raw.to_str())
     model = spec.get("model") or {}
-    if spec.get("normalizer") != SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
+    if spec.get("pre_tokenizer") is not None:
         return None
     if model.get("type") != "BPE" or model.get("dropout") not in (None, 0.0) or model.get("ignore_merges"):
         return None
@@ -55,10 +58,6 @@ def word_cache_spec(backend) -> tuple[list[int], list[int]] | None:
     post = spec.get("post_processor")
     if post is not None and post.get("type") != "TemplateProcessing":
         return None
-    from tokenizers import Tokenizer  # noqa: PLC0415
-
-    raw = Tokenizer.from_str(backend.to_str())
-    raw.normalizer = None
     probe = MARK + "a"
     core = raw.encode(probe, add_special_tokens=False).ids
     full = raw.encode(probe, add_special_tokens=True).ids

@@ -40,8 +40,9 @@ about this size, each reduced while it is still in cache (as the Triton kernel d
 on-chip tiles)."""
 GHOST_WORK_RATIO = 60
 """The torch reference takes ghost when ``T^2 (d_in + d_out) < GHOST_WORK_RATIO * d_in * d_out``
-(:func:`choose_method`). Measured: ghost faster at work ratio 27-43 (768x3072 and 64M's MLP at
-T = 128), direct at 85-512; at 64-66 (512x512, the 8M LM head) the two are within 2-13%."""
+(:func:`choose_method`). Measured on single layers: ghost faster at work ratio 27-32 and 64,
+direct at 128-512; model-level, 60 and 80 (which differ for the 8M LM head, ratio 66) were
+within the run-to-run spread (docs/benchmarks.md, Kernels)."""
 
 
 def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:

@@ -57,15 +57,15 @@ def test_ids_equal_whole_text_encoding(tiny_tokenizer, add):
 
 def test_tiny_budget_clears_and_stays_exact(tiny_tokenizer):
     enc = BatchEncoder(tiny_tokenizer)
-    b = enc.backend
-    words = WordCacheEncoder(enc._raw, *word_cache_spec(b), max_bytes=2000)
+    enc.backend  # noqa: B018 - loads
+    words = WordCacheEncoder(enc._raw, *word_cache_spec(enc._raw), max_bytes=2000)
     texts = demo_texts()[:30] + random_texts(300, seed=5)
     want = whole_text_ids(tiny_tokenizer, texts, False)
     sizes = []
     for i in range(0, len(texts), 7):
         assert words.encode(texts[i : i + 7], add_special_tokens=False) == want[i : i + 7]
         sizes.append(words.cache.bytes)
-    assert max(sizes) > 2000 and min(sizes[1:]) < max(sizes)  # it outgrew the budget and was cleared
+    assert any(b < a for a, b in zip(sizes, sizes[1:]))  # it outgrew the budget and was cleared
 
 
 @pytest.mark.parametrize("max_length", [None, 2, 7, 50])
