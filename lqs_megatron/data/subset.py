@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.data.meta import has_meta, meta_path, subset_meta
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_prefix, save_npy
 
@@ -104,7 +105,9 @@ def write_subset_with_sidecars(
     """:func:`write_subset` plus ``out_prefix.<name>.npy`` for each array of ``sidecars``, kill-safe.
 
     Order of writes: remove an old ``out_prefix.idx`` (so an old output can never pair
-    with new sidecars), write every sidecar atomically, then the dataset, ``.idx`` last.
+    with new sidecars), write every sidecar atomically (and the metadata sidecar
+    ``PREFIX.meta.jsonl`` gathered from the input's, when it has one:
+    :mod:`lqs_megatron.data.meta`), then the dataset, ``.idx`` last.
     Returns the number of tokens written.
     """
     ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
@@ -114,4 +117,7 @@ def write_subset_with_sidecars(
         os.unlink(idx_path(out_prefix))
     for name, array in sidecars.items():
         save_npy(sidecar_path(out_prefix, name), np.asarray(array))
-    return write_subset(ds, indices, out_prefix)
+    idx = check_indices(indices, len(ds))
+    if not subset_meta(ds.prefix, idx, out_prefix, len(ds)) and has_meta(out_prefix):
+        os.unlink(meta_path(out_prefix))  # an old run's provenance must not pair with this output
+    return write_subset(ds, idx, out_prefix)
