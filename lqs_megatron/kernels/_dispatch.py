@@ -70,11 +70,12 @@ def tl_dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def upcast_in_kernel(dtype: torch.dtype) -> bool:
+def upcast_in_kernel(dtype: torch.dtype, interpret: bool | None = None) -> bool:
     """Whether kernels must upcast 16-bit tiles before ``tl.dot``.
 
     On a GPU, bf16/fp16 tiles go to the tensor cores as they are (products are exact in the
     float32 accumulator). Triton 3.8's CPU interpreter returns garbage for ``tl.dot`` on bf16
-    tiles, so under the interpreter they are upcast first.
+    tiles, so under the interpreter (``interpret``, default: ``TRITON_INTERPRET``) they are upcast first.
     """
-    return interpreting() and dtype in (torch.bfloat16, torch.float16)
+    interpret = interpreting() if interpret is None else interpret
+    return interpret and dtype in (torch.bfloat16, torch.float16)

@@ -18,7 +18,7 @@ rows meet in one call) does, per chunk:
    and the losses;
 2. ``dz`` in place of the logits;
 3. ``dhidden = dz W`` (one GEMM), kept for the backward;
-4. ``dot_n`` and ``sq_n`` by :func:`~lqs_megatron.kernels.grad_stats.grad_stats_linear` with
+4. ``dot_n`` and ``sq_n`` by :func:`~lqs_megatron.kernels.linear_stats.grad_stats_linear` with
    ``A = h``, ``D = dz`` (direct or ghost; always direct on Triton): the FLOPs of the
    weight-gradient GEMM a plain backward would do, never ``G_n`` itself.
 
@@ -27,60 +27,42 @@ one chunk of logits at a time (about the size of the hidden states, at least one
 only ``dhidden`` for the backward (no logits graph). ``dz`` is rounded to the input dtype before
 the last two GEMMs, as a bf16 backward does.
 
-Tiers: this op has no Triton kernel of its own; it composes the launchers of
-``per_example_loss.py`` (:func:`row_lse`, :func:`row_dlogits_`) and ``grad_stats.py``
-(:func:`grad_stats_linear`). :func:`lm_head_loss_and_stats_forward` is the chunk loop, a thin
-autograd Function gives the backward (``dhidden`` scaled by the upstream gradient), and
-:func:`lm_head_loss_and_stats` is the functional entry point. ``backend="torch"`` is the plain torch
-reference (torch logsumexp/softmax and ``grad_stats_linear_reference``), the one tests and
+Tiers: this op has no Triton kernel of its own; it composes the row pieces of
+``per_example_loss.py`` (:func:`row_lse`, :func:`row_dlogits_` and their torch twins) and
+``linear_stats.py`` (:func:`grad_stats_linear`). :func:`lm_head_loss_and_stats_forward` is the
+chunk loop, a thin autograd Function gives the backward (``dhidden`` scaled by the upstream gradient),
+and :func:`lm_head_loss_and_stats` is the functional entry point.
+:func:`lm_head_loss_and_stats_reference` (the same arguments, ``backend="torch"``) runs the same loop on
+the torch twins (torch logsumexp/softmax and ``grad_stats_linear_reference``): the one tests and
 benchmarks compare the Triton path with.
 
 Tensor parallelism: pass this rank's shard (``weight``, ``lam``, ``vocab_start``) and route
-``hidden`` through ``models.mappings.copy_to_region``; the losses and ``lse`` are global, the
-statistics are this shard's partial sums (all-reduce them over the tp group).
+``hidden`` through the tensor-parallel layer's ``copy_to_region``; the losses and ``lse`` are global,
+the statistics are this shard's partial sums (all-reduce them over the tp group).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
-from lqs_megatron.kernels.grad_stats import grad_stats_linear
-from lqs_megatron.kernels.per_example_loss import NEG_INIT, prepare_loss_inputs, row_dlogits_, row_lse
-
-# ----------------------------------------------------------------------------- torch reference pieces
-
-
-def _lse_torch(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, tp_group):
-    """``(lse [rows], target logit [rows])`` of this shard's logits rows, global over the tp group
-    (the torch twin of :func:`~lqs_megatron.kernels.per_example_loss.row_lse`)."""
-    rows, n = logits.shape
-    local = labels - vocab_start
-    inside = (local >= 0) & (local < n)
-    if n:
-        tgt = torch.where(inside, logits.gather(1, local.clamp(0, n - 1).unsqueeze(1)).squeeze(1), 0.0)
-    else:  # a shard holding padding rows only
-        tgt = logits.new_zeros(rows)
-    if tp_group is None:
-        return torch.logsumexp(logits, 1), tgt
-    m = logits.amax(1) if n else logits.new_full((rows,), NEG_INIT)
-    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
-    both = torch.stack([torch.exp(logits - m.unsqueeze(1)).sum(1), tgt])
-    dist.all_reduce(both, group=tp_group)
-    return m + torch.log(both[0]), both[1]
-
-
-def _dlogits_torch_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, vocab_start: int):
-    """In place: ``logits <- w * (softmax - onehot)`` (the torch twin of ``row_dlogits_``)."""
-    logits.sub_(lse.unsqueeze(1)).exp_()
-    local = labels - vocab_start
-    rows = torch.nonzero((local >= 0) & (local < logits.shape[1])).squeeze(1)
-    logits[rows, local[rows]] -= 1.0
-    return logits.mul_(w.unsqueeze(1))
-
+from lqs_megatron.kernels.linear_stats import grad_stats_linear
+from lqs_megatron.kernels.per_example_loss import (
+    prepare_loss_inputs,
+    row_dlogits_,
+    row_dlogits_reference_,
+    row_lse,
+    row_lse_reference,
+)
 
 # ----------------------------------------------------------------------------- the pass
+
+
+def chunk_examples(B: int, T: int, max_len: int, d: int, V_local: int) -> int:
+    """Examples per chunk of the head pass over ``[B, T, d]`` hidden states whose longest example uses
+    ``max_len`` positions, against ``V_local`` vocabulary rows: Liger's rule, a chunk of logits about as
+    large as the hidden states, at least one example. The same on every tp rank (their collectives match)."""
+    return max(1, (B * T * d) // (max(max_len, 1) * V_local))
 
 
 def lm_head_loss_and_stats_forward(
@@ -115,9 +97,7 @@ def lm_head_loss_and_stats_forward(
     dot = torch.zeros(B, dtype=stats_dt, device=hidden.device)
     sq = torch.zeros_like(dot)
     dh = torch.zeros_like(hidden) if grad_hidden else None
-    # Chunks of whole examples, the same on every tp rank (their collectives must match).
-    # Liger's rule: a chunk of logits about as large as the hidden states, at least one example.
-    step = max(1, (B * T * d) // (max(int(length.max()), 1) * weight.shape[0]))
+    step = chunk_examples(B, T, int(length.max()), d, weight.shape[0])
     for s in range(0, B, step):
         e = min(B, s + step)
         t = max(int(length[s:e].max()), 1)
@@ -125,10 +105,10 @@ def lm_head_loss_and_stats_forward(
         lab = labels[s:e, :t].reshape(-1)
         w = w_all[s:e, :t].reshape(-1)
         logits = mm_acc(h, W.T, dt)  # [rows, n_valid]
-        lse, tgt = (row_lse if triton else _lse_torch)(logits, lab, vocab_start, tp_group)
+        lse, tgt = (row_lse if triton else row_lse_reference)(logits, lab, vocab_start, tp_group)
         losses[s:e] = ((lse - tgt) * w).view(e - s, t).sum(1)
         lse_out[s:e, :t] = torch.where(on[s:e, :t], lse.view(e - s, t), 0.0)
-        dl = (row_dlogits_ if triton else _dlogits_torch_)(logits, lab, lse, w.to(logits.dtype), vocab_start)
+        dl = (row_dlogits_ if triton else row_dlogits_reference_)(logits, lab, lse, w.to(logits.dtype), vocab_start)
         dl = dl.to(hidden.dtype)
         if grad_hidden:
             dh[s:e, :t] = mm_acc(dl, W, dt).view(e - s, t, d).to(hidden.dtype)
@@ -203,3 +183,19 @@ def lm_head_loss_and_stats(
         hidden, weight, labels, loss_mask, lam, row_w, n_valid, vocab_start, tp_group, backend, False
     )
     return losses, dot, sq, lse
+
+
+def lm_head_loss_and_stats_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lam: torch.Tensor,
+    vocab_size: int,
+    vocab_start: int = 0,
+    tp_group=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain torch :func:`lm_head_loss_and_stats` (same arguments and results): the chunk loop on
+    :func:`~.per_example_loss.row_lse_reference`, :func:`~.per_example_loss.row_dlogits_reference_`
+    and :func:`~.linear_stats.grad_stats_linear_reference`; float64 inputs compute in float64."""
+    return lm_head_loss_and_stats(hidden, weight, labels, loss_mask, lam, vocab_size, vocab_start, tp_group, "torch")

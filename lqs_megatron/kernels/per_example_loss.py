@@ -15,8 +15,14 @@ softmax (their gradient is 0), so the loss equals the unpadded model's.
 Tensor parallelism (Megatron's vocab-parallel cross-entropy): ``weight`` is this rank's shard
 starting at global row ``vocab_start``. Per chunk the rows' maxima are all-reduced (MAX), then the
 rescaled sum-exp and the target logit (SUM) over ``tp_group``. The gradient wrt ``hidden`` is this
-shard's partial contribution: route ``hidden`` through ``models.mappings.copy_to_region`` (backward
-all-reduce), as Megatron does; the gradient wrt ``weight`` is exact for the shard.
+shard's partial contribution: route ``hidden`` through the tensor-parallel layer's ``copy_to_region``
+(backward all-reduce), as Megatron does; the gradient wrt ``weight`` is exact for the shard. The
+torch reference takes that layer's ``reduce_from_region`` as ``tp_reduce`` (kernels import nothing
+above them).
+
+Pieces shared with :mod:`.lm_head_stats`: the row launchers :func:`row_lse` / :func:`row_dlogits_`,
+their torch twins :func:`row_lse_reference` / :func:`row_dlogits_reference_`, and
+:func:`prepare_loss_inputs`.
 
 The Triton autograd Function is first-order only (its backward is ``once_differentiable``). The torch
 reference :func:`per_example_loss_reference` is made of plain differentiable ops and is twice
@@ -32,10 +38,10 @@ from torch.autograd.function import once_differentiable
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels._dispatch import acc_dtype, mm_acc, use_triton
+from lqs_megatron.kernels._launch import Launch
 from lqs_megatron.kernels._triton import tl, triton
 
-# Sentinel for "no column seen yet": finite, so that exp(m_local - m_global) is 0, not NaN (shared
-# with lm_head_stats.py, as is prepare_loss_inputs).
+# Sentinel for "no column seen yet": finite, so that exp(m_local - m_global) is 0, not NaN.
 NEG_INIT = -1.0e30
 
 
@@ -87,6 +93,20 @@ def _row_dlogits_kernel(X, stride_x, labels, lse, scale, n_cols, vocab_start, BL
 # ----------------------------------------------------------------------------- launchers
 
 
+def row_lse_launch(n_rows: int, n_cols: int, label_dtype: torch.dtype = torch.int64) -> Launch:
+    """The :func:`_row_lse_kernel` launch for ``[n_rows, n_cols]`` float32 logits: one program per row."""
+    return Launch(_row_lse_kernel, (n_rows,), {"BLOCK_V": _block_v(n_cols)},
+                  {"X": torch.float32, "labels": label_dtype, "out_max": torch.float32,
+                   "out_sumexp": torch.float32, "out_target": torch.float32}, num_warps=8)  # fmt: skip
+
+
+def row_dlogits_launch(n_rows: int, n_cols: int, label_dtype: torch.dtype = torch.int64) -> Launch:
+    """The :func:`_row_dlogits_kernel` launch for ``[n_rows, n_cols]`` float32 logits."""
+    return Launch(_row_dlogits_kernel, (n_rows,), {"BLOCK_V": _block_v(n_cols)},
+                  {"X": torch.float32, "labels": label_dtype, "lse": torch.float32, "scale": torch.float32},
+                  num_warps=8)  # fmt: skip
+
+
 def _block_v(n_cols: int) -> int:
     return max(16, min(4096, triton.next_power_of_2(max(n_cols, 1))))
 
@@ -97,8 +117,7 @@ def row_lse(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, tp_gro
     m = torch.empty(rows, device=logits.device, dtype=torch.float32)
     s, tgt = torch.empty_like(m), torch.empty_like(m)
     if rows:
-        _row_lse_kernel[(rows,)](logits, logits.stride(0), labels, m, s, tgt, n_cols, vocab_start,
-                                 BLOCK_V=_block_v(n_cols), num_warps=8)  # fmt: skip
+        row_lse_launch(rows, n_cols, labels.dtype)(logits, logits.stride(0), labels, m, s, tgt, n_cols, vocab_start)
     if tp_group is not None:
         gm = m.clone()
         dist.all_reduce(gm, op=dist.ReduceOp.MAX, group=tp_group)
@@ -112,9 +131,45 @@ def row_dlogits_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, 
     """Overwrite float32 ``logits [rows, V]`` with ``scale_r * (softmax - onehot)``; returns it."""
     rows, n_cols = logits.shape
     if rows and n_cols:
-        _row_dlogits_kernel[(rows,)](logits, logits.stride(0), labels, lse, scale, n_cols, vocab_start,
-                                     BLOCK_V=_block_v(n_cols), num_warps=8)  # fmt: skip
+        row_dlogits_launch(rows, n_cols, labels.dtype)(logits, logits.stride(0), labels, lse, scale, n_cols,
+                                                       vocab_start)  # fmt: skip
     return logits
+
+
+def _all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.clone()
+    dist.all_reduce(x, group=group)
+    return x
+
+
+def row_lse_reference(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int, tp_group=None, tp_reduce=None):
+    """The torch twin of :func:`row_lse` (any float dtype): ``(lse [rows], target logit [rows])`` of
+    this shard's logits rows, global over ``tp_group``. ``tp_reduce(x, group)`` sums the rescaled
+    sum-exp and the target logit over the group (default: a plain all-reduce; pass the tp layer's
+    ``reduce_from_region`` to differentiate through it). Differentiable wrt ``logits``."""
+    rows, n = logits.shape
+    local = labels - vocab_start
+    inside = (local >= 0) & (local < n)
+    if n:
+        tgt = torch.where(inside, logits.gather(1, local.clamp(0, n - 1).unsqueeze(1)).squeeze(1), 0.0)
+    else:  # a shard holding padding rows only
+        tgt = logits.new_zeros(rows)
+    if tp_group is None:
+        return torch.logsumexp(logits, 1), tgt
+    m = logits.detach().amax(1) if n else logits.new_full((rows,), NEG_INIT)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
+    both = (tp_reduce or _all_reduce_sum)(torch.stack([torch.exp(logits - m.unsqueeze(1)).sum(1), tgt]), tp_group)
+    return m + torch.log(both[0]), both[1]
+
+
+def row_dlogits_reference_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor,
+                           vocab_start: int):  # fmt: skip
+    """The torch twin of :func:`row_dlogits_`: in place, ``logits <- scale * (softmax - onehot)``."""
+    logits.sub_(lse.unsqueeze(1)).exp_()
+    local = labels - vocab_start
+    rows = torch.nonzero((local >= 0) & (local < logits.shape[1])).squeeze(1)
+    logits[rows, local[rows]] -= 1.0
+    return logits.mul_(scale.unsqueeze(1))
 
 
 def chunk_rows(n_rows: int, n_cols: int, d: int) -> int:
@@ -243,6 +298,7 @@ def per_example_loss(
     tp_group=None,
     return_lse: bool = False,
     backend: str = "auto",
+    tp_reduce=None,
 ):
     """Per-example mean cross-entropy of the LM head ``logits = hidden @ weight^T``.
 
@@ -259,6 +315,9 @@ def per_example_loss(
             for float64 inputs on the torch path; 0 where the mask is 0). The statistics pass
             gets it, with the losses, from :func:`~lqs_megatron.kernels.lm_head_stats.lm_head_loss_and_stats`.
         backend: ``"auto"`` (Triton on CUDA, torch reference on CPU), ``"triton"`` or ``"torch"``.
+        tp_reduce: the tensor-parallel layer's differentiable sum over ``tp_group`` (forward
+            all-reduce, backward identity: ``reduce_from_region``); the torch path needs it to
+            differentiate under tp (the Triton path reduces with ``torch.distributed`` directly).
 
     Returns:
         ``loss [B]`` float32 (float64 for float64 inputs on the torch path), or ``(loss, lse)``.
@@ -266,7 +325,7 @@ def per_example_loss(
     """
     if not use_triton(backend, hidden, weight):
         return per_example_loss_reference(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group,
-                                          return_lse)  # fmt: skip
+                                          return_lse, tp_reduce)  # fmt: skip
     row_w, n_valid = prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
     labels = labels.contiguous()
     hidden = hidden.contiguous()
@@ -290,19 +349,27 @@ def per_example_loss_reference(
     vocab_start: int = 0,
     tp_group=None,
     return_lse: bool = False,
+    tp_reduce=None,
     chunk_bytes: int = 16 << 20,
 ):
     """Plain torch :func:`per_example_loss` (same arguments), twice differentiable.
 
     Chunks of rows keep the no-grad working set near ``chunk_bytes``; under autograd the chunks'
     logits are kept for the backward as with any torch graph. Computes in float32 (float64 for
-    float64 inputs). Under tp the sum-exp and target logit pass through ``reduce_from_region``
-    (forward all-reduce, backward identity), so gradients follow Megatron's convention. For a
-    Hessian-vector product under tp by double backward, all-reduce the inner product
-    ``<grad, v>`` over the tp group (with ``reduce_from_region``) before differentiating it again.
+    float64 inputs). Under tp the sum-exp and target logit pass through ``tp_reduce`` (the tp
+    layer's ``reduce_from_region``: forward all-reduce, backward identity), so gradients follow
+    Megatron's convention; without gradients a plain all-reduce serves. For a Hessian-vector
+    product under tp by double backward, all-reduce the inner product ``<grad, v>`` over the tp
+    group (with ``reduce_from_region``) before differentiating it again.
     """
-    from lqs_megatron.models.mappings import reduce_from_region
-
+    if (
+        tp_group is not None
+        and tp_reduce is None
+        and torch.is_grad_enabled()
+        and (hidden.requires_grad or weight.requires_grad)
+    ):
+        raise ValueError("per_example_loss: differentiating under tp_group on the torch path needs tp_reduce "
+                         "(the tensor-parallel layer's reduce_from_region)")  # fmt: skip
     row_w, n_valid = prepare_loss_inputs(hidden, weight, labels, loss_mask, vocab_size, vocab_start, tp_group)
     B, T, d = hidden.shape
     dt = row_w.dtype
@@ -322,16 +389,8 @@ def per_example_loss_reference(
             if return_lse:
                 lses.append(ce.detach() + logits.detach().gather(1, lab.unsqueeze(1)).squeeze(1))
             continue
-        inside = (lab >= 0) & (lab < n_valid)
-        if n_valid:
-            tgt = logits.gather(1, lab.clamp(0, n_valid - 1).unsqueeze(1)).squeeze(1) * inside
-        else:
-            tgt = logits.new_zeros(idx.numel())
-        gmax = logits.detach().amax(1) if n_valid else logits.new_full((idx.numel(),), NEG_INIT)
-        dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=tp_group)
-        both = reduce_from_region(torch.stack([torch.exp(logits - gmax.unsqueeze(1)).sum(1), tgt]), tp_group)
-        lse = gmax + torch.log(both[0])
-        ces.append(lse - both[1])
+        lse, tgt = row_lse_reference(logits, lab2[idx], vocab_start, tp_group, tp_reduce)
+        ces.append(lse - tgt)
         lses.append(lse.detach())
     ce = torch.cat(ces) if ces else h2.new_zeros(0, dtype=dt)
     example = torch.div(active, T, rounding_mode="floor")

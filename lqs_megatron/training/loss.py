@@ -18,7 +18,7 @@ from torch import nn
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss
 from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.models.mappings import copy_to_region
+from lqs_megatron.models.mappings import copy_to_region, reduce_from_region
 
 
 def per_example_lm_loss(
@@ -46,6 +46,7 @@ def per_example_lm_loss(
         vocab_start=getattr(head, "vocab_start", 0),
         tp_group=group,
         backend=backend,
+        tp_reduce=reduce_from_region,
     )
 
 

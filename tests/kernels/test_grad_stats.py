@@ -12,19 +12,18 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from lqs_megatron.kernels.grad_stats import (
-    choose_method,
-    grad_stats_embedding,
-    grad_stats_linear,
-    grad_stats_norm,
-    linear_direct_forward,
-    ragged_rows,
-)
+from lqs_megatron.kernels import choose_method, grad_stats_embedding, grad_stats_linear, grad_stats_norm
+from lqs_megatron.kernels.linear_stats import linear_direct_forward, ragged_rows
+from tests.kernels import tolerances
 from tests.utils import assert_close, rel_err
 
 # (input dtype, rtol, atol as a fraction of the largest expected value); the truth is computed in
 # float64 from the same (rounded) inputs, so 16-bit inputs only test the float32 accumulation.
-DTYPES = [(torch.float32, 1e-4, 1e-6), (torch.bfloat16, 1e-4, 1e-6), (torch.float64, 1e-10, 1e-12)]
+DTYPES = [
+    (dt, tolerances.rtol("stats", dt), tolerances.rtol("stats_atol", dt))
+    for dt in (torch.float32, torch.bfloat16, torch.float64)
+]
+F32_TOL = (tolerances.rtol("stats", torch.float32), tolerances.rtol("stats_atol", torch.float32))
 BACKENDS = ["torch", "triton"]
 
 
@@ -97,18 +96,18 @@ def test_linear_without_mask_and_d_zero_at_padding(backend):
     A, D, lam, mask, truth = _linear_problem(3, 11, 21, 35, torch.float32)
     D = D * mask[..., None].float()
     for method in ("direct", "ghost"):
-        _check(grad_stats_linear(A, D, lam, method=method, backend=backend), truth, 1e-4, 1e-6, method)
+        _check(grad_stats_linear(A, D, lam, method=method, backend=backend), truth, *F32_TOL, method)
 
 
 def test_linear_triton_several_tiles_and_example_groups():
     """d_in, d_out over one 64-wide tile each (2 x 2 tiles), 2 position blocks, one example per program."""
     A, D, lam, mask, truth = _linear_problem(3, 37, 70, 90, torch.float32)
     for method in ("direct", "ghost"):
-        _check(grad_stats_linear(A, D, lam, mask, method=method, backend="triton"), truth, 1e-4, 1e-6, method)
+        _check(grad_stats_linear(A, D, lam, mask, method=method, backend="triton"), truth, *F32_TOL, method)
     row_start, row_count, _ = ragged_rows(mask, 3, 37, A.device)
     out = linear_direct_forward(A.reshape(-1, 70), D.reshape(-1, 90), lam, row_start, row_count,
                                 mask.reshape(-1).float(), examples_per_program=1)  # fmt: skip
-    _check(out, truth, 1e-4, 1e-6, "direct, one example per program")
+    _check(out, truth, *F32_TOL, "direct, one example per program")
 
 
 def test_choose_method_rule():
@@ -178,11 +177,11 @@ def test_embedding_and_norm_several_feature_blocks(backend, d):
     lam = torch.randn(V, d)
     G = torch.einsum("btv,btd->bvd", torch.nn.functional.one_hot(ids, V).double() * mask[..., None], D.double())
     truth = ((G * lam.double()).sum((1, 2)), G.square().sum((1, 2)))
-    _check(grad_stats_embedding(ids, D, lam, mask=mask, backend=backend), truth, 1e-4, 1e-6, "embedding")
+    _check(grad_stats_embedding(ids, D, lam, mask=mask, backend=backend), truth, *F32_TOL, "embedding")
     xhat = torch.randn(B, T, d)
     g = (xhat.double() * D.double() * mask[..., None]).sum(1)
     truth = (g @ lam[0].double(), g.square().sum(1))
-    _check(grad_stats_norm(xhat, D, lam[0], mask, backend=backend), truth, 1e-4, 1e-6, "norm")
+    _check(grad_stats_norm(xhat, D, lam[0], mask, backend=backend), truth, *F32_TOL, "norm")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

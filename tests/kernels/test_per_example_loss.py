@@ -13,15 +13,11 @@ import torch.nn.functional as F
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference
+from tests.kernels.tolerances import rtol
 from tests.utils import assert_close, rel_err
 
-# (dtype, rtol of loss/lse, rtol of the gradients) against the float64 truth on the same rounded inputs.
-# bf16: the Triton path rounds dlogits to bf16 before the gradient GEMMs (as a bf16 backward does).
-DTYPES = {
-    torch.float32: (1e-5, 1e-4),
-    torch.bfloat16: (1e-5, 2e-2),
-    torch.float64: (1e-12, 1e-10),
-}
+# (rtol of loss/lse, rtol of the gradients) against the float64 truth on the same rounded inputs
+DTYPES = {dt: (rtol("loss", dt), rtol("grad", dt)) for dt in (torch.float32, torch.bfloat16, torch.float64)}
 
 
 def _cases():
