@@ -1,10 +1,14 @@
 """The one benchmark harness of ``benchmarks/``: median time, peak memory, ratios to baselines.
 
 A script builds its inputs, then gives each case's implementations to a :class:`Table`, which
-times them (median of many runs: ``triton.testing.do_bench`` on a GPU, ``perf_counter`` round-robin
-on the CPU), measures the peak memory each allocates, and prints a markdown row with the speed-up and
+times them (median of many runs, round-robin: CUDA events around each call on a GPU, with the L2
+cache flushed before it; ``perf_counter`` on the CPU), measures the peak memory each allocates
+(``torch.cuda.max_memory_allocated`` on a GPU), and prints a markdown row with the speed-up and
 memory ratio against the case's baselines (measured in the same run). The header names the machine
-(GPU name or ``lscpu`` model name) and the versions. ``--json PATH`` also writes the rows as JSON lines.
+(GPU name or ``lscpu`` model name) and the versions. ``--json PATH`` also writes the rows, and the
+headline figures a script records with :func:`record`, as JSON lines (``gpu_table.py`` reads them).
+``--tiny`` asks a script for its smoke-test sizes (seconds on a CPU; ``scripts/gpu_check.sh --dry-run``).
+:func:`largest_batch` finds the largest batch whose peak memory fits a budget, out-of-memory safe.
 
     table = Table("per-example loss", baselines=["materialised"], args=args)
     table.case("B=8 T=128", {"materialised": lambda: ..., "fused": lambda: ...})
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -37,7 +42,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="CPU statistic of the timed runs (min is steadier on a loaded machine)")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--json", default=None, help="also append the rows as JSON lines to this file")
+    p.add_argument("--json", default=None, help="also append the rows and headline figures as JSON lines to this file")
+    p.add_argument("--tiny", action="store_true", help="smoke-test sizes: seconds on a CPU (gpu_check.sh --dry-run)")
     return p
 
 
@@ -68,14 +74,14 @@ def versions() -> str:
 
 
 def time_ms(fns: dict[str, Callable[[], object]], device: str, reps: int = 10, stat: str = "median") -> dict:
-    """Wall time of each ``fn()`` in milliseconds after warm-up: median (or ``stat="min"``) of ``reps`` runs.
+    """Wall time of each ``fn()`` in milliseconds after warm-up: median (or ``stat="min"``) of the runs.
 
-    On the CPU the functions are timed round-robin, so a change in machine load hits them alike.
+    The functions are timed round-robin, so a change in machine load hits them alike. CPU: ``reps``
+    runs each, ``perf_counter``. CUDA: CUDA events around each call, the L2 cache flushed before it,
+    at least ``reps`` runs each and about 100 ms of them (at most 200).
     """
     if device.startswith("cuda"):
-        import triton.testing
-
-        return {k: float(triton.testing.do_bench(f, warmup=25, rep=100, return_mode=stat)) for k, f in fns.items()}
+        return _cuda_time_ms(fns, reps, stat)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up (allocator, lazy init)
@@ -84,7 +90,36 @@ def time_ms(fns: dict[str, Callable[[], object]], device: str, reps: int = 10, s
             t0 = time.perf_counter()
             f()
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: min(v) if stat == "min" else statistics.median(v) for k, v in times.items()}
+    return {k: _stat(v, stat) for k, v in times.items()}
+
+
+def _stat(v: list[float], stat: str) -> float:
+    return min(v) if stat == "min" else statistics.median(v)
+
+
+def _cuda_time_ms(fns: dict[str, Callable[[], object]], reps: int, stat: str) -> dict:
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")  # larger than any L2 cache
+    for f in fns.values():  # warm-up: compilation, autotuning, allocator
+        f()
+        f()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for f in fns.values():
+        f()
+    torch.cuda.synchronize()
+    one_round = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    n = int(min(200, max(reps, 100.0 / one_round)))
+    events = {k: [] for k in fns}
+    for _ in range(n):
+        for k, f in fns.items():
+            flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            f()
+            end.record()
+            events[k].append((start, end))
+    torch.cuda.synchronize()
+    return {k: _stat([s.elapsed_time(e) for s, e in ev], stat) for k, ev in events.items()}
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -132,6 +167,64 @@ def peak_mib(fn: Callable[[], object], device: str) -> float:
     with _LiveBytes() as mode:
         fn()
     return mode.peak / 2**20
+
+
+def peak_mib_or_inf(fn: Callable[[], object], device: str) -> float:
+    """:func:`peak_mib`, or ``inf`` when ``fn`` runs out of GPU memory (the cache is emptied after)."""
+    try:
+        return peak_mib(fn, device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("inf")
+
+
+def largest_batch(
+    peak: Callable[[int], float], budget_mib: float, start: int = 2, cap: int = 4096
+) -> tuple[int, float]:
+    """Largest batch ``B <= cap`` with ``peak(B) <= budget_mib`` and that peak (MiB).
+
+    ``peak(B)`` is the peak memory of one call at batch ``B`` (``inf`` when it runs out of memory, as
+    :func:`peak_mib_or_inf` gives). Memory is affine in the batch: fitted from ``start`` and
+    ``2 start``, then checked at the batch the fit predicts, shrunk (by the overshoot, or halved after
+    an out-of-memory) until it fits. Never returns less than a batch already measured to fit.
+    """
+    fits: dict[int, float] = {}
+
+    def measure(b: int) -> float:
+        m = peak(b)
+        if m <= budget_mib:
+            fits[b] = m
+        return m
+
+    b1, b2 = start, 2 * start
+    m1, m2 = measure(b1), measure(b2)
+    if math.isfinite(m1) and math.isfinite(m2):
+        per = max((m2 - m1) / (b2 - b1), 1e-3)
+        B = int(max(1, min(cap, (budget_mib - (m1 - per * b1)) // per)))
+    else:
+        B = b1 // 2 if not math.isfinite(m1) else b1
+    while B > max(fits, default=0):
+        mem = measure(B)
+        if mem <= budget_mib:
+            break
+        B = max(1, int(B * budget_mib / mem * 0.95)) if math.isfinite(mem) else B // 2
+        if B < 1:
+            break
+    if not fits and B >= 1:
+        measure(1)
+    if not fits:
+        raise RuntimeError(f"no batch fits {budget_mib:.0f} MiB (batch 1 needs {peak(1):.0f} MiB)")
+    best = max(fits)
+    return best, fits[best]
+
+
+def record(args: argparse.Namespace, figure: str, value: float, unit: str = "", **context) -> None:
+    """Append one headline figure (``figure`` id, ``value``, ``unit``, context) to ``--json`` if given."""
+    if getattr(args, "json", None):
+        rec = {"figure": figure, "value": value, "unit": unit, "machine": machine(args.device),
+               "versions": versions(), **context}  # fmt: skip
+        with open(args.json, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 @dataclass

@@ -85,7 +85,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--r", type=float, default=0.5)
     ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="smoke-test size: 300 sequences, one run")
     args = ap.parse_args()
+    if args.tiny:
+        args.sequences, args.repeats = 300, 1
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(64, 1025, size=args.sequences)
@@ -130,6 +133,8 @@ def main() -> None:
     print(f"{'ours: indexed dataset (.bin/.idx)':<44}{t_ds:>10.3f}{t_base / t_ds:>13.2f}x")
     print(f"{'ours: jsonl in/out':<44}{t_js:>10.3f}{t_base / t_js:>13.2f}x")
     print(f"# same scores in the same output order as the baseline: {same}")
+    if not same:
+        raise SystemExit("bench_curate: error: our output differs from the baseline's")
 
 
 if __name__ == "__main__":

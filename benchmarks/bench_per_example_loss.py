@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference
 
-from _harness import Table, main_guard, parser
+from _harness import Table, main_guard, parser, record
 
+TINY_SHAPES = [(2, 16, 32, 100)]
 CPU_SHAPES = [(4, 128, 256, 8192), (8, 128, 512, 32000)]
 GPU_SHAPES = [(16, 1024, 768, 32000), (8, 2048, 2048, 32000), (4, 4096, 4096, 128256)]
 
@@ -54,15 +55,23 @@ def bench_shape(table: Table, dev: torch.device, dtype: torch.dtype, pad_frac: f
         with torch.no_grad():
             return f(h, w, labels, mask)
 
-    table.case(f"B={B} T={T} d={d} V={V} fwd+bwd", {k: (lambda f=f: step(f)) for k, f in impls.items()})
-    table.case(f"B={B} T={T} d={d} V={V} forward", {k: (lambda f=f: forward(f)) for k, f in impls.items()})
+    case = f"B={B} T={T} d={d} V={V}"
+    for phase, fn in (("fwd_bwd", step), ("forward", forward)):
+        fns = {k: (lambda f=f, fn=fn: fn(f)) for k, f in impls.items()}
+        rows = table.case(f"{case} {phase.replace('_', '+')}", fns)
+        speed, mem = next(r for r in rows if r.name == "fused").ratios["materialised"]
+        ctx = dict(shape=case, dtype=str(dtype), pad_frac=pad_frac, backend="triton" if dev.type == "cuda" else "torch")
+        record(table.args, f"kernels.loss.{phase}.speedup", speed, "x materialised", **ctx)
+        record(table.args, f"kernels.loss.{phase}.memory_ratio", mem, "x materialised", **ctx)
 
 
 def run(args):
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
+    if args.tiny:
+        args.reps = 1
     table = Table(f"per-example loss ({dtype}, padding {args.pad_frac:.0%})", ["materialised"], args)
-    for shape in GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES:
+    for shape in TINY_SHAPES if args.tiny else GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES:
         bench_shape(table, dev, dtype, args.pad_frac, *shape)
     table.finish()
 

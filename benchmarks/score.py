@@ -42,9 +42,10 @@ from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
 from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
 
-from _harness import machine, main_guard, parser, versions
+from _harness import machine, main_guard, parser, record, versions
 
 CPU = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 GPU = dict(  # fairseq-dense-125M's width and depth
     hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12
 )
@@ -115,6 +116,8 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     shape = GPU if cuda else CPU
+    if args.tiny:
+        shape, args.sequences, args.max_len, args.vocab, args.repeats = TINY, args.sequences or 24, 64, 512, 1
     n = args.sequences or (20_000 if cuda else 200)
     lengths = lognormal_lengths(n, args.min_len, args.max_len - 1)  # + BOS = at most max_len
     tokens = int(lengths.sum() + n)
@@ -152,6 +155,12 @@ def run(args) -> None:
         ours = np.load(d / "out0" / "scores.npy")
 
     diff = float(np.abs(ours - base).max())
+    ctx = dict(sequences=n, tokens=tokens, hidden=shape["hidden_size"], layers=shape["num_hidden_layers"],
+               bf16=cuda, compile=args.compile)  # fmt: skip
+    record(args, "score.ours.tokens_per_s", tokens / t_ours, "tokens/s", **ctx)
+    record(args, "score.transformers.tokens_per_s", tokens / t_base, "tokens/s", **ctx)
+    record(args, "score.speedup", t_base / t_ours, "x padded transformers loop", **ctx)
+    record(args, "score.max_abs_diff", diff, "", **ctx)
     print(f"## Scorer inference (`benchmarks/score.py`)\n\nmachine: {machine(args.device)}; {versions()}\n")
     print(
         f"backbone: Mistral d={shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocab {args.vocab}; "

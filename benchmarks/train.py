@@ -37,9 +37,10 @@ from lqs_megatron.models.loading import build_model
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep
 
-from _harness import Table, main_guard, parser
+from _harness import Table, main_guard, parser, record
 
 CPU_MODEL = dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=4)
+TINY_MODEL = dict(hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=2)
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -90,8 +91,12 @@ def ours_step_fn(model, tokens: torch.Tensor, dev: torch.device, amp: bool, comp
 def run(args):
     dev = torch.device(args.device)
     on_gpu = dev.type == "cuda"
+    if args.tiny:
+        args.seq, args.batch, args.reps, args.vocab_size = args.seq or 32, args.batch or 2, 1, 512
     if args.model_config:
         cfg = load_model_config(args.model_config, vocab_size=args.vocab_size)
+    elif args.tiny:
+        cfg = ModelConfig(vocab_size=args.vocab_size, **TINY_MODEL)
     elif on_gpu:
         cfg = load_model_config("160M", vocab_size=args.vocab_size)
     else:
@@ -119,12 +124,20 @@ def run(args):
     table.finish()
     print("| implementation | tokens/s | vs transformers |" + (" MFU |" if on_gpu else ""))
     print("|---|---|---|" + ("---|" if on_gpu else ""))
+    ctx = dict(params_m=round(cfg.num_parameters() / 1e6, 1), batch=batch, seq=seq, amp=amp, compile=args.compile)
     for r in rows:
         tps = n_tok / (r.ms / 1e3)
+        mfu = tps * flops_per_token(cfg, seq) / (args.peak_tflops * 1e12)
         line = f"| {r.name} | {tps:,.0f} | {rows[0].ms / r.ms:.2f}x |"
         if on_gpu:
-            line += f" {tps * flops_per_token(cfg, seq) / (args.peak_tflops * 1e12):.1%} |"
+            line += f" {mfu:.1%} |"
         print(line)
+        key = "ours" if r.name == "lqs TrainStep" else "transformers"
+        record(args, f"pretrain.{key}.tokens_per_s", tps, "tokens/s", **ctx)
+        record(args, f"pretrain.{key}.mfu", mfu, f"of {args.peak_tflops:g} TFLOP/s", **ctx)
+        if r.peak_mib == r.peak_mib:  # measured (not --no-memory)
+            record(args, f"pretrain.{key}.peak_mib", r.peak_mib, "MiB", **ctx)
+    record(args, "pretrain.speedup", rows[0].ms / rows[1].ms, "x transformers loop", **ctx)
     print(
         f"\nFLOPs/token = 6 N + 12 n_layers n_heads head_dim T = 6 x {matmul_params(cfg):,} + 12 x {cfg.num_layers}"
         f" x {cfg.num_heads} x {cfg.head_dim} x {seq} = {flops_per_token(cfg, seq):.4g}"

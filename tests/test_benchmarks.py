@@ -1,16 +1,35 @@
-"""Every benchmark script starts (``--help``) when run directly as ``python benchmarks/X.py``:
-the way users run them, where benchmarks/tokenize.py could shadow the standard library."""
+"""The benchmarks cannot rot between GPU sessions: every script starts (``--help``) when run directly
+as ``python benchmarks/X.py`` (the way users run them, where benchmarks/tokenize.py could shadow the
+standard library), and every one runs at a tiny size: the GPU-path ones through
+``scripts/gpu_check.sh --dry-run`` (the same steps the GPU check runs, on the CPU), the others here
+with their ``--tiny`` flag (a script without one is reported, not run)."""
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.utils import REPO
+
+GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
+NOT_BENCHMARKS = {"_harness.py"}  # the shared harness: run by every script
+CPU_ONLY = ["bench_curate.py", "tokenize.py", "quality.py"]  # no GPU figure: tiny runs here
+
+
+def _scripts() -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "benchmarks", "*.py")))
+
+
+def _gpu_check_scripts() -> set[str]:
+    text = open(GPU_CHECK).read()
+    return set(re.findall(r"benchmarks/(\w+\.py)", text)) | set(re.findall(r"\$B/(\w+\.py)", text))
 
 
 def test_benchmark_scripts_start():
-    scripts = sorted(p for p in glob.glob(os.path.join(REPO, "benchmarks", "*.py")) if not p.endswith("_harness.py"))
+    scripts = [os.path.join(REPO, "benchmarks", s) for s in _scripts() if s not in NOT_BENCHMARKS]
     assert len(scripts) >= 7
     procs = {p: subprocess.Popen([sys.executable, p, "--help"], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for p in scripts}  # fmt: skip
@@ -20,3 +39,38 @@ def test_benchmark_scripts_start():
         if proc.returncode != 0 or "usage" not in out:
             failed[os.path.basename(p)] = err[-500:]
     assert not failed, failed
+
+
+def test_every_benchmark_has_a_tiny_run():
+    """A benchmark added later must join the GPU check or the CPU-only tiny runs below."""
+    covered = _gpu_check_scripts() | set(CPU_ONLY) | NOT_BENCHMARKS
+    assert not set(_scripts()) - covered, f"benchmarks without a tiny run: {sorted(set(_scripts()) - covered)}"
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """``scripts/gpu_check.sh --dry-run``: every part succeeds and every figure of the table is measured."""
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(["bash", GPU_CHECK, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    logs = {p.name: p.read_text()[-1500:] for p in (tmp_path / "logs").glob("*.log")}
+    assert proc.returncode == 0, (proc.stdout[-3000:], logs)
+    table = (tmp_path / "table.md").read_text()
+    assert "DRY RUN" in table and "missing" not in table, table
+    status = (tmp_path / "status.tsv").read_text().splitlines()
+    assert len(status) >= 8 and all("\tok\t" in s for s in status), status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", CPU_ONLY)
+def test_cpu_benchmark_tiny(script, tmp_path):
+    path = os.path.join(REPO, "benchmarks", script)
+    if not os.path.exists(path):
+        pytest.skip(f"benchmarks/{script} does not exist on this branch")
+    helptext = subprocess.run([sys.executable, path, "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    if "--tiny" not in helptext:
+        pytest.skip(f"benchmarks/{script} has no --tiny mode yet")
+    proc = subprocess.run([sys.executable, path, "--tiny"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
