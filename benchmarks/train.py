@@ -125,6 +125,7 @@ def run(args):
     print("| implementation | tokens/s | vs transformers |" + (" MFU |" if on_gpu else ""))
     print("|---|---|---|" + ("---|" if on_gpu else ""))
     ctx = dict(params_m=round(cfg.num_parameters() / 1e6, 1), batch=batch, seq=seq, amp=amp, compile=args.compile)
+    fig = "pretrain-compile" if args.compile else "pretrain"
     for r in rows:
         tps = n_tok / (r.ms / 1e3)
         mfu = tps * flops_per_token(cfg, seq) / (args.peak_tflops * 1e12)
@@ -133,11 +134,11 @@ def run(args):
             line += f" {mfu:.1%} |"
         print(line)
         key = "ours" if r.name == "lqs TrainStep" else "transformers"
-        record(args, f"pretrain.{key}.tokens_per_s", tps, "tokens/s", **ctx)
-        record(args, f"pretrain.{key}.mfu", mfu, f"of {args.peak_tflops:g} TFLOP/s", **ctx)
+        record(args, f"{fig}.{key}.tokens_per_s", tps, "tokens/s", **ctx)
+        record(args, f"{fig}.{key}.mfu", mfu, f"of {args.peak_tflops:g} TFLOP/s", **ctx)
         if r.peak_mib == r.peak_mib:  # measured (not --no-memory)
-            record(args, f"pretrain.{key}.peak_mib", r.peak_mib, "MiB", **ctx)
-    record(args, "pretrain.speedup", rows[0].ms / rows[1].ms, "x transformers loop", **ctx)
+            record(args, f"{fig}.{key}.peak_mib", r.peak_mib, "MiB", **ctx)
+    record(args, f"{fig}.speedup", rows[0].ms / rows[1].ms, "x transformers loop", **ctx)
     print(
         f"\nFLOPs/token = 6 N + 12 n_layers n_heads head_dim T = 6 x {matmul_params(cfg):,} + 12 x {cfg.num_layers}"
         f" x {cfg.num_heads} x {cfg.head_dim} x {seq} = {flops_per_token(cfg, seq):.4g}"

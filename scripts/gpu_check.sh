@@ -4,7 +4,7 @@
 #   1. install the project (pip install --no-deps --no-build-isolation -e .);
 #   2. the gpu-marked tests: the Triton kernels compiled for real against the torch references, fp32 and bf16;
 #   3. the benchmarks at GPU sizes: kernels, annotation (160M, L=1024, bf16), pretraining (160M, L=1024,
-#      bf16), scorer inference (125M-class backbone, bf16, length-bucketed);
+#      bf16, eager then torch.compile), scorer inference (125M-class backbone, bf16, compiled, length-bucketed);
 #   4. one markdown table of every figure with its goal (benchmarks/gpu_table.py).
 # Each part runs alone under its own timeout (and the whole under GPU_CHECK_BUDGET seconds), so a failure
 # in one part leaves the others' figures. Everything goes under $OUT if set, else gpu_check_out/:
@@ -13,6 +13,9 @@
 #   bash scripts/gpu_check.sh             # on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run   # the same steps on the CPU at tiny sizes (< 3 minutes on 2 cores)
 #
+# pytest is the one test dependency the GPU machine may lack: with no network, put its wheels in
+# gpu_wheels/ (or WHEELS=DIR) beforehand and the install part installs them from there:
+#   pip download pytest pluggy iniconfig packaging --no-deps --only-binary=:all: -d gpu_wheels
 # Exit status: 0 when every part succeeded, 1 otherwise (the table is printed either way).
 set -uo pipefail
 
@@ -20,7 +23,7 @@ DRY=0
 for a in "$@"; do
     case "$a" in
         --dry-run) DRY=1 ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_check.sh: error: unknown argument $a (expected --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +74,8 @@ run_part() {
     "$PY" -c 'import platform, torch; print("python", platform.python_version(), "torch", torch.__version__,
 "cuda", torch.version.cuda, "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
     "$PY" -c 'import triton; print("triton", triton.__version__)' 2>&1
+    "$PY" -c 'import importlib.util as u; print("missing:", [m for m in ("pytest", "numpy", "transformers",
+"tokenizers", "sentencepiece", "safetensors", "yaml", "tqdm", "pybind11", "setuptools") if not u.find_spec(m)])'
     command -v nvidia-smi >/dev/null && nvidia-smi -L
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -78,7 +83,12 @@ cat "$OUT/env.txt"
 if [ "$DRY" = 1 ]; then  # the project is already installed where the dry run runs: check, do not reinstall
     run_part install 60 "$PY" -c "import lqs_megatron, lqs_megatron._C; print('installed:', lqs_megatron.__file__)"
 else
-    run_part install 120 "$PY" -m pip install --no-deps --no-build-isolation -e .
+    # the project, then pytest from $WHEELS when the machine lacks it
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    run_part install 120 bash -c '"$0" -m pip install --no-deps --no-build-isolation -e . &&
+        { "$0" -c "import pytest" 2>/dev/null || ! [ -d "$1" ] ||
+          "$0" -m pip install --no-index --no-deps --find-links "$1" pytest pluggy iniconfig packaging; }' \
+        "$PY" "${WHEELS:-gpu_wheels}"
 fi
 # the gpu-marked tests (skipped on a CPU: the dry run checks that they collect and import)
 run_part gpu-tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
@@ -101,6 +111,11 @@ fi
     run_part kernels-lm-head 45 $B/bench_lm_head_stats.py $DEV --json "$J/kernels-lm-head.jsonl"
     run_part pretrain 90 $B/train.py $DEV $PRETRAIN --json "$J/pretrain.jsonl"
     run_part score 100 $B/score.py $DEV $SCORE --json "$J/score.jsonl"
+    if [ "$DRY" = 0 ]; then  # last: torch.compile of both models (minutes on a CPU, so not in the dry run)
+        run_part pretrain-compile 120 $B/train.py $DEV $PRETRAIN --compile --json "$J/pretrain-compile.jsonl"
+    else
+        printf 'pretrain-compile\tskipped: dry run\t0\n' >>"$OUT/status.tsv"
+    fi
 }
 
 NOTE=""
@@ -109,6 +124,6 @@ NOTE=""
 echo
 cat "$OUT/table.md"
 echo "[gpu_check] table, logs and JSON under $OUT"
-if grep -qv $'\tok\t' "$OUT/status.tsv"; then
+if grep -v $'\tok\t' "$OUT/status.tsv" | grep -qv $'\tskipped: dry run\t'; then
     exit 1
 fi
