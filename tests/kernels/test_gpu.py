@@ -1,7 +1,8 @@
 """The compiled Triton kernels on a CUDA device against the torch references (skipped without CUDA).
 
 Shapes larger than the interpreter tests, crossing several blocks and chunks; bf16 and float32.
-The references run in float64 on the same device.
+The references run in float64 on the same device. Last, the annotation engine end to end on CUDA
+(float32 and bf16 autocast) against float64 ``torch.func`` per-example gradients on the CPU.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.kernels import (
     grad_stats_embedding,
     grad_stats_linear,
@@ -16,7 +18,9 @@ from lqs_megatron.kernels import (
     lm_head_loss_and_stats,
     per_example_loss,
 )
+from lqs_megatron.lqs.stats import ExampleStats
 from tests.kernels.tolerances import rtol
+from tests.lqs.test_stats import random_batch, random_lambda, tiny_model, torch_func_stats
 from tests.utils import rel_err
 
 pytestmark = pytest.mark.gpu
@@ -93,3 +97,19 @@ def test_fused_head_loss_and_stats_cuda(dtype, tol, grad_tol):
     assert rel_err(losses.detach(), r_losses.detach()) < tol and rel_err(lse, r_lse) < tol
     assert rel_err(gh, r_gh) < grad_tol
     assert rel_err(dot, r_dot) < grad_tol and rel_err(sq, r_sq) < grad_tol
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_annotation_stats_on_cuda_match_torch_func(amp):
+    """``ExampleStats`` (hooks + the Triton kernels) on CUDA, as ``lqs annotate`` runs it, vs float64 truth."""
+    batch = random_batch([57, 3, 64, 30, 64, 11], seed=3)
+    lam = random_lambda(tiny_model(), seed=3)
+    ref_dot, ref_sq = torch_func_stats(tiny_model(torch.float64), batch, lam)
+    model = tiny_model().cuda()
+    cuda_batch = batch.to(torch.device("cuda"))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        dot, sq = ExampleStats(model, ParallelDims(device=torch.device("cuda")))(cuda_batch, {
+            n: t.float().cuda() for n, t in lam.items()
+        })  # fmt: skip
+    tol = rtol("model", torch.bfloat16 if amp else torch.float32, gpu=True)
+    assert rel_err(sq.cpu(), ref_sq) < tol and rel_err(dot.cpu(), ref_dot) < tol
