@@ -44,6 +44,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also append the rows and headline figures as JSON lines to this file")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes: seconds on a CPU (gpu_check.sh --dry-run)")
+    p.add_argument("--quick", action="store_true", help="only the first (headline) shape of a shape list")
     return p
 
 
@@ -167,6 +168,12 @@ def peak_mib(fn: Callable[[], object], device: str) -> float:
     with _LiveBytes() as mode:
         fn()
     return mode.peak / 2**20
+
+
+def shapes(args: argparse.Namespace, tiny: list, cpu: list, gpu: list) -> list:
+    """The shape list a script runs: ``tiny`` with ``--tiny``, else the device's (first only with ``--quick``)."""
+    out = tiny if args.tiny else gpu if args.device.startswith("cuda") else cpu
+    return out[:1] if args.quick else out
 
 
 def peak_mib_or_inf(fn: Callable[[], object], device: str) -> float:

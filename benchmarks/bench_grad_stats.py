@@ -32,7 +32,7 @@ import torch
 
 from lqs_megatron.kernels import choose_method, grad_stats_embedding, grad_stats_linear, grad_stats_norm
 
-from _harness import Table, main_guard, parser, record
+from _harness import Table, main_guard, parser, record, shapes
 
 TINY_SHAPES = [(2, 16, 24, 40)]
 CPU_SHAPES = [(8, 64, 256, 256), (8, 128, 512, 512), (4, 256, 256, 256), (4, 512, 256, 256), (4, 128, 768, 3072)]
@@ -93,7 +93,7 @@ def run(args):
     table = Table(f"per-example linear-layer statistics ({dtype})", ["materialised G_n", "wgrad GEMM (budget)"], args)
     if args.tiny:
         args.reps = 1
-    for shape in TINY_SHAPES if args.tiny else GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES:
+    for shape in shapes(args, TINY_SHAPES, CPU_SHAPES, GPU_SHAPES):
         bench_shape(table, dev, dtype, *shape)
     B, T = (2, 16) if args.tiny else (16, 1024) if dev.type == "cuda" else (8, 128)
     bench_embedding_and_norm(table, dev, dtype, B, T, 50 if args.tiny else 1000, 32 if args.tiny else 768)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from lqs_megatron.kernels import lm_head_loss_and_stats, per_example_loss
 
-from _harness import Table, main_guard, parser, record
+from _harness import Table, main_guard, parser, record, shapes
 
 TINY_SHAPES = [(2, 16, 32, 100)]
 CPU_SHAPES = [(4, 128, 256, 8192), (4, 128, 512, 32000)]
@@ -77,7 +77,7 @@ def run(args):
     if args.tiny:
         args.reps = 1
     table = Table(f"LM head: per-example losses and statistics ({dtype})", ["materialised fwd+bwd"], args)
-    for shape in TINY_SHAPES if args.tiny else GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES:
+    for shape in shapes(args, TINY_SHAPES, CPU_SHAPES, GPU_SHAPES):
         bench_shape(table, dev, dtype, *shape)
     table.finish()
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss, per_example_loss_reference
 
-from _harness import Table, main_guard, parser, record
+from _harness import Table, main_guard, parser, record, shapes
 
 TINY_SHAPES = [(2, 16, 32, 100)]
 CPU_SHAPES = [(4, 128, 256, 8192), (8, 128, 512, 32000)]
@@ -71,7 +71,7 @@ def run(args):
     if args.tiny:
         args.reps = 1
     table = Table(f"per-example loss ({dtype}, padding {args.pad_frac:.0%})", ["materialised"], args)
-    for shape in TINY_SHAPES if args.tiny else GPU_SHAPES if dev.type == "cuda" else CPU_SHAPES:
+    for shape in shapes(args, TINY_SHAPES, CPU_SHAPES, GPU_SHAPES):
         bench_shape(table, dev, dtype, args.pad_frac, *shape)
     table.finish()
 

@@ -157,10 +157,11 @@ def run(args) -> None:
     diff = float(np.abs(ours - base).max())
     ctx = dict(sequences=n, tokens=tokens, hidden=shape["hidden_size"], layers=shape["num_hidden_layers"],
                bf16=cuda, compile=args.compile)  # fmt: skip
-    record(args, "score.ours.tokens_per_s", tokens / t_ours, "tokens/s", **ctx)
-    record(args, "score.transformers.tokens_per_s", tokens / t_base, "tokens/s", **ctx)
-    record(args, "score.speedup", t_base / t_ours, "x padded transformers loop", **ctx)
-    record(args, "score.max_abs_diff", diff, "", **ctx)
+    fig = "score-compile" if args.compile else "score"
+    record(args, f"{fig}.ours.tokens_per_s", tokens / t_ours, "tokens/s", **ctx)
+    record(args, f"{fig}.transformers.tokens_per_s", tokens / t_base, "tokens/s", **ctx)
+    record(args, f"{fig}.speedup", t_base / t_ours, "x padded transformers loop", **ctx)
+    record(args, f"{fig}.max_abs_diff", diff, "", **ctx)
     print(f"## Scorer inference (`benchmarks/score.py`)\n\nmachine: {machine(args.device)}; {versions()}\n")
     print(
         f"backbone: Mistral d={shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocab {args.vocab}; "
