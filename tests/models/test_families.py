@@ -260,3 +260,34 @@ def test_tp2_equals_one_process_and_exports(tmp_path, tiny_tokenizer, capsys):
         if family != "qwen25":  # transformers 5 maps model_type qwen2 to Qwen2Tokenizer whatever the files say
             assert transformers.AutoTokenizer.from_pretrained(str(out))("hello world").input_ids == want
         assert transformers.GenerationConfig.from_pretrained(str(out)).eos_token_id == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pretrain_init_from_starts_at_the_models_loss(tmp_path, family, capsys):
+    """`lqs pretrain --init-from` on each family: the first step's loss is transformers' loss of that batch,
+    and the trained checkpoint exports to a directory transformers loads with our logits."""
+    import transformers
+
+    from lqs_megatron.cli import main
+    from lqs_megatron.training.data import SampleStream
+
+    hf = save_family(family, tmp_path / "hf")
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "train", [rng.integers(3, VOCAB, rng.integers(5, 30)) for _ in range(20)])
+    args = ["--data", str(tmp_path / "train"), "--max-length", "16", "--global-batch-size", "4", "--lr", "1e-2"]
+    args += ["--steps", "2", "--out", str(tmp_path / "ckpt"), "--device", "cpu", "--log-interval", "1"]
+    assert main(["pretrain", "--init-from", str(tmp_path / "hf"), *args]) == 0
+    batch = SampleStream([str(tmp_path / "train")], 16, 4).batch(range(4))
+    with torch.no_grad():
+        ref = F.cross_entropy(hf(input_ids=batch[:, :-1]).logits.transpose(1, 2), batch[:, 1:]).item()
+    first = [json.loads(x) for x in open(tmp_path / "ckpt" / "metrics.jsonl") if '"loss"' in x][0]["loss"]
+    assert abs(first - ref) <= 1e-5 * ref
+    assert main(["export-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 0
+    trained = load_model(tmp_path / "ckpt").eval()
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    ids, mask = padded_batch(VOCAB)
+    with torch.no_grad():
+        got, want = back(input_ids=ids, attention_mask=mask).logits, trained.logits(trained(ids))
+        moved = hf(input_ids=ids, attention_mask=mask).logits
+    assert rel_err(got[mask.bool()], want[mask.bool()]) < 1e-5
+    assert rel_err(got[mask.bool()], moved[mask.bool()]) > 1e-4  # two steps did train it
