@@ -94,7 +94,7 @@ class ModelConfig:
             extra = dict(self.extra)
             window = extra.pop("sliding_window")
             self.extra = extra
-            if self.sliding_window is None and window:
+            if self.sliding_window is None and window and self.architecture == "mistral":
                 self.sliding_window = int(window)
         if self.sliding_window is not None and self.sliding_window < 1:
             raise LQSError(f"model config: sliding_window must be >= 1 or null, got {self.sliding_window}")
@@ -109,8 +109,12 @@ class ModelConfig:
             bad = "has no biases and no rope scaling"
         elif arch == "llama" and (self.qkv_bias != self.o_bias or self.sliding_window is not None):
             bad = "has q/k/v/o biases together or none (attention_bias) and no sliding window"
-        elif arch == "qwen2" and (biases != (True, False, False) or self.sliding_window is not None):
-            bad = "has q/k/v biases only and no sliding window here"
+        elif arch == "qwen2" and (
+            biases != (True, False, False)
+            or self.sliding_window is not None
+            or self.head_dim * self.num_heads != self.hidden_size
+        ):
+            bad = "has q/k/v biases only, no sliding window here and head_dim = hidden_size / num_heads"
         if bad:
             raise LQSError(
                 f"model config: architecture {arch!r} {bad} (qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "

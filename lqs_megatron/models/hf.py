@@ -322,7 +322,8 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
     out = Path(out_dir)
     tok.save_pretrained(str(out))
     if not (out / "tokenizer.model").is_file():
-        for cand in (getattr(tok, "vocab_file", None), Path(tok.name_or_path or ".") / "tokenizer.model"):
+        source_dir = Path(tok.name_or_path) if tok.name_or_path and Path(tok.name_or_path).is_dir() else None
+        for cand in (getattr(tok, "vocab_file", None), source_dir and source_dir / "tokenizer.model"):
             if cand and Path(cand).is_file() and Path(cand).name.endswith(".model"):
                 shutil.copyfile(cand, out / "tokenizer.model")
                 break

@@ -25,6 +25,7 @@ def test_logits_match_transformers(tmp_path, family):
     hf = save_family(family, tmp_path / "hf")
     ours = load_model(tmp_path / "hf").eval()  # what annotate / evaluate / pretrain --init load
     assert ours.config.architecture == family_config(family).model_type
+    assert ours.config.num_parameters() == sum(p.numel() for p in hf.parameters())  # biases counted, tied once
     ids, mask = padded_batch(VOCAB)  # lengths up to 13: past the Mistral window of 4 and the llama3 context 32/4
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
@@ -291,3 +292,31 @@ def test_pretrain_init_from_starts_at_the_models_loss(tmp_path, family, capsys):
         moved = hf(input_ids=ids, attention_mask=mask).logits
     assert rel_err(got[mask.bool()], want[mask.bool()]) < 1e-5
     assert rel_err(got[mask.bool()], moved[mask.bool()]) > 1e-4  # two steps did train it
+
+
+def test_model_config_keeps_to_what_each_family_computes():
+    """A config is exportable as its family or refused (named configs / YAML for pretraining from scratch)."""
+    from lqs_megatron.models.config import ModelConfig
+    from lqs_megatron.models.decoder import Decoder
+
+    small = dict(vocab_size=10, hidden_size=16, num_heads=2)
+    for kw in (dict(architecture="qwen2", qkv_bias=True), dict(architecture="llama", qkv_bias=True, o_bias=True,
+                                                               mlp_bias=True, tie_word_embeddings=True)):  # fmt: skip
+        cfg = ModelConfig(**small, **kw)
+        assert cfg.num_parameters() == sum(p.numel() for p in Decoder(cfg).parameters())
+    bad = [
+        dict(architecture="qwen2"),  # Qwen2 always has q/k/v biases
+        dict(architecture="qwen2", qkv_bias=True, head_dim=4),
+        dict(architecture="mistral", qkv_bias=True),
+        dict(architecture="mistral", rope_scaling=dict(LLAMA3_ROPE)),
+        dict(architecture="llama", qkv_bias=True),  # attention_bias: q/k/v and o together
+        dict(architecture="llama", sliding_window=4),
+    ]
+    for kw in bad:
+        with pytest.raises(LQSError, match="model config: architecture"):
+            ModelConfig(**small, **kw)
+    with pytest.raises(LQSError, match="rope scaling type 'yarn'"):
+        ModelConfig(**small, architecture="llama", rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    old = ModelConfig.from_dict({**small, "extra": {"sliding_window": 8, "note": 1}})  # written before the field
+    assert old.sliding_window == 8 and old.extra == {"note": 1}
+    assert ModelConfig.from_dict(old.to_dict()) == old
