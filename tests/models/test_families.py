@@ -229,6 +229,7 @@ def _tp_families_worker(rank, world, dirs, tokenizer_dir):
         _check_family_tp2(rank, dims, family, hf_dir, ckpt, tokenizer_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_tp2_equals_one_process_and_exports(tmp_path, tiny_tokenizer, capsys):
     """tp=2 (2 gloo ranks): logits, losses, gradients and per-example statistics equal one process (biases
