@@ -109,23 +109,24 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.head_dim = cfg.head_dim
-        self.window = cfg.sliding_window
         self.wq = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wk = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # mask: [T, T] boolean (True = attend) of a sliding window; None = plain causal attention
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, Hq, T, hd] (local heads)
         k = self.wk(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.wv(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         gqa = q.shape[1] != k.shape[1]
-        if self.window is None or t <= self.window:  # the window covers the whole causal past
+        if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            mask = sliding_window_mask(t, self.window, x.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # [B, T, d]
 
@@ -151,8 +152,10 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -196,8 +199,11 @@ class Decoder(nn.Module):
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         h = self.tok_embeddings(input_ids)
         cos, sin = self.rope(position_ids, h.dtype)
+        t, window = input_ids.shape[1], self.config.sliding_window
+        # the window matters only past its length; shorter sequences take the plain causal kernel
+        mask = sliding_window_mask(t, window, input_ids.device) if window is not None and t > window else None
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, cos, sin, mask)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
