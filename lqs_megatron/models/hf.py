@@ -181,6 +181,10 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             bos_token_id=_id("bos_token_id"),
             eos_token_id=_id("eos_token_id"),
             pad_token_id=_id("pad_token_id"),
+            # several EOS ids (Llama-3.x instruct): the first ends documents, all are written back on export
+            extra={"eos_token_ids": list(eos)}
+            if isinstance(eos := hf.get("eos_token_id"), list) and len(eos) > 1
+            else {},
         )
     except KeyError as e:
         raise LQSError(f"{where}: missing field {e.args[0]!r}") from None
@@ -210,7 +214,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict
         "attention_dropout": 0.0,
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
+        "eos_token_id": cfg.extra.get("eos_token_ids", cfg.eos_token_id),
         "pad_token_id": cfg.pad_token_id,
         "use_cache": True,
         "torch_dtype": dt,
@@ -237,6 +241,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
 def generation_config_dict(cfg: ModelConfig) -> dict:
     """``generation_config.json``: the special ids, as transformers derives it from a model config."""
     ids = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    ids["eos_token_id"] = cfg.extra.get("eos_token_ids", cfg.eos_token_id)
     return {"_from_model_config": True, **{k: v for k, v in ids.items() if v is not None}}
 
 

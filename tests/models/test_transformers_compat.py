@@ -72,6 +72,18 @@ def test_export_config_reads_back_as_the_same_model(tmp_path, family, tiny_token
     assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (1, 2, 0)
 
 
+def test_several_eos_ids_survive_the_export(tmp_path):
+    """Llama-3.x instruct models list several EOS ids: the first ends documents, all are exported."""
+    import transformers
+
+    save_family("llama32", tmp_path / "hf", eos_token_id=[2, 5, 7])
+    ours = load_hf_model(tmp_path / "hf")
+    assert ours.config.eos_token_id == 2
+    save_hf_model(ours.state_dict(), ours.config, tmp_path / "out")
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "out")).eos_token_id == [2, 5, 7]
+    assert transformers.GenerationConfig.from_pretrained(str(tmp_path / "out")).eos_token_id == [2, 5, 7]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not OTHER, reason="LQS_OTHER_PYTHON (an interpreter with another transformers) is not set")
 def test_exports_load_across_transformers_versions(tmp_path, tiny_tokenizer):
