@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=FMT,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--base", metavar="HF_DIR", help="local HF causal-LM directory (Mistral/Llama: fast path)")
+    src.add_argument("--base", metavar="HF_DIR", help="local HF causal-LM dir (Llama/Mistral/Qwen2: fast path)")
     src.add_argument(
         "--model-config", metavar="NAME", help="named model config or YAML (random init; needs --tokenizer)"
     )

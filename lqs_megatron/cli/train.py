@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--model-config", help="named config (tiny, 160M, 470M, 1B, 1.7B) or YAML path, random init")
     src.add_argument("--tokenizer", help="tokenizer directory: vocabulary and special tokens (with --model-config)")
-    src.add_argument("--init-from", help="Hugging Face Mistral/Llama directory to start from")
+    src.add_argument("--init-from", help="Hugging Face Llama/Mistral/Qwen2 directory to start from")
     d = p.add_argument_group("data")
     d.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="indexed dataset prefix(es)")
     d.add_argument("--data-weights", nargs="+", type=float, metavar="W", help="blend weights, one per --data prefix")
@@ -65,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokens (predicted positions).",
         formatter_class=_FMT,
     )
-    e.add_argument("--model", required=True, help="Hugging Face directory or lqs checkpoint (root or step dir)")
+    e.add_argument(
+        "--model", required=True, help="Hugging Face Llama/Mistral/Qwen2 directory or lqs checkpoint (root or step dir)"
+    )
     e.add_argument("--data", required=True, metavar="PREFIX", help="indexed dataset prefix")
     e.add_argument("--max-length", type=int, required=True, help="L: each example is cut to L+1 tokens")
     e.add_argument("--batch-size", type=int, default=16, help="examples per forward pass per rank")
@@ -79,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export-hf",
         help="convert a checkpoint to a Hugging Face directory",
         description="Merge the tensor-parallel shards of a checkpoint, drop the vocabulary padding and write "
-        "config.json, model.safetensors and the tokenizer files.",
+        "config.json, generation_config.json, model.safetensors and the tokenizer files (tokenizer.model kept), "
+        "loadable by transformers 4.x (the floor) and 5.x alike.",
         formatter_class=_FMT,
     )
     x.add_argument("--checkpoint", required=True, help="checkpoint root (its latest step) or a step directory")

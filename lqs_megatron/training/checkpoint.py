@@ -162,8 +162,10 @@ def save_checkpoint(
     if dims.is_main:
         save_json(tmp / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
         save_json(tmp / "trainer.json", trainer_state)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if tokenizer is not None:  # loadable by transformers 4.x and 5.x, tokenizer.model kept
+            from lqs_megatron.models.hf import save_tokenizer  # noqa: PLC0415
+
+            save_tokenizer(tokenizer, tmp / "tokenizer")
     dims.barrier()
     if dims.is_main:
         if final.exists():
