@@ -18,6 +18,12 @@ from lqs_megatron.scorer.train import TrainScorerConfig, schedule, train_scorer
 from tests.scorer.helpers import degraded_docs, write_dataset
 from tests.utils import REPO, assert_close, rel_err, run_lqs
 
+
+def latest(out):
+    """The newest checkpoint directory of a train-scorer output."""
+    return out / (out / "latest").read_text().strip()
+
+
 TRAIN_FLAGS = ["--model-config", "tiny", "--max-length", "96", "--lr", "3e-3", "--warmup", "5"]
 
 
@@ -76,8 +82,8 @@ def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_pa
     ]
     assert len(losses[0]) == 2  # 20 steps, logged every 10
     assert_close(losses[1], losses[0], rtol=1e-5, name="train loss")
-    one = load_file(tmp_path / "one" / "last" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "last" / "model.safetensors")
+    one = load_file(latest(tmp_path / "one") / "model.safetensors")
+    two = load_file(latest(tmp_path / "two") / "model.safetensors")
     assert one.keys() == two.keys()
     for k in one:
         assert rel_err(two[k], one[k]) < 1e-4, k
@@ -106,7 +112,7 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", dying_schedule)
     with pytest.raises(_Killed):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
-    trainer = json.loads((tmp_path / "cut" / "last" / "trainer.json").read_text())
+    trainer = json.loads((latest(tmp_path / "cut") / "trainer.json").read_text())
     assert (trainer["epoch"], trainer["step_in_epoch"], trainer["global_step"]) == (1, 2, 12)
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
@@ -117,8 +123,8 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
         assert resumed["best_valid"][k] == pytest.approx(v, rel=1e-5), k
     # the same weights up to float32 rounding (CPU GEMM kernels may round differently for
     # differently aligned copies of the same tensors); one step more or less differs by ~1e-3
-    a = load_file(tmp_path / "full" / "last" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "last" / "model.safetensors")
+    a = load_file(latest(tmp_path / "full") / "model.safetensors")
+    b = load_file(latest(tmp_path / "cut") / "model.safetensors")
     for k in a:
         assert rel_err(b[k], a[k]) < 1e-5, k
 
