@@ -23,6 +23,7 @@ written before it holds finite weights.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,11 @@ class Trainer:
             {"step": done, **self.record_fields(done), "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
              "nonfinite": True, "skipped": len(self.skipped) <= s.skip_nonfinite}
         )  # fmt: skip
-        what = f"step {done}: non-finite loss {res.loss} / gradient norm {res.grad_norm} (learning rate {res.lr:.3g})"
+        bad = [n for n, v in (("loss", res.loss), ("gradient norm", res.grad_norm)) if not math.isfinite(v)]
+        what = (
+            f"step {done}: the {' and the '.join(bad)} is not finite "
+            f"(loss {res.loss:.6g}, gradient norm {res.grad_norm:.6g}, learning rate {res.lr:.3g})"
+        )
         if len(self.skipped) <= s.skip_nonfinite:
             log.warning("%s: batch skipped, weights unchanged (%d of --skip-nonfinite %d)", what, len(self.skipped),
                         s.skip_nonfinite)  # fmt: skip
@@ -176,7 +181,7 @@ class Trainer:
             if s.skip_nonfinite
             else "--skip-nonfinite N skips up to N such batches"
         )
-        raise NonFiniteError(f"{what}; stopped without applying it ({kept}). Hint: {s.lr_hint}; {allow}")
+        raise NonFiniteError(f"{what}; stopped without applying this update ({kept}). Hint: {s.lr_hint}; {allow}")
 
 
 class _Window:
