@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from lqs_megatron.errors import LQSError
@@ -192,7 +193,11 @@ class MetricsLog:
             if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(self.out / "tb"), purge_step=start_step + 1 if start_step else None)
         if wandb_project:
-            self.wandb = _wandb_run(self.out, wandb_project, config or {})
+            try:
+                self.wandb = _wandb_run(self.out, wandb_project, config or {})
+            except BaseException:
+                self.close()
+                raise
 
     def write(self, rec: dict) -> None:
         """Append one record (it must hold ``step``); numbers also go to TensorBoard and wandb."""
@@ -247,7 +252,7 @@ def _wandb_run(out: Path, project: str, config: dict):
     from lqs_megatron.utils.atomic import save_json  # noqa: PLC0415
 
     id_file = out / "wandb.json"
-    run_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else wandb.util.generate_id()
+    run_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else uuid.uuid4().hex[:12]
     save_json(id_file, {"id": run_id, "project": project})
     return wandb.init(project=project, id=run_id, resume="allow", dir=str(out), name=out.name, config=config)
 
