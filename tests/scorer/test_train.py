@@ -114,6 +114,11 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
     trainer = json.loads((latest(tmp_path / "cut") / "trainer.json").read_text())
     assert (trainer["epoch"], trainer["step_in_epoch"], trainer["global_step"]) == (1, 2, 12)
+    import shutil
+
+    old = tmp_path / "old"  # the same state in the layout before step directories: OUT/last, no checksums
+    shutil.copytree(latest(tmp_path / "cut"), old / "last")
+    (old / "last" / "checksums.json").unlink()
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
@@ -127,6 +132,13 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     b = load_file(latest(tmp_path / "cut") / "model.safetensors")
     for k in a:
         assert rel_err(b[k], a[k]) < 1e-5, k
+
+    # a run written before step directories still resumes
+    with pytest.raises(LQSError, match="pass --resume"):
+        train_scorer(proxy / "data", old, cfg, **kw)
+    legacy = train_scorer(proxy / "data", old, cfg, resume=True, **kw)
+    assert legacy["steps"] == 20 and legacy["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
+    assert latest(old).name == "step_00000020"
 
 
 def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path):
