@@ -363,6 +363,9 @@ class ScorerTrainer(Trainer):
     def record_fields(self, done: int) -> dict:
         return {"epoch": (done - 1) // self.steps_per_epoch}
 
+    def log_due(self, done: int) -> bool:
+        return super().log_due(done) or done % self.steps_per_epoch == 0  # every epoch's last loss too
+
     def position(self, done: int) -> dict:
         """``trainer.json`` after update ``done``."""
         epoch, s = divmod(done, self.steps_per_epoch)

@@ -99,6 +99,11 @@ class Trainer:
         """Extra fields of the metrics records of step ``done`` (e.g. the epoch)."""
         return {}
 
+    def log_due(self, done: int) -> bool:
+        """Whether step ``done`` gets a log line (and, without ``metrics_every_step``, a metrics record)."""
+        s = self.settings
+        return done % s.log_interval == 0 or done == s.steps or done == s.stop_after
+
     def after_step(self, done: int) -> None:
         """Evaluate and save when due, after update ``done`` (1-based) was applied or skipped."""
 
@@ -143,7 +148,7 @@ class Trainer:
 
     def _record(self, done: int, res: StepResult, window: _Window, progress: Progress) -> None:
         s = self.settings
-        due = done % s.log_interval == 0 or done == s.steps or done == s.stop_after
+        due = self.log_due(done)
         rec = {"step": done, **self.record_fields(done), "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm}
         if due:
             mean_loss, tps = window.flush()
