@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (needs wandb)")
     p.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false",
-        help="no TensorBoard scalars (default: OUT/tb when tensorboard is installed)",
+        help="do not write TensorBoard scalars to OUT/tb (written when tensorboard is installed)",
     )  # fmt: skip
     p.set_defaults(func=_train)
 

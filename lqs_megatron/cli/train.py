@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-interval", type=int, default=10, help="log a line every N steps")
     r.add_argument("--stop-after", type=int, help="stop after this step as if killed (tests resume)")
     r.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    r.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints (default: all)")
+    r.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints (None: all)")
     r.add_argument(
         "--skip-nonfinite", type=int, default=0, metavar="N",
         help="skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first",
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (needs wandb)")
     r.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false",
-        help="no TensorBoard scalars (default: OUT/tb when tensorboard is installed)",
+        help="do not write TensorBoard scalars to OUT/tb (written when tensorboard is installed)",
     )  # fmt: skip
     p.set_defaults(func=_pretrain)
 

@@ -345,6 +345,20 @@ def test_real_full_disk(data, tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
+def test_max_length_beyond_the_model_is_refused(data, tmp_path, tiny_tokenizer):
+    import yaml
+
+    cfg = tmp_path / "short.yaml"
+    cfg.write_text(yaml.safe_dump({"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+                                   "num_kv_heads": 2, "max_position_embeddings": 16}))  # fmt: skip
+    args = pretrain_args(data, tmp_path / "ck", steps=2)
+    args[args.index("tiny")] = str(cfg)
+    proc = lqs(*args)  # --max-length 32
+    assert proc.returncode == 1
+    assert f"--max-length 32 exceeds the 16 positions of model config {str(cfg)!r}" in error_line(proc)
+    assert not (tmp_path / "ck").exists()
+
+
 def test_keep_last_rotates_but_keeps_latest(data, tmp_path):
     out = tmp_path / "ckpt"
     proc = lqs(*pretrain_args(data, out, "--save-interval", "1", "--keep-last", "2", steps=5))
