@@ -65,7 +65,6 @@ from lqs_megatron.training.checkpoint import (
     rng_state,
     save_step,
     set_rng_state,
-    step_dir_name,
 )
 from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
@@ -420,9 +419,6 @@ class ScorerTrainer(Trainer):
         path = save_step(self.out, done, self.dims, write, self.cfg.keep_last)
         self.last_saved = done
         return path
-
-    def last_checkpoint(self) -> str | None:
-        return step_dir_name(self.last_saved) if self.last_saved else None
 
     def summary(self, end: int) -> dict:
         best = self.state["best"]

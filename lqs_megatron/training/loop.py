@@ -31,6 +31,7 @@ from pathlib import Path
 from lqs_megatron.data.progress import MetricsLog, Progress
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+from lqs_megatron.training.checkpoint import step_dir_name
 from lqs_megatron.training.step import StepResult, TrainStep
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ class Trainer:
         """Evaluate and save when due, after update ``done`` (1-based) was applied or skipped."""
 
     def last_checkpoint(self) -> str | None:
-        """Name of the newest checkpoint written (for messages)."""
-        return None
+        """Name of the newest checkpoint (``last_saved``, set by the use's save hook), for messages."""
+        return step_dir_name(self.last_saved) if self.last_saved else None
 
     def summary(self, end: int) -> dict:
         return {"step": end, "loss": self.last.loss if self.last else None}

@@ -184,9 +184,6 @@ class Pretrainer(Trainer):
         self.last_saved = step
         return path
 
-    def last_checkpoint(self) -> str | None:
-        return step_dir_name(self.last_saved) if self.last_saved else None
-
     # ---------------------------------------------------------------- the loop's hooks
 
     def run(self) -> dict:
