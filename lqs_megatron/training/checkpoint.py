@@ -74,10 +74,14 @@ def shard_name(kind: str, tp_rank: int, tp: int, ext: str) -> str:
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """A checkpoint root (with ``latest``) or one step directory of it."""
+    """A checkpoint root of a language model (with ``latest``) or one step directory of it.
+
+    A ``lqs train-scorer`` output has the same layout but its steps hold ``scorer.json``: not one."""
     p = Path(path)
-    if (p / LATEST).is_file():
-        return True
+    marker = p / LATEST
+    if marker.is_file():
+        step = p / marker.read_text().strip()
+        return not (step / "scorer.json").is_file() and not (p / "best" / "scorer.json").is_file()
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
