@@ -267,6 +267,17 @@ def _resume_source(out: Path, resume: bool, dims) -> Path | None:
     return Path(dims.broadcast_object(choice))
 
 
+def _check_same_order(src: Path, saved: dict, cfg: TrainScorerConfig) -> None:
+    """A resumed run must keep the settings that define the data order and the sequences."""
+    for k in ("batch_size", "seed", "max_length"):
+        if k in saved and saved[k] != getattr(cfg, k):
+            flag = "--" + k.replace("_", "-")
+            raise LQSError(
+                f"--resume from {src}: {flag} was {saved[k]}, now {getattr(cfg, k)}; the data order would change "
+                "(keep the settings of the run, or start a new --out)"
+            )
+
+
 class ScorerTrainer(Trainer):
     """One scorer training run on this rank: the scorer's pieces around the one loop."""
 
@@ -300,6 +311,7 @@ class ScorerTrainer(Trainer):
             model, self.scfg, _ = load_scorer(src)
             self.tok_dir = str(src / "tokenizer")
             self.state = json.loads((src / "trainer.json").read_text())
+            _check_same_order(src, self.scfg.meta.get("args", {}), cfg)
             logger.info("resuming from %s at epoch %d, step %d", src, self.state["epoch"], self.state["step_in_epoch"])
         else:
             model, self.scfg, self.tok_dir = build_scorer(
