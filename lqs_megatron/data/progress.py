@@ -194,7 +194,7 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(self.out / "tb"), purge_step=start_step + 1 if start_step else None)
         if wandb_project:
             try:
-                self.wandb = _wandb_run(self.out, wandb_project, config or {})
+                self.wandb = _wandb_run(self.out, wandb_project, config or {}, resumed=start_step > 0)
             except BaseException:
                 self.close()
                 raise
@@ -244,7 +244,7 @@ def _step_of(line: str) -> float:
         return math.inf  # a torn last line of a killed run: dropped
 
 
-def _wandb_run(out: Path, project: str, config: dict):
+def _wandb_run(out: Path, project: str, config: dict, resumed: bool):
     """A wandb run logging into ``out/wandb``; a resumed run continues the same wandb run (id in ``out/wandb.json``)."""
     require_wandb()
     import wandb  # noqa: PLC0415
@@ -252,7 +252,7 @@ def _wandb_run(out: Path, project: str, config: dict):
     from lqs_megatron.utils.atomic import save_json  # noqa: PLC0415
 
     id_file = out / "wandb.json"
-    run_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else uuid.uuid4().hex[:12]
+    run_id = json.loads(id_file.read_text())["id"] if resumed and id_file.is_file() else uuid.uuid4().hex[:12]
     save_json(id_file, {"id": run_id, "project": project})
     return wandb.init(project=project, id=run_id, resume="allow", dir=str(out), name=out.name, config=config)
 

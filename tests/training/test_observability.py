@@ -87,6 +87,9 @@ def test_wandb_run_gets_the_numbers_and_resumes_the_same_run(tmp_path, monkeypat
     with MetricsLog(tmp_path, start_step=3, tensorboard=False, wandb_project="proj", plot=False):
         pass
     assert fake.calls[3][1]["id"] == init["id"] == json.loads((tmp_path / "wandb.json").read_text())["id"]
+    with MetricsLog(tmp_path, tensorboard=False, wandb_project="proj", plot=False):  # a fresh run: a new wandb run
+        pass
+    assert fake.calls[5][1]["id"] != init["id"]
 
 
 def test_wandb_missing_is_a_clear_error_before_any_work(tmp_path, monkeypatch, capsys, tiny_tokenizer):
