@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 
@@ -94,7 +95,7 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch):
+def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch, caplog):
     cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup=3, batch_size=32, micro_batch_size=16, max_length=64)
     cfg.save_interval = 4
     kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
@@ -120,6 +121,10 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     old = tmp_path / "old"  # the same state in the layout before step directories: OUT/last, no checksums
     shutil.copytree(latest(tmp_path / "cut"), old / "last")
     (old / "last" / "checksums.json").unlink()
+    corrupt = tmp_path / "corrupt"  # the newest checkpoint truncated: resume falls back to the one before (step 10)
+    shutil.copytree(tmp_path / "cut", corrupt)
+    weights = latest(corrupt) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
@@ -135,6 +140,11 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     b = load_file(latest(tmp_path / "cut") / "model.safetensors")
     for k in a:
         assert rel_err(b[k], a[k]) < 1e-5, k
+
+    with caplog.at_level(logging.WARNING, logger="lqs_megatron.scorer.train"):
+        fell_back = train_scorer(proxy / "data", corrupt, cfg, resume=True, **kw)
+    assert any(f"skipping step_00000012: {weights}: " in r.getMessage() for r in caplog.records)
+    assert fell_back["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
 
     # a run written before step directories still resumes
     with pytest.raises(LQSError, match="pass --resume"):
