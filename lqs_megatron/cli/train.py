@@ -55,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-interval", type=int, default=10, help="log a line every N steps")
     r.add_argument("--stop-after", type=int, help="stop after this step as if killed (tests resume)")
     r.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    r.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints (None: all)")
+    r.add_argument(
+        "--skip-nonfinite", type=int, default=0, metavar="N",
+        help="skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first",
+    )  # fmt: skip
+    r.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (needs wandb)")
+    r.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false",
+        help="do not write TensorBoard scalars to OUT/tb (written when tensorboard is installed)",
+    )  # fmt: skip
     p.set_defaults(func=_pretrain)
 
     e = sub.add_parser(
@@ -98,6 +108,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.model_config is not None and args.tokenizer is None:
         raise LQSError("--model-config needs --tokenizer (the vocabulary and special tokens come from it)")
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "log_level")})
+    if cfg.wandb:
+        from lqs_megatron.data.progress import require_wandb  # noqa: PLC0415
+
+        require_wandb()
     preflight(cfg)  # user errors (missing data, a --tp that does not divide the heads, --resume) before any launch
 
     from lqs_megatron.distributed import init_distributed  # noqa: PLC0415

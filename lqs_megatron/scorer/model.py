@@ -320,7 +320,7 @@ def resolve_scorer_dir(path: str | os.PathLike) -> Path:
 
 def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     """``(model, config, checkpoint_dir)`` from a scorer checkpoint (float32, CPU, eval mode)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from lqs_megatron.utils.integrity import load_safetensors  # noqa: PLC0415
 
     ckpt = resolve_scorer_dir(path)
     try:
@@ -341,7 +341,7 @@ def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     weights = ckpt / "model.safetensors"
     if not weights.is_file():
         raise LQSError(f"{ckpt}: model.safetensors is missing")
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=False)  # validated, finite
     if missing or unexpected:
         raise LQSError(f"{weights}: does not match scorer.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.float().eval(), cfg, ckpt
