@@ -34,8 +34,10 @@ from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.hf import config_to_hf, state_dict_to_hf
 from lqs_megatron.models.loading import build_model
+from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep
+from lqs_megatron.training.trainer import lm_micro_batches
 
 from _harness import Table, main_guard, parser, record
 
@@ -81,11 +83,12 @@ def hf_step_fn(cfg: ModelConfig, state: dict, tokens: torch.Tensor, dev: torch.d
 def ours_step_fn(model, tokens: torch.Tensor, dev: torch.device, amp: bool, compile: bool):
     dims = ParallelDims(device=dev)
     opt = build_optimizer(model, lr=1e-4)
-    step_fn = TrainStep(
-        model, dims, opt, WarmupCosine(1e-4, 1e-5, 0, 10**9), tokens.shape[0], 1.0, "bf16" if amp else "fp32", compile
-    )
+    loss_module = CausalLMLoss(torch.compile(model) if compile else model)
+    amp_dtype = torch.bfloat16 if amp else None
+    step_fn = TrainStep(loss_module, dims, opt, WarmupCosine(1e-4, 1e-5, 0, 10**9), 1.0, amp_dtype)
     counter = iter(range(10**9))
-    return lambda: step_fn(tokens, next(counter))["loss"]
+    micro = lm_micro_batches(tokens.to(dev), tokens.shape[0])
+    return lambda: step_fn(micro, tokens.shape[0], next(counter)).loss
 
 
 def run(args):

@@ -17,8 +17,10 @@ world of 1: no process group at all, every collective is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -148,6 +150,70 @@ class ParallelDims:
         if work is not t:
             t.copy_(work)
         return t
+
+    def broadcast_object(self, obj, src: int = 0):
+        """``obj`` of global rank ``src`` on every rank (picklable; identity for one process)."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist  # noqa: PLC0415
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj``, in global rank order (``[obj]`` for one process)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist  # noqa: PLC0415
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    @contextlib.contextmanager
+    def all_or_none(self) -> Iterator[None]:
+        """Collective: run the body on every rank, then raise on **every** rank if any rank failed.
+
+        A rank that failed re-raises its own exception; the others raise :class:`LQSError` with the
+        first failing rank's message. Instead of a barrier after per-rank work (a failed rank would
+        leave the others waiting in the barrier until the process-group timeout)."""
+        err: BaseException | None = None
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have heard of it
+            err = e
+        if not self.distributed:
+            if err is not None:
+                raise err
+            return
+        mine = None if err is None else (str(err) if isinstance(err, LQSError) else f"{type(err).__name__}: {err}")
+        msgs = self.all_gather_object(mine)
+        if err is not None:
+            raise err
+        failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+        if failed:
+            r, m = failed[0]
+            raise LQSError(f"rank {r} failed: {m}")
+
+
+def rank_slice(n: int, parts: int, rank: int) -> tuple[int, int]:
+    """Contiguous ``[lo, hi)`` of ``n`` items for ``rank`` of ``parts`` (the first ``n % parts`` get one more).
+
+    The one way to split work over data-parallel ranks: ``items[lo:hi]`` is ``np.array_split(items,
+    parts)[rank]``, and the ranks' shares concatenated in rank order give back the items in order.
+
+    >>> [rank_slice(10, 3, r) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    base, extra = divmod(n, parts)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
+def broadcast_object(dims: ParallelDims, obj, src: int = 0):
+    """``obj`` from global rank ``src`` on every rank (identity for one process)."""
+    return dims.broadcast_object(obj, src)
 
 
 def _env_int(name: str, default: int) -> int:

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=FMT,
     )
     req = p.add_argument_group("required")
-    req.add_argument("--model", required=True, metavar="HF_DIR", help="annotation model (Mistral/Llama HF directory)")
+    req.add_argument("--model", required=True, metavar="HF_DIR", help="annotation model (Llama/Mistral/Qwen2 HF dir)")
     req.add_argument("--train", required=True, metavar="PREFIX", help="train stream D_train (indexed dataset)")
     req.add_argument("--target", required=True, metavar="PREFIX", help="target set D_tgt (indexed dataset)")
     req.add_argument("--proxy", required=True, metavar="PREFIX", help="proxy set D_px to score (indexed dataset)")

@@ -41,11 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune a decoder backbone with a linear head on the normalised scores: AdamW, warmup + "
         "cosine, gradient clipping, data parallel under torchrun, bf16 autocast on GPU. Validates every epoch (MSE, "
         "Pearson, Spearman) and keeps the best epoch by validation Pearson in OUT/best (what `lqs score` reads) and "
-        "the latest state in OUT/last (for --resume).",
+        "checkpoints in OUT/step_X (for --resume; OUT/latest names the newest).",
         formatter_class=FMT,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--base", metavar="HF_DIR", help="local HF causal-LM directory (Mistral/Llama: fast path)")
+    src.add_argument("--base", metavar="HF_DIR", help="local HF causal-LM dir (Llama/Mistral/Qwen2: fast path)")
     src.add_argument(
         "--model-config", metavar="NAME", help="named model config or YAML (random init; needs --tokenizer)"
     )
@@ -58,7 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--warmup", type=int, default=10, help="linear warmup steps")
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clipping (0 = off)")
-    p.add_argument("--batch-size", type=int, default=512, help="global batch size (sequences per optimizer step)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size (sequences per optimizer step; default: 512, or the largest power of two that gives "
+        "an epoch at least 8 steps on a smaller training split)",
+    )
     p.add_argument(
         "--micro-batch-size",
         type=int,
@@ -73,9 +79,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=1024, help="tokens read per sequence (BOS included)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend the tokenizer's BOS to each sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the head init, random backbone init and data order")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's newest valid checkpoint")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="device (default: CUDA when available)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    p.add_argument(
+        "--keep-last", type=int, default=2, metavar="N",
+        help="keep only the N newest step checkpoints (0: all); OUT/best is never deleted",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-nonfinite", type=int, default=0, metavar="N",
+        help="skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first",
+    )  # fmt: skip
+    p.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (needs wandb)")
+    p.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false",
+        help="do not write TensorBoard scalars to OUT/tb (written when tensorboard is installed)",
+    )  # fmt: skip
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -141,7 +160,15 @@ def _train(args: argparse.Namespace) -> int:
         use_bos=not args.no_bos,
         seed=args.seed,
         bf16=not args.no_bf16,
+        keep_last=args.keep_last or None,
+        skip_nonfinite=args.skip_nonfinite,
+        tensorboard=args.tensorboard,
+        wandb=args.wandb,
     )
+    if cfg.wandb:
+        from lqs_megatron.data.progress import require_wandb  # noqa: PLC0415
+
+        require_wandb()
     dims = init_distributed(device=args.device)
     try:
         result = train_scorer(

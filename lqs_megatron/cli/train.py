@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--model-config", help="named config (tiny, 160M, 470M, 1B, 1.7B) or YAML path, random init")
     src.add_argument("--tokenizer", help="tokenizer directory: vocabulary and special tokens (with --model-config)")
-    src.add_argument("--init-from", help="Hugging Face Mistral/Llama directory to start from")
+    src.add_argument("--init-from", help="Hugging Face Llama/Mistral/Qwen2 directory to start from")
     d = p.add_argument_group("data")
     d.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="indexed dataset prefix(es)")
     d.add_argument("--data-weights", nargs="+", type=float, metavar="W", help="blend weights, one per --data prefix")
@@ -55,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-interval", type=int, default=10, help="log a line every N steps")
     r.add_argument("--stop-after", type=int, help="stop after this step as if killed (tests resume)")
     r.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    r.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints (None: all)")
+    r.add_argument(
+        "--skip-nonfinite", type=int, default=0, metavar="N",
+        help="skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first",
+    )  # fmt: skip
+    r.add_argument("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project (needs wandb)")
+    r.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false",
+        help="do not write TensorBoard scalars to OUT/tb (written when tensorboard is installed)",
+    )  # fmt: skip
     p.set_defaults(func=_pretrain)
 
     e = sub.add_parser(
@@ -65,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokens (predicted positions).",
         formatter_class=_FMT,
     )
-    e.add_argument("--model", required=True, help="Hugging Face directory or lqs checkpoint (root or step dir)")
+    e.add_argument(
+        "--model", required=True, help="Hugging Face Llama/Mistral/Qwen2 directory or lqs checkpoint (root or step dir)"
+    )
     e.add_argument("--data", required=True, metavar="PREFIX", help="indexed dataset prefix")
     e.add_argument("--max-length", type=int, required=True, help="L: each example is cut to L+1 tokens")
     e.add_argument("--batch-size", type=int, default=16, help="examples per forward pass per rank")
@@ -79,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export-hf",
         help="convert a checkpoint to a Hugging Face directory",
         description="Merge the tensor-parallel shards of a checkpoint, drop the vocabulary padding and write "
-        "config.json, model.safetensors and the tokenizer files.",
+        "config.json, generation_config.json, model.safetensors and the tokenizer files (tokenizer.model kept), "
+        "loadable by transformers 4.x (the floor) and 5.x alike.",
         formatter_class=_FMT,
     )
     x.add_argument("--checkpoint", required=True, help="checkpoint root (its latest step) or a step directory")
@@ -95,6 +108,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.model_config is not None and args.tokenizer is None:
         raise LQSError("--model-config needs --tokenizer (the vocabulary and special tokens come from it)")
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "log_level")})
+    if cfg.wandb:
+        from lqs_megatron.data.progress import require_wandb  # noqa: PLC0415
+
+        require_wandb()
     preflight(cfg)  # user errors (missing data, a --tp that does not divide the heads, --resume) before any launch
 
     from lqs_megatron.distributed import init_distributed  # noqa: PLC0415

@@ -99,10 +99,12 @@ def train_tokenizer(
 
 def _write_tokenizer_json(directory: Path) -> None:
     """Convert ``tokenizer.model`` to ``tokenizer.json`` with sentencepiece's whitespace rule."""
-    from tokenizers import normalizers  # noqa: PLC0415
-    from transformers import LlamaTokenizer  # noqa: PLC0415
+    from tokenizers import normalizers, processors  # noqa: PLC0415
+    from transformers import LlamaTokenizerFast  # noqa: PLC0415  (4.x: converts the slow model; 5.x: an alias)
 
-    converted = LlamaTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
+    converted = LlamaTokenizerFast.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
     converted.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     converted.pre_tokenizer = None
+    # no BOS template (transformers 4.x's conversion adds one, 5.x's does not): the same ids under both
+    converted.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
     converted.save(str(directory / "tokenizer.json"))

@@ -20,6 +20,7 @@ import torch
 
 from lqs_megatron.data.batching import pad_examples
 from lqs_megatron.data.indexed import IndexedDataset, bin_path
+from lqs_megatron.distributed import rank_slice  # noqa: F401 - re-exported: the one dp split
 from lqs_megatron.errors import LQSError
 
 
@@ -103,13 +104,6 @@ class ExampleSet:
         seqs = [self.ds.get(int(i), 0, self.max_length + 1) for i in indices]
         ids, labels, mask = pad_examples(seqs, self.max_length, 0, indices=[int(i) for i in indices])
         return Batch(ids, labels, mask, np.asarray(indices, dtype=np.int64))
-
-
-def rank_slice(n: int, parts: int, rank: int) -> tuple[int, int]:
-    """Contiguous ``[lo, hi)`` of ``n`` items for ``rank`` of ``parts`` (the first ``n % parts`` get one more)."""
-    base, extra = divmod(n, parts)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (rank < extra)
 
 
 def train_indices(step: int, batch_size: int, num_train: int) -> np.ndarray:

@@ -21,6 +21,12 @@ How (for a batch of ``B`` examples):
    rank adds its shards' parts (replicated RMSNorm weights on tp rank 0 only) and one
    all-reduce over the tp group finishes both.
 
+Linear biases (Qwen2's q/k/v, Llama's ``attention_bias`` / ``mlp_bias``): the bias gradient of
+example ``n`` is ``sum_t D_n[t]`` (``D`` is exactly zero past an example's last loss position),
+so its statistics are ``<sum_t D_n[t], lambda_b>`` and ``|sum_t D_n[t]|^2``, computed in torch
+beside the weight's (:func:`bias_stats`, ``B x d_out`` numbers). A column-parallel bias is
+sharded like its layer's outputs; a row-parallel bias is replicated and counted on tp rank 0.
+
 Tied input/output embeddings: the shared weight's per-example gradient is the sum of both
 uses, so ``|g|^2`` gains the cross term ``2 <G_emb, G_head>`` (:func:`tied_cross_term`, two
 ``T x T`` products per example, exact); the dot products simply add.
@@ -47,6 +53,13 @@ def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:
     """``(weight [V_local, d], vocab_start, tp_group)`` of the model's output head."""
     out = model.output
     return out.weight, int(getattr(out, "vocab_start", 0)), getattr(out, "tp_group", None)
+
+
+def bias_stats(grad: torch.Tensor, lam_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example ``(<g_n, lambda_b>, |g_n|^2)`` of a linear bias from the layer's output gradient ``[B, T, d]``."""
+    dt = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    g = grad.to(dt).sum(1)  # [B, d]: the per-example bias gradient
+    return g @ lam_b.to(dt), g.square().sum(1)
 
 
 def tied_cross_term(
@@ -97,10 +110,10 @@ class ExampleStats:
             if mod is model.output:
                 continue
             if isinstance(mod, (nn.Linear, nn.Embedding, RMSNorm)):
-                if isinstance(mod, nn.Linear) and mod.bias is not None:
-                    raise LQSError(f"{name}: linear biases are not supported by the per-example statistics")
                 self.modules.append((name, mod))
                 covered.add(f"{name}.weight")
+                if isinstance(mod, nn.Linear) and mod.bias is not None:
+                    covered.add(f"{name}.bias")
         covered.add("output.weight")
         missing = [n for n, p in model.named_parameters() if n not in covered]
         if missing:
@@ -117,14 +130,20 @@ class ExampleStats:
             acc[0] += dot.double()
             acc[1] += sq.double()
 
-        def linear_hook(name: str):
+        def linear_hook(name: str, mod: nn.Module):
             lam_w = lam[f"{name}.weight"]
+            # a replicated (row-parallel) bias is counted on one tp rank; a sharded one on each
+            lam_b = None
+            if mod.bias is not None and (getattr(mod.bias, "tp_dim", None) is not None or self.replicated_counted):
+                lam_b = lam[f"{name}.bias"]
 
             def fwd(mod, args, out):
                 held = [_as_computed(args[0].detach())]
 
                 def bwd(grad: torch.Tensor) -> None:
                     add(*grad_stats_linear(held.pop(), grad, lam_w, mask, backend=self.backend))
+                    if lam_b is not None:
+                        add(*bias_stats(grad, lam_b))
 
                 out.register_hook(bwd)
 
@@ -175,7 +194,7 @@ class ExampleStats:
                     if isinstance(mod, nn.Embedding)
                     else norm_hook(name)
                     if isinstance(mod, RMSNorm)
-                    else linear_hook(name)
+                    else linear_hook(name, mod)
                 )
                 handles.append(mod.register_forward_hook(hook))
             with _frozen(model), torch.enable_grad():

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.distributed import ParallelDims, broadcast_object  # noqa: F401 - re-exported
 
 Vector = dict[str, torch.Tensor]
 
@@ -85,17 +85,6 @@ class ParamSpace:
             vec[n].copy_(flat[off : off + k].view_as(vec[n]))
             off += k
         return vec
-
-
-def broadcast_object(dims: ParallelDims, obj, src: int = 0):
-    """``obj`` from global rank ``src`` on every rank (identity for one process)."""
-    if not dims.distributed:
-        return obj
-    import torch.distributed as dist  # noqa: PLC0415
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def add_(out: Vector, other: Vector, alpha: float = 1.0) -> Vector:

@@ -1,1 +1,1 @@
-"""Models: the Mistral/Llama decoder, its config, and the Hugging Face state-dict adapter."""
+"""Models: the Mistral/Llama/Qwen2 decoder, its config, and the Hugging Face state-dict adapter."""

@@ -1,4 +1,8 @@
-"""The decoder: Mistral / Llama (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention).
+"""The decoder: Mistral / Llama / Qwen2 (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention).
+
+The families differ only in options of :class:`~lqs_megatron.models.config.ModelConfig`:
+linear biases (Qwen2's q/k/v, Llama's ``attention_bias`` / ``mlp_bias``), rotary scaling
+(Llama-3.x ``llama3``, ``linear``), a sliding attention window (Mistral), tied embeddings.
 
 Plain PyTorch, free of parallel plumbing: tensor parallelism is applied afterwards by
 ``lqs_megatron.models.parallelize`` (which swaps linears for their column/row-parallel
@@ -39,6 +43,31 @@ class RMSNorm(nn.Module):
         return self.weight * self.normalize(x)
 
 
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The ``head_dim / 2`` rotary inverse frequencies (float64), scaled as ``scaling`` says.
+
+    ``linear``: every frequency divided by ``factor``. ``llama3`` (Llama-3.1/3.2): with wavelength
+    ``2 pi / f`` and ``N = original_max_position_embeddings``, wavelengths above ``N / low_freq_factor``
+    are divided by ``factor``, those below ``N / high_freq_factor`` kept, and those between
+    interpolated: ``(1 - s) f / factor + s f`` with ``s = (N / wavelength - low) / (high - low)``.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    if kind is None or kind == "default":
+        return inv_freq
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    n_orig = float(scaling["original_max_position_embeddings"])
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((n_orig / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    interpolated = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return torch.where(
+        wavelength > n_orig / low, inv_freq / factor, torch.where(wavelength < n_orig / high, inv_freq, interpolated)
+    )
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables of rotary embeddings, HF's non-interleaved (``rotate_half``) layout.
 
@@ -47,15 +76,14 @@ class RotaryEmbedding(nn.Module):
     stays rounded after a later ``model.double()``, which cost float64 runs ~1e-8.
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None):
         super().__init__()
-        self.head_dim, self.theta = head_dim, float(theta)
+        self.head_dim, self.theta, self.scaling = head_dim, float(theta), scaling
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions [B, T] -> cos, sin [B, 1, T, head_dim], computed in float32 (float64 for float64 models)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        exponent = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float64) / self.head_dim
-        inv_freq = (1.0 / self.theta**exponent).to(work)
+        inv_freq = rope_inverse_frequencies(self.head_dim, self.theta, self.scaling).to(positions.device, work)
         freqs = positions.to(work)[..., None] * inv_freq  # [B, T, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -70,22 +98,36 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
+def sliding_window_mask(t: int, window: int, device: torch.device) -> torch.Tensor:
+    """``[t, t]`` boolean, True where query ``i`` may attend key ``j``: ``i - window < j <= i``."""
+    i = torch.arange(t, device=device)
+    d = i[:, None] - i[None, :]
+    return (d >= 0) & (d < window)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.head_dim = cfg.head_dim
-        self.wq = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.wq = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # mask: [T, T] boolean (True = attend) of a sliding window; None = plain causal attention
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, Hq, T, hd] (local heads)
         k = self.wk(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.wv(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        gqa = q.shape[1] != k.shape[1]
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # [B, T, d]
 
 
@@ -94,9 +136,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.w3 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.w1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.w3 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -110,8 +152,10 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -131,18 +175,20 @@ class Decoder(nn.Module):
         self.output = nn.Linear(config.hidden_size, self.padded_vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
         """Seeded init, independent of the global RNG: N(0, std) everywhere, output projections
-        (``wo``, ``w2``) scaled by ``1/sqrt(2 * num_layers)``, norms at 1."""
+        (``wo``, ``w2``) scaled by ``1/sqrt(2 * num_layers)``, norms at 1, biases at 0."""
         gen = torch.Generator().manual_seed(seed)
         std = self.config.initializer_range
         out_std = std / math.sqrt(2 * self.config.num_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
             else:
                 s = out_std if name.endswith(("wo.weight", "w2.weight")) else std
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * s)
@@ -153,8 +199,11 @@ class Decoder(nn.Module):
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         h = self.tok_embeddings(input_ids)
         cos, sin = self.rope(position_ids, h.dtype)
+        t, window = input_ids.shape[1], self.config.sliding_window
+        # the window matters only past its length; shorter sequences take the plain causal kernel
+        mask = sliding_window_mask(t, window, input_ids.device) if window is not None and t > window else None
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, cos, sin, mask)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,17 @@
 """Hugging Face in and out: config conversion, the state-dict key mapping, loading and saving.
 
-Supported: ``MistralForCausalLM`` and ``LlamaForCausalLM`` directories (safetensors, single or
-index-sharded, or ``pytorch_model.bin``), loaded from local paths only. Anything else, or a
-feature this decoder does not implement (rope scaling, biases, non-SiLU activations), is a
-clear :class:`LQSError` rather than a silently different model.
+Supported: ``MistralForCausalLM`` (with its sliding window), ``LlamaForCausalLM`` (Llama-2/3.x:
+``llama3`` or ``linear`` rope scaling, ``attention_bias``, ``mlp_bias``, tied embeddings as in
+SmolLM2 / Llama-3.2) and ``Qwen2ForCausalLM`` (Qwen2 / Qwen2.5: q/k/v biases, tied embeddings)
+directories (safetensors, single or index-sharded, or ``pytorch_model.bin``), loaded from local
+paths only. Anything else, or a config field this decoder does not compute exactly (another
+rope scaling, partial rotary, Qwen2's ``use_sliding_window``, dropout, quantized weights,
+non-SiLU activations), is a clear :class:`LQSError` rather than a silently different model.
+
+Export writes a ``config.json`` that transformers 4.x (the floor in ``pyproject.toml``) and 5.x
+read as the same model: both the 4.x fields (``rope_theta``, ``rope_scaling``, ``torch_dtype``)
+and the 5.x ones (``rope_parameters``, ``dtype``); a ``generation_config.json``; and the
+tokenizer with a ``tokenizer_class`` 4.x knows and its ``tokenizer.model`` when it has one.
 
 Vocabulary padding: our embedding/head may hold ``padded_vocab_size >= vocab_size`` rows
 (tensor parallelism). Import pads with zeros; export drops the padded rows and writes the
@@ -15,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,9 +49,10 @@ _TOP_KEYS = {
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "output.weight",
 }
-_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight$")
-_OUR_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight$")
-_ARCH_CLASS = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM"}
+_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_OUR_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
+_ARCH_CLASS = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = ", ".join(_ARCH_CLASS.values())
 
 
 def hf_key_to_ours(key: str) -> str | None:
@@ -50,7 +60,7 @@ def hf_key_to_ours(key: str) -> str | None:
         return _TOP_KEYS[key]
     m = _HF_LAYER.match(key)
     if m and m.group(2) in _LAYER_KEYS:
-        return f"layers.{m.group(1)}.{_LAYER_KEYS[m.group(2)]}.weight"
+        return f"layers.{m.group(1)}.{_LAYER_KEYS[m.group(2)]}.{m.group(3)}"
     return None
 
 
@@ -62,7 +72,7 @@ def our_key_to_hf(key: str) -> str:
     inv = {v: k for k, v in _LAYER_KEYS.items()}
     if not m or m.group(2) not in inv:
         raise KeyError(f"no Hugging Face name for parameter {key!r}")
-    return f"model.layers.{m.group(1)}.{inv[m.group(2)]}.weight"
+    return f"model.layers.{m.group(1)}.{inv[m.group(2)]}.{m.group(3)}"
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
@@ -76,82 +86,163 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+def _rope_from_hf(hf: dict, where: str) -> tuple[float, dict | None]:
+    """``(rope_theta, rope_scaling or None)`` from either 4.x fields or 5.x ``rope_parameters``."""
+    params = hf.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise LQSError(f"{where}: rope_parameters {params!r} is not an object")
+    if params and all(isinstance(v, dict) for v in params.values()):
+        raise LQSError(f"{where}: per-layer-type rope_parameters are not supported")
+    rope = dict(params or hf.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    partial = rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise LQSError(f"{where}: partial_rotary_factor {partial} is not supported (rotary over the whole head only)")
+    kind = rope.get("rope_type", "default")
+    if kind in (None, "default"):
+        return float(theta), None
+    if hf.get("model_type") == "mistral":  # transformers 4.x's Mistral ignores rope scaling, 5.x applies it
+        raise LQSError(f"{where}: rope scaling {rope!r} on a Mistral model is not supported")
+    from lqs_megatron.models.config import ROPE_SCALING_KEYS, check_rope_scaling  # noqa: PLC0415
+
+    try:
+        check_rope_scaling(rope)
+    except LQSError as e:
+        raise LQSError(f"{where}: {e}") from None
+    return float(theta), {"rope_type": kind, **{k: rope[k] for k in ROPE_SCALING_KEYS[kind]}}
+
+
+def _refuse_unsupported(hf: dict, where: str) -> None:
+    """Fields of these families that change the maths in a way this decoder does not compute."""
+    if hf.get("hidden_act", "silu") != "silu":
+        raise LQSError(f"{where}: activation {hf.get('hidden_act')!r} is not supported (SwiGLU with silu only)")
+    if hf.get("pretraining_tp", 1) != 1:
+        raise LQSError(f"{where}: pretraining_tp != 1 is not supported")
+    if hf.get("quantization_config"):
+        raise LQSError(
+            f"{where}: quantized weights ({hf['quantization_config'].get('quant_method', '?')}) are not supported"
+        )
+    if float(hf.get("attention_dropout") or 0.0) != 0.0:
+        raise LQSError(f"{where}: attention_dropout {hf['attention_dropout']} is not supported (no dropout here)")
+    if hf.get("model_type") == "qwen2":
+        if hf.get("use_sliding_window"):
+            raise LQSError(
+                f"{where}: Qwen2 use_sliding_window=true is not supported (transformers 4.x and 5.x disagree on "
+                "which layers it windows; released Qwen2/2.5 checkpoints leave it off)"
+            )
+        if hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+            raise LQSError(f"{where}: Qwen2 head_dim != hidden_size / num_attention_heads is not supported")
+
+
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """Our :class:`ModelConfig` from an HF config dict; unsupported features are errors."""
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
     if model_type not in _ARCH_CLASS:
         kind = f"{model_type!r} ({', '.join(archs)})" if archs else repr(model_type)
-        raise LQSError(
-            f"{where}: unsupported architecture {kind}; supported causal LMs: MistralForCausalLM, LlamaForCausalLM"
-        )
+        raise LQSError(f"{where}: unsupported architecture {kind}; supported causal LMs: {SUPPORTED}")
     if archs and not any(a.endswith("ForCausalLM") for a in archs):
         raise LQSError(f"{where}: {', '.join(archs)} is not a causal LM (expected *ForCausalLM)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise LQSError(f"{where}: rope scaling {rope!r} is not supported")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise LQSError(f"{where}: attention/MLP biases are not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise LQSError(f"{where}: activation {hf.get('hidden_act')!r} is not supported (SwiGLU with silu only)")
-    if hf.get("pretraining_tp", 1) != 1:
-        raise LQSError(f"{where}: pretraining_tp != 1 is not supported")
+    _refuse_unsupported(hf, where)
+    theta, scaling = _rope_from_hf(hf, where)
+    if model_type == "llama":  # attention_bias: q, k, v and o; mlp_bias: gate, up, down
+        qkv = o = bool(hf.get("attention_bias", False))
+        mlp = bool(hf.get("mlp_bias", False))
+    else:  # Qwen2: q/k/v always; Mistral: none (both ignore attention_bias / mlp_bias)
+        qkv, o, mlp = model_type == "qwen2", False, False
+    window = hf.get("sliding_window") if model_type == "mistral" else None
 
     def _id(name):
         v = hf.get(name)
         return v[0] if isinstance(v, list) else v
 
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        rope_theta=float(theta),
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        architecture=model_type,
-        initializer_range=hf.get("initializer_range", 0.02),
-        bos_token_id=_id("bos_token_id"),
-        eos_token_id=_id("eos_token_id"),
-        pad_token_id=_id("pad_token_id"),
-        extra={"sliding_window": hf.get("sliding_window")} if hf.get("sliding_window") else {},
-    )
+    try:
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            sliding_window=window,
+            qkv_bias=qkv,
+            o_bias=o,
+            mlp_bias=mlp,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            architecture=model_type,
+            initializer_range=hf.get("initializer_range", 0.02),
+            bos_token_id=_id("bos_token_id"),
+            eos_token_id=_id("eos_token_id"),
+            pad_token_id=_id("pad_token_id"),
+            # several EOS ids (Llama-3.x instruct): the first ends documents, all are written back on export
+            extra={"eos_token_ids": list(eos)}
+            if isinstance(eos := hf.get("eos_token_id"), list) and len(eos) > 1
+            else {},
+        )
+    except KeyError as e:
+        raise LQSError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """``config.json`` of ``cfg`` as transformers 4.x and 5.x both read it (each ignores the other's fields)."""
+    dt = str(dtype).removeprefix("torch.")
+    rope_4x = None if cfg.rope_scaling is None else dict(cfg.rope_scaling)
+    d = {
+        "architectures": [_ARCH_CLASS[cfg.architecture]],
+        "model_type": cfg.architecture,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "initializer_range": cfg.initializer_range,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_4x,
+        "rope_parameters": {"rope_type": "default", **(rope_4x or {}), "rope_theta": cfg.rope_theta},
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.extra.get("eos_token_ids", cfg.eos_token_id),
+        "pad_token_id": cfg.pad_token_id,
+        "use_cache": True,
+        "torch_dtype": dt,
+        "dtype": dt,
+    }
+    if cfg.architecture == "mistral":
+        d["sliding_window"] = cfg.sliding_window
+    elif cfg.architecture == "llama":
+        d.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, pretraining_tp=1)
+    else:
+        d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+    return d
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
-    """A ``transformers`` config object (MistralConfig / LlamaConfig) for ``cfg``."""
+    """A ``transformers`` config object (MistralConfig / LlamaConfig / Qwen2Config) for ``cfg``."""
     import transformers  # noqa: PLC0415
 
-    cls = transformers.MistralConfig if cfg.architecture == "mistral" else transformers.LlamaConfig
-    kw = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rope_theta=cfg.rope_theta,
-        rms_norm_eps=cfg.rms_norm_eps,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
-        pad_token_id=cfg.pad_token_id,
-        hidden_act="silu",
-    )
-    if cfg.architecture == "mistral":
-        kw["sliding_window"] = cfg.extra.get("sliding_window")
-    hf = cls(**kw)
-    hf.architectures = [_ARCH_CLASS[cfg.architecture]]
-    hf.dtype = dtype
-    return hf
+    d = hf_config_dict(cfg, dtype)
+    d.pop("dtype" if transformers.__version__.startswith("4.") else "torch_dtype")
+    return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def generation_config_dict(cfg: ModelConfig) -> dict:
+    """``generation_config.json``: the special ids, as transformers derives it from a model config."""
+    ids = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    ids["eos_token_id"] = cfg.extra.get("eos_token_ids", cfg.eos_token_id)
+    return {"_from_model_config": True, **{k: v for k, v in ids.items() if v is not None}}
 
 
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -212,7 +303,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
 def load_hf_model(
     path: str | os.PathLike, dtype: torch.dtype = torch.float32, padded_vocab_size: int | None = None
 ) -> Decoder:
-    """An HF Mistral/Llama directory as our :class:`Decoder` (unsharded, on the CPU)."""
+    """An HF Mistral/Llama/Qwen2 directory as our :class:`Decoder` (unsharded, on the CPU)."""
     cfg = config_from_hf(read_hf_config(path), where=f"{path}/config.json")
     model = Decoder(cfg, padded_vocab_size)
     sd = state_dict_from_hf(read_hf_state_dict(path), cfg, model.padded_vocab_size)
@@ -225,6 +316,30 @@ def load_hf_model(
     return model.to(dtype)
 
 
+def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
+    """``tok.save_pretrained(out_dir)``, made loadable by transformers 4.x and 5.x alike.
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` (a name 4.x does not know) and
+    drops the sentencepiece ``tokenizer.model``: the class becomes ``PreTrainedTokenizerFast``
+    (what ``tokenizer.json`` is to both), and ``tokenizer.model`` is copied from where ``tok``
+    was loaded when it had one.
+    """
+    out = Path(out_dir)
+    tok.save_pretrained(str(out))
+    if not (out / "tokenizer.model").is_file():
+        source_dir = Path(tok.name_or_path) if tok.name_or_path and Path(tok.name_or_path).is_dir() else None
+        for cand in (getattr(tok, "vocab_file", None), source_dir and source_dir / "tokenizer.model"):
+            if cand and Path(cand).is_file() and Path(cand).name.endswith(".model"):
+                shutil.copyfile(cand, out / "tokenizer.model")
+                break
+    cfg_file = out / "tokenizer_config.json"
+    if cfg_file.is_file() and (out / "tokenizer.json").is_file():
+        cfg = json.loads(cfg_file.read_text())
+        if str(cfg.get("tokenizer_class", "")).endswith("Backend"):
+            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
 def save_hf_model(
     state_dict: dict[str, torch.Tensor],
     cfg: ModelConfig,
@@ -232,7 +347,8 @@ def save_hf_model(
     dtype: torch.dtype | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write an HF directory (config.json, model.safetensors, tokenizer files if given), atomically."""
+    """Write an HF directory atomically: config.json and generation_config.json (read alike by
+    transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`)."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     hf_sd = state_dict_to_hf(state_dict, cfg)
@@ -240,7 +356,8 @@ def save_hf_model(
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
     dt = next(iter(hf_sd.values())).dtype
     with atomic_dir(out_dir) as tmp:
-        config_to_hf(cfg, dt).save_pretrained(tmp)
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg, dt), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(cfg), indent=2) + "\n")
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in hf_sd.items()},
             tmp / "model.safetensors",
@@ -249,5 +366,5 @@ def save_hf_model(
         if tokenizer_dir is not None:
             from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
 
-            load_tokenizer(str(tokenizer_dir), require_eos=False).save_pretrained(str(tmp))
+            save_tokenizer(load_tokenizer(str(tokenizer_dir), require_eos=False), tmp)
     return Path(out_dir)

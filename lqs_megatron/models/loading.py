@@ -4,7 +4,7 @@ Both return a :class:`Decoder` already passed through :func:`parallelize` for ``
 (with ``dims=None``: one process, tp=1), in ``dtype`` on ``device``. The annotation, the
 scorer, ``lqs evaluate`` and ``lqs pretrain`` all use these.
 
-- HF directories (``MistralForCausalLM`` / ``LlamaForCausalLM``) go through
+- HF directories (``MistralForCausalLM`` / ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``) go through
   :mod:`lqs_megatron.models.hf`; with tp > 1 each rank reads the full tensors and keeps
   its shard.
 - Our checkpoints (a root with ``latest`` or one ``step_X`` directory): a rank reads only

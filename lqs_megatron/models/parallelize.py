@@ -1,7 +1,8 @@
 """Apply tensor parallelism to a full :class:`Decoder`, in place (the decoder itself knows nothing of it).
 
 Megatron's split: ``wq``/``wk``/``wv`` and the SwiGLU ``w1``/``w3`` are column-parallel
-(whole heads, whole MLP columns per rank), ``wo`` and ``w2`` row-parallel, the embedding
+(whole heads, whole MLP columns per rank, their biases split alike), ``wo`` and ``w2``
+row-parallel (a bias replicated, added once after the all-reduce), the embedding
 vocab-parallel and the output head column-parallel over the vocabulary. So ``tp`` must
 divide ``num_heads``, ``num_kv_heads`` and ``intermediate_size``. The vocabulary is padded
 to a multiple of ``tp * make_vocab_size_divisible_by``; padded rows are zero, never looked
@@ -32,7 +33,12 @@ VOCAB = ("tok_embeddings", "output")
 
 
 def tp_dim_of(name: str) -> int | None:
-    """The dimension along which parameter ``name`` is split under tensor parallelism (None: replicated)."""
+    """The dimension along which parameter ``name`` is split under tensor parallelism (None: replicated).
+
+    A column-parallel layer's bias is split with its output rows; a row-parallel layer's bias is
+    added after the all-reduce, so it is replicated (counted once, like the norm weights)."""
+    if name.endswith(".bias"):
+        return 0 if name.removesuffix(".bias").endswith(COLUMN) else None
     stem = name.removesuffix(".weight")
     if stem in VOCAB or stem.endswith(COLUMN):
         return 0

@@ -96,6 +96,19 @@ def _check_sequences(ds: IndexedDataset) -> None:
         raise LQSError(f"proxy dataset {ds.prefix!r}: sequence {int(empty[0])} is empty ({empty.size} empty in all)")
 
 
+def _retokenized(proxy, src_tokenizer: str, dst_tokenizer: str, tmp: Path, workers: int | None, n: int):
+    """The proxy sequences re-encoded with the scorer's tokenizer, in ``tmp/proxy`` (one sequence per sequence)."""
+    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize  # noqa: PLC0415
+
+    logger.info("retokenizing %d proxy sequences: %s -> %s", n, src_tokenizer, dst_tokenizer)
+    retokenize(RetokenizeConfig(str(proxy), src_tokenizer, dst_tokenizer, str(tmp / "proxy"), workers=workers))
+    source = IndexedDataset(tmp / "proxy")
+    if len(source) != n:
+        raise LQSError(f"retokenization changed the number of sequences ({n} -> {len(source)})")
+    _check_sequences(source)
+    return source
+
+
 def prepare_scorer_data(
     proxy: str | os.PathLike,
     scores: str | os.PathLike,
@@ -136,16 +149,7 @@ def prepare_scorer_data(
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        source = ds
-        if retokenized:
-            from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize  # noqa: PLC0415
-
-            logger.info("retokenizing %d proxy sequences: %s -> %s", n, src_tokenizer, dst_tokenizer)
-            retokenize(RetokenizeConfig(str(proxy), src_tokenizer, dst_tokenizer, str(tmp / "proxy"), workers=workers))
-            source = IndexedDataset(tmp / "proxy")
-            if len(source) != n:
-                raise LQSError(f"retokenization changed the number of sequences ({n} -> {len(source)})")
-            _check_sequences(source)
+        source = _retokenized(proxy, src_tokenizer, dst_tokenizer, tmp, workers, n) if retokenized else ds
         counts = {}
         for name, idx in zip(SPLITS, (train_idx, valid_idx)):
             counts[f"{name}_tokens"] = write_subset(source, idx, tmp / name)

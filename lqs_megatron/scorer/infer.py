@@ -107,13 +107,7 @@ def prepare_for_inference(
 
 
 def _broadcast(obj, dims):
-    if not dims.distributed:
-        return obj
-    import torch.distributed as dist  # noqa: PLC0415
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return dims.broadcast_object(obj)
 
 
 def _check_meta(shard_dir: Path, meta: dict) -> str | None:

@@ -9,9 +9,12 @@ Backbones:
 
 - ``decoder``: our :class:`~lqs_megatron.models.decoder.Decoder` (the fast path), either
   randomly initialised from a named config (``--model-config NAME --tokenizer DIR``) or
-  loaded from a local Mistral/Llama Hugging Face directory or a ``lqs pretrain``
-  checkpoint (``--base DIR``). Its LM head is dropped: the scorer never needs logits.
-- ``hf``: any other local HF causal LM (e.g. DELT's fairseq-dense-125M, an XGLM), through
+  loaded from a local Hugging Face directory it computes exactly (Mistral, Llama incl.
+  Llama-3.x, Qwen2: whatever :func:`~lqs_megatron.models.hf.config_from_hf` accepts) or a
+  ``lqs pretrain`` checkpoint (``--base DIR``). Its LM head is dropped: the scorer never
+  needs logits.
+- ``hf``: any other local HF causal LM (e.g. DELT's fairseq-dense-125M, an XGLM, a GPT-2, or
+  a Llama whose rope scaling the fast path does not cover), through
   ``transformers.AutoModelForCausalLM``; the scorer uses its base model's
   ``last_hidden_state``.
 
@@ -42,7 +45,6 @@ from torch import nn
 from lqs_megatron.errors import LQSError
 
 BACKBONES = ("decoder", "hf")
-FAST_PATH_TYPES = ("mistral", "llama")
 
 
 @dataclass
@@ -139,7 +141,7 @@ def _strip_lm_head(decoder: nn.Module) -> nn.Module:
 
 
 def _base_kind(path: str) -> str:
-    """``ours`` (a lqs checkpoint or a Mistral/Llama HF directory: our Decoder) or ``hf`` (any other causal LM)."""
+    """``ours`` (a lqs checkpoint or an HF directory the fast path covers: our Decoder) or ``hf`` (any other)."""
     from lqs_megatron.training.checkpoint import is_checkpoint  # noqa: PLC0415
 
     p = Path(path)
@@ -149,7 +151,18 @@ def _base_kind(path: str) -> str:
         return "ours"
     if not (p / "config.json").is_file():
         raise LQSError(f"--base {path!r}: no config.json; not a Hugging Face model directory nor a lqs checkpoint")
-    return "ours" if json.loads((p / "config.json").read_text()).get("model_type") in FAST_PATH_TYPES else "hf"
+    return "ours" if fast_path_covers(json.loads((p / "config.json").read_text())) else "hf"
+
+
+def fast_path_covers(hf_config: dict) -> bool:
+    """Whether our decoder computes this HF config exactly (else the generic HF backbone is used)."""
+    from lqs_megatron.models.hf import config_from_hf  # noqa: PLC0415
+
+    try:
+        config_from_hf(hf_config)
+    except (LQSError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _base_tokenizer(path: str) -> str:
@@ -169,10 +182,18 @@ def _hf_backbone(path: str) -> nn.Module:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwarg(torch.float32), local_files_only=True)
     except Exception as e:  # transformers raises many types
         raise LQSError(f"--base {path!r}: cannot load it as a causal LM: {type(e).__name__}: {e}") from None
     return lm.base_model
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` in transformers 5, ``torch_dtype`` in 4.x (where an
+    unknown ``dtype`` lands in the config as a torch.dtype and breaks its JSON)."""
+    import transformers  # noqa: PLC0415
+
+    return {"torch_dtype" if transformers.__version__.startswith("4.") else "dtype": dtype}
 
 
 def _hf_hidden_size(config) -> int:
@@ -261,11 +282,12 @@ def build_scorer(
 def save_scorer(model: Scorer, cfg: ScorerConfig, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     """Write the checkpoint files into ``out_dir`` (an existing directory; the caller makes it atomic)."""
     from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from lqs_megatron.models.hf import save_tokenizer  # noqa: PLC0415
 
     out = Path(out_dir)
     model = unwrap(model)
     save_model_flat({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    load_tokenizer(str(tokenizer_dir), require_eos=False).save_pretrained(str(out / "tokenizer"))
+    save_tokenizer(load_tokenizer(str(tokenizer_dir), require_eos=False), out / "tokenizer")
     if cfg.backbone == "hf":
         model.backbone.config.save_pretrained(str(out / "backbone"))
     (out / "scorer.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str) + "\n")
@@ -298,7 +320,7 @@ def resolve_scorer_dir(path: str | os.PathLike) -> Path:
 
 def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     """``(model, config, checkpoint_dir)`` from a scorer checkpoint (float32, CPU, eval mode)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from lqs_megatron.utils.integrity import load_safetensors  # noqa: PLC0415
 
     ckpt = resolve_scorer_dir(path)
     try:
@@ -319,7 +341,7 @@ def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     weights = ckpt / "model.safetensors"
     if not weights.is_file():
         raise LQSError(f"{ckpt}: model.safetensors is missing")
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=False)  # validated, finite
     if missing or unexpected:
         raise LQSError(f"{weights}: does not match scorer.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.float().eval(), cfg, ckpt

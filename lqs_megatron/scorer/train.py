@@ -1,37 +1,45 @@
-"""Scorer training (``lqs train-scorer``): MSE on the normalised scores, data parallel, resumable.
+"""Scorer training (``lqs train-scorer``): the scorer's use of the one training loop.
 
-The loop (one optimizer step per global batch of ``batch_size`` sequences):
+:class:`ScorerTrainer` is a :class:`~lqs_megatron.training.loop.Trainer` (the loop, data
+parallelism, clipping, metrics, progress, the non-finite policy and the checkpoint writer
+are the pretraining ones) with the scorer's pieces:
 
-- data order: epoch ``e`` visits the training split in the seeded permutation
+- loss: the squared error of each sequence's score against its normalised target
+  (:class:`ScorerLoss`); the step minimises their mean over the global batch, bf16
+  autocast on CUDA, float32 head and loss;
+- batch source: epoch ``e`` visits the training split in the seeded permutation
   ``default_rng([seed, e])``; batch ``s`` is ``perm[s*B : (s+1)*B]`` (the last partial batch
   of an epoch is dropped, a different one each epoch). Each data-parallel rank takes a
   contiguous ``1/dp`` of the batch, sorts it by length and cuts it into
   ``batch_size / (dp * micro_batch_size)`` micro-batches: the gradient of the whole batch is
   the same however it is cut, and micro-batches of similar lengths waste little padding;
-- loss: mean squared error of the batch (each micro-batch's mean divided by the number of
-  micro-batches; DDP averages over ranks), bf16 autocast on CUDA, float32 head and loss;
 - AdamW (no weight decay on biases and norm weights), linear warmup then cosine to
   ``min_lr``, gradient clipping by global norm;
-- after every epoch: predictions on the valid split (the length-bucketed path of
-  ``lqs score``, split across ranks), MSE, Pearson and Spearman against the targets.
-  The best epoch **by validation Pearson** is kept in ``OUT/best`` (Pearson ignores an
-  affine rescaling of the predictions, as top-k selection and ordering do; MSE would
-  prefer a well-calibrated but worse-ranking model);
-- ``OUT/last`` (every ``save_interval`` steps and at each epoch end) holds the model,
-  the optimizer, the position (epoch, step) and the RNG: ``--resume`` continues from it
-  exactly where it stopped. Both directories are written atomically by rank 0 (the model
-  is replicated in data parallelism).
+- hooks: after every epoch, predictions on the valid split (the length-bucketed path of
+  ``lqs score``, split across ranks), MSE, Pearson and Spearman against the targets. The
+  best epoch **by validation Pearson** is kept in ``OUT/best`` (Pearson ignores an affine
+  rescaling of the predictions, as top-k selection and ordering do; MSE would prefer a
+  well-calibrated but worse-ranking model). A checkpoint (``OUT/step_X``, the pretraining
+  layout: ``latest``, checksums, atomic, ``--keep-last``) every ``save_interval`` steps and at
+  each epoch end holds the model, the optimizer, the position and the RNG: ``--resume``
+  continues from it exactly where it stopped.
+
+Batch size: ``--batch-size`` (global); by default 512 (PDS/DELT), lowered to a power of
+two that gives an epoch at least :data:`MIN_STEPS_PER_EPOCH` steps on a small split.
 
 Layout::
 
-    OUT/best/   scorer.json (meta: epoch, metrics, arguments), model.safetensors, tokenizer/
-    OUT/last/   the same files + optimizer.pt, trainer.json, rng.pt
-    OUT/metrics.jsonl   one line per log interval and per validation
+    OUT/best/          scorer.json (meta: epoch, metrics, arguments), model.safetensors, tokenizer/, checksums.json
+    OUT/step_XXXXXXXX/ the same files + optimizer.pt, trainer.json, rng.pt
+    OUT/latest         the newest complete step directory's name
+    OUT/metrics.jsonl, OUT/loss.png, OUT/tb/   training loss per log interval, validation per epoch
+
+A run written before this layout (``OUT/last/``) resumes from ``OUT/last``; its new
+checkpoints go to step directories.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -42,18 +50,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.compat import check_same_tokenizer
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
-from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, mse_loss, save_scorer, unwrap
+from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, save_scorer, unwrap
 from lqs_megatron.scorer.predict import collate, predict
-from lqs_megatron.training.checkpoint import rng_state, set_rng_state
-from lqs_megatron.training.optim import WarmupCosine, build_optimizer, clip_grad_norm, set_lr
+from lqs_megatron.training.checkpoint import (
+    find_resume_dir,
+    remove_leftovers,
+    rng_state,
+    save_step,
+    set_rng_state,
+)
+from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
+from lqs_megatron.training.optim import WarmupCosine, build_optimizer
+from lqs_megatron.training.step import TrainStep
 from lqs_megatron.utils.atomic import atomic_dir
+from lqs_megatron.utils.integrity import (
+    CorruptFile,
+    check_finite,
+    digest_files,
+    disk_errors,
+    files_under,
+    torch_load,
+    verify_dir,
+    write_manifest,
+)
+from lqs_megatron.utils.lock import output_lock_on_main
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 512
+MIN_STEPS_PER_EPOCH = 8
+LEGACY_LAST = "last"
 
 
 @dataclass
@@ -72,8 +105,9 @@ class TrainScorerConfig:
     """Linear warmup steps (``--warmup``)."""
     clip_grad: float = 1.0
     """Clip the global gradient norm to this; 0 disables (``--clip-grad``)."""
-    batch_size: int = 512
-    """Global batch: sequences per optimizer step over all ranks (``--batch-size``)."""
+    batch_size: int | None = None
+    """Global batch: sequences per optimizer step over all ranks (``--batch-size``); None: 512, or the largest
+    power of two that gives an epoch at least 8 steps on a smaller split."""
     micro_batch_size: int | None = None
     """Sequences per rank per forward/backward (``--micro-batch-size``); None: the largest divisor
     of ``batch_size / dp`` up to 16."""
@@ -88,9 +122,17 @@ class TrainScorerConfig:
     bf16: bool = True
     """bf16 autocast on CUDA (``--no-bf16``); the CPU always trains in float32."""
     save_interval: int = 200
-    """Also write ``OUT/last`` every this many steps (0: only at epoch ends)."""
+    """Also checkpoint every this many steps (0: only at epoch ends)."""
     log_interval: int = 10
     """Steps between training-loss lines in ``metrics.jsonl``."""
+    keep_last: int | None = 2
+    """Keep only the N newest step checkpoints (``--keep-last``; None: all). ``OUT/best`` is never deleted."""
+    skip_nonfinite: int = 0
+    """Skip up to N batches with a NaN/Inf loss or gradient norm instead of stopping (``--skip-nonfinite``)."""
+    tensorboard: bool = True
+    """TensorBoard scalars under ``OUT/tb`` when tensorboard is installed (``--no-tensorboard``)."""
+    wandb: str | None = None
+    """Log to this Weights & Biases project (``--wandb PROJECT``)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -100,16 +142,33 @@ class TrainScorerConfig:
             "weight-decay": self.weight_decay >= 0,
             "warmup": self.warmup >= 0,
             "clip-grad": self.clip_grad >= 0,
-            "batch-size": self.batch_size >= 1,
+            "batch-size": self.batch_size is None or self.batch_size >= 1,
             "micro-batch-size": self.micro_batch_size is None or self.micro_batch_size >= 1,
             "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
             "max-length": self.max_length >= 2,
             "save-interval": self.save_interval >= 0,
             "log-interval": self.log_interval >= 1,
+            "keep-last": self.keep_last is None or self.keep_last >= 1,
+            "skip-nonfinite": self.skip_nonfinite >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise LQSError(f"invalid --{bad[0]}: {getattr(self, bad[0].replace('-', '_'))}")
+
+    def resolved(self, num_train: int, dp: int) -> TrainScorerConfig:
+        """This config with ``batch_size`` set: the given one, or the default that fits ``num_train``."""
+        if self.batch_size is not None:
+            if num_train // self.batch_size == 0:
+                raise LQSError(
+                    f"--batch-size {self.batch_size} is larger than the training split ({num_train} sequences); "
+                    "lower it (or leave it out: the default adapts to the split)"
+                )
+            return self
+        b = DEFAULT_BATCH_SIZE
+        while b > 1 and num_train // b < MIN_STEPS_PER_EPOCH:
+            b //= 2
+        b = max(dp, b - b % dp)
+        return dataclasses.replace(self, batch_size=b)
 
     def micro_batch(self, dp: int) -> int:
         """Sequences per rank per forward/backward: ``--micro-batch-size``, or by default the largest
@@ -144,42 +203,245 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def micro_batches(batch: np.ndarray, lengths: np.ndarray, dims, accum: int) -> list[np.ndarray]:
     """This rank's contiguous share of a global batch, sorted by length, cut into ``accum`` micro-batches."""
-    part = np.array_split(batch, dims.world_size)[dims.rank]
+    lo, hi = rank_slice(len(batch), dims.dp, dims.dp_rank)
+    part = batch[lo:hi]
     part = part[np.argsort(-lengths[part], kind="stable")]
     return np.array_split(part, accum)
 
 
-def _gather(arr: np.ndarray, dims) -> list[np.ndarray]:
-    if not dims.distributed:
-        return [arr]
-    import torch.distributed as dist  # noqa: PLC0415
+class ScorerLoss(nn.Module):
+    """The scorer with its loss in ``forward`` (what the train step wraps): ``-> [B]`` squared errors (float32)."""
 
-    out = [None] * dims.world_size
-    dist.all_gather_object(out, arr)
-    return out
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (self.scorer(input_ids, lengths).float() - target.float()) ** 2
 
 
 def evaluate(
     model: Scorer, cfg: ScorerConfig, split, dims, max_tokens: int | None, autocast: torch.dtype | None = None
 ) -> dict[str, float]:
     """Valid-split metrics; every rank predicts a contiguous share, rank order restores the split order."""
-    n = len(split.data)
-    mine = np.array_split(np.arange(n), dims.world_size)[dims.rank]
+    lo, hi = rank_slice(len(split.data), dims.dp, dims.dp_rank)
     was_training = model.training
     model.eval()
-    pred = predict(model, cfg, split.data, mine, dims.device, max_tokens=max_tokens, autocast=autocast)
+    pred = predict(model, cfg, split.data, np.arange(lo, hi), dims.device, max_tokens=max_tokens, autocast=autocast)
     model.train(was_training)
-    full = np.concatenate(_gather(pred, dims))
+    full = np.concatenate(dims.all_gather_object(pred))
     return regression_metrics(full, split.scores)
 
 
-def _write_ckpt(path: Path, model, scfg, tok_dir, meta: dict, extra=None) -> None:
-    """Rank 0 writes a scorer checkpoint directory atomically (``extra(tmp)`` adds files)."""
-    scfg = dataclasses.replace(scfg, meta=meta)
-    with atomic_dir(path) as tmp:
-        save_scorer(model, scfg, tok_dir, tmp)
-        if extra is not None:
-            extra(tmp)
+def _validate_scorer_step(d: Path, crc: bool = True) -> dict:
+    """A scorer checkpoint directory is usable for --resume: every file checks out; returns trainer.json."""
+    for name in ("scorer.json", "trainer.json", "model.safetensors", "optimizer.pt"):
+        if not (d / name).is_file():
+            raise CorruptFile(d / name, "missing")
+    verify_dir(d, crc=crc)
+    try:
+        return json.loads((d / "trainer.json").read_text())
+    except ValueError as e:
+        raise CorruptFile(d / "trainer.json", f"unreadable ({e})") from None
+
+
+def _resume_source(out: Path, resume: bool, dims) -> Path | None:
+    """The checkpoint to continue from (rank 0 chooses, every rank is told), or None for a fresh run."""
+    legacy = out / LEGACY_LAST
+    has_run = (out / "latest").is_file() or (legacy / "trainer.json").is_file()
+    if has_run and not resume:
+        raise LQSError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if not has_run:
+        return None
+    choice = None
+    with dims.all_or_none():
+        if dims.is_main:
+            if (out / "latest").is_file():
+                d, skipped = find_resume_dir(out, validate=_validate_scorer_step)
+                for line in skipped:
+                    logger.warning("--resume: skipping %s", line)
+            else:  # written before step directories: OUT/last
+                _validate_scorer_step(legacy)
+                d = legacy
+            choice = str(d)
+    return Path(dims.broadcast_object(choice))
+
+
+def _check_same_order(src: Path, saved: dict, cfg: TrainScorerConfig) -> None:
+    """A resumed run must keep the settings that define the data order and the sequences."""
+    for k in ("batch_size", "seed", "max_length"):
+        if k in saved and saved[k] != getattr(cfg, k):
+            flag = "--" + k.replace("_", "-")
+            raise LQSError(
+                f"--resume from {src}: {flag} was {saved[k]}, now {getattr(cfg, k)}; the data order would change "
+                "(keep the settings of the run, or start a new --out)"
+            )
+
+
+class ScorerTrainer(Trainer):
+    """One scorer training run on this rank: the scorer's pieces around the one loop."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        cfg: TrainScorerConfig,
+        base: str | None,
+        model_config: str | None,
+        tokenizer: str | None,
+        resume: bool,
+        dims: ParallelDims,
+        progress: bool = True,
+    ):
+        self.data_dir, out = data_dir, Path(out_dir)
+        self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
+        cfg = cfg.resolved(len(self.train.data), dims.dp)
+        self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
+        self.steps_per_epoch = len(self.train.data) // cfg.batch_size
+        if self.steps_per_epoch < MIN_STEPS_PER_EPOCH:
+            logger.warning(
+                "an epoch is only %d optimizer step(s) (%d training sequences, --batch-size %d): the warm-up and the "
+                "per-epoch validation see very few updates; lower --batch-size or add data",
+                self.steps_per_epoch, len(self.train.data), cfg.batch_size,
+            )  # fmt: skip
+        total = self.steps_per_epoch * cfg.epochs
+        src = _resume_source(out, resume, dims)
+        self.state = {"best": None, "history": []}
+        if src is not None:
+            model, self.scfg, _ = load_scorer(src)
+            self.tok_dir = str(src / "tokenizer")
+            self.state = json.loads((src / "trainer.json").read_text())
+            _check_same_order(src, self.scfg.meta.get("args", {}), cfg)
+            logger.info("resuming from %s at epoch %d, step %d", src, self.state["epoch"], self.state["step_in_epoch"])
+        else:
+            model, self.scfg, self.tok_dir = build_scorer(
+                base, model_config, tokenizer, cfg.max_length, cfg.seed, cfg.use_bos
+            )
+        check_same_tokenizer(
+            self.scfg.tokenizer,
+            load_stats(data_dir).get("tokenizer"),
+            f"scorer data {str(data_dir)!r}",
+            "the scorer",
+            hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
+        )
+        self.model = model.to(dims.device).train()
+        # torch's AdamW defaults (PDS/DELT's scorer optimizer), through the shared builder
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        if src is not None:
+            self.optimizer.load_state_dict(torch_load(src / "optimizer.pt", map_location=dims.device))
+            set_rng_state(torch_load(src / "rng.pt"))
+        self.amp = torch.bfloat16 if dims.device.type == "cuda" and cfg.bf16 else None
+        step_fn = TrainStep(
+            ScorerLoss(self.model), dims, self.optimizer, schedule(cfg, total), cfg.clip_grad, self.amp,
+            find_unused_parameters=self.scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
+        )  # fmt: skip
+        self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(data_dir), "source": self.scfg.source}
+        settings = LoopSettings(
+            steps=total,
+            log_interval=cfg.log_interval,
+            skip_nonfinite=cfg.skip_nonfinite,
+            metrics_every_step=False,
+            desc="train-scorer",
+            lr_hint=f"lower --lr (peak {cfg.lr:g}) or lengthen --warmup (now {cfg.warmup})",
+            progress=progress,
+            tensorboard=cfg.tensorboard,
+            wandb_project=cfg.wandb,
+            run_config=self.run_meta,
+        )
+        start = int(self.state.get("global_step", 0))
+        super().__init__(dims, out, step_fn, settings, start)
+        self.last_saved = start if src is not None else None
+        self.skipped = list(self.state.get("skipped_nonfinite", []))
+        self.train_lengths = self.scfg.effective_lengths(self.train.data.sequence_lengths)
+        self._order: tuple[int, np.ndarray] | None = None
+
+    # ---------------------------------------------------------------- the loop's hooks
+
+    def batch(self, step: int) -> Batch:
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.train.data), self.cfg.seed, epoch))
+        B = self.cfg.batch_size
+        batch = self._order[1][s * B : (s + 1) * B]
+        dev = self.dims.device
+        mbs = []
+        for mb in micro_batches(batch, self.train_lengths, self.dims, self.accum):
+            ids, lens = collate(self.train.data, mb, self.scfg)
+            target = torch.from_numpy(self.train.scores[mb])
+            mbs.append((torch.from_numpy(ids).to(dev), torch.from_numpy(lens).to(dev), target.to(dev)))
+        return Batch(mbs, sum(len(m[0]) for m in mbs), int(self.train_lengths[batch].sum()))
+
+    def record_fields(self, done: int) -> dict:
+        return {"epoch": (done - 1) // self.steps_per_epoch}
+
+    def log_due(self, done: int) -> bool:
+        return super().log_due(done) or done % self.steps_per_epoch == 0  # every epoch's last loss too
+
+    def position(self, done: int) -> dict:
+        """``trainer.json`` after update ``done``."""
+        epoch, s = divmod(done, self.steps_per_epoch)
+        pos = {"epoch": epoch, "step_in_epoch": s, "global_step": done, "skipped_nonfinite": self.skipped}
+        return {**self.state, **pos}
+
+    def after_step(self, done: int) -> None:
+        if done % self.steps_per_epoch == 0:
+            self.end_epoch(done)
+            self.save(done)
+        elif self.cfg.save_interval and done % self.cfg.save_interval == 0:
+            self.save(done)
+
+    def end_epoch(self, done: int) -> None:
+        epoch = done // self.steps_per_epoch
+        m = evaluate(unwrap(self.model), self.scfg, self.valid, self.dims, self.cfg.eval_batch_tokens, self.amp)
+        record = {"epoch": epoch, "step": done, **{f"valid_{k}": v for k, v in m.items()}}
+        self.state["history"].append(record)
+        self.metrics.write(record)
+        logger.info(
+            "epoch %d/%d: valid MSE %.4f, Pearson %.4f, Spearman %.4f",
+            epoch, self.cfg.epochs, m["mse"], m["pearson"], m["spearman"],
+        )  # fmt: skip
+        if self.state["best"] is None or m["pearson"] > self.state["best"]["valid_pearson"]:
+            self.state["best"] = record
+            self._write_best(record)
+
+    def _write_best(self, record: dict) -> None:
+        with self.dims.all_or_none(), disk_errors(self.out, "OUT/best"):
+            if self.dims.is_main:
+                scfg = dataclasses.replace(self.scfg, meta={**self.run_meta, "best": record, "selected_by": "pearson"})
+                with atomic_dir(self.out / "best") as tmp:
+                    self._write_scorer(tmp, scfg)
+                    write_manifest(tmp, digest_files(tmp, files_under(tmp)))
+
+    def _write_scorer(self, tmp: Path, scfg: ScorerConfig) -> None:
+        check_finite(unwrap(self.model).state_dict(), f"refusing to write {tmp.name}")
+        save_scorer(self.model, scfg, self.tok_dir, tmp)
+
+    def save(self, done: int) -> Path:
+        state = self.position(done)
+
+        def write(tmp: Path) -> list[str]:
+            if not self.dims.is_main:  # the model is replicated: rank 0 writes everything
+                return []
+            self._write_scorer(tmp, dataclasses.replace(self.scfg, meta={**self.run_meta, "trainer": state}))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "trainer.json").write_text(json.dumps(state, indent=2) + "\n")
+            return files_under(tmp)
+
+        path = save_step(self.out, done, self.dims, write, self.cfg.keep_last)
+        self.last_saved = done
+        return path
+
+    def summary(self, end: int) -> dict:
+        best = self.state["best"]
+        return {
+            "out": str(self.out / "best"),
+            "best_epoch": best["epoch"] if best else None,
+            "best_valid": {k: best[f"valid_{k}"] for k in ("mse", "pearson", "spearman")} if best else None,
+            "steps": end,
+            "batch_size": self.cfg.batch_size,
+            "skipped_nonfinite": self.skipped,
+        }
 
 
 def train_scorer(
@@ -193,154 +455,12 @@ def train_scorer(
     dims=None,
     progress: bool = True,
 ) -> dict:
-    """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output); write ``out_dir/{best,last}``."""
-    from lqs_megatron.distributed import ParallelDims  # noqa: PLC0415
-
+    """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(out_dir)
-    last = out / "last"
-    train, valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
-    accum = cfg.accumulation(dims.world_size)
-    steps_per_epoch = len(train.data) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise LQSError(
-            f"--batch-size {cfg.batch_size} is larger than the training split ({len(train.data)} sequences); lower it"
-        )
-    total_steps = steps_per_epoch * cfg.epochs
-
-    if resume and (last / "trainer.json").is_file():
-        model, scfg, _ = load_scorer(last)
-        tok_dir = str(last / "tokenizer")
-        state = json.loads((last / "trainer.json").read_text())
-        logger.info("resuming from %s at epoch %d, step %d", last, state["epoch"], state["step_in_epoch"])
-    else:
-        if (last / "trainer.json").is_file():
-            raise LQSError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-        model, scfg, tok_dir = build_scorer(base, model_config, tokenizer, cfg.max_length, cfg.seed, cfg.use_bos)
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "history": []}
-    check_same_tokenizer(
-        scfg.tokenizer,
-        load_stats(data_dir).get("tokenizer"),
-        f"scorer data {str(data_dir)!r}",
-        "the scorer",
-        hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
-    )
-
-    device = dims.device
-    model = model.to(device).train()
-    # torch's AdamW defaults (PDS/DELT's scorer optimizer), through the shared builder
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-    lr_of = schedule(cfg, total_steps)
-    if resume and (last / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location=device, weights_only=False))
-        set_rng_state(torch.load(last / "rng.pt", weights_only=False))
-    params = [p for p in model.parameters() if p.requires_grad]
-    net = model
-    if dims.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-        net = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-            find_unused_parameters=scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
-        )
-    use_bf16 = device.type == "cuda" and cfg.bf16
-    train_lengths = scfg.effective_lengths(train.data.sequence_lengths)
-    run_meta = {"args": dataclasses.asdict(cfg), "data": str(data_dir), "source": scfg.source}
-
-    def save_last(tmp_extra_state: dict) -> None:
+    t0 = time.time()
+    with output_lock_on_main(out_dir, dims):
         if dims.is_main:
-
-            def extra(tmp: Path) -> None:
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(rng_state(), tmp / "rng.pt")
-                (tmp / "trainer.json").write_text(json.dumps(tmp_extra_state, indent=2) + "\n")
-
-            _write_ckpt(last, model, scfg, tok_dir, {**run_meta, "trainer": tmp_extra_state}, extra)
-        dims.barrier()
-
-    def log_metrics(record: dict) -> None:
-        if dims.is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    if dims.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if progress and dims.is_main:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=total_steps, initial=state["global_step"], unit="step", desc="train-scorer", disable=None)
-    t0, run_loss = time.time(), []
-    for epoch in range(state["epoch"], cfg.epochs):
-        order = epoch_order(len(train.data), cfg.seed, epoch)
-        for step in range(state["step_in_epoch"], steps_per_epoch):
-            lr = lr_of(state["global_step"])
-            set_lr(optimizer, lr)
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss_sum = torch.zeros((), device=device)
-            for m, mb in enumerate(micro_batches(batch, train_lengths, dims, accum)):
-                ids, lens = collate(train.data, mb, scfg)
-                ids, lens = torch.from_numpy(ids).to(device), torch.from_numpy(lens).to(device)
-                target = torch.from_numpy(train.scores[mb]).to(device)
-                sync = m == accum - 1 or not dims.distributed
-                ctx = net.no_sync() if not sync else contextlib.nullcontext()
-                with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = mse_loss(net(ids, lens), target) / accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            gnorm = clip_grad_norm(params, cfg.clip_grad, dims)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["step_in_epoch"] = step + 1
-            run_loss.append(loss_sum)
-            if state["global_step"] % cfg.log_interval == 0 or step + 1 == steps_per_epoch:
-                mean_loss = float(dims.all_reduce(torch.stack(run_loss).mean()) / dims.world_size)
-                log_metrics(
-                    {
-                        "step": state["global_step"],
-                        "epoch": epoch,
-                        "loss": mean_loss,
-                        "lr": lr,
-                        "grad_norm": float(gnorm),
-                    }
-                )
-                if bar is not None:
-                    bar.set_postfix_str(f"loss {mean_loss:.4f}, lr {lr:.2e}", refresh=False)
-                run_loss = []
-            if bar is not None:
-                bar.update(1)
-            if cfg.save_interval and state["global_step"] % cfg.save_interval == 0 and step + 1 < steps_per_epoch:
-                save_last(dict(state, epoch=epoch))
-        amp = torch.bfloat16 if use_bf16 else None
-        metrics = evaluate(unwrap(net), scfg, valid, dims, cfg.eval_batch_tokens, amp)
-        record = {"epoch": epoch + 1, "step": state["global_step"], **{f"valid_{k}": v for k, v in metrics.items()}}
-        state["history"].append(record)
-        log_metrics(record)
-        logger.info(
-            "epoch %d/%d: valid MSE %.4f, Pearson %.4f, Spearman %.4f",
-            epoch + 1,
-            cfg.epochs,
-            metrics["mse"],
-            metrics["pearson"],
-            metrics["spearman"],
-        )
-        if state["best"] is None or metrics["pearson"] > state["best"]["valid_pearson"]:
-            state["best"] = record
-            if dims.is_main:
-                _write_ckpt(out / "best", model, scfg, tok_dir, {**run_meta, "best": record, "selected_by": "pearson"})
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        save_last(dict(state))
-    if bar is not None:
-        bar.close()
-    result = {
-        "out": str(out / "best"),
-        "best_epoch": state["best"]["epoch"],
-        "best_valid": {k: state["best"][f"valid_{k}"] for k in ("mse", "pearson", "spearman")},
-        "steps": state["global_step"],
-        "seconds": round(time.time() - t0, 3),
-    }
-    return result
+            remove_leftovers(out_dir)
+        result = ScorerTrainer(data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress).run()
+    return {**result, "seconds": round(time.time() - t0, 3)}

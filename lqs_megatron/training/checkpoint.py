@@ -1,4 +1,4 @@
-"""Training checkpoints: the on-disk format, written atomically by all ranks together.
+"""Training checkpoints: the on-disk format, written atomically by all ranks together, checked before use.
 
 ::
 
@@ -11,20 +11,32 @@
         trainer.json                  # step, consumed samples, schedule, the run's settings
         rng-rank00000.pt              # torch / CUDA / numpy / python RNG of each rank
         tokenizer/                    # tokenizer files (export-hf writes them next to the model)
-      metrics.jsonl, tb/              # logs (not part of a checkpoint)
+        checksums.json                # size and CRC-32 of every file above (utils/integrity.py)
+      metrics.jsonl, loss.png, tb/    # logs (not part of a checkpoint)
 
-A step directory is written as ``step_X.tmp`` and renamed when every rank has finished
-(barrier); only then is ``latest`` replaced (atomic rename). A killed job leaves at
-worst a ``.tmp`` directory, never a directory that looks complete. All ranks write into
-the same directory, so multi-node runs need ``OUT`` on a shared filesystem.
+:func:`save_step` is the one writer (``lqs pretrain`` and ``lqs train-scorer`` use it with
+their own files): a step directory is written as ``step_X.tmp``, every rank's files are
+checksummed, and the directory is renamed when every rank has finished; only then is
+``latest`` replaced (atomic rename). A killed job leaves at worst a ``.tmp`` directory
+(removed when the next run takes the output lock), never a directory that looks
+complete; a failed write (full disk) removes it at once and fails on every rank. All
+ranks write into the same directory, so multi-node runs need ``OUT`` on a shared
+filesystem. ``keep_last`` rotates old step directories (never the one ``latest`` names).
+
+Loading validates first (:func:`validate_step_dir`: sizes, checksums, safetensors
+headers, complete ``torch.save`` archives) and names the file on failure; weights with
+NaN/Inf are refused. :func:`find_resume_dir` falls back to the newest step that validates.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +45,24 @@ import torch
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
+from lqs_megatron.utils.integrity import (
+    CorruptFile,
+    check_finite,
+    digest_files,
+    disk_errors,
+    files_under,
+    load_safetensors,
+    torch_load,
+    verify_dir,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "lqs_megatron.checkpoint"
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
+_STEP_RE = re.compile(r"step_(\d{8})")
 
 
 def step_dir_name(step: int) -> str:
@@ -48,10 +74,14 @@ def shard_name(kind: str, tp_rank: int, tp: int, ext: str) -> str:
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """A checkpoint root (with ``latest``) or one step directory of it."""
+    """A checkpoint root of a language model (with ``latest``) or one step directory of it.
+
+    A ``lqs train-scorer`` output has the same layout but its steps hold ``scorer.json``: not one."""
     p = Path(path)
-    if (p / LATEST).is_file():
-        return True
+    marker = p / LATEST
+    if marker.is_file():
+        step = p / marker.read_text().strip()
+        return not (step / "scorer.json").is_file() and not (p / "best" / "scorer.json").is_file()
     cfg = p / "config.json"
     if not cfg.is_file():
         return False
@@ -84,19 +114,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def read_config(step_dir: str | os.PathLike) -> dict:
-    meta = json.loads((Path(step_dir) / "config.json").read_text())
+    path = Path(step_dir) / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptFile(path, "missing") from None
+    except ValueError as e:
+        raise CorruptFile(path, f"unreadable ({e})") from None
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise LQSError(f"{step_dir}/config.json: not a version-{CHECKPOINT_VERSION} lqs_megatron checkpoint")
     return meta
 
 
 def read_model_shard(step_dir: str | os.PathLike, tp_rank: int, tp: int) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file  # noqa: PLC0415
-
+    """One tp shard, validated (size, checksum, header) and refused when it holds NaN/Inf (names the file)."""
     f = Path(step_dir) / shard_name("model", tp_rank, tp, "safetensors")
     if not f.is_file():
         raise LQSError(f"checkpoint shard {f} is missing")
-    return load_file(f)
+    return load_safetensors(f)
 
 
 def read_full_state_dict(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -132,6 +167,138 @@ def model_state_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
+def step_of(name: str) -> int | None:
+    """The step of a complete step directory's name (``step_00000100`` -> 100); None for anything else."""
+    m = _STEP_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def step_dirs(root: str | os.PathLike) -> list[Path]:
+    """The complete-looking step directories under ``root``, newest first (``.tmp`` ones excluded)."""
+    root = Path(root)
+    found = [(step_of(p.name), p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    return [p for s, p in sorted((s, p) for s, p in found if s is not None)[::-1]]
+
+
+def remove_leftovers(root: str | os.PathLike) -> None:
+    """Delete ``step_X.tmp`` / ``step_X.old`` directories of killed runs (call it holding the output lock)."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and (p.name.endswith(".tmp") or p.name.endswith(".old")) and p.name.startswith("step_"):
+                log.info("removing %s, left by an interrupted checkpoint", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def save_step(
+    root: str | os.PathLike,
+    step: int,
+    dims: ParallelDims,
+    write: Callable[[Path], list[str]],
+    keep_last: int | None = None,
+) -> Path:
+    """Write ``root/step_X`` (collective: every rank calls it) and point ``latest`` at it.
+
+    ``write(tmp)`` writes this rank's files into the temporary directory and returns their
+    names (relative to it); they are checksummed into ``checksums.json``. A failure on any
+    rank (e.g. a full disk: "no space left on ROOT") removes the temporary directory and
+    raises on every rank; ``latest`` keeps naming the previous step. ``keep_last``: keep
+    only this many step directories up to the new one (None: all)."""
+    root = Path(root)
+    final = root / step_dir_name(step)
+    tmp = root / f"{final.name}.tmp"
+    what = f"checkpoint {final.name}"
+    try:
+        with dims.all_or_none(), disk_errors(root, what):
+            if dims.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        with dims.all_or_none(), disk_errors(root, what):
+            mine = digest_files(tmp, write(tmp))
+        sums = dims.all_gather_object(mine)
+        with dims.all_or_none(), disk_errors(root, what):
+            if dims.is_main:
+                write_manifest(tmp, {k: v for d in sums for k, v in d.items()})
+                _publish(root, tmp, final)
+                if keep_last is not None:
+                    rotate(root, keep_last)
+    except BaseException:
+        if dims.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _publish(root: Path, tmp: Path, final: Path) -> None:
+    if final.exists():  # the same step written again (a resumed run that fell back past it)
+        old = root / f"{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    with atomic_file(root / LATEST) as t:
+        t.write_text(final.name + "\n")
+
+
+def rotate(root: str | os.PathLike, keep_last: int) -> list[str]:
+    """Delete all but the ``keep_last`` newest step directories up to the one ``latest`` names (that one
+    is always kept; newer ones, left by a run that fell back past them, are left alone). Returns the names deleted."""
+    marker = Path(root) / LATEST
+    newest = step_of(marker.read_text().strip()) if marker.is_file() else None
+    if newest is None or keep_last < 1:
+        return []
+    older = [p for p in step_dirs(root) if step_of(p.name) < newest]
+    gone = older[max(keep_last - 1, 0) :]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    if gone:
+        log.info("--keep-last %d: removed %s", keep_last, ", ".join(p.name for p in gone))
+    return [p.name for p in gone]
+
+
+def validate_step_dir(step_dir: str | os.PathLike, crc: bool = True) -> dict:
+    """Check a step directory before trusting it: config, trainer state, every file's size and checksum
+    (when recorded), safetensors headers, complete torch archives. Returns ``trainer.json``;
+    raises :class:`~lqs_megatron.utils.integrity.CorruptFile` / :class:`LQSError` naming the file."""
+    d = Path(step_dir)
+    for name in ("config.json", "trainer.json"):
+        if not (d / name).is_file():
+            raise CorruptFile(d / name, "missing")
+    verify_dir(d, crc=crc)
+    try:
+        return json.loads((d / "trainer.json").read_text())
+    except ValueError as e:
+        raise CorruptFile(d / "trainer.json", f"unreadable ({e})") from None
+
+
+def find_resume_dir(
+    root: str | os.PathLike, crc: bool = True, validate: Callable[[Path, bool], object] = validate_step_dir
+) -> tuple[Path | None, list[str]]:
+    """``(step_dir, skipped)``: the newest step directory up to the one ``latest`` names that validates,
+    and one line per newer one skipped (why). ``(None, [])`` when ``root`` has no ``latest``.
+    Raises :class:`LQSError` listing every failure when none validates."""
+    root = Path(root)
+    marker = root / LATEST
+    if not marker.is_file():
+        return None, []
+    named = marker.read_text().strip()
+    newest = step_of(named)
+    if newest is None:
+        raise CorruptFile(marker, f"names {named!r}, not a step directory")
+    skipped = []
+    if not (root / named).is_dir():
+        skipped.append(f"{named}: missing (named by {marker})")
+    for d in step_dirs(root):
+        if step_of(d.name) > newest:
+            continue
+        try:
+            validate(d, crc)
+            return d, skipped
+        except LQSError as e:
+            skipped.append(f"{d.name}: {e}")
+    raise LQSError(f"no checkpoint under {root} validates: " + "; ".join(skipped))
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -141,47 +308,45 @@ def save_checkpoint(
     meta: dict,
     trainer_state: dict,
     tokenizer=None,
+    keep_last: int | None = None,
 ) -> Path:
-    """Write ``root/step_X`` (collective: every rank calls it) and point ``latest`` at it.
+    """Write ``root/step_X`` of a pretraining run (collective) and point ``latest`` at it.
 
-    ``tokenizer``: a transformers tokenizer saved into ``tokenizer/`` (for ``export-hf``)."""
+    ``tokenizer``: a transformers tokenizer saved into ``tokenizer/`` (for ``export-hf``).
+    Weights holding NaN/Inf are refused (nothing is written)."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    root = Path(root)
-    final = root / step_dir_name(step)
-    tmp = root / f"{final.name}.tmp"
-    if dims.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dims.barrier()
-    tp, tpr = dims.tp, dims.tp_rank
-    if dims.dp_rank == 0:
-        save_file(model_state_for_save(model), tmp / shard_name("model", tpr, tp, "safetensors"), {"format": "pt"})
-        torch.save(optimizer.state_dict(), tmp / shard_name("optimizer", tpr, tp, "pt"))
-    torch.save(rng_state(), tmp / f"rng-rank{dims.rank:05d}.pt")
-    if dims.is_main:
-        save_json(tmp / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
-        save_json(tmp / "trainer.json", trainer_state)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    dims.barrier()
-    if dims.is_main:
-        if final.exists():
-            old = root / f"{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        with atomic_file(root / LATEST) as t:
-            t.write_text(final.name + "\n")
-    dims.barrier()
-    return final
+    def write(tmp: Path) -> list[str]:
+        tp, tpr = dims.tp, dims.tp_rank
+        names = []
+        if dims.dp_rank == 0:
+            sd = model_state_for_save(model)
+            check_finite(sd, f"refusing to write {tmp.name.removesuffix('.tmp')} (tp rank {tpr})")
+            names += [shard_name("model", tpr, tp, "safetensors"), shard_name("optimizer", tpr, tp, "pt")]
+            save_file(sd, tmp / names[0], {"format": "pt"})
+            torch.save(optimizer.state_dict(), tmp / names[1])
+        names.append(f"rng-rank{dims.rank:05d}.pt")
+        torch.save(rng_state(), tmp / names[-1])
+        if dims.is_main:
+            save_json(tmp / "config.json", {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta})
+            save_json(tmp / "trainer.json", trainer_state)
+            names += ["config.json", "trainer.json"]
+            if tokenizer is not None:
+                from lqs_megatron.models.hf import save_tokenizer  # loadable by transformers 4.x and 5.x
+
+                save_tokenizer(tokenizer, tmp / "tokenizer")
+                names += [f"tokenizer/{n}" for n in files_under(tmp / "tokenizer")]
+        return names
+
+    return save_step(root, step, dims, write, keep_last)
 
 
 def load_training_state(
     step_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims
 ) -> dict:
-    """Restore model shard, optimizer and this rank's RNG from ``step_dir``; return ``trainer.json``."""
+    """Restore model shard, optimizer and this rank's RNG from ``step_dir``; return ``trainer.json``.
+
+    Every file is validated as it is read (a failure names it)."""
     step_dir = Path(step_dir)
     meta = read_config(step_dir)
     if meta["tp"] != dims.tp:
@@ -192,8 +357,8 @@ def load_training_state(
     if missing or unexpected:
         raise LQSError(f"{step_dir}: model shard does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
     opt_file = step_dir / shard_name("optimizer", dims.tp_rank, dims.tp, "pt")
-    optimizer.load_state_dict(torch.load(opt_file, map_location=dims.device, weights_only=False))
+    optimizer.load_state_dict(torch_load(opt_file, map_location=dims.device))
     rng = step_dir / f"rng-rank{dims.rank:05d}.pt"
     if rng.is_file():
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(torch_load(rng))
     return json.loads((step_dir / "trainer.json").read_text())

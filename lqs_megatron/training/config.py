@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lqs_megatron.errors import LQSError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -82,6 +85,15 @@ class PretrainConfig:
     """Stop after this step as if killed (the schedule still spans ``steps``; ``--stop-after``)."""
     device: str | None = None
     """``cuda`` or ``cpu`` (``--device``); default CUDA when available."""
+    skip_nonfinite: int = 0
+    """Skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first
+    (``--skip-nonfinite``)."""
+    keep_last: int | None = None
+    """Keep only the N newest checkpoints (``--keep-last``; default all; ``latest`` is never deleted)."""
+    tensorboard: bool = True
+    """TensorBoard scalars under ``out/tb`` when tensorboard is installed (``--no-tensorboard`` turns them off)."""
+    wandb: str | None = None
+    """Log to this Weights & Biases project (``--wandb PROJECT``; needs ``pip install wandb``)."""
     extra: dict = field(default_factory=dict)
     """Free-form metadata stored with the checkpoints."""
 
@@ -112,6 +124,10 @@ class PretrainConfig:
             raise LQSError("--make-vocab-size-divisible-by must be >= 1")
         if self.precision not in PRECISIONS:
             raise LQSError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.skip_nonfinite < 0:
+            raise LQSError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise LQSError(f"--keep-last must be >= 1, got {self.keep_last}")
         if self.stop_after is not None and self.stop_after < 1:
             raise LQSError(f"--stop-after must be >= 1, got {self.stop_after}")
         if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
@@ -143,19 +159,23 @@ class PretrainConfig:
         return {k: getattr(self, k) for k in keys}
 
 
-def check_out_dir(cfg: PretrainConfig) -> Path | None:
+def check_out_dir(cfg: PretrainConfig, crc: bool = False, warn: bool = False) -> Path | None:
     """The step directory to resume from (None: a fresh start); errors when ``--out`` holds a run
-    and ``--resume`` is missing, or when the settings that define the data order changed."""
+    and ``--resume`` is missing, or when the settings that define the data order changed.
+
+    With ``--resume`` the newest checkpoint that validates is chosen (``crc``: verify checksums
+    too, not only sizes and headers); each newer one that does not is named in a warning."""
+    from lqs_megatron.training.checkpoint import find_resume_dir  # noqa: PLC0415
+
     marker = Path(cfg.out) / "latest"
     if not marker.is_file():
         return None
-    step_dir = Path(cfg.out) / marker.read_text().strip()
     if not cfg.resume:
         raise LQSError(f"{cfg.out} already holds checkpoints; pass --resume to continue, or choose another --out")
-    state_file = step_dir / "trainer.json"
-    if not state_file.is_file():
-        raise LQSError(f"{marker} names {step_dir.name}, which is missing or incomplete")
-    saved = json.loads(state_file.read_text())["stream"]
+    step_dir, skipped = find_resume_dir(cfg.out, crc=crc)
+    for line in skipped if warn else ():
+        log.warning("--resume: skipping %s", line)
+    saved = json.loads((step_dir / "trainer.json").read_text())["stream"]
     for k, v in json.loads(json.dumps(cfg.stream_key())).items():
         if saved.get(k) != v:
             raise LQSError(
@@ -163,6 +183,17 @@ def check_out_dir(cfg: PretrainConfig) -> Path | None:
                 "the data order would change (keep the settings of the run, or start a new --out)"
             )
     return step_dir
+
+
+def choose_resume_dir(cfg: PretrainConfig, dims) -> Path | None:
+    """:func:`check_out_dir` with checksums, run on global rank 0 only and told to every rank (one choice)."""
+    choice = None
+    with dims.all_or_none():
+        if dims.is_main:
+            d = check_out_dir(cfg, crc=True, warn=True)
+            choice = None if d is None else str(d)
+    choice = dims.broadcast_object(choice)
+    return None if choice is None else Path(choice)
 
 
 def preflight(cfg: PretrainConfig) -> None:
@@ -178,4 +209,7 @@ def preflight(cfg: PretrainConfig) -> None:
         from lqs_megatron.models.parallelize import check_tp  # noqa: PLC0415
 
         check_tp(load_model_config(cfg.model_config), cfg.tp, name=f"model config {cfg.model_config!r}")
+    from lqs_megatron.utils.lock import check_unlocked  # noqa: PLC0415
+
+    check_unlocked(cfg.out)
     check_out_dir(cfg)

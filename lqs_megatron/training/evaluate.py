@@ -10,14 +10,14 @@ sums are all-reduced, so the result does not depend on the world size.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import numpy as np
 import torch
 
 from lqs_megatron.data.batching import pad_examples
 from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.data.progress import Progress
+from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.training.data import check_token_ids
@@ -45,16 +45,14 @@ def evaluate_dataset(
     if n == 0:
         raise LQSError(f"dataset {prefix!r} holds no sequences")
     check_token_ids([prefix], model.config.vocab_size, dims)
-    mine = np.arange(dims.dp_rank, n, dims.dp)
+    mine = np.arange(*rank_slice(n, dims.dp, dims.dp_rank))
     lengths = np.minimum(np.asarray(ds.sequence_lengths[:n])[mine], max_length + 1)
     mine = mine[np.argsort(-lengths, kind="stable")]  # longest first: batches of similar length
     amp = autocast_dtype(precision, dims.device)
     ctx = torch.autocast(dims.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     totals = torch.zeros(3, dtype=torch.float64, device=dims.device)  # loss sum, examples, tokens
     model.eval()
-    from tqdm import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=n, unit="ex", file=sys.stderr, disable=not (progress and dims.is_main) or None)
+    bar = Progress("evaluate", progress and dims.is_main, unit="ex", total=n)
     with ctx:
         for s in range(0, len(mine), batch_size):
             idx = mine[s : s + batch_size]
@@ -64,7 +62,7 @@ def evaluate_dataset(
             totals[0] += losses.double().sum()
             totals[1] += len(idx)
             totals[2] += float(mask.sum())
-            bar.update(len(idx) * dims.dp)
+            bar.update(len(idx) * dims.dp, int(mask.sum()) * dims.dp)
     bar.close()
     dims.all_reduce(totals, group="dp")
     return {"loss": float(totals[0] / totals[1]), "examples": int(totals[1]), "tokens": int(totals[2])}

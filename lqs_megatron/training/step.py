@@ -1,22 +1,30 @@
-"""One optimizer step on this rank's share of a global batch: micro-batches, DDP, clip, AdamW.
+"""One optimizer step of any model on this rank's share of a global batch: micro-batches, DDP, clip, AdamW.
 
-The loss is the mean over the global batch of each example's mean token cross-entropy.
-Each rank sums its examples' losses and divides by its local batch size; DDP averages the
-gradients over the data-parallel group, so the update equals one process's update on the
-whole global batch. Micro-batches accumulate gradients (``no_sync`` until the last).
+The loss module returns one loss per example (``[n]``): the language model's mean token
+cross-entropy per sample (pretraining), the squared error of each score (the scorer).
+The step minimises their mean over the global batch: each rank backpropagates
+``sum(losses) / n_local`` of each micro-batch; DDP averages the gradients over the
+data-parallel group, so the update equals one process's update on the whole global batch.
+Micro-batches accumulate gradients (``no_sync`` until the last).
+
+A step whose loss or gradient norm is not finite is **not applied**: its gradients are
+dropped and the weights stay as they were (``StepResult.finite`` is False; the loop
+decides whether to stop or skip). Both numbers are the same on every rank (the loss is
+all-reduced, the gradients are averaged before the norm), so every rank decides alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lqs_megatron.distributed import ParallelDims
-from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, clip_grad_norm, set_lr
 
 
@@ -27,76 +35,90 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def wrap_data_parallel(module: nn.Module, dims: ParallelDims, find_unused_parameters: bool = False) -> nn.Module:
+    """The one DDP wrapping of the project: ``module`` itself when dp == 1, else DDP over the dp group.
+
+    ``find_unused_parameters``: for modules that may leave parameters out of the graph (an HF
+    backbone under the scorer). Buffers are not synchronised: our modules hold none that a
+    forward changes."""
+    if dims.dp == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+    newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+    return DDP(
+        module,
+        process_group=dims.dp_group,
+        device_ids=[dims.device.index] if dims.device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        find_unused_parameters=find_unused_parameters,
+        **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}),
+    )
+
+
+@dataclass
+class StepResult:
+    """What one step did: the global mean ``loss``, the gradient norm before clipping, the learning rate,
+    and whether it was ``finite`` (applied)."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    finite: bool
+
+
 class TrainStep:
-    """Callable: ``step_fn(tokens [local_batch, L+1], step) -> {"loss", "grad_norm", "lr"}`` (tensors)."""
+    """Callable: ``step_fn(micro_batches, n_local, step) -> StepResult``.
+
+    ``micro_batches``: this rank's micro-batches of the step, each a tuple of the loss module's
+    positional arguments (on the device); ``n_local``: the examples they hold together.
+    """
 
     def __init__(
         self,
-        model: Decoder,
+        loss_module: nn.Module,
         dims: ParallelDims,
         optimizer: torch.optim.Optimizer,
         schedule: WarmupCosine,
-        micro_batch_size: int,
         clip_grad: float = 1.0,
-        precision: str = "auto",
-        compile: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        find_unused_parameters: bool = False,
     ):
-        self.model, self.dims, self.optimizer, self.schedule = model, dims, optimizer, schedule
-        self.micro_batch_size, self.clip_grad = micro_batch_size, clip_grad
-        self.amp_dtype = autocast_dtype(precision, dims.device)
-        self.loss_module = CausalLMLoss(torch.compile(model) if compile else model)
-        self.module: nn.Module = self.loss_module
-        if dims.dp > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-            # the decoder has no buffers: nothing to sync per forward
-            newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-            self.module = DDP(
-                self.loss_module,
-                process_group=dims.dp_group,
-                device_ids=[dims.device.index] if dims.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-                **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}),
-            )
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.loss_module, self.dims, self.optimizer, self.schedule = loss_module, dims, optimizer, schedule
+        self.clip_grad, self.amp_dtype = clip_grad, amp_dtype
+        self.module = wrap_data_parallel(loss_module, dims, find_unused_parameters)
+        self.params = [p for p in loss_module.parameters() if p.requires_grad]
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dims.device.type, dtype=self.amp_dtype)
+        return autocast(self.dims.device, self.amp_dtype)
 
-    def losses(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[n]`` per-example losses of packed samples (no gradient), micro-batch by micro-batch."""
-        tokens = tokens.to(self.dims.device, non_blocking=True)
-        out = []
-        with torch.no_grad(), self.autocast():
-            for s in range(0, tokens.shape[0], self.micro_batch_size):
-                t = tokens[s : s + self.micro_batch_size]
-                labels = t[:, 1:]
-                out.append(self.loss_module(t[:, :-1], labels, torch.ones_like(labels, dtype=torch.float32)))
-        return torch.cat(out)
-
-    def __call__(self, tokens: torch.Tensor, step: int) -> dict[str, torch.Tensor | float]:
+    def __call__(self, micro_batches: Sequence[tuple], n_local: int, step: int) -> StepResult:
         lr = self.schedule(step)
         set_lr(self.optimizer, lr)
-        self.model.train()
-        tokens = tokens.to(self.dims.device, non_blocking=True)
-        local = tokens.shape[0]
-        inputs, labels = tokens[:, :-1], tokens[:, 1:]
-        mask = torch.ones_like(labels, dtype=torch.float32)
-        n_micro = -(-local // self.micro_batch_size)
+        self.loss_module.train()
+        n_micro = len(micro_batches)
         loss_sum = torch.zeros((), device=self.dims.device, dtype=torch.float32)
-        for i in range(n_micro):
-            sl = slice(i * self.micro_batch_size, (i + 1) * self.micro_batch_size)
+        for i, mb in enumerate(micro_batches):
             last = i == n_micro - 1
             sync = contextlib.nullcontext() if last or self.module is self.loss_module else self.module.no_sync()
             with sync:
                 with self.autocast():
-                    losses = self.module(inputs[sl], labels[sl], mask[sl])
-                (losses.sum() / local).backward()
+                    losses = self.module(*mb)
+                (losses.sum() / n_local).backward()
             loss_sum += losses.detach().sum()
         grad_norm = clip_grad_norm(self.params, self.clip_grad, self.dims)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.dims.all_reduce(loss_sum, group="dp")
-        return {"loss": loss_sum / (local * self.dims.dp), "grad_norm": grad_norm, "lr": lr}
+        loss = float(loss_sum / (n_local * self.dims.dp))
+        norm = float(grad_norm)
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, norm, lr, finite)

@@ -148,3 +148,42 @@ def output_lock(out: str | os.PathLike, command: str | None = None, enabled: boo
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)  # releases the flock
+
+
+def check_unlocked(out: str | os.PathLike) -> None:
+    """Raise :class:`OutputLocked` when a live run on this host holds ``out``'s lock (a read-only probe: it
+    takes no lock, so many ranks may call it at once; :func:`output_lock` still decides)."""
+    path = lock_path(out)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        holder = _read(fd)
+    finally:
+        os.close(fd)
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        raise OutputLocked(path, holder)
+
+
+@contextlib.contextmanager
+def output_lock_on_main(out: str | os.PathLike, dims, command: str | None = None) -> Iterator[str | None]:
+    """:func:`output_lock` taken by global rank 0 of a (possibly distributed) job; every rank learns the
+    outcome, so when the lock is refused **every** rank raises (none is left waiting in a collective).
+
+    ``dims``: a :class:`~lqs_megatron.distributed.ParallelDims` (collective: every rank calls this)."""
+    with contextlib.ExitStack() as stack:
+        failure: Exception | None = None
+        path = None
+        if dims.is_main:
+            try:
+                path = stack.enter_context(output_lock(out, command))
+            except (LQSError, OSError) as e:
+                failure = e
+        msg = dims.broadcast_object(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if msg is not None:
+            raise LQSError(msg)
+        yield path

@@ -12,7 +12,7 @@
 #            GLOBAL_BATCH_SIZE (512), MICRO_BATCH_SIZE (16), MAX_LENGTH (1024), WARMUP (10), SEED (10)
 # torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)
 # Extra arguments are passed to `lqs train-scorer` unchanged (later flags override these defaults).
-# Rerunning the same command continues an interrupted run (--resume from OUT/last).
+# Rerunning the same command continues an interrupted run (--resume from the newest valid OUT/step_X).
 set -euo pipefail
 
 : "${DATA:?set DATA to the directory written by lqs prepare-scorer-data}"

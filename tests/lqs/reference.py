@@ -1,10 +1,13 @@
 """An independent float64 implementation of LQS_ALGORITHM.md, for the tests only.
 
-Nothing here comes from the engine: its own functional Mistral forward (read from the HF
-safetensors by HF names; RMSNorm, RoPE and softmax in float64, which HF cast to float64
-does not do), one example at a time with no padding, materialised per-example gradients
-(``torch.func.grad``), HVPs by ``torch.func.jvp`` of the gradient, all theta kept in memory
-(no checkpointing) and literal loops over the steps as written in the contract.
+Nothing here comes from the engine: its own functional forward of the supported families
+(read from the HF safetensors and config.json by HF names; RMSNorm, RoPE and softmax in
+float64, which HF cast to float64 does not do): Mistral with its sliding window, Llama with
+``llama3`` / ``linear`` rope scaling and ``attention_bias`` / ``mlp_bias``, Qwen2 with q/k/v
+biases (any ``*_proj.bias`` tensor present is added), tied or untied heads. One example at a
+time with no padding, materialised per-example gradients (``torch.func.grad``), HVPs by
+``torch.func.jvp`` of the gradient, all theta kept in memory (no checkpointing) and literal
+loops over the steps as written in the contract.
 """
 
 from __future__ import annotations
@@ -39,34 +42,71 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def _inv_freq(cfg: dict, hd: int) -> torch.Tensor:
+    """Rotary inverse frequencies, one at a time, with the Llama-3.x / linear scaling as published."""
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    out = []
+    for i in range(hd // 2):
+        f = 1.0 / theta ** (2 * i / hd)
+        if kind == "linear":
+            f = f / rope["factor"]
+        elif kind == "llama3":
+            wavelength = 2 * math.pi / f
+            n = rope["original_max_position_embeddings"]
+            lo, hi = rope["low_freq_factor"], rope["high_freq_factor"]
+            if wavelength > n / lo:  # low frequency: interpolated by the factor
+                f = f / rope["factor"]
+            elif wavelength >= n / hi:  # in between: a smooth blend of the two
+                smooth = (n / wavelength - lo) / (hi - lo)
+                f = (1 - smooth) * f / rope["factor"] + smooth * f
+        else:
+            assert kind == "default", kind
+        out.append(f)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _attention_mask(cfg: dict, T: int) -> torch.Tensor:
+    """Additive ``[T, T]`` mask: causal, and Mistral's window (key within ``sliding_window - 1`` before)."""
+    window = cfg.get("sliding_window") if cfg["model_type"] == "mistral" else None
+    assert not (cfg["model_type"] == "qwen2" and cfg.get("use_sliding_window"))
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    hidden = (j > i) | ((i - j >= window) if window is not None else False)
+    return torch.zeros(T, T, dtype=torch.float64).masked_fill(hidden, float("-inf"))
+
+
+def _linear(P: Params, name: str, x: torch.Tensor) -> torch.Tensor:
+    y = x @ P[name + ".weight"].T
+    return y + P[name + ".bias"] if name + ".bias" in P else y
+
+
 def logits(P: Params, cfg: dict, ids: torch.Tensor) -> torch.Tensor:
     """``[T, V]`` logits of one unpadded sequence ``ids [T]`` (float64 throughout)."""
     T = ids.shape[0]
     H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or cfg["hidden_size"] // H
     eps = cfg["rms_norm_eps"]
-    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-    freqs = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None]
+    freqs = torch.arange(T, dtype=torch.float64)[:, None] * _inv_freq(cfg, hd)[None]
     emb = torch.cat((freqs, freqs), -1)
     cos, sin = emb.cos(), emb.sin()
-    causal = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+    mask = _attention_mask(cfg, T)
     h = P["model.embed_tokens.weight"][ids]
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         x = _rms(h, P[p + "input_layernorm.weight"], eps)
-        q = (x @ P[p + "self_attn.q_proj.weight"].T).view(T, H, hd).transpose(0, 1)
-        k = (x @ P[p + "self_attn.k_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
-        v = (x @ P[p + "self_attn.v_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
+        q = _linear(P, p + "self_attn.q_proj", x).view(T, H, hd).transpose(0, 1)
+        k = _linear(P, p + "self_attn.k_proj", x).view(T, Hkv, hd).transpose(0, 1)
+        v = _linear(P, p + "self_attn.v_proj", x).view(T, Hkv, hd).transpose(0, 1)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k = k.repeat_interleave(H // Hkv, dim=0)
         v = v.repeat_interleave(H // Hkv, dim=0)
-        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd) + causal, dim=-1) @ v  # [H, T, hd]
-        h = h + att.transpose(0, 1).reshape(T, H * hd) @ P[p + "self_attn.o_proj.weight"].T
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd) + mask, dim=-1) @ v  # [H, T, hd]
+        h = h + _linear(P, p + "self_attn.o_proj", att.transpose(0, 1).reshape(T, H * hd))
         x = _rms(h, P[p + "post_attention_layernorm.weight"], eps)
-        gate = torch.nn.functional.silu(x @ P[p + "mlp.gate_proj.weight"].T)
-        h = h + (gate * (x @ P[p + "mlp.up_proj.weight"].T)) @ P[p + "mlp.down_proj.weight"].T
+        gate = torch.nn.functional.silu(_linear(P, p + "mlp.gate_proj", x))
+        h = h + _linear(P, p + "mlp.down_proj", gate * _linear(P, p + "mlp.up_proj", x))
     h = _rms(h, P["model.norm.weight"], eps)
     head = P["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else P["lm_head.weight"]
     return h @ head.T

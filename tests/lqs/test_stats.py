@@ -10,7 +10,8 @@ from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.models.config import ModelConfig
-from lqs_megatron.models.loading import build_model
+from lqs_megatron.models.loading import build_model, load_model
+from tests.models.families import FAMILIES, save_family
 from tests.utils import assert_close
 
 VOCAB = 97
@@ -111,3 +112,19 @@ def test_tied_embeddings_include_the_cross_term(dtype, rtol):
     dot, sq = ExampleStats(model, ParallelDims(), backend="torch")(batch, {n: t.to(dtype) for n, t in lam.items()})
     assert_close(sq, ref_sq, rtol=rtol, name="|g_n|^2 (tied)")
     assert_close(dot, ref_dot, rtol=rtol, name="<g_n, lambda> (tied)")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_stats_match_torch_func(tmp_path, family):
+    """Every supported family loaded from HF (q/k/v/o/MLP biases, llama3 rope, a sliding window shorter
+    than the batch, tied embeddings): float64 statistics equal vmap(grad) per-example gradients."""
+    save_family(family, tmp_path / "hf", vocab=VOCAB)
+    model = load_model(tmp_path / "hf", dtype=torch.float64)
+    biases = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    assert bool(biases) == (family in ("qwen25", "llama_bias")), biases
+    batch = random_batch([13, 7, 1, 10, 6], seed=3)
+    lam = random_lambda(model)
+    ref_dot, ref_sq = torch_func_stats(load_model(tmp_path / "hf", dtype=torch.float64), batch, lam)
+    dot, sq = ExampleStats(model, ParallelDims(), backend="torch")(batch, lam)
+    assert_close(sq, ref_sq, rtol=1e-10, name=f"|g_n|^2 ({family})")
+    assert_close(dot, ref_dot, rtol=1e-10, name=f"<g_n, lambda> ({family})")

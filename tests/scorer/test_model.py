@@ -73,7 +73,7 @@ def test_pooled_hidden_states_match_transformers(kind, mistral_dir, xglm_dir, tm
     scorer, cfg, _ = build_scorer(base=path, max_length=256)
     assert cfg.backbone == ("decoder" if kind == "mistral" else "hf")
     scorer.eval()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().base_model
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval().base_model
     seqs = _random_seqs(7, seed=3)
     ds = write_token_dataset(tmp_path / "d", seqs)
     ids, lens = collate(ds, np.arange(7), cfg)  # right-padded batch

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import subprocess
 import sys
 
@@ -17,6 +19,12 @@ from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.train import TrainScorerConfig, schedule, train_scorer
 from tests.scorer.helpers import degraded_docs, write_dataset
 from tests.utils import REPO, assert_close, rel_err, run_lqs
+
+
+def latest(out):
+    """The newest checkpoint directory of a train-scorer output."""
+    return out / (out / "latest").read_text().strip()
+
 
 TRAIN_FLAGS = ["--model-config", "tiny", "--max-length", "96", "--lr", "3e-3", "--warmup", "5"]
 
@@ -76,8 +84,8 @@ def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_pa
     ]
     assert len(losses[0]) == 2  # 20 steps, logged every 10
     assert_close(losses[1], losses[0], rtol=1e-5, name="train loss")
-    one = load_file(tmp_path / "one" / "last" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "last" / "model.safetensors")
+    one = load_file(latest(tmp_path / "one") / "model.safetensors")
+    two = load_file(latest(tmp_path / "two") / "model.safetensors")
     assert one.keys() == two.keys()
     for k in one:
         assert rel_err(two[k], one[k]) < 1e-4, k
@@ -87,7 +95,7 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch):
+def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch, caplog):
     cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup=3, batch_size=32, micro_batch_size=16, max_length=64)
     cfg.save_interval = 4
     kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
@@ -106,21 +114,44 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", dying_schedule)
     with pytest.raises(_Killed):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
-    trainer = json.loads((tmp_path / "cut" / "last" / "trainer.json").read_text())
+    trainer = json.loads((latest(tmp_path / "cut") / "trainer.json").read_text())
     assert (trainer["epoch"], trainer["step_in_epoch"], trainer["global_step"]) == (1, 2, 12)
+    import shutil
+
+    old = tmp_path / "old"  # the same state in the layout before step directories: OUT/last, no checksums
+    shutil.copytree(latest(tmp_path / "cut"), old / "last")
+    (old / "last" / "checksums.json").unlink()
+    corrupt = tmp_path / "corrupt"  # the newest checkpoint truncated: resume falls back to the one before (step 10)
+    shutil.copytree(tmp_path / "cut", corrupt)
+    weights = latest(corrupt) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
+    with pytest.raises(LQSError, match="--batch-size was 32, now 16"):
+        train_scorer(proxy / "data", tmp_path / "cut", dataclasses.replace(cfg, batch_size=16), resume=True, **kw)
     resumed = train_scorer(proxy / "data", tmp_path / "cut", cfg, resume=True, **kw)
     assert resumed["steps"] == full["steps"] == 20 and resumed["best_epoch"] == full["best_epoch"]
     for k, v in full["best_valid"].items():
         assert resumed["best_valid"][k] == pytest.approx(v, rel=1e-5), k
     # the same weights up to float32 rounding (CPU GEMM kernels may round differently for
     # differently aligned copies of the same tensors); one step more or less differs by ~1e-3
-    a = load_file(tmp_path / "full" / "last" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "last" / "model.safetensors")
+    a = load_file(latest(tmp_path / "full") / "model.safetensors")
+    b = load_file(latest(tmp_path / "cut") / "model.safetensors")
     for k in a:
         assert rel_err(b[k], a[k]) < 1e-5, k
+
+    with caplog.at_level(logging.WARNING, logger="lqs_megatron.scorer.train"):
+        fell_back = train_scorer(proxy / "data", corrupt, cfg, resume=True, **kw)
+    assert any(f"skipping step_00000012: {weights}: " in r.getMessage() for r in caplog.records)
+    assert fell_back["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
+
+    # a run written before step directories still resumes
+    with pytest.raises(LQSError, match="pass --resume"):
+        train_scorer(proxy / "data", old, cfg, **kw)
+    legacy = train_scorer(proxy / "data", old, cfg, resume=True, **kw)
+    assert legacy["steps"] == 20 and legacy["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
+    assert latest(old).name == "step_00000020"
 
 
 def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path):

@@ -15,12 +15,19 @@ CFG = dict(vocab_size=53, hidden_size=32, intermediate_size=48, num_layers=2, nu
 
 def _train(dims, tokens_fn, micro, steps=3):
     from lqs_megatron.models.loading import build_model
+    from lqs_megatron.training.loss import CausalLMLoss
     from lqs_megatron.training.step import TrainStep
+    from lqs_megatron.training.trainer import lm_micro_batches
 
     model = build_model(ModelConfig(**CFG), dims, seed=7, dtype=torch.float64)  # float64: Adam amplifies noise
     opt = build_optimizer(model, lr=1e-2)
-    step_fn = TrainStep(model, dims, opt, WarmupCosine(1e-2, 1e-3, 1, steps), micro, clip_grad=0.5)
-    losses = [float(step_fn(tokens_fn(s), s)["loss"]) for s in range(steps)]
+    step_fn = TrainStep(CausalLMLoss(model), dims, opt, WarmupCosine(1e-2, 1e-3, 1, steps), clip_grad=0.5)
+    losses = []
+    for s in range(steps):
+        tokens = tokens_fn(s)
+        res = step_fn(lm_micro_batches(tokens, micro), len(tokens), s)
+        assert res.finite
+        losses.append(res.loss)
     return model, losses
 
 

@@ -59,7 +59,7 @@ def test_checkpoint_layout(run):
     assert open(os.path.join(out, "latest")).read().strip() == "step_00000006"
     step = os.path.join(out, "step_00000006")
     assert sorted(os.listdir(step)) == [
-        "config.json", "model-tp00-of-01.safetensors", "optimizer-tp00-of-01.pt", "rng-rank00000.pt",
+        "checksums.json", "config.json", "model-tp00-of-01.safetensors", "optimizer-tp00-of-01.pt", "rng-rank00000.pt",
         "tokenizer", "trainer.json",
     ]  # fmt: skip
     meta = json.load(open(os.path.join(step, "config.json")))
@@ -70,6 +70,11 @@ def test_checkpoint_layout(run):
     losses = _losses(out)
     assert len(losses) == 6 and losses[-1] < losses[0] and run["summary"]["valid_loss"] is not None
     assert not [n for n in os.listdir(out) if ".tmp" in n]
+    sums = json.load(open(os.path.join(step, "checksums.json")))["files"]
+    files = {f"{os.path.relpath(d, step)}/{f}".removeprefix("./") for d, _, fs in os.walk(step) for f in fs}
+    assert set(sums) == files - {"checksums.json"} and "tokenizer/tokenizer_config.json" in sums
+    assert sums["config.json"]["size"] == os.path.getsize(os.path.join(step, "config.json"))
+    assert os.path.getsize(os.path.join(out, "loss.png")) > 1000  # the loss curves, drawn at the end
 
 
 def test_export_hf_loads_cleanly_and_matches_checkpoint(run, hf_dir, caplog):
