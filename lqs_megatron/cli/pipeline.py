@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from lqs_megatron.cli.options import add_options, build, new_command
+from lqs_megatron.pipeline.config import DemoCommand, PipelineCommand
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = new_command(
+        sub,
         "pipeline",
         help="run every step from raw jsonl to pretrained, evaluated models (resumable)",
         description=(
@@ -18,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "unfinished step. See docs/pipeline.md for the config keys."
         ),
     )
-    p.add_argument("--config", required=True, help="pipeline YAML (relative paths resolve against its directory)")
-    p.add_argument("--workdir", help="override the config's workdir")
+    add_options(p, PipelineCommand)
     p.set_defaults(func=_pipeline)
 
-    d = sub.add_parser(
+    d = new_command(
+        sub,
         "demo",
         help="the whole pipeline on a corpus built from Python's own text (offline, minutes on 2 CPU cores)",
         description=(
@@ -34,26 +38,27 @@ def register(sub: argparse._SubParsersAction) -> None:
             "with the same --workdir reuses finished steps."
         ),
     )
-    d.add_argument("--workdir", default="lqs_demo", help="where everything is written (default: ./lqs_demo)")
-    d.add_argument("--config", help="a YAML whose keys override the embedded demo config")
+    add_options(d, DemoCommand)
     d.set_defaults(func=_demo)
 
 
 def _pipeline(args) -> int:
-    from lqs_megatron.pipeline.config import load_config  # noqa: PLC0415
-    from lqs_megatron.pipeline.run import run_pipeline  # noqa: PLC0415
+    import os
 
-    cfg = load_config(args.config)
-    if args.workdir:
-        import os  # noqa: PLC0415
+    from lqs_megatron.pipeline.config import load_config
+    from lqs_megatron.pipeline.run import run_pipeline
 
-        cfg.workdir = os.path.abspath(args.workdir)
+    cmd = build(PipelineCommand, args)
+    cfg = load_config(cmd.config)
+    if cmd.workdir:
+        cfg.workdir = os.path.abspath(cmd.workdir)
     run_pipeline(cfg)
     return 0
 
 
 def _demo(args) -> int:
-    from lqs_megatron.pipeline.demo import run_demo  # noqa: PLC0415
+    from lqs_megatron.pipeline.demo import run_demo
 
-    run_demo(args.workdir, args.config)
+    cmd = build(DemoCommand, args)
+    run_demo(cmd.workdir, cmd.config)
     return 0

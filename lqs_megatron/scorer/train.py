@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ import torch
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.compat import check_same_tokenizer
+from lqs_megatron.scorer.config import TrainScorerConfig
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, mse_loss, save_scorer, unwrap
@@ -54,83 +54,6 @@ from lqs_megatron.training.optim import WarmupCosine, build_optimizer, clip_grad
 from lqs_megatron.utils.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainScorerConfig:
-    """Hyper-parameters of ``lqs train-scorer`` (defaults: PDS/DELT's scorer recipe)."""
-
-    epochs: int = 5
-    """Passes over the training split (``--epochs``)."""
-    lr: float = 1e-4
-    """Peak learning rate (``--lr``)."""
-    min_lr: float = 0.0
-    """Learning rate at the end of the cosine (``--min-lr``)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices and embeddings (``--weight-decay``)."""
-    warmup: int = 10
-    """Linear warmup steps (``--warmup``)."""
-    clip_grad: float = 1.0
-    """Clip the global gradient norm to this; 0 disables (``--clip-grad``)."""
-    batch_size: int = 512
-    """Global batch: sequences per optimizer step over all ranks (``--batch-size``)."""
-    micro_batch_size: int | None = None
-    """Sequences per rank per forward/backward (``--micro-batch-size``); None: the largest divisor
-    of ``batch_size / dp`` up to 16."""
-    eval_batch_tokens: int | None = None
-    """Token budget of a validation batch (``--eval-batch-tokens``; None: 4096 on the CPU, 32768 on CUDA)."""
-    max_length: int = 1024
-    """Tokens read per sequence, BOS included (``--max-length``)."""
-    use_bos: bool = True
-    """Prepend the tokenizer's BOS to every sequence (``--no-bos`` turns it off)."""
-    seed: int = 0
-    """Seed of the initialisation and the data order (``--seed``)."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (``--no-bf16``); the CPU always trains in float32."""
-    save_interval: int = 200
-    """Also write ``OUT/last`` every this many steps (0: only at epoch ends)."""
-    log_interval: int = 10
-    """Steps between training-loss lines in ``metrics.jsonl``."""
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
-            "min-lr": 0 <= self.min_lr <= self.lr,
-            "weight-decay": self.weight_decay >= 0,
-            "warmup": self.warmup >= 0,
-            "clip-grad": self.clip_grad >= 0,
-            "batch-size": self.batch_size >= 1,
-            "micro-batch-size": self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
-            "max-length": self.max_length >= 2,
-            "save-interval": self.save_interval >= 0,
-            "log-interval": self.log_interval >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise LQSError(f"invalid --{bad[0]}: {getattr(self, bad[0].replace('-', '_'))}")
-
-    def micro_batch(self, dp: int) -> int:
-        """Sequences per rank per forward/backward: ``--micro-batch-size``, or by default the largest
-        divisor of ``batch_size / dp`` that is at most 16."""
-        if self.batch_size % dp:
-            raise LQSError(f"--batch-size {self.batch_size} is not a multiple of the {dp} data-parallel ranks")
-        if self.micro_batch_size is not None:
-            return self.micro_batch_size
-        per_rank = self.batch_size // dp
-        return max(d for d in range(1, min(16, per_rank) + 1) if per_rank % d == 0)
-
-    def accumulation(self, dp: int) -> int:
-        """Micro-batches per rank per step; the global batch must split evenly."""
-        mb = self.micro_batch(dp)
-        per_step = dp * mb
-        if self.batch_size % per_step:
-            raise LQSError(
-                f"--batch-size {self.batch_size} is not a multiple of data-parallel ranks x --micro-batch-size "
-                f"({dp} x {mb} = {per_step})"
-            )
-        return self.batch_size // per_step
 
 
 def schedule(cfg: TrainScorerConfig, total_steps: int) -> WarmupCosine:

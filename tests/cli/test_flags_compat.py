@@ -12,6 +12,7 @@ prints a warning naming the new spelling.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -53,8 +54,13 @@ def _base(flags: list[dict], skip_group: int | None = None) -> list[str]:
     return argv
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    return build_parser()  # argparse parsers are reusable: one for all the cases
+
+
 def _parse(command: str, argv: list[str]) -> dict:
-    ns = build_parser().parse_args([command, *argv])
+    ns = _parser().parse_args([command, *argv])
     return {k: v for k, v in vars(ns).items() if k != "func"}
 
 
@@ -87,8 +93,7 @@ def test_every_old_flag_still_parses(command, opt, flag, capsys):
 
 
 def _new_action(command: str, opt: str) -> argparse.Action:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     p = sub.choices[command]
     return p._option_string_actions[opt]
 
