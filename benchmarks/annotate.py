@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import lqs_megatron.kernels.grad_stats as grad_stats  # noqa: E402
+import lqs_megatron.kernels.grad_stats as grad_stats
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats

@@ -22,7 +22,7 @@ class Progress:
         self.enabled = enabled
         self._bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
 
             self._bar = tqdm(
                 desc=desc, unit="doc", unit_scale=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5
