@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.lqs.config import REQUIRED, AnnotateConfig
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,14 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "backward with Hessian-vector products, and score every proxy example at the steps i % K == 0 "
         "(docs/algorithm.md). Writes OUT/raw_scores.npy (float64, proxy order), OUT/scores.npy (normalised, "
         "clipped to [-3, 3]) and OUT/annotate.json. Run under torchrun for data (and --tp tensor) parallelism.",
+        setup=flags("lqs_megatron.lqs.config", "AnnotateConfig"),
     )
-    add_options(p, AnnotateConfig, groups={REQUIRED: p.add_argument_group(REQUIRED)})
     p.set_defaults(func=_annotate)
 
 
 def _annotate(args: argparse.Namespace) -> int:
     from lqs_megatron.distributed import init_distributed
     from lqs_megatron.lqs.annotate import annotate
+    from lqs_megatron.lqs.config import AnnotateConfig
 
     cfg = build(AnnotateConfig, args)
     dims = init_distributed(tp=cfg.tp, device=cfg.device)

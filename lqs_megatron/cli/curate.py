@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.curate.config import ORDER_PARAMS, SELECT_PARAMS, OrderConfig, SelectConfig
+from lqs_megatron.cli.options import build, flags, new_command
 
 _IO_HELP = (
     "Input is an indexed dataset PREFIX with --scores FILE.npy (one finite score per sequence), or a jsonl "
@@ -30,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep the best sequences by score (top-r, top-k, threshold)",
         description="Keep sequences by score (higher is better); kept sequences stay in input order; ties at "
         "the cut go to the lower index. top-r keeps floor(r*N), top-k keeps k, threshold keeps score >= X. " + _IO_HELP,
+        setup=flags("lqs_megatron.curate.config", "SelectConfig"),
     )
-    add_options(p, SelectConfig)
     p.set_defaults(func=_select)
 
     p = new_command(
@@ -42,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "taking every L-th sequence from position l. sorting: ascending (--descending). shuffle: seeded "
         "permutation. zigzag: folding with odd passes reversed. stair/saw: sorted with folded/zigzagged "
         "transition regions around sections-1 split points. Equal scores keep index order. " + _IO_HELP,
+        setup=flags("lqs_megatron.curate.config", "OrderConfig"),
     )
-    add_options(p, OrderConfig)
     p.set_defaults(func=_order)
 
 
@@ -62,6 +61,7 @@ def _run(cfg, choose) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
+    from lqs_megatron.curate.config import SELECT_PARAMS, SelectConfig
     from lqs_megatron.curate.selection import select
     from lqs_megatron.errors import LQSError
 
@@ -79,6 +79,7 @@ def _select(args: argparse.Namespace) -> int:
 def _order(args: argparse.Namespace) -> int:
     import inspect
 
+    from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
     from lqs_megatron.curate.ordering import ORDERINGS, order
     from lqs_megatron.errors import LQSError
 

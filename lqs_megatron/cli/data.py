@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.data.config import TrainTokenizerConfig
-from lqs_megatron.data.conversations import TargetConfig
-from lqs_megatron.data.retokenize import RetokenizeConfig
-from lqs_megatron.data.tokenize import TokenizeConfig
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a sentencepiece BPE tokenizer on a jsonl corpus",
         description="Train a lossless sentencepiece BPE tokenizer (byte fallback, ids: pad 0, unk 1, bos 2, "
         "eos 3) on the texts of jsonl files, saved as a directory transformers.AutoTokenizer loads offline.",
+        setup=flags("lqs_megatron.data.config", "TrainTokenizerConfig"),
     )
-    add_options(p, TrainTokenizerConfig)
     p.set_defaults(func=_train_tokenizer)
 
     p = new_command(
@@ -33,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Tokenize jsonl documents into a Megatron indexed dataset PREFIX.bin/.idx (plus "
         "PREFIX.stats.json), streaming with flat memory. Each document becomes tok(text).input_ids + [EOS]. "
         "Written under a temporary name and renamed only when complete.",
+        setup=flags("lqs_megatron.data.tokenize", "TokenizeConfig"),
     )
-    add_options(p, TokenizeConfig)
     p.set_defaults(func=_tokenize)
 
     p = new_command(
@@ -44,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Tokenize conversations (a list of turns per line: strings, or {from/role, value/content} "
         "objects) into an indexed dataset, one sequence per conversation: the tokenizer's chat template if it "
         "has one, else the turns joined by a blank line; EOS at the end.",
+        setup=flags("lqs_megatron.data.conversations", "TargetConfig"),
     )
-    add_options(p, TargetConfig)
     p.set_defaults(func=_tokenize_target)
 
     p = new_command(
@@ -54,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="indexed dataset from tokenizer A -> the same data with tokenizer B",
         description="Decode every EOS-delimited segment with the source tokenizer and re-encode it with the "
         "destination tokenizer; EOS stays at the same segment ends, sequences and documents are kept.",
+        setup=flags("lqs_megatron.data.retokenize", "RetokenizeConfig"),
     )
-    add_options(p, RetokenizeConfig)
     p.set_defaults(func=_retokenize)
 
 
@@ -70,6 +66,7 @@ def _report(stats: dict) -> None:
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.config import TrainTokenizerConfig
     from lqs_megatron.data.jsonl import SkipLog, read_texts
     from lqs_megatron.data.train_tokenizer import train_tokenizer
 
@@ -85,21 +82,21 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.tokenize import tokenize
+    from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
 
     _report(tokenize(build(TokenizeConfig, args)))
     return 0
 
 
 def _tokenize_target(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.conversations import tokenize_target
+    from lqs_megatron.data.conversations import TargetConfig, tokenize_target
 
     _report(tokenize_target(build(TargetConfig, args)))
     return 0
 
 
 def _retokenize(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.retokenize import retokenize
+    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
 
     _report(retokenize(build(RetokenizeConfig, args)))
     return 0

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.data.config import ExportJsonlConfig, MergeConfig, SampleProxyConfig
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw N distinct sequences uniformly at random (seeded) from an indexed dataset and write "
         "them, in corpus order, as a new dataset (each sequence its own document), plus OUT.indices.npy "
         "(int64, ascending): the corpus index of each output sequence.",
+        setup=flags("lqs_megatron.data.config", "SampleProxyConfig"),
     )
-    add_options(p, SampleProxyConfig)
     p.set_defaults(func=_sample_proxy)
 
     p = new_command(
@@ -33,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="merge several indexed datasets into one",
         description="Concatenate indexed datasets in the order given, keeping every document boundary (document "
         "indices are offset correctly). Datasets of different integer token dtypes are upcast to a common one.",
+        setup=flags("lqs_megatron.data.config", "MergeConfig"),
     )
-    add_options(p, MergeConfig)
     p.set_defaults(func=_merge)
 
     p = new_command(
@@ -43,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode a dataset (and its scores) to jsonl",
         description='Write one line per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
         "with --scores). The trailing EOS of each sequence is removed and special tokens are skipped.",
+        setup=flags("lqs_megatron.data.config", "ExportJsonlConfig"),
     )
-    add_options(p, ExportJsonlConfig)
     p.set_defaults(func=_export_jsonl)
 
 
 def _sample_proxy(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.config import SampleProxyConfig
     from lqs_megatron.data.proxy import sample_proxy
 
     cfg = build(SampleProxyConfig, args)
@@ -57,6 +57,7 @@ def _sample_proxy(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.config import MergeConfig
     from lqs_megatron.data.merge import merge_datasets
 
     cfg = build(MergeConfig, args)
@@ -65,6 +66,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export_jsonl(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.config import ExportJsonlConfig
     from lqs_megatron.data.export import export_jsonl
 
     cfg = build(ExportJsonlConfig, args)

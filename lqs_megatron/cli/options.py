@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from lqs_megatron.options import (
@@ -54,9 +56,67 @@ class HelpFormatter(argparse.HelpFormatter):
         return "\n\n".join(fill(p, width, indent) for p in text.split("\n\n"))
 
 
-def new_command(sub: argparse._SubParsersAction, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand parser with the project's help format."""
-    return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+class Command(argparse.ArgumentParser):
+    """A subcommand whose flags are added when it is first used (parsed, or asked for help or usage):
+    ``lqs --help`` and each command import only the settings they show."""
+
+    def __init__(self, *args, setup: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup = setup
+
+    def populate(self) -> Command:
+        """Add the flags now (once)."""
+        setup, self._setup = self._setup, None
+        if setup is not None:
+            setup(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.populate()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.populate()
+        return super().format_usage()
+
+
+def new_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    setup: Callable[[argparse.ArgumentParser], None],
+) -> Command:
+    """A subcommand with the project's help format; ``setup(parser)`` adds its flags (imports its
+    settings' dataclasses, calls :func:`add_options`) when the command is used. ``sub`` comes from
+    ``add_subparsers(parser_class=Command)`` (``lqs_megatron.cli.build_parser``)."""
+    return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter, setup=setup)
+
+
+def flags(module: str, *names: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The ``setup`` of :func:`new_command` that adds the flags of the dataclasses ``names`` of ``module``
+    (imported only when the command is used)."""
+
+    def setup(parser: argparse.ArgumentParser) -> None:
+        mod = importlib.import_module(module)
+        for name in names:
+            add_options(parser, getattr(mod, name))
+
+    return setup
+
+
+def populated(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the flags of every subcommand added (for tools and tests that inspect them)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                p.populate()
+    return parser
 
 
 class _Deprecated(argparse.Action):
@@ -93,8 +153,12 @@ def _help(cls, f: dataclasses.Field) -> str:
 def add_options(
     parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (), groups: dict | None = None
 ) -> None:
-    """One flag per setting of ``cls`` (less ``exclude``); ``groups`` caches the help sections by title."""
+    """One flag per setting of ``cls`` (less ``exclude``); ``groups`` caches the help sections by title,
+    created in the order of ``cls.help_groups`` first, if the class names one."""
     groups = {} if groups is None else groups
+    for title in getattr(cls, "help_groups", ()):
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
     for f in settings(cls):
         if f.name in exclude:
             continue

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.pipeline.config import DemoCommand, PipelineCommand
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "whose outputs are complete is reused, so rerunning a stopped pipeline resumes at the first "
             "unfinished step. See docs/pipeline.md for the config keys."
         ),
+        setup=flags("lqs_megatron.pipeline.config", "PipelineCommand"),
     )
-    add_options(p, PipelineCommand)
     p.set_defaults(func=_pipeline)
 
     d = new_command(
@@ -37,15 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tokens, same steps), and the AUC of the scores for clean versus degraded documents. Rerunning "
             "with the same --workdir reuses finished steps."
         ),
+        setup=flags("lqs_megatron.pipeline.config", "DemoCommand"),
     )
-    add_options(d, DemoCommand)
     d.set_defaults(func=_demo)
 
 
 def _pipeline(args) -> int:
     import os
 
-    from lqs_megatron.pipeline.config import load_config
+    from lqs_megatron.pipeline.config import PipelineCommand, load_config
     from lqs_megatron.pipeline.run import run_pipeline
 
     cmd = build(PipelineCommand, args)
@@ -57,6 +56,7 @@ def _pipeline(args) -> int:
 
 
 def _demo(args) -> int:
+    from lqs_megatron.pipeline.config import DemoCommand
     from lqs_megatron.pipeline.demo import run_demo
 
     cmd = build(DemoCommand, args)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreOptions, ScoreRun, TrainScorerConfig, TrainScorerRun
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "retokenize the proxy sequences for the scorer when --src-tokenizer and --dst-tokenizer differ, split them "
         "(seeded) into train and valid, and write OUT/{train,valid}.bin/.idx, OUT/{train,valid}_scores.npy, "
         "OUT/scores.png and OUT/stats.json. The directory appears only when complete.",
+        setup=flags("lqs_megatron.scorer.config", "PrepareScorerConfig"),
     )
-    add_options(p, PrepareScorerConfig)
     p.set_defaults(func=_prepare)
 
     p = new_command(
@@ -37,9 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cosine, gradient clipping, data parallel under torchrun, bf16 autocast on GPU. Validates every epoch (MSE, "
         "Pearson, Spearman) and keeps the best epoch by validation Pearson in OUT/best (what `lqs score` reads) and "
         "the latest state in OUT/last (for --resume).",
+        setup=flags("lqs_megatron.scorer.config", "TrainScorerRun", "TrainScorerConfig"),
     )
-    add_options(p, TrainScorerRun)
-    add_options(p, TrainScorerConfig)
     p.set_defaults(func=_train)
 
     p = new_command(
@@ -49,13 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write OUT/scores.npy (float32, one score per sequence, dataset order). Length-bucketed "
         "batches under a token budget, data parallel under torchrun, output in shards OUT/shards/shard-XXXXX.npy "
         "written atomically; rerunning the same command after an interruption computes only the missing shards.",
+        setup=flags("lqs_megatron.scorer.config", "ScoreRun", "ScoreOptions"),
     )
-    add_options(p, ScoreRun)
-    add_options(p, ScoreOptions)
     p.set_defaults(func=_score)
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from lqs_megatron.scorer.config import PrepareScorerConfig
     from lqs_megatron.scorer.data import prepare_scorer_data
 
     cfg = build(PrepareScorerConfig, args)
@@ -76,6 +74,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.scorer.config import TrainScorerConfig, TrainScorerRun
     from lqs_megatron.scorer.train import train_scorer
 
     run, cfg = build(TrainScorerRun, args), build(TrainScorerConfig, args)
@@ -100,6 +99,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset
 
     run, opts = build(ScoreRun, args), build(ScoreOptions, args)

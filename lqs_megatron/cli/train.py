@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lqs_megatron.cli.options import add_options, build, new_command
-from lqs_megatron.training.config import DATA, MODEL, OPTIM, RUN, EvaluateConfig, ExportHFConfig, PretrainConfig
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pretrain a Mistral/Llama decoder on packed samples of indexed datasets, consumed in stored "
         "order (or --shuffle). One process runs as is; launch with torchrun for data (world / tp) and tensor "
         "parallelism (--tp). Checkpoints go to --out every --save-interval steps; --resume continues exactly.",
+        setup=flags("lqs_megatron.training.config", "PretrainConfig"),
     )
-    add_options(p, PretrainConfig, groups={t: p.add_argument_group(t) for t in (MODEL, DATA, OPTIM, RUN)})
     p.set_defaults(func=_pretrain)
 
     e = new_command(
@@ -29,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Each sequence of PREFIX is one example cut to L+1 tokens; prints as its last line a JSON "
         "object with loss (the mean over examples of each example's mean token cross-entropy), examples and "
         "tokens (predicted positions).",
+        setup=flags("lqs_megatron.training.config", "EvaluateConfig"),
     )
-    add_options(e, EvaluateConfig)
     e.set_defaults(func=_evaluate)
 
     x = new_command(
@@ -39,14 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a checkpoint to a Hugging Face directory",
         description="Merge the tensor-parallel shards of a checkpoint, drop the vocabulary padding and write "
         "config.json, model.safetensors and the tokenizer files.",
+        setup=flags("lqs_megatron.training.config", "ExportHFConfig"),
     )
-    add_options(x, ExportHFConfig)
     x.set_defaults(func=_export_hf)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from lqs_megatron.errors import LQSError
-    from lqs_megatron.training.config import preflight
+    from lqs_megatron.training.config import PretrainConfig, preflight
 
     if args.model_config is not None and args.tokenizer is None:
         raise LQSError("--model-config needs --tokenizer (the vocabulary and special tokens come from it)")
@@ -70,6 +69,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from lqs_megatron.distributed import init_distributed
     from lqs_megatron.models.loading import load_model
+    from lqs_megatron.training.config import EvaluateConfig
     from lqs_megatron.training.evaluate import evaluate_dataset
 
     cfg = build(EvaluateConfig, args)
@@ -87,6 +87,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export_hf(args: argparse.Namespace) -> int:
     import torch
 
+    from lqs_megatron.training.config import ExportHFConfig
     from lqs_megatron.training.export import export_hf
 
     cfg = build(ExportHFConfig, args)

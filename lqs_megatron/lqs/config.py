@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.scores import METHODS
@@ -21,6 +22,7 @@ REQUIRED = "required"
 class AnnotateConfig:
     """Arguments of one annotation (the ``lqs annotate`` flags)."""
 
+    help_groups: ClassVar[tuple[str, ...]] = (REQUIRED,)
     model: str = option(metavar="HF_DIR", group=REQUIRED)
     """Annotation model theta_0 (Mistral/Llama Hugging Face directory)."""
     train: str = option(metavar="PREFIX", group=REQUIRED)

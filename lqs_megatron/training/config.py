@@ -7,6 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, internal, option
@@ -20,6 +21,7 @@ MODEL, DATA, OPTIM, RUN = "model (one of)", "data", "optimisation", "run"
 class PretrainConfig:
     """Validated settings of a pretraining run. Defaults follow the PDS/DELT papers where they set one."""
 
+    help_groups: ClassVar[tuple[str, ...]] = (MODEL, DATA, OPTIM, RUN)
     data: list[str] = option(metavar="PREFIX", group=DATA)
     """Indexed dataset prefix(es), consumed in stored order (or --shuffle)."""
     out: str = option(metavar="DIR", group=RUN)

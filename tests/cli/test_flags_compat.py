@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lqs_megatron.cli import build_parser
+from lqs_megatron.cli.options import populated
 
 SNAPSHOT = json.loads((Path(__file__).with_name("flags_before.json")).read_text())["commands"]
 VALUE_LESS = ("_StoreTrueAction", "_StoreFalseAction", "_StoreConstAction")
@@ -56,7 +57,7 @@ def _base(flags: list[dict], skip_group: int | None = None) -> list[str]:
 
 @functools.cache
 def _parser() -> argparse.ArgumentParser:
-    return build_parser()  # argparse parsers are reusable: one for all the cases
+    return populated(build_parser())  # every subcommand's flags added; reusable for all the cases
 
 
 def _parse(command: str, argv: list[str]) -> dict:
@@ -99,7 +100,6 @@ def _new_action(command: str, opt: str) -> argparse.Action:
 
 
 def test_the_snapshot_covers_every_command():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(SNAPSHOT) <= set(sub.choices)
     assert sum(len(v) for v in SNAPSHOT.values()) >= 160

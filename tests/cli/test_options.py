@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from lqs_megatron.cli import build_parser
-from lqs_megatron.cli.options import build
+from lqs_megatron.cli.options import build, populated
 from lqs_megatron.curate.config import OrderConfig, SelectConfig
 from lqs_megatron.data.config import ExportJsonlConfig, MergeConfig, SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.conversations import TargetConfig
@@ -50,7 +50,7 @@ EXCLUSIVE = {PretrainConfig: "init_from", TrainScorerRun: "model_config"}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
+    parser = populated(build_parser())
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
@@ -187,3 +187,19 @@ def test_one_vocabulary_across_commands():
     assert "--batch-size" in flags["annotate"]  # still accepted, hidden
     metavars = {a.metavar for p in sub.values() for a in p._actions if a.dest in ("tokenizer", "tokenizer_dir")}
     assert metavars == {"TOKENIZER_DIR"}
+
+
+def test_flags_are_added_only_when_a_command_is_used():
+    """`lqs --help` imports no settings module; a command imports only its own."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lqs_megatron.cli import build_parser; p = build_parser(); p.format_help(); "
+        "print(sorted(m for m in sys.modules if m.startswith('lqs_megatron.') and 'cli' not in m)); "
+        "p.parse_args(['select', '--data', 'd', '--out', 'o', '--method', 'top-k', '--k', '1']); "
+        "print(sorted(m for m in sys.modules if m.startswith('lqs_megatron.') and 'cli' not in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert eval(out[0]) == ["lqs_megatron.errors", "lqs_megatron.options"], out[0]
+    assert "lqs_megatron.curate.config" in eval(out[1]) and "lqs_megatron.training.config" not in eval(out[1])
