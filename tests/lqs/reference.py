@@ -1,4 +1,4 @@
-"""An independent float64 implementation of LQS_ALGORITHM.md, for the tests only.
+"""An independent float64 implementation of docs/algorithm.md, for the tests only.
 
 Nothing here comes from the engine: its own functional Mistral forward (read from the HF
 safetensors by HF names; RMSNorm, RoPE and softmax in float64, which HF cast to float64
