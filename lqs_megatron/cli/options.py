@@ -189,6 +189,8 @@ def add_options(
             kw["required"] = True
         target.add_argument(flag, **kw)
         for old in fl.deprecated:
+            if kind.base is bool and not kind.is_list and old.const is UNSET:  # a renamed switch sets what it set
+                old = dataclasses.replace(old, const=kw["action"] == "store_true")
             nargs = 0 if old.const is not UNSET else ("+" if kind.is_list else None)
             extra: dict[str, Any] = {"nargs": nargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
             if old.values is not None:

@@ -203,3 +203,27 @@ def test_flags_are_added_only_when_a_command_is_used():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert eval(out[0]) == ["lqs_megatron.errors", "lqs_megatron.options"], out[0]
     assert "lqs_megatron.curate.config" in eval(out[1]) and "lqs_megatron.training.config" not in eval(out[1])
+
+
+def test_a_renamed_switch_and_a_renamed_list_keep_working(capsys):
+    """The alias machinery for kinds no command uses yet: a bool switch and a list flag renamed."""
+    from dataclasses import dataclass
+
+    from lqs_megatron.cli.options import add_options
+    from lqs_megatron.options import option
+
+    @dataclass
+    class Demo:
+        fast: bool = option(False, deprecated=("--quick",))
+        """Go fast."""
+        cache: bool = option(True, flag="--no-cache", deprecated=("--nocache",))
+        """Use the cache."""
+        files: list[str] = option(default_factory=list, deprecated=("--inputs",))
+        """Files."""
+
+    p = argparse.ArgumentParser(prog="lqs demo-x")
+    add_options(p, Demo)
+    assert build(Demo, p.parse_args(["--quick", "--nocache", "--inputs", "a", "b"])) == Demo(True, False, ["a", "b"])
+    err = capsys.readouterr().err
+    assert all(f"{old} is deprecated" in err for old in ("--quick", "--nocache", "--inputs"))
+    assert build(Demo, p.parse_args([])) == Demo()
