@@ -236,16 +236,17 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
     return value
 
 
-def check_mapping(cls, data: Any, where: str) -> dict:
+def check_mapping(cls, data: Any, where: str, _keys: tuple[str, ...] = ()) -> dict:
     """Check the keys and value types of ``data`` against ``cls`` (nested dataclasses recursively).
 
     Returns a copy with checked values (nested mappings stay mappings). Unknown keys and values of
-    the wrong type are errors naming ``where.key``; renamed keys (a field's deprecated spellings)
-    are accepted under their new name. Missing keys are fine (the defaults fill them in), so an
-    override of part of a config is checked the same way.
+    the wrong type are errors naming ``where`` (the file) and the key (``proxy.num``); renamed keys
+    (a field's deprecated spellings) are accepted under their new name. Missing keys are fine (the
+    defaults fill them in), so an override of part of a config is checked the same way.
     """
+    here = f"{where}: {'.'.join(_keys)}" if _keys else where
     if not isinstance(data, dict):
-        raise LQSError(f"{where}: expected a mapping, got {data!r}")
+        raise LQSError(f"{here}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in settings(cls)}
     renamed = {
         d.flag.lstrip("-").replace("-", "_"): f.name
@@ -257,14 +258,14 @@ def check_mapping(cls, data: Any, where: str) -> dict:
     for key, value in data.items():
         name = renamed.get(key, key) if key not in fields else key
         if name not in fields:
-            raise LQSError(f"{where}: unknown key {key!r}; known: {', '.join(fields)}")
+            raise LQSError(f"{here}: unknown key {key!r}; known: {', '.join(fields)}")
         if name in out:
-            raise LQSError(f"{where}: {key!r} and {name!r} name the same setting; keep {name!r}")
+            raise LQSError(f"{here}: {key!r} and {name!r} name the same setting; keep {name!r}")
         sub = nested_type(fields[name])
         if sub is not None:
-            out[name] = check_mapping(sub, value if value is not None else {}, f"{where}.{name}")
+            out[name] = check_mapping(sub, value if value is not None else {}, where, (*_keys, name))
         else:
-            out[name] = check_value(cls, name, value, f"{where}.{name}")
+            out[name] = check_value(cls, name, value, f"{where}: {'.'.join((*_keys, name))}")
     return out
 
 

@@ -92,12 +92,12 @@ def test_distributed_steps_run_under_torchrun_on_one_node(tmp_path):
 @pytest.mark.parametrize(
     "patch,match",
     [
-        ({"proxy": {"num": "twenty"}}, r"p\.yaml\.proxy\.num: expected an integer, got 'twenty'"),
-        ({"annotate": {"methods": "lqs"}}, r"p\.yaml\.annotate\.methods: expected a list of strings, got 'lqs'"),
+        ({"proxy": {"num": "twenty"}}, r"p\.yaml: proxy\.num: expected an integer, got 'twenty'"),
+        ({"annotate": {"methods": "lqs"}}, r"p\.yaml: annotate\.methods: expected a list of strings, got 'lqs'"),
         ({"annotate": {"steps": 5, "interval": 10}}, r"p\.yaml: annotate: --steps 5 is smaller than --interval 10"),
         ({"scorer": {"lr": 0}}, r"p\.yaml: scorer: invalid --lr"),
-        ({"pretrain": {"precision": "fp16"}}, r"p\.yaml\.pretrain\.precision: expected one of auto, bf16, fp32"),
-        ({"evaluate": {"max_length": 1.5}}, r"p\.yaml\.evaluate\.max_length: expected an integer"),
+        ({"pretrain": {"precision": "fp16"}}, r"p\.yaml: pretrain\.precision: expected one of auto, bf16, fp32"),
+        ({"evaluate": {"max_length": 1.5}}, r"p\.yaml: evaluate\.max_length: expected an integer"),
         (
             {"data": {"corpus": ["c"], "target": "t", "mode": "chunk"}},
             r"p\.yaml: data: --mode chunk needs --max-length",
@@ -154,10 +154,10 @@ def test_a_bad_key_of_a_demo_override_is_blamed_on_that_file(tmp_path):
 
     override = tmp_path / "mine.yaml"
     override.write_text("annotate:\n  stpes: 3\n")
-    with pytest.raises(LQSError, match=r"mine\.yaml\.annotate: unknown key 'stpes'") as e:
+    with pytest.raises(LQSError, match=r"mine\.yaml: annotate: unknown key 'stpes'") as e:
         demo_config(tmp_path / "w", str(override))
     assert "demo.yaml" not in str(e.value)
     override.write_text("proxy:\n  num: twenty\n")
-    with pytest.raises(LQSError, match=r"mine\.yaml\.proxy\.num: expected an integer"):
+    with pytest.raises(LQSError, match=r"mine\.yaml: proxy\.num: expected an integer"):
         demo_config(tmp_path / "w", str(override))
     assert not (tmp_path / "w").exists()  # nothing built before the check
