@@ -24,6 +24,7 @@ import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class Flag:
     help: str | None = None
     default: Any = UNSET
     one_of: str | None = None
+    parse: Callable[[str], Any] | None = None
 
 
 def option(
@@ -82,15 +84,18 @@ def option(
     help: str | None = None,
     flag_default: Any = UNSET,
     one_of: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A dataclass field with flag details. ``flag`` overrides ``--field-name`` (a ``bool`` field
     whose default is True needs a ``--no-...`` flag); ``deprecated`` lists old spellings (a string
     is a plain rename); ``hidden`` keeps a test-only flag out of ``--help``; ``flag_default`` is the
     flag's default for a field that has none because library callers pass it by position; fields
-    with the same ``one_of`` name are alternatives, exactly one of which the command line must give."""
+    with the same ``one_of`` name are alternatives, exactly one of which the command line must give;
+    ``parse`` turns the text of a value that is not a plain int/float/str (``--lr auto`` or a number)
+    into the setting, for the flag and for a YAML string alike (raise ``ValueError`` to refuse it)."""
     old = tuple(d if isinstance(d, Deprecated) else Deprecated(d) for d in deprecated)
     choices = tuple(choices) if choices else None
-    flag_meta = Flag(flag, metavar, choices, group, hidden, old, help, flag_default, one_of)
+    flag_meta = Flag(flag, metavar, choices, group, hidden, old, help, flag_default, one_of, parse)
     meta = {"flag": flag_meta}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
@@ -217,6 +222,12 @@ def check_value(cls, name: str, value: Any, where: str) -> Any:
     """``value`` checked against the type (and choices) of ``cls.name``; ints become floats where
     the field is a float. Raises :class:`LQSError` naming ``where``."""
     kind = kind_of(cls, name)
+    parse = flag_of(next(f for f in dataclasses.fields(cls) if f.name == name)).parse
+    if parse is not None and isinstance(value, str):
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise LQSError(f"{where}: {e}") from None
     if value is None:
         if kind.optional:
             return None

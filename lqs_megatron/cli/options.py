@@ -175,7 +175,9 @@ def add_options(
         if kind.base is bool and not kind.is_list:
             kw["action"] = "store_false" if flag.startswith("--no-") else "store_true"
         else:
-            if kind.base in (int, float):
+            if fl.parse is not None:
+                kw["type"] = fl.parse
+            elif kind.base in (int, float):
                 kw["type"] = kind.base
             if kind.is_list:
                 kw["nargs"] = "+"

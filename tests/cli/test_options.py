@@ -227,3 +227,34 @@ def test_a_renamed_switch_and_a_renamed_list_keep_working(capsys):
     err = capsys.readouterr().err
     assert all(f"{old} is deprecated" in err for old in ("--quick", "--nocache", "--inputs"))
     assert build(Demo, p.parse_args([])) == Demo()
+
+
+def test_a_setting_with_its_own_parser(tmp_path):
+    """``parse`` (e.g. a learning rate that may be ``auto``) serves the flag and the YAML key alike."""
+    from dataclasses import dataclass
+
+    from lqs_megatron.cli.options import add_options
+    from lqs_megatron.errors import LQSError
+    from lqs_megatron.options import check_mapping, option
+
+    def lr_value(text: str) -> float | str:
+        if text == "auto":
+            return text
+        return float(text)  # ValueError for anything else
+
+    @dataclass
+    class Demo:
+        lr: float | str = option(1e-3, parse=lr_value)
+        """Peak learning rate, or auto."""
+
+    p = argparse.ArgumentParser(prog="lqs demo-x")
+    add_options(p, Demo)
+    assert build(Demo, p.parse_args(["--lr", "auto"])).lr == "auto"
+    assert build(Demo, p.parse_args(["--lr", "2e-4"])).lr == 2e-4
+    with pytest.raises(SystemExit):
+        p.parse_args(["--lr", "fast"])
+    assert check_mapping(Demo, {"lr": "auto"}, "f.yaml") == {"lr": "auto"}
+    assert check_mapping(Demo, {"lr": 0.5}, "f.yaml") == {"lr": 0.5}
+    with pytest.raises(LQSError, match="f.yaml: lr: could not convert"):
+        check_mapping(Demo, {"lr": "fast"}, "f.yaml")
+    assert to_argv(Demo, {"lr": "auto"}) == ["--lr", "auto"]
