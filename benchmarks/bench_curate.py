@@ -75,7 +75,7 @@ def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:
         return platform.processor() or "unknown CPU"
 
 

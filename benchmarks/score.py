@@ -126,7 +126,9 @@ def run(args) -> None:
         scorer = make_scorer(d, shape, args.vocab, args.max_len)
         bos = json.loads((scorer / "scorer.json").read_text())["bos_token_id"]
         write_corpus(str(d / "corpus"), lengths, args.vocab)
-        opts = ScoreOptions(max_tokens=args.max_tokens, shard_size=max(n // 4, 1), bf16=True, compile=args.compile)
+        opts = ScoreOptions(
+            max_tokens=args.max_tokens, shard_size=max(n // 4, 1), precision="bf16", compile=args.compile
+        )
 
         # warm-up (allocator, kernels), both sides, on a small slice
         write_corpus(str(d / "warm"), lengths[:32], args.vocab)

@@ -104,7 +104,7 @@ class ParallelDims:
 
     def build_groups(self) -> ParallelDims:
         """Create the tp and dp process groups (collective: every rank calls it, in the same order)."""
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if not self.distributed:
             return self
@@ -124,7 +124,7 @@ class ParallelDims:
 
     def close(self) -> None:
         """Destroy the default process group if :func:`init_distributed` created it."""
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if self.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -133,13 +133,13 @@ class ParallelDims:
     def barrier(self) -> None:
         """Barrier over the whole world (no-op for one process)."""
         if self.distributed:
-            import torch.distributed as dist  # noqa: PLC0415
+            import torch.distributed as dist
 
             dist.barrier()
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum", group: str = "world") -> torch.Tensor:
         """In-place all-reduce of ``t`` over ``group`` ("world", "dp" or "tp"); identity for one process."""
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         g = {"world": None, "dp": self.dp_group, "tp": self.tp_group}[group]
         if not self.distributed or (group != "world" and g is None):
@@ -155,7 +155,7 @@ class ParallelDims:
         """``obj`` of global rank ``src`` on every rank (picklable; identity for one process)."""
         if not self.distributed:
             return obj
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         box = [obj]
         dist.broadcast_object_list(box, src=src)
@@ -165,7 +165,7 @@ class ParallelDims:
         """Every rank's ``obj``, in global rank order (``[obj]`` for one process)."""
         if not self.distributed:
             return [obj]
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
@@ -181,7 +181,7 @@ class ParallelDims:
         err: BaseException | None = None
         try:
             yield
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have heard of it
+        except Exception as e:
             err = e
         if not self.distributed:
             if err is not None:
@@ -233,7 +233,7 @@ def init_distributed(tp: int = 1, device: str | None = None, timeout_minutes: in
     process and nothing is initialised. An already-initialised default group (tests,
     launchers) is reused. ``device``: "cuda", "cpu" or None (CUDA when available).
     """
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()

@@ -16,10 +16,15 @@ except ImportError:  # pragma: no cover
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import random  # noqa: E402
+import random
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
+
+
+def _runs_triton_on_the_cpu(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("backend") == "triton" or "_triton_" in f"_{getattr(item, 'originalname', item.name)}_"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +34,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+    # the Triton kernels on the CPU run under the interpreter of whatever triton is installed
+    triton_items = [i for i in items if "gpu" not in i.keywords and _runs_triton_on_the_cpu(i)]
+    if triton_items:
+        from tests.triton_probe import interpreter_problem
+
+        problem = interpreter_problem()
+        for item in triton_items if problem else ():
+            item.add_marker(pytest.mark.skip(reason=problem))
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,9 @@
 
 Each module of this package owns the subcommands of one area and exposes
 ``register(subparsers)``; every subcommand sets ``func`` (``args -> int | None``)
-with :meth:`argparse.ArgumentParser.set_defaults`. Handlers import heavy modules
-(torch, transformers) lazily, so ``lqs --help`` is instant.
+with :meth:`argparse.ArgumentParser.set_defaults`. A subcommand's flags are generated
+from its settings' dataclasses (:mod:`lqs_megatron.cli.options`) when it is used, and
+handlers import heavy modules (torch, transformers) lazily, so ``lqs --help`` is instant.
 
 Only this package parses arguments; library code takes plain values. Errors that
 the user can fix are raised as :class:`lqs_megatron.errors.LQSError` and printed
@@ -19,6 +20,7 @@ import os
 import sys
 
 from lqs_megatron import __version__
+from lqs_megatron.cli.options import Command
 from lqs_megatron.errors import LQSError
 
 # Order is the order of `lqs --help`: the pipeline, upstream first.
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("LQS_LOG_LEVEL", "INFO"), help="logging level (default: INFO)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Command)
     for name in COMMAND_MODULES:
         importlib.import_module(f"lqs_megatron.cli.{name}").register(sub)
     return parser

@@ -10,76 +10,65 @@ from __future__ import annotations
 import argparse
 import json
 
-
-class FMT(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` only where there is a default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
+from lqs_megatron.cli.options import build, flags, new_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to ``sub``."""
-    p = sub.add_parser(
+    """Add this area's subcommands to ``sub``; the flags come from the dataclasses of data/config.py."""
+    p = new_command(
+        sub,
         "sample-proxy",
         help="seeded uniform sample of N sequences (the LQS proxy set)",
         description="Draw N distinct sequences uniformly at random (seeded) from an indexed dataset and write "
         "them, in corpus order, as a new dataset (each sequence its own document), plus OUT.indices.npy "
         "(int64, ascending): the corpus index of each output sequence.",
-        formatter_class=FMT,
+        setup=flags("lqs_megatron.data.config", "SampleProxyConfig"),
     )
-    p.add_argument("--data", required=True, metavar="PREFIX", help="input indexed dataset (PREFIX.bin/.idx)")
-    p.add_argument(
-        "--num", required=True, type=int, metavar="N", help="number of sequences to sample (<= dataset size)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", required=True, metavar="PREFIX", help="output dataset prefix")
     p.set_defaults(func=_sample_proxy)
 
-    p = sub.add_parser(
+    p = new_command(
+        sub,
         "merge",
         help="merge several indexed datasets into one",
         description="Concatenate indexed datasets in the order given, keeping every document boundary (document "
         "indices are offset correctly). Datasets of different integer token dtypes are upcast to a common one.",
-        formatter_class=FMT,
+        setup=flags("lqs_megatron.data.config", "MergeConfig"),
     )
-    p.add_argument("--data", required=True, nargs="+", metavar="PREFIX", help="input dataset prefixes, in order")
-    p.add_argument("--out", required=True, metavar="PREFIX", help="output dataset prefix")
     p.set_defaults(func=_merge)
 
-    p = sub.add_parser(
+    p = new_command(
+        sub,
         "export-jsonl",
         help="decode a dataset (and its scores) to jsonl",
         description='Write one line per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
         "with --scores). The trailing EOS of each sequence is removed and special tokens are skipped.",
-        formatter_class=FMT,
+        setup=flags("lqs_megatron.data.config", "ExportJsonlConfig"),
     )
-    p.add_argument("--data", required=True, metavar="PREFIX", help="input indexed dataset")
-    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER_DIR", help="local tokenizer directory")
-    p.add_argument("--scores", metavar="FILE.npy", help="one finite score per sequence (optional)")
-    p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output jsonl file")
-    p.add_argument("--batch-size", type=int, default=1024, help="sequences decoded per batch")
     p.set_defaults(func=_export_jsonl)
 
 
 def _sample_proxy(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.proxy import sample_proxy  # noqa: PLC0415
+    from lqs_megatron.data.config import SampleProxyConfig
+    from lqs_megatron.data.proxy import sample_proxy
 
-    print(json.dumps(sample_proxy(args.data, args.num, args.seed, args.out)))
+    cfg = build(SampleProxyConfig, args)
+    print(json.dumps(sample_proxy(cfg.data, cfg.num, cfg.seed, cfg.out)))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.merge import merge_datasets  # noqa: PLC0415
+    from lqs_megatron.data.config import MergeConfig
+    from lqs_megatron.data.merge import merge_datasets
 
-    print(json.dumps(merge_datasets(args.data, args.out)))
+    cfg = build(MergeConfig, args)
+    print(json.dumps(merge_datasets(cfg.data, cfg.out)))
     return 0
 
 
 def _export_jsonl(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.export import export_jsonl  # noqa: PLC0415
+    from lqs_megatron.data.config import ExportJsonlConfig
+    from lqs_megatron.data.export import export_jsonl
 
-    print(json.dumps(export_jsonl(args.data, args.tokenizer, args.out, args.scores, batch_size=args.batch_size)))
+    cfg = build(ExportJsonlConfig, args)
+    print(json.dumps(export_jsonl(cfg.data, cfg.tokenizer, cfg.out, cfg.scores, batch_size=cfg.batch_size)))
     return 0

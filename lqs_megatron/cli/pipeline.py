@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from lqs_megatron.cli.options import build, flags, new_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = new_command(
+        sub,
         "pipeline",
         help="run every step from raw jsonl to pretrained, evaluated models (resumable)",
         description=(
@@ -17,12 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "whose outputs are complete is reused, so rerunning a stopped pipeline resumes at the first "
             "unfinished step. See docs/pipeline.md for the config keys."
         ),
+        setup=flags("lqs_megatron.pipeline.config", "PipelineCommand"),
     )
-    p.add_argument("--config", required=True, help="pipeline YAML (relative paths resolve against its directory)")
-    p.add_argument("--workdir", help="override the config's workdir")
     p.set_defaults(func=_pipeline)
 
-    d = sub.add_parser(
+    d = new_command(
+        sub,
         "demo",
         help="the whole pipeline on a corpus built from Python's own text (offline, minutes on 2 CPU cores)",
         description=(
@@ -33,27 +36,29 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tokens, same steps), and the AUC of the scores for clean versus degraded documents. Rerunning "
             "with the same --workdir reuses finished steps."
         ),
+        setup=flags("lqs_megatron.pipeline.config", "DemoCommand"),
     )
-    d.add_argument("--workdir", default="lqs_demo", help="where everything is written (default: ./lqs_demo)")
-    d.add_argument("--config", help="a YAML whose keys override the embedded demo config")
     d.set_defaults(func=_demo)
 
 
 def _pipeline(args) -> int:
-    from lqs_megatron.pipeline.config import load_config  # noqa: PLC0415
-    from lqs_megatron.pipeline.run import run_pipeline  # noqa: PLC0415
+    import os
 
-    cfg = load_config(args.config)
-    if args.workdir:
-        import os  # noqa: PLC0415
+    from lqs_megatron.pipeline.config import PipelineCommand, load_config
+    from lqs_megatron.pipeline.run import run_pipeline
 
-        cfg.workdir = os.path.abspath(args.workdir)
+    cmd = build(PipelineCommand, args)
+    cfg = load_config(cmd.config)
+    if cmd.workdir:
+        cfg.workdir = os.path.abspath(cmd.workdir)
     run_pipeline(cfg)
     return 0
 
 
 def _demo(args) -> int:
-    from lqs_megatron.pipeline.demo import run_demo  # noqa: PLC0415
+    from lqs_megatron.pipeline.config import DemoCommand
+    from lqs_megatron.pipeline.demo import run_demo
 
-    run_demo(args.workdir, args.config)
+    cmd = build(DemoCommand, args)
+    run_demo(cmd.workdir, cmd.config)
     return 0

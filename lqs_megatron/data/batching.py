@@ -1,4 +1,4 @@
-"""Examples and batches as the LQS contract defines them (``LQS_ALGORITHM.md``).
+"""Examples and batches as the LQS contract defines them (``docs/algorithm.md``).
 
 An example is one sequence ``x`` cut to its first ``L + 1`` tokens; inputs are
 ``x[:-1]``, labels ``x[1:]``; real positions have loss mask 1, padding 0. Used by

@@ -38,7 +38,7 @@ _NEWLINE = re.compile("\n")
 
 def train_sentence_splitter(texts: Iterable[str], sample_chars: int = 2_000_000):
     """Train nltk's Punkt on texts until ``sample_chars`` characters are seen; return its parameters."""
-    from nltk.tokenize.punkt import PunktTrainer  # noqa: PLC0415
+    from nltk.tokenize.punkt import PunktTrainer
 
     trainer = PunktTrainer()
     seen = 0
@@ -55,7 +55,7 @@ class SentenceBoundaries:
     """Marks, for one encoded document, the tokens after which a chunk may end."""
 
     def __init__(self, punkt_params):
-        from nltk.tokenize.punkt import PunktSentenceTokenizer  # noqa: PLC0415
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
 
         self.splitter = PunktSentenceTokenizer(punkt_params)
 

@@ -31,6 +31,7 @@ from lqs_megatron.data.jsonl import ON_ERROR, BadLine, expand_inputs, get_field,
 from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, line_batches, write_batches
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
+from lqs_megatron.options import internal, option
 
 PLAIN_SEPARATOR = "\n\n"
 """Between turns when the tokenizer has no chat template."""
@@ -86,23 +87,23 @@ def parse_turns(value: Any, name: str, path: str | None = None, line: int | None
 class TargetConfig:
     """What ``lqs tokenize-target`` does; every field is one flag."""
 
-    inputs: list[str]
-    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns."""
-    field: str
+    inputs: list[str] = option(flag="--input", metavar="FILE")
+    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns (quote them), read in order."""
+    field: str = option(flag_default="conversations")
     """``--field``: the JSON field holding the list of turns."""
-    tokenizer_dir: str
+    tokenizer_dir: str = option(flag="--tokenizer", metavar="TOKENIZER_DIR")
     """``--tokenizer``: a local Hugging Face tokenizer directory (with an EOS token)."""
-    out_prefix: str
+    out_prefix: str = option(flag="--out", metavar="PREFIX")
     """``--out``: the output ``PREFIX``."""
-    max_length: int | None = None
-    """``--max-length``: truncate longer conversations (EOS kept)."""
+    max_length: int | None = option(None, metavar="L")
+    """``--max-length``: truncate longer conversations to L tokens (EOS kept)."""
     workers: int | None = None
-    """``--workers``: encoding processes (0: in the main process)."""
-    on_error: str = "fail"
-    """``--on-error``: ``fail`` or ``skip`` bad lines."""
-    batch_lines: int = 256
+    """``--workers``: encoding processes (0: in the main process; default: one per core, at most 32)."""
+    on_error: str = option("fail", choices=ON_ERROR)
+    """``--on-error``: ``fail`` at the first bad line (file:line, exit 1), or ``skip`` (count and report) them."""
+    batch_lines: int = internal(256)
     """Lines per batch handed to a worker."""
-    progress: bool = True
+    progress: bool = internal(True)
     """Show progress."""
 
     def __post_init__(self):

@@ -44,9 +44,9 @@ def export_jsonl(
     batch_size: int = 1024,
 ) -> dict:
     """Write ``out_path`` (see the module docstring); returns ``{"path", "num_lines", "with_scores"}``."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
-    from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer
 
     ds = IndexedDataset(data_prefix)
     n = len(ds)

@@ -152,7 +152,7 @@ class IndexedDataset:
 
 def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray, document_indices: np.ndarray):
     """Write an ``.idx`` file exactly as megatron-core's ``_IndexWriter`` does (native code)."""
-    from lqs_megatron import _C  # noqa: PLC0415
+    from lqs_megatron import _C
 
     lengths = np.ascontiguousarray(sequence_lengths, dtype=np.int32)
     docs = np.ascontiguousarray(document_indices, dtype=np.int64)
@@ -198,7 +198,7 @@ class PyBuilder:
 
     def __init__(self, bin_path: str, dtype: np.dtype):
         self.dtype = np.dtype(dtype)
-        self._f = open(bin_path, "wb")  # noqa: SIM115 - closed in finalize/abort
+        self._f = open(bin_path, "wb")
         self._lengths: list[int] = []
         self._docs: list[int] = [0]
         self.num_tokens = 0
@@ -279,7 +279,7 @@ class IndexedDatasetWriter:
         self._tmp = self._stack.enter_context(atomic_prefix(self.prefix))
         try:
             if self.native:
-                from lqs_megatron import _C  # noqa: PLC0415
+                from lqs_megatron import _C
 
                 cls = getattr(_C, f"IndexedBuilder_{self.dtype.name}")
                 self._builder = _native_call(cls, bin_path(self._tmp))

@@ -33,7 +33,7 @@ class _Failure:
 
     def __init__(self, exc: BaseException):
         try:
-            import pickle  # noqa: PLC0415
+            import pickle
 
             pickle.dumps(exc)
             self.exc: BaseException | None = exc

@@ -66,7 +66,7 @@ class Progress:
         self._postfix = ""
         self._bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
 
             self._bar = tqdm(
                 desc=desc,
@@ -130,7 +130,7 @@ class Progress:
 def require_wandb() -> None:
     """Raise a clear :class:`LQSError` when ``wandb`` is not installed (call it on every rank, before any work)."""
     try:
-        import wandb  # noqa: F401, PLC0415
+        import wandb
     except ImportError:
         raise LQSError("--wandb needs the wandb package: pip install wandb (or lqs_megatron[wandb])") from None
 
@@ -175,7 +175,7 @@ class MetricsLog:
         self.f = self.tb = self.wandb = None
         if not active:
             return
-        from lqs_megatron.utils.atomic import atomic_file  # noqa: PLC0415
+        from lqs_megatron.utils.atomic import atomic_file
 
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / METRICS_FILE
@@ -184,12 +184,12 @@ class MetricsLog:
             kept = [ln for ln in path.read_text().splitlines() if ln.strip() and _step_of(ln) <= start_step]
         with atomic_file(path) as tmp:
             tmp.write_text("".join(ln + "\n" for ln in kept))
-        self.f = open(path, "a")  # noqa: SIM115 - an append-only log, closed in close()
+        self.f = open(path, "a")
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+                from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional (pip install lqs_megatron[tensorboard])
-                SummaryWriter = None  # noqa: N806
+                SummaryWriter = None
             if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(self.out / "tb"), purge_step=start_step + 1 if start_step else None)
         if wandb_project:
@@ -247,9 +247,9 @@ def _step_of(line: str) -> float:
 def _wandb_run(out: Path, project: str, config: dict, resumed: bool):
     """A wandb run logging into ``out/wandb``; a resumed run continues the same wandb run (id in ``out/wandb.json``)."""
     require_wandb()
-    import wandb  # noqa: PLC0415
+    import wandb
 
-    from lqs_megatron.utils.atomic import save_json  # noqa: PLC0415
+    from lqs_megatron.utils.atomic import save_json
 
     id_file = out / "wandb.json"
     run_id = json.loads(id_file.read_text())["id"] if resumed and id_file.is_file() else uuid.uuid4().hex[:12]
@@ -291,12 +291,12 @@ def plot_metrics(metrics: str | os.PathLike, png: str | os.PathLike, title: str 
     panels = [(t, ks) for t, ks in panels if ks]
     if not panels:
         return None
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    from lqs_megatron.utils.atomic import atomic_file  # noqa: PLC0415
+    from lqs_megatron.utils.atomic import atomic_file
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (name, keys) in zip(axes[0], panels):

@@ -28,25 +28,26 @@ from lqs_megatron.data.indexed import IndexedDataset, optimal_dtype
 from lqs_megatron.data.tokenize import EncodedBatch, default_workers, finish_stats, write_batches
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
+from lqs_megatron.options import internal, option
 
 
 @dataclass
 class RetokenizeConfig:
     """What ``lqs retokenize`` does; every field is one flag."""
 
-    data: str
+    data: str = option(metavar="PREFIX")
     """``--data``: the input dataset ``PREFIX`` (tokenized with the source tokenizer)."""
     src_tokenizer: str
     """``--src-tokenizer``: the tokenizer the input was made with (its EOS splits segments)."""
     dst_tokenizer: str
     """``--dst-tokenizer``: the tokenizer of the output."""
-    out_prefix: str
+    out_prefix: str = option(flag="--out", metavar="PREFIX")
     """``--out``: the output ``PREFIX``."""
     workers: int | None = None
-    """``--workers``: processes (0: in the main process)."""
-    batch_tokens: int = 1 << 18
+    """``--workers``: processes (0: in the main process; default: one per core)."""
+    batch_tokens: int = internal(1 << 18)
     """Tokens (whole documents) per batch handed to a worker."""
-    progress: bool = True
+    progress: bool = internal(True)
     """Show progress."""
 
     def __post_init__(self):

@@ -57,7 +57,7 @@ def build_sample_index_py(doc_lengths: np.ndarray, seq_length: int, num_samples:
 def build_sample_index(doc_lengths: np.ndarray, seq_length: int, num_samples: int) -> np.ndarray:
     """Native ``build_sample_index`` when the extension is built, else the reference."""
     try:
-        from lqs_megatron import _C  # noqa: PLC0415
+        from lqs_megatron import _C
     except ImportError:  # pragma: no cover - the extension is part of every install
         return build_sample_index_py(doc_lengths, seq_length, num_samples)
     if not hasattr(_C, "build_sample_index"):

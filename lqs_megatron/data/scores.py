@@ -64,7 +64,7 @@ def json_floats(scores: np.ndarray) -> list[float]:
 
 
 CLIP = 3.0
-"""Normalised scores are clipped to ``[-CLIP, CLIP]`` (``LQS_ALGORITHM.md``)."""
+"""Normalised scores are clipped to ``[-CLIP, CLIP]`` (``docs/algorithm.md``)."""
 
 
 def normalize_scores(raw: np.ndarray, clip: float = CLIP) -> np.ndarray:

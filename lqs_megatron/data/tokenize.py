@@ -41,6 +41,7 @@ from lqs_megatron.data.parallel import ordered_map
 from lqs_megatron.data.progress import Progress
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
+from lqs_megatron.options import internal, option
 from lqs_megatron.utils.atomic import save_json
 
 log = logging.getLogger(__name__)
@@ -57,31 +58,40 @@ def default_workers() -> int:
 class TokenizeConfig:
     """What ``lqs tokenize`` does; every field is one flag."""
 
-    inputs: list[str]
-    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns, read in order."""
-    field: str
+    inputs: list[str] = option(flag="--input", metavar="FILE")
+    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns (quote them), read in order."""
+    field: str = option(flag_default="text")
     """``--field``: the JSON field holding the document text."""
-    tokenizer_dir: str
+    tokenizer_dir: str = option(flag="--tokenizer", metavar="TOKENIZER_DIR")
     """``--tokenizer``: a local Hugging Face tokenizer directory (it must have an EOS token)."""
-    out_prefix: str
+    out_prefix: str = option(flag="--out", metavar="PREFIX")
     """``--out``: the output ``PREFIX`` (``PREFIX.bin``, ``PREFIX.idx``, ``PREFIX.stats.json``)."""
-    mode: str = "document"
-    """``--mode``: ``document`` (one sequence per document) or ``chunk`` (fixed-size chunks)."""
-    max_length: int | None = None
-    """``--max-length``: document mode: truncate longer documents (EOS kept); chunk mode: the chunk size."""
+    mode: str = option("document", choices=MODES)
+    """``--mode``: ``document`` (one sequence per document) or ``chunk`` (documents concatenated and cut
+    into chunks of at most --max-length tokens, at sentence ends where possible: PDS/DELT style)."""
+    max_length: int | None = option(None, metavar="L")
+    """``--max-length``: document mode: truncate longer documents (EOS kept); chunk mode (required): the
+    chunk size, e.g. 1025."""
     workers: int | None = None
-    """``--workers``: encoding processes (0: encode in the main process; ``None``: one per core)."""
-    on_error: str = "fail"
-    """``--on-error``: ``fail`` at the first bad line, or ``skip`` (count and report) bad lines."""
-    batch_lines: int = 256
+    """``--workers``: encoding processes (0: encode in the main process; default: one per core, at most 32);
+    the output does not depend on it."""
+    on_error: str = option("fail", choices=ON_ERROR)
+    """``--on-error``: ``fail`` at the first bad line (file:line, exit 1, no output), or ``skip`` (count and
+    report) bad lines."""
+    batch_lines: int = internal(256)
     """Lines per batch handed to a worker."""
-    batch_bytes: int = 1 << 18
+    batch_bytes: int = internal(1 << 18)
     """A batch is also closed once its raw lines reach this many bytes."""
-    punkt_sample_chars: int = 2_000_000
+    punkt_sample_chars: int = internal(2_000_000)
     """Chunk mode: characters of corpus text the Punkt sentence splitter is trained on."""
-    progress: bool = True
+    progress: bool = internal(True)
     """Show a progress bar (on a terminal) or periodic log lines."""
-    word_cache: bool = True
+    word_cache: bool = option(
+        True,
+        flag="--no-word-cache",
+        help="Encode whole documents with the tokenizer's backend instead of the word cache (same ids; the cache "
+        "applies to sentencepiece-style BPE and is several times faster, see docs/data.md).",
+    )
     """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
     (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
 

@@ -22,7 +22,7 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
     if not os.path.isdir(path):
         raise LQSError(f"tokenizer directory {path!r} does not exist (a local directory is required; no hub access)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -86,14 +86,14 @@ class BatchEncoder:
         if not self._loaded:
             bt = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
             if bt is not None:
-                from tokenizers import Tokenizer  # noqa: PLC0415
+                from tokenizers import Tokenizer
 
                 bt = Tokenizer.from_str(bt.to_str())
                 bt.no_truncation()
                 bt.no_padding()
                 self._raw, self._specials = _without_sentencepiece_normalizer(bt)
                 if self._raw is not None and self.use_word_cache:
-                    from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec  # noqa: PLC0415
+                    from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
 
                     spec = word_cache_spec(self._raw)
                     if spec is not None:
@@ -173,9 +173,9 @@ _SENTENCEPIECE_NORMALIZER = {
 def _without_sentencepiece_normalizer(bt) -> tuple[object | None, tuple[str, ...]]:
     """``(copy of bt without its normaliser, special-token strings)`` when ``bt`` normalises exactly
     as sentencepiece does and has no pre-tokenizer; ``(None, ())`` otherwise."""
-    import json  # noqa: PLC0415
+    import json
 
-    from tokenizers import Tokenizer  # noqa: PLC0415
+    from tokenizers import Tokenizer
 
     spec = json.loads(bt.to_str())
     if spec.get("normalizer") != _SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:

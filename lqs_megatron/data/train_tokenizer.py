@@ -37,7 +37,7 @@ def train_tokenizer(
     num_threads: int = os.cpu_count() or 1,
 ) -> Path:
     """Train on ``texts`` (each a document) and write the tokenizer directory atomically."""
-    import sentencepiece as spm  # noqa: PLC0415
+    import sentencepiece as spm
 
     if vocab_size < 16:
         raise LQSError(f"--vocab-size must be at least 16, got {vocab_size}")
@@ -99,8 +99,8 @@ def train_tokenizer(
 
 def _write_tokenizer_json(directory: Path) -> None:
     """Convert ``tokenizer.model`` to ``tokenizer.json`` with sentencepiece's whitespace rule."""
-    from tokenizers import normalizers, processors  # noqa: PLC0415
-    from transformers import LlamaTokenizerFast  # noqa: PLC0415  (4.x: converts the slow model; 5.x: an alias)
+    from tokenizers import normalizers, processors
+    from transformers import LlamaTokenizerFast  # 4.x: converts the slow model; 5.x: an alias
 
     converted = LlamaTokenizerFast.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
     converted.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])

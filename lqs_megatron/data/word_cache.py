@@ -76,7 +76,7 @@ class WordCacheEncoder:
     """
 
     def __init__(self, raw, prefix: list[int], suffix: list[int], max_bytes: int = DEFAULT_MAX_BYTES):
-        from lqs_megatron import _C  # noqa: PLC0415
+        from lqs_megatron import _C
 
         self._raw, self.prefix, self.suffix = raw, list(prefix), list(suffix)
         self._cache = _C.WordCache(int(max_bytes))

@@ -77,7 +77,7 @@ def paragraphs(text: str) -> list[str]:
 
 def topic_units() -> list[Unit]:
     """The sections of every ``pydoc`` topic, topics sorted by key, sections in page order."""
-    from pydoc_data.topics import topics  # noqa: PLC0415
+    from pydoc_data.topics import topics
 
     units = []
     for key in sorted(topics):

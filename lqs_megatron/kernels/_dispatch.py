@@ -32,10 +32,10 @@ def use_triton(backend: str, *tensors: torch.Tensor | None) -> bool:
         return False
     on_cuda = all(t.is_cuda for t in ts)
     if backend == "auto":
-        from lqs_megatron.kernels._triton import HAVE_TRITON  # noqa: PLC0415
+        from lqs_megatron.kernels._triton import HAVE_TRITON
 
         return HAVE_TRITON and on_cuda and all(t.dtype != torch.float64 for t in ts if t.is_floating_point())
-    from lqs_megatron.kernels._triton import HAVE_TRITON  # noqa: PLC0415
+    from lqs_megatron.kernels._triton import HAVE_TRITON
 
     if not HAVE_TRITON:
         raise ValueError('backend="triton" needs the triton package (pip install triton)')

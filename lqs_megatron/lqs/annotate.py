@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,11 @@ import torch
 from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.derivatives import autocast
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
-from lqs_megatron.lqs.scores import METHODS, score_update
+from lqs_megatron.lqs.scores import score_update
 from lqs_megatron.lqs.state import StateStore, SweepState
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.trajectory import Trajectory
@@ -49,77 +49,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bflo
 OUTPUTS = ("raw_scores.npy", "scores.npy", "annotate.json")
 # Test hook: kill this process (SIGKILL) right after the N-th scoring-step state save.
 KILL_ENV = "LQS_TEST_KILL_AFTER_SCORING_STEPS"
-
-
-@dataclass
-class AnnotateConfig:
-    """Arguments of one annotation (the ``lqs annotate`` flags)."""
-
-    model: str
-    """HF directory of the annotation model theta_0 (MistralForCausalLM / LlamaForCausalLM)."""
-    train: str
-    """Indexed-dataset prefix of the train stream D_train (used in stored order)."""
-    target: str
-    """Indexed-dataset prefix of the target set D_tgt."""
-    proxy: str
-    """Indexed-dataset prefix of the proxy set D_px (the examples that get scores)."""
-    out: str
-    """Output directory: raw_scores.npy, scores.npy, annotate.json."""
-    steps: int = 100
-    """T: SGD steps of the replayed trajectory (--steps)."""
-    lr: float = 0.008
-    """eta: SGD learning rate (--lr)."""
-    batch_size: int = 16
-    """B: global train batch size (--batch-size)."""
-    interval: int = 10
-    """K: scoring interval (--interval); steps i with i % K == 0 are scored."""
-    max_length: int = 1024
-    """L: examples are cut to L + 1 tokens (--max-length)."""
-    method: str = "lqs"
-    """lqs or pds (--method)."""
-    micro_batch_size: int = 4
-    """Examples per forward/backward of train batches and the target set, per rank (--micro-batch-size)."""
-    proxy_batch_size: int = 16
-    """Proxy examples per statistics pass, per rank (--proxy-batch-size)."""
-    dtype: str = "float32"
-    """float32, float64 (master weights and compute in float64) or bf16 (autocast, float32 master)."""
-    proxy_num: int | None = None
-    """Score only the first N proxy examples (--proxy-num)."""
-    ckpt_dir: str | None = None
-    """Trajectory checkpoints (default OUT/trajectory) (--ckpt-dir)."""
-    resume: bool = False
-    """Continue a killed run from OUT/state and the checkpoints (--resume)."""
-    keep_checkpoints: bool = False
-    """Keep the trajectory checkpoints and the state after success (--keep-checkpoints)."""
-    seed: int = 0
-    """Seed of torch's generators (the method itself draws no random numbers) (--seed)."""
-    tp: int = 1
-    """Tensor-parallel size (--tp); data parallelism is the rest of the torchrun world."""
-    backend: str = "auto"
-    """Kernel backend of the statistics: auto, triton or torch (--kernel-backend)."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-            (self.interval >= 1, f"--interval must be >= 1, got {self.interval}"),
-            (self.steps >= self.interval, f"--steps {self.steps} is smaller than --interval {self.interval} (T < K)"),
-            (self.lr > 0 and np.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.max_length >= 1, f"--max-length must be >= 1, got {self.max_length}"),
-            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
-            (self.proxy_batch_size >= 1, f"--proxy-batch-size must be >= 1, got {self.proxy_batch_size}"),
-            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.proxy_num is None or self.proxy_num >= 1, f"--proxy-num must be >= 1, got {self.proxy_num}"),
-            (self.backend in ("auto", "triton", "torch"), f"--kernel-backend: unknown backend {self.backend!r}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise LQSError(msg)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.ckpt_dir) if self.ckpt_dir else Path(self.out) / "trajectory"
 
 
 class _Timer:

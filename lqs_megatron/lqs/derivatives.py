@@ -58,7 +58,7 @@ def _no_silent_collectives(active: bool):
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast on ``device`` for ``dtype == bfloat16`` (``--dtype bf16``), else nothing."""
+    """bf16 autocast on ``device`` for ``dtype == bfloat16`` (``--precision bf16``), else nothing."""
     if dtype == torch.bfloat16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""The score update of one scoring step (``LQS_ALGORITHM.md``), in float64. The normalisation
+"""The score update of one scoring step (``docs/algorithm.md``), in float64. The normalisation
 is :func:`lqs_megatron.data.scores.normalize_scores`.
 
 At a scoring step ``i`` (``i % K == 0``), for every proxy example with per-example gradient

@@ -2,7 +2,7 @@
 
 ``theta_{i+1} = theta_i - eta * grad L(b_i; theta_i)``: plain SGD, no momentum, no weight
 decay, constant learning rate, on master weights of at least float32 (the model's own
-parameters: float32, or float64 with ``--dtype float64``; bf16 runs under autocast on those
+parameters: float32, or float64 with ``--precision fp64``; bf16 runs under autocast on those
 float32 weights). Batch ``b_i`` is examples ``j mod N_train``, ``j`` in ``[i B, (i+1) B)``,
 of the train set in stored order, split contiguously over the data-parallel ranks and cut
 into micro-batches; one all-reduce sums the weighted gradients.

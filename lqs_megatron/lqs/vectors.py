@@ -37,10 +37,6 @@ class ParamSpace:
         self.counted = {n: _is_sharded(p) or dims.tp_rank == 0 for n, p in self.params.items()}
         self.sharded = {n: _is_sharded(p) for n, p in self.params.items()}
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.params)
-
     def zeros(self, dtype: torch.dtype) -> Vector:
         return {n: torch.zeros_like(p, dtype=dtype) for n, p in self.params.items()}
 
@@ -87,21 +83,14 @@ class ParamSpace:
         return vec
 
 
-def add_(out: Vector, other: Vector, alpha: float = 1.0) -> Vector:
-    """``out += alpha * other``, in place."""
-    for n, t in out.items():
-        t.add_(other[n].to(t.dtype), alpha=alpha)
-    return out
-
-
 def save_vector(path: str | os.PathLike, vec: Vector) -> None:
     """Safetensors file of ``vec`` (written by the caller inside an atomic context)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     save_file({n: t.detach().cpu().contiguous() for n, t in vec.items()}, str(path))
 
 
 def load_vector(path: str | os.PathLike, device: torch.device | str = "cpu") -> Vector:
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     return load_file(str(path), device=str(device))

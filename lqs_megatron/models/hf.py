@@ -105,7 +105,7 @@ def _rope_from_hf(hf: dict, where: str) -> tuple[float, dict | None]:
         return float(theta), None
     if hf.get("model_type") == "mistral":  # transformers 4.x's Mistral ignores rope scaling, 5.x applies it
         raise LQSError(f"{where}: rope scaling {rope!r} on a Mistral model is not supported")
-    from lqs_megatron.models.config import ROPE_SCALING_KEYS, check_rope_scaling  # noqa: PLC0415
+    from lqs_megatron.models.config import ROPE_SCALING_KEYS, check_rope_scaling
 
     try:
         check_rope_scaling(rope)
@@ -231,7 +231,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
     """A ``transformers`` config object (MistralConfig / LlamaConfig / Qwen2Config) for ``cfg``."""
-    import transformers  # noqa: PLC0415
+    import transformers
 
     d = hf_config_dict(cfg, dtype)
     d.pop("dtype" if transformers.__version__.startswith("4.") else "torch_dtype")
@@ -247,7 +247,7 @@ def generation_config_dict(cfg: ModelConfig) -> dict:
 
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of an HF directory (safetensors single/sharded, or pytorch_model.bin)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     path = Path(path)
     if (path / "model.safetensors").is_file():
@@ -349,7 +349,7 @@ def save_hf_model(
 ) -> Path:
     """Write an HF directory atomically: config.json and generation_config.json (read alike by
     transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     hf_sd = state_dict_to_hf(state_dict, cfg)
     if dtype is not None:
@@ -364,7 +364,7 @@ def save_hf_model(
             metadata={"format": "pt"},
         )
         if tokenizer_dir is not None:
-            from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
+            from lqs_megatron.data.tokenizer import load_tokenizer
 
             save_tokenizer(load_tokenizer(str(tokenizer_dir), require_eos=False), tmp)
     return Path(out_dir)

@@ -72,7 +72,7 @@ def _assign(model: Decoder, sd: dict[str, torch.Tensor], where: str) -> Decoder:
 
 
 def _load_checkpoint(path: Path, dims: ParallelDims, multiple: int | None) -> Decoder:
-    from lqs_megatron.training.checkpoint import (  # noqa: PLC0415
+    from lqs_megatron.training.checkpoint import (
         read_config,
         read_full_state_dict,
         read_model_shard,
@@ -98,7 +98,7 @@ def _load_checkpoint(path: Path, dims: ParallelDims, multiple: int | None) -> De
 
 
 def _load_hf(path: Path, dims: ParallelDims, multiple: int | None) -> Decoder:
-    from lqs_megatron.models.hf import load_hf_model  # noqa: PLC0415
+    from lqs_megatron.models.hf import load_hf_model
 
     model = load_hf_model(path)
     check_tp(model.config, dims.tp, name=str(path))
@@ -117,7 +117,7 @@ def load_model(
     ``make_vocab_size_divisible_by``: vocabulary padding multiple (times tp); None keeps the
     checkpoint's (1 for HF directories).
     """
-    from lqs_megatron.training.checkpoint import is_checkpoint  # noqa: PLC0415
+    from lqs_megatron.training.checkpoint import is_checkpoint
 
     dims = dims or ParallelDims()
     p = Path(path)

@@ -1,9 +1,13 @@
 """The pipeline configuration: one YAML file naming every path and hyper-parameter.
 
 Relative paths in the YAML are resolved against the YAML file's directory (``workdir``
-too), so a config and its data can move together. Every section is a dataclass with a
-docstring per field; unknown keys are errors (a typo must not silently use a default).
-The resolved config is saved as ``WORKDIR/pipeline.yaml`` beside the outputs.
+too), so a config and its data can move together. A section that configures one step is
+generated from that step's dataclass (:func:`lqs_megatron.options.derive`): its keys are the
+step's settings (the flag without dashes: ``annotate: {micro_batch_size: 8}`` is
+``lqs annotate --micro-batch-size 8``), with the step's types, defaults and docstrings, less
+the paths the plan fills in, plus a few keys of the pipeline's own. Unknown keys and values
+of the wrong type are errors naming the file and key, before any step runs. The resolved
+config is saved as ``WORKDIR/pipeline.yaml`` beside the outputs.
 """
 
 from __future__ import annotations
@@ -15,105 +19,130 @@ from pathlib import Path
 
 import yaml
 
+from lqs_megatron.curate.config import SELECT_METHODS
+from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
+from lqs_megatron.data.tokenize import TokenizeConfig
 from lqs_megatron.errors import LQSError
+from lqs_megatron.lqs.config import METHODS, AnnotateConfig
+from lqs_megatron.options import check_mapping, derive, nested_type, option, section_values, settings
+from lqs_megatron.scorer.config import ScoreOptions, TrainScorerConfig
+from lqs_megatron.training.config import EvaluateConfig, PretrainConfig
 
 
-@dataclass
-class DataSection:
-    corpus: list[str] = field(default_factory=list)
-    """Raw jsonl corpus files (plain, .gz, .zst) or globs."""
-    field: str = "text"
-    """The text field of a corpus line."""
-    mode: str = "document"
-    """Tokenization mode: ``document`` (one sequence per document) or ``chunk``."""
-    max_length: int | None = None
-    """Truncation (document mode) or chunk length (chunk mode, e.g. 1025)."""
-    target: str = ""
-    """Target conversations (LIMA-style jsonl)."""
-    target_field: str = "conversations"
-    """The conversation field of a target line."""
-    labels: str | None = None
-    """Optional per-document labels (``.npy`` of 1 = clean / 0 = degraded, or a jsonl with a
-    ``label`` field of "clean"/other), aligned with the corpus, to report score AUCs."""
-    workers: int = 2
-    """Tokenizer worker processes."""
+def _key(name: str, tp, default=dataclasses.MISSING, doc: str = "", factory=dataclasses.MISSING):
+    """An ``extra`` setting of a derived section: ``(name, type, field)``."""
+    return (name, tp, field(default=default, default_factory=factory, metadata={"doc": doc}))
 
 
-@dataclass
-class TokenizerSection:
-    path: str | None = None
-    """An existing tokenizer directory; None = train one on the corpus."""
-    vocab_size: int = 2048
-    """Vocabulary size when training one."""
+_EXTRA_ARGS = "More flags of the step's command, verbatim (appended last)."
 
+DataSection = derive(
+    "DataSection",
+    TokenizeConfig,
+    only=("field", "mode", "max_length", "workers"),
+    extra=(
+        _key("corpus", list[str], factory=list, doc="Raw jsonl corpus files (plain, .gz, .zst) or globs."),
+        _key("target", str, "", doc="Target conversations (LIMA-style jsonl)."),
+        _key("target_field", str, "conversations", doc="The conversation field of a target line."),
+        _key(
+            "labels",
+            str | None,
+            None,
+            doc="Optional per-document labels (.npy of 1 = clean / 0 = degraded, or a jsonl with a label field "
+            'of "clean"/other), aligned with the corpus, to report score AUCs.',
+        ),
+    ),
+    doc="The corpus (``lqs tokenize``) and the target set (``lqs tokenize-target``).",
+)
 
-@dataclass
-class ModelTraining:
-    """How one model is trained by ``lqs pretrain``."""
+TokenizerSection = derive(
+    "TokenizerSection",
+    TrainTokenizerConfig,
+    only=("vocab_size",),
+    defaults={"vocab_size": 2048},
+    extra=(_key("path", str | None, None, doc="An existing tokenizer directory; none: train one on the corpus."),),
+    doc="The tokenizer: an existing one, or ``lqs train-tokenizer`` on the corpus.",
+)
 
-    model_config: str = "tiny"
-    """Named model config (``lqs_megatron/configs``) or a YAML path."""
-    steps: int = 100
-    lr: float = 1e-3
-    global_batch_size: int = 16
-    max_length: int = 128
-    seed: int = 1
-    extra_args: list[str] = field(default_factory=list)
-    """More ``lqs pretrain`` flags, verbatim."""
+# the plan sets the data, the output, the tokenizer and --resume; --stop-after is a test hook
+_PRETRAIN_OWN = ("data", "out", "tokenizer", "init_from", "resume", "stop_after", "valid_data", "data_weights")
+_PRETRAIN_DEFAULTS = {"model_config": "tiny", "steps": 100, "lr": 1e-3, "global_batch_size": 16, "max_length": 128}
 
+ModelTraining = derive(
+    "ModelTraining",
+    PretrainConfig,
+    exclude=_PRETRAIN_OWN,
+    defaults={**_PRETRAIN_DEFAULTS, "seed": 1},
+    extra=(_key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),),
+    doc="How one model is trained by ``lqs pretrain``.",
+)
 
-@dataclass
-class AnnotationModelSection(ModelTraining):
-    init_from: str | None = None
-    """An HF directory to use as the annotation model; None = pretrain one on the corpus."""
+AnnotationModelSection = derive(
+    "AnnotationModelSection",
+    PretrainConfig,
+    exclude=_PRETRAIN_OWN,
+    defaults={**_PRETRAIN_DEFAULTS, "seed": 1},
+    extra=(
+        _key("init_from", str | None, None, doc="An HF directory to use as the annotation model; none: pretrain one."),
+        _key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),
+    ),
+    doc="The annotation model: an HF directory, or ``lqs pretrain`` on the corpus then ``lqs export-hf``.",
+)
 
+ProxySection = derive(
+    "ProxySection",
+    SampleProxyConfig,
+    only=("num", "seed"),
+    defaults={"num": 1000, "seed": 1},
+    doc="The proxy set (``lqs sample-proxy``): the examples that get LQS scores.",
+)
 
-@dataclass
-class ProxySection:
-    num: int = 1000
-    """Proxy examples to sample from the corpus (the ones that get LQS scores)."""
-    seed: int = 1
+AnnotateSection = derive(
+    "AnnotateSection",
+    AnnotateConfig,
+    exclude=("model", "train", "target", "proxy", "out", "method", "resume", "ckpt_dir"),
+    extra=(
+        _key("methods", list[str], factory=lambda: list(METHODS), doc="Which scores; each is one arm."),
+        _key("train", str, "proxy", doc="The trajectory's data: proxy (as PDS/DELT) or corpus."),
+        _key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),
+    ),
+    doc="``lqs annotate``, once per method.",
+)
 
+ScorerSection = derive(
+    "ScorerSection",
+    TrainScorerConfig,
+    extra=(
+        _key(
+            "base",
+            str | None,
+            "annotation",
+            doc="Backbone: annotation (the annotation model), an HF directory, or none for model_config.",
+        ),
+        _key("model_config", str, "tiny", doc="Named model config of a random-init backbone (base: none)."),
+        _key("valid_num", int, 100, doc="Validation sequences of ``lqs prepare-scorer-data``."),
+        _key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),
+        _key("score_extra_args", list[str], factory=list, doc="More flags of ``lqs score``, verbatim."),
+    ),
+    doc="``lqs prepare-scorer-data`` and ``lqs train-scorer``, once per method; keep epochs * N / "
+    "batch_size in the hundreds of steps at least (the papers: 512 over 163,840 proxy examples).",
+)
 
-@dataclass
-class AnnotateSection:
-    methods: list[str] = field(default_factory=lambda: ["lqs", "pds"])
-    """Which scores to compute; each becomes one arm of the comparison."""
-    steps: int = 100
-    """T, the replayed training steps (papers: 100)."""
-    lr: float = 0.008
-    """eta (papers: 0.008)."""
-    batch_size: int = 16
-    """B, the global batch of the replayed trajectory (papers: 16)."""
-    interval: int = 10
-    """K, the scoring interval (papers: 10)."""
-    max_length: int = 1024
-    """L (papers: 1024)."""
-    train: str = "proxy"
-    """The trajectory's training data: ``proxy`` (as PDS/DELT) or ``corpus``."""
-    extra_args: list[str] = field(default_factory=list)
+ScoreSection = derive("ScoreSection", ScoreOptions, doc="``lqs score`` of the corpus, once per method.")
 
-
-@dataclass
-class ScorerSection:
-    base: str | None = "annotation"
-    """Backbone: ``annotation`` (the annotation model), an HF directory, or None for
-    ``model_config`` with random init."""
-    model_config: str = "tiny"
-    epochs: int = 5
-    lr: float = 1e-4
-    batch_size: int = 512
-    """Global batch (sequences per optimizer step); keep epochs * N / batch_size in the hundreds
-    of steps at least (the papers: 512 over 163,840 proxy examples)."""
-    warmup: int = 10
-    """Linear warmup steps of the scorer's learning rate."""
-    valid_num: int = 100
-    extra_args: list[str] = field(default_factory=list)
-    score_extra_args: list[str] = field(default_factory=list)
+EvaluateSection = derive(
+    "EvaluateSection",
+    EvaluateConfig,
+    exclude=("model", "data"),
+    defaults={"max_length": 1024},
+    doc="``lqs evaluate`` of each arm's model on the target set.",
+)
 
 
 @dataclass
 class SelectionSection:
+    """``lqs select`` and ``lqs order`` of each arm (and the random baseline)."""
+
     method: str = "top-r"
     """``top-r`` | ``threshold`` | ``top-k``."""
     r: float = 0.5
@@ -127,11 +156,6 @@ class SelectionSection:
     """The comparison arm: ``random`` (a seeded random selection of the same size, shuffled)
     or ``none``."""
     seed: int = 1
-
-
-@dataclass
-class EvaluateSection:
-    max_length: int = 1024
 
 
 @dataclass
@@ -155,6 +179,7 @@ class PipelineConfig:
     proxy: ProxySection = field(default_factory=ProxySection)
     annotate: AnnotateSection = field(default_factory=AnnotateSection)
     scorer: ScorerSection = field(default_factory=ScorerSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     pretrain: ModelTraining = field(default_factory=ModelTraining)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
@@ -164,13 +189,13 @@ class PipelineConfig:
         if self.data.mode not in ("document", "chunk"):
             raise LQSError(f"data.mode must be document or chunk, got {self.data.mode!r}")
         for m in self.annotate.methods:
-            if m not in ("lqs", "pds"):
-                raise LQSError(f"annotate.methods: unknown method {m!r} (lqs, pds)")
+            if m not in METHODS:
+                raise LQSError(f"annotate.methods: unknown method {m!r} ({', '.join(METHODS)})")
         if not self.annotate.methods:
             raise LQSError("annotate.methods is empty")
         if self.annotate.train not in ("proxy", "corpus"):
             raise LQSError(f"annotate.train must be proxy or corpus, got {self.annotate.train!r}")
-        if self.selection.method not in ("top-r", "threshold", "top-k"):
+        if self.selection.method not in SELECT_METHODS:
             raise LQSError(f"selection.method must be top-r, threshold or top-k, got {self.selection.method!r}")
         if self.selection.order not in ("folding", "sorting", "shuffle", "none"):
             raise LQSError(f"selection.order must be folding, sorting, shuffle or none, got {self.selection.order!r}")
@@ -189,24 +214,41 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise LQSError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise LQSError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+def _build(cls, data: dict):
+    """``cls`` from a mapping already checked by :func:`check_mapping` (sections built recursively)."""
     kw = {}
-    for name, value in data.items():
-        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            kw[name] = _build(sub, value or {}, f"{where}.{name}")
-        else:
-            kw[name] = value
-    try:
-        return cls(**kw)
-    except TypeError as e:
-        raise LQSError(f"{where}: {e}") from None
+    for f in settings(cls):
+        if f.name in data:
+            sub = nested_type(f)
+            kw[f.name] = _build(sub, data[f.name]) if sub is not None else data[f.name]
+    return cls(**kw)
+
+
+def _placeholder(f: dataclasses.Field, step) -> object:
+    from lqs_megatron.options import kind_of
+
+    kind = kind_of(step, f.name)
+    value = {int: 1, float: 1.0, bool: False}.get(kind.base, "-")
+    return [value] if kind.is_list else value
+
+
+def check_steps(cfg: PipelineConfig, where: str) -> None:
+    """Run each step's own checks (ranges, combinations) on its section's values, with placeholder
+    paths, so that a bad value fails now, naming its section, not when the step runs."""
+    for f in settings(PipelineConfig):
+        section = getattr(cfg, f.name)
+        step = getattr(type(section), "step", None)
+        if step is None:
+            continue
+        own = {g.name: g for g in settings(step)}
+        values = section_values(section)
+        for name, g in own.items():
+            if name not in values and g.default is dataclasses.MISSING and g.default_factory is dataclasses.MISSING:
+                values[name] = _placeholder(g, step)
+        try:
+            step(**values)
+        except LQSError as e:
+            raise LQSError(f"{where}: {f.name}: {e}") from None
 
 
 def _resolve(path: str | None, base: Path) -> str | None:
@@ -216,8 +258,13 @@ def _resolve(path: str | None, base: Path) -> str | None:
 
 
 def config_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str = "config") -> PipelineConfig:
-    """Build and validate a config; relative paths resolve against ``base_dir``."""
-    cfg = _build(PipelineConfig, data or {}, where)
+    """Build and validate a config (every key, type and step check, before anything runs);
+    relative paths resolve against ``base_dir``; errors name ``where`` and the key."""
+    try:
+        cfg = _build(PipelineConfig, check_mapping(PipelineConfig, data or {}, where))
+    except TypeError as e:  # a section that misses a required key
+        raise LQSError(f"{where}: {e}") from None
+    check_steps(cfg, where)
     base = Path(base_dir).resolve()
     cfg.workdir = _resolve(cfg.workdir, base)
     cfg.data.corpus = [_resolve(p, base) for p in cfg.data.corpus]
@@ -243,3 +290,23 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
 
 def dump_config(cfg: PipelineConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+@dataclass
+class PipelineCommand:
+    """Settings of ``lqs pipeline``."""
+
+    config: str = option(metavar="FILE.yaml")
+    """Pipeline YAML (relative paths resolve against its directory)."""
+    workdir: str | None = option(None, metavar="DIR")
+    """Override the config's workdir."""
+
+
+@dataclass
+class DemoCommand:
+    """Settings of ``lqs demo``."""
+
+    workdir: str = option("lqs_demo", metavar="DIR")
+    """Where everything is written (default: ./lqs_demo)."""
+    config: str | None = option(None, metavar="FILE.yaml")
+    """A YAML whose keys override the embedded demo config."""

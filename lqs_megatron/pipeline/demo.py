@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.pipeline.config import config_from_dict
+from lqs_megatron.options import check_mapping
+from lqs_megatron.pipeline.config import PipelineConfig, config_from_dict
 from lqs_megatron.pipeline.run import run_pipeline
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -32,7 +33,7 @@ def _merge(base: dict, override: dict) -> dict:
 
 def build_demo_inputs(corpus_dir: Path) -> dict:
     """Build the demo corpus into ``corpus_dir``, replacing only files whose bytes changed."""
-    from lqs_megatron.demo.corpus import build_demo_corpus  # noqa: PLC0415
+    from lqs_megatron.demo.corpus import build_demo_corpus
 
     corpus_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=corpus_dir.parent, prefix=".demo-build-") as tmp:
@@ -45,15 +46,25 @@ def build_demo_inputs(corpus_dir: Path) -> dict:
     return {k: str(corpus_dir / Path(v).name) for k, v in manifest["paths"].items()} | {"counts": manifest["counts"]}
 
 
+def load_override(path: str) -> dict:
+    """The keys of a ``lqs demo --config`` file, checked (names and types) against the pipeline config,
+    so that a mistake is blamed on that file, not on the embedded demo.yaml."""
+    if not os.path.isfile(path):
+        raise LQSError(f"demo config override {path!r} does not exist")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LQSError(f"{path}: invalid YAML: {e}") from None
+    check_mapping(PipelineConfig, data, path)
+    return data
+
+
 def demo_config(workdir: str | os.PathLike, override_path: str | None = None) -> tuple[dict, dict]:
     """The demo's pipeline config dict (paths filled in) and the corpus manifest paths."""
+    override = load_override(override_path) if override_path else {}  # a bad key fails before any work
     workdir = Path(workdir).resolve()
     inputs = build_demo_inputs(workdir / "corpus")
-    data = yaml.safe_load(DEMO_CONFIG.read_text())
-    if override_path:
-        if not os.path.isfile(override_path):
-            raise LQSError(f"demo config override {override_path!r} does not exist")
-        data = _merge(data, yaml.safe_load(Path(override_path).read_text()) or {})
+    data = _merge(yaml.safe_load(DEMO_CONFIG.read_text()), override)
     data["workdir"] = str(workdir)
     data["data"] = {
         **data["data"],
@@ -71,5 +82,6 @@ def run_demo(workdir: str | os.PathLike, override_path: str | None = None, echo:
         f"demo corpus: {c['total']} documents ({c['clean']} clean, {c['degraded']} degraded copies), "
         f"{c['target']} target conversations, from Python's own docs (nothing downloaded)"
     )
-    cfg = config_from_dict(data, Path(workdir).resolve(), where=str(DEMO_CONFIG))
+    where = f"{override_path} (over {DEMO_CONFIG.name})" if override_path else str(DEMO_CONFIG)
+    cfg = config_from_dict(data, Path(workdir).resolve(), where=where)
     return run_pipeline(cfg, echo=echo)

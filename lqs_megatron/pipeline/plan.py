@@ -26,8 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lqs_megatron.curate.config import SELECT_PARAMS, OrderConfig, SelectConfig
+from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
+from lqs_megatron.data.conversations import TargetConfig
+from lqs_megatron.data.tokenize import TokenizeConfig
+from lqs_megatron.lqs.config import AnnotateConfig
+from lqs_megatron.options import section_values, to_argv
 from lqs_megatron.pipeline.config import PipelineConfig
 from lqs_megatron.pipeline.runner import Step
+from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreOptions, ScoreRun, TrainScorerConfig, TrainScorerRun
+from lqs_megatron.training.config import EvaluateConfig, ExportHFConfig, PretrainConfig
 from lqs_megatron.utils.atomic import save_npy
 
 
@@ -35,8 +43,17 @@ def _ds(prefix: Path) -> list[str]:
     return [f"{prefix}.bin", f"{prefix}.idx"]
 
 
-def _opt(flag: str, value) -> list[str]:
-    return [] if value is None else [flag, str(value)]
+def command(name: str, *parts) -> list[str]:
+    """``[name, flags...]``: each part is ``(step dataclass, {setting: value})`` or a section whose
+    settings of that step are taken (``(step, section)``); values equal to the step's default are left
+    out. Paths become strings."""
+    argv = [name]
+    for step, values in parts:
+        if not isinstance(values, dict):  # a config section: the settings it took from the step
+            values = section_values(values, step)
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+        argv += to_argv(step, values)
+    return argv
 
 
 class Plan:
@@ -53,11 +70,13 @@ class Plan:
             Path(cfg.annotation_model.init_from) if cfg.annotation_model.init_from else w / "annotation_model" / "hf"
         )
         self.methods = list(cfg.annotate.methods)
+        self.tok_dep = [] if cfg.tokenizer.path else ["train-tokenizer"]
+        self.model_dep = [] if cfg.annotation_model.init_from else ["export-annotation-model"]
         self.arms = self.methods + (["random"] if cfg.selection.baseline == "random" else [])
 
     def raw_inputs(self) -> list[str]:
         """The corpus files (globs expanded, sorted)."""
-        from glob import glob  # noqa: PLC0415
+        from glob import glob
 
         return sorted({f for pattern in self.cfg.data.corpus for f in (glob(pattern) or [pattern])})
 
@@ -80,228 +99,11 @@ class Plan:
         return self.w / "final" / arm / "ckpt"
 
     def steps(self) -> list[Step]:
-        c = self.cfg
-        s: list[Step] = []
-        tok = str(self.tokenizer)
-        if not c.tokenizer.path:
-            s.append(
-                Step(
-                    "train-tokenizer",
-                    [
-                        "train-tokenizer",
-                        "--input",
-                        *c.data.corpus,
-                        "--field",
-                        c.data.field,
-                        "--vocab-size",
-                        str(c.tokenizer.vocab_size),
-                        "--out",
-                        tok,
-                    ],
-                    outputs=[tok],
-                    inputs=self.raw_inputs(),
-                )
-            )
-        tok_dep = [] if c.tokenizer.path else ["train-tokenizer"]
-        s.append(
-            Step(
-                "tokenize",
-                [
-                    "tokenize",
-                    "--input",
-                    *c.data.corpus,
-                    "--field",
-                    c.data.field,
-                    "--tokenizer",
-                    tok,
-                    "--out",
-                    str(self.corpus),
-                    "--mode",
-                    c.data.mode,
-                    *_opt("--max-length", c.data.max_length),
-                    "--workers",
-                    str(c.data.workers),
-                ],
-                outputs=_ds(self.corpus),
-                after=tok_dep,
-                inputs=self.raw_inputs(),
-            )
-        )
-        s.append(
-            Step(
-                "tokenize-target",
-                [
-                    "tokenize-target",
-                    "--input",
-                    c.data.target,
-                    "--field",
-                    c.data.target_field,
-                    "--tokenizer",
-                    tok,
-                    "--out",
-                    str(self.target),
-                ],
-                outputs=_ds(self.target),
-                after=tok_dep,
-                inputs=[c.data.target],
-            )
-        )
-        model_dep: list[str] = []
-        if not c.annotation_model.init_from:
-            a = c.annotation_model
-            ckpt = str(self.w / "annotation_model" / "ckpt")
-            s.append(
-                Step(
-                    "pretrain-annotation-model",
-                    self._pretrain_argv(a, [str(self.corpus)], ckpt),
-                    outputs=[ckpt],
-                    after=["tokenize"],
-                    distributed=True,
-                    resume_flag="--resume",
-                )
-            )
-            s.append(
-                Step(
-                    "export-annotation-model",
-                    ["export-hf", "--checkpoint", ckpt, "--out", str(self.annotation_hf)],
-                    outputs=[str(self.annotation_hf)],
-                    after=["pretrain-annotation-model"],
-                )
-            )
-            model_dep = ["export-annotation-model"]
-        s.append(
-            Step(
-                "sample-proxy",
-                [
-                    "sample-proxy",
-                    "--data",
-                    str(self.corpus),
-                    "--num",
-                    str(c.proxy.num),
-                    "--seed",
-                    str(c.proxy.seed),
-                    "--out",
-                    str(self.proxy),
-                ],
-                outputs=[*_ds(self.proxy), f"{self.proxy}.indices.npy"],
-                after=["tokenize"],
-            )
-        )
-        an = c.annotate
-        train = self.proxy if an.train == "proxy" else self.corpus
+        """The table of steps, in order: name, command line, outputs, the steps it reads."""
+        s = self._data_steps() + [self._annotate(m) for m in self.methods]
         for m in self.methods:
-            out = self.annotate_dir(m)
-            s.append(
-                Step(
-                    f"annotate-{m}",
-                    [
-                        "annotate",
-                        "--model",
-                        str(self.annotation_hf),
-                        "--train",
-                        str(train),
-                        "--target",
-                        str(self.target),
-                        "--proxy",
-                        str(self.proxy),
-                        "--steps",
-                        str(an.steps),
-                        "--lr",
-                        str(an.lr),
-                        "--batch-size",
-                        str(an.batch_size),
-                        "--interval",
-                        str(an.interval),
-                        "--max-length",
-                        str(an.max_length),
-                        "--method",
-                        m,
-                        "--out",
-                        str(out),
-                        *an.extra_args,
-                    ],
-                    outputs=[str(out / "raw_scores.npy"), str(out / "scores.npy")],
-                    after=["tokenize-target", "sample-proxy", *model_dep],
-                    distributed=True,
-                    resume_flag="--resume",
-                    state=[str(out)],
-                )
-            )
-        sc = c.scorer
-        for m in self.methods:
-            data = self.w / "scorer" / m / "data"
-            ckpt = self.w / "scorer" / m / "ckpt"
-            s.append(
-                Step(
-                    f"prepare-scorer-data-{m}",
-                    [
-                        "prepare-scorer-data",
-                        "--proxy",
-                        str(self.proxy),
-                        "--scores",
-                        str(self.annotate_dir(m) / "scores.npy"),
-                        "--out",
-                        str(data),
-                        "--valid-num",
-                        str(sc.valid_num),
-                    ],
-                    outputs=[str(data)],
-                    after=[f"annotate-{m}"],
-                )
-            )
-            if sc.base == "annotation":
-                base, base_dep = ["--base", str(self.annotation_hf)], model_dep
-            elif sc.base:
-                base, base_dep = ["--base", sc.base], []
-            else:
-                base, base_dep = ["--model-config", sc.model_config, "--tokenizer", tok], tok_dep
-            s.append(
-                Step(
-                    f"train-scorer-{m}",
-                    [
-                        "train-scorer",
-                        *base,
-                        "--data",
-                        str(data),
-                        "--out",
-                        str(ckpt),
-                        "--epochs",
-                        str(sc.epochs),
-                        "--lr",
-                        str(sc.lr),
-                        "--batch-size",
-                        str(sc.batch_size),
-                        "--warmup",
-                        str(sc.warmup),
-                        *sc.extra_args,
-                    ],
-                    outputs=[str(ckpt)],
-                    after=[f"prepare-scorer-data-{m}", *base_dep],
-                    distributed=True,
-                    resume_flag="--resume",
-                )
-            )
-            out = self.corpus_scores(m).parent
-            s.append(
-                Step(
-                    f"score-{m}",
-                    [
-                        "score",
-                        "--scorer",
-                        str(ckpt),
-                        "--data",
-                        str(self.corpus),
-                        "--out",
-                        str(out),
-                        *sc.score_extra_args,
-                    ],
-                    outputs=[str(self.corpus_scores(m))],
-                    after=[f"train-scorer-{m}", "tokenize"],
-                    distributed=True,
-                    state=[str(out)],
-                )
-            )
-        sel = c.selection
+            s += self._scorer(m)
+        sel = self.cfg.selection
         for m in self.methods:
             s += self._curate(m, str(self.corpus_scores(m)), [f"score-{m}"], sel.method, sel.order)
         if "random" in self.arms:
@@ -317,93 +119,179 @@ class Plan:
                 )
             )
             s += self._curate("random", str(rnd), ["pick-random"], "random", "shuffle")
-        p, e = c.pretrain, c.evaluate
         for arm in self.arms:
             ckpt = str(self.final_ckpt(arm))
             data_step = f"order-{arm}" if (arm == "random" or sel.order != "none") else f"select-{arm}"
-            s.append(
-                Step(
-                    f"pretrain-{arm}",
-                    self._pretrain_argv(p, [str(self.train_data(arm))], ckpt),
-                    outputs=[ckpt],
-                    after=[data_step, *tok_dep],
-                    distributed=True,
-                    resume_flag="--resume",
-                )
-            )
-            s.append(
+            evaluate = {"model": ckpt, "data": self.target}
+            s += [
+                self._pretrain(f"pretrain-{arm}", self.cfg.pretrain, [str(self.train_data(arm))], ckpt, [data_step]),
                 Step(
                     f"evaluate-{arm}",
-                    ["evaluate", "--model", ckpt, "--data", str(self.target), "--max-length", str(e.max_length)],
+                    command("evaluate", (EvaluateConfig, evaluate), (EvaluateConfig, self.cfg.evaluate)),
                     outputs=[str(self.w / "logs" / f"evaluate-{arm}.stdout")],
                     after=[f"pretrain-{arm}", "tokenize-target"],
-                )
-            )
+                ),
+            ]
         return s
 
-    def _pretrain_argv(self, t, data: list[str], out: str) -> list[str]:
+    def _data_steps(self) -> list[Step]:
+        """The tokenizer, the corpus and target datasets, the annotation model, the proxy sample."""
+        c, tok = self.cfg, str(self.tokenizer)
+        s: list[Step] = []
+        if not c.tokenizer.path:
+            train_tok = {"inputs": c.data.corpus, "field": c.data.field, "out": tok}
+            argv = command("train-tokenizer", (TrainTokenizerConfig, train_tok), (TrainTokenizerConfig, c.tokenizer))
+            s.append(Step("train-tokenizer", argv, outputs=[tok], inputs=self.raw_inputs()))
+        corpus = {"inputs": c.data.corpus, "tokenizer_dir": tok, "out_prefix": self.corpus}
+        target = {
+            "inputs": [c.data.target],
+            "field": c.data.target_field,
+            "tokenizer_dir": tok,
+            "out_prefix": self.target,
+        }
+        s += [
+            Step(
+                "tokenize",
+                command("tokenize", (TokenizeConfig, corpus), (TokenizeConfig, c.data)),
+                outputs=_ds(self.corpus),
+                after=self.tok_dep,
+                inputs=self.raw_inputs(),
+            ),
+            Step(
+                "tokenize-target",
+                command("tokenize-target", (TargetConfig, target)),
+                outputs=_ds(self.target),
+                after=self.tok_dep,
+                inputs=[c.data.target],
+            ),
+        ]
+        if not c.annotation_model.init_from:
+            ckpt = str(self.w / "annotation_model" / "ckpt")
+            s += [
+                self._pretrain("pretrain-annotation-model", c.annotation_model, [str(self.corpus)], ckpt, ["tokenize"]),
+                Step(
+                    "export-annotation-model",
+                    command("export-hf", (ExportHFConfig, {"checkpoint": ckpt, "out": self.annotation_hf})),
+                    outputs=[str(self.annotation_hf)],
+                    after=["pretrain-annotation-model"],
+                ),
+            ]
+        proxy = {"data": self.corpus, "out": self.proxy}
+        s.append(
+            Step(
+                "sample-proxy",
+                command("sample-proxy", (SampleProxyConfig, proxy), (SampleProxyConfig, c.proxy)),
+                outputs=[*_ds(self.proxy), f"{self.proxy}.indices.npy"],
+                after=["tokenize"],
+            )
+        )
+        return s
+
+    def _annotate(self, m: str) -> Step:
+        an, out = self.cfg.annotate, self.annotate_dir(m)
+        train = self.proxy if an.train == "proxy" else self.corpus
+        paths = {"model": self.annotation_hf, "train": train, "target": self.target, "proxy": self.proxy}
+        return Step(
+            f"annotate-{m}",
+            [
+                *command("annotate", (AnnotateConfig, {**paths, "method": m, "out": out}), (AnnotateConfig, an)),
+                *an.extra_args,
+            ],
+            outputs=[str(out / "raw_scores.npy"), str(out / "scores.npy")],
+            after=["tokenize-target", "sample-proxy", *self.model_dep],
+            distributed=True,
+            resume_flag="--resume",
+            state=[str(out)],
+        )
+
+    def _pretrain(self, name: str, section, data: list[str], out: str, after: list[str]) -> Step:
+        paths = {"data": data, "out": out, "tokenizer": str(self.tokenizer)}
+        return Step(
+            name,
+            [*command("pretrain", (PretrainConfig, paths), (PretrainConfig, section)), *section.extra_args],
+            outputs=[out],
+            after=[*after, *self.tok_dep],
+            distributed=True,
+            resume_flag="--resume",
+        )
+
+    def _scorer(self, m: str) -> list[Step]:
+        """prepare-scorer-data, train-scorer and score for method ``m``."""
+        sc, tok, tok_dep, model_dep = self.cfg.scorer, str(self.tokenizer), self.tok_dep, self.model_dep
+        data, ckpt = self.w / "scorer" / m / "data", self.w / "scorer" / m / "ckpt"
+        prepare = {"proxy": self.proxy, "scores": self.annotate_dir(m) / "scores.npy", "out": data}
+        if sc.base == "annotation":
+            source, base_dep = {"base": self.annotation_hf}, model_dep
+        elif sc.base:
+            source, base_dep = {"base": sc.base}, []
+        else:
+            source, base_dep = {"model_config": sc.model_config, "tokenizer": tok}, tok_dep
+        if sc.base in (None, "annotation"):  # the scorer reads the proxy's tokenizer: record it
+            prepare |= {"src_tokenizer": tok, "dst_tokenizer": tok}
+        out = self.corpus_scores(m).parent
         return [
-            "pretrain",
-            "--model-config",
-            t.model_config,
-            "--tokenizer",
-            str(self.tokenizer),
-            "--data",
-            *data,
-            "--max-length",
-            str(t.max_length),
-            "--global-batch-size",
-            str(t.global_batch_size),
-            "--steps",
-            str(t.steps),
-            "--lr",
-            str(t.lr),
-            "--out",
-            out,
-            "--seed",
-            str(t.seed),
-            *t.extra_args,
+            Step(
+                f"prepare-scorer-data-{m}",
+                command("prepare-scorer-data", (PrepareScorerConfig, {**prepare, "valid_num": sc.valid_num})),
+                outputs=[str(data)],
+                after=[f"annotate-{m}"],
+            ),
+            Step(
+                f"train-scorer-{m}",
+                [
+                    *command(
+                        "train-scorer", (TrainScorerRun, {**source, "data": data, "out": ckpt}), (TrainScorerConfig, sc)
+                    ),
+                    *sc.extra_args,
+                ],
+                outputs=[str(ckpt)],
+                after=[f"prepare-scorer-data-{m}", *base_dep],
+                distributed=True,
+                resume_flag="--resume",
+            ),
+            Step(
+                f"score-{m}",
+                [
+                    *command(
+                        "score",
+                        (ScoreRun, {"scorer": ckpt, "data": self.corpus, "out": out}),
+                        (ScoreOptions, self.cfg.score),
+                    ),
+                    *sc.score_extra_args,
+                ],
+                outputs=[str(self.corpus_scores(m))],
+                after=[f"train-scorer-{m}", "tokenize"],
+                distributed=True,
+                state=[str(out)],
+            ),
         ]
 
     def _curate(self, arm: str, scores: str, after: list[str], method: str, order: str) -> list[Step]:
         sel = self.cfg.selection
         selected = self.selected(arm)
+        io = {"data": str(self.corpus), "scores": scores, "out": selected}
         if method == "random":  # the pick file marks exactly the chosen sequences with 1
-            how = ["--method", "threshold", "--threshold", "0.5"]
-        elif method == "top-r":
-            how = ["--method", "top-r", "--r", str(sel.r)]
-        elif method == "threshold":
-            how = ["--method", "threshold", "--threshold", str(sel.threshold)]
+            how = {"method": "threshold", "threshold": 0.5}
         else:
-            how = ["--method", "top-k", "--k", str(sel.k)]
+            how = {"method": method, SELECT_PARAMS[method]: getattr(sel, SELECT_PARAMS[method])}
         sidecars = [f"{selected}.scores.npy", f"{selected}.indices.npy"]
         steps = [
             Step(
                 f"select-{arm}",
-                ["select", "--data", str(self.corpus), "--scores", scores, *how, "--out", str(selected)],
+                command("select", (SelectConfig, {**io, **how})),
                 outputs=[*_ds(selected), *sidecars],
                 after=[*after, "tokenize"],
             )
         ]
         if order != "none":
             ordered = self.train_data(arm)
-            extra = ["--layers", str(sel.layers)] if order == "folding" else []
-            extra += ["--seed", str(sel.seed)] if order == "shuffle" else []
+            params = {"layers": sel.layers} if order == "folding" else {}
+            params |= {"seed": sel.seed} if order == "shuffle" else {}
+            io = {"data": str(selected), "scores": sidecars[0], "method": order, "out": ordered}
             steps.append(
                 Step(
                     f"order-{arm}",
-                    [
-                        "order",
-                        "--data",
-                        str(selected),
-                        "--scores",
-                        sidecars[0],
-                        "--method",
-                        order,
-                        *extra,
-                        "--out",
-                        str(ordered),
-                    ],
+                    command("order", (OrderConfig, {**io, **params})),
                     outputs=[*_ds(ordered), f"{ordered}.scores.npy", f"{ordered}.indices.npy"],
                     after=[f"select-{arm}"],
                 )

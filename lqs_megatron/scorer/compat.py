@@ -41,7 +41,7 @@ def fingerprint(tok) -> str:
 
 def tokenizer_info(path: str | os.PathLike) -> dict:
     """``{"path", "fingerprint", "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}`` of a tokenizer dir."""
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
 
     tok = load_tokenizer(str(path), require_eos=False)
     return {

@@ -23,7 +23,6 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,33 +31,12 @@ import torch
 from lqs_megatron.data.indexed import IndexedDataset, idx_path
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.compat import check_same_tokenizer, dataset_tokenizer
+from lqs_megatron.scorer.config import ScoreOptions
 from lqs_megatron.scorer.model import Scorer, load_scorer
 from lqs_megatron.scorer.predict import predict
 from lqs_megatron.utils.atomic import save_json, save_npy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoreOptions:
-    """How ``lqs score`` batches, shards and runs."""
-
-    max_tokens: int | None = None
-    """Token budget of one batch: rows x longest row, padding included (``--max-tokens``; None: 4096 on the
-    CPU, 32768 on CUDA)."""
-    max_batch_size: int = 512
-    """Most rows in one batch (``--max-batch-size``)."""
-    shard_size: int = 100_000
-    """Sequences per output shard, the unit of restart (``--shard-size``)."""
-    bf16: bool = True
-    """Run the backbone in bfloat16 on CUDA (``--no-bf16`` for float32); the CPU always runs float32."""
-    compile: bool = False
-    """``torch.compile`` the model (CUDA; ``--compile``)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_tokens", "max_batch_size", "shard_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise LQSError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 
 def shard_path(out_dir: str | os.PathLike, k: int) -> Path:

@@ -142,7 +142,7 @@ def _strip_lm_head(decoder: nn.Module) -> nn.Module:
 
 def _base_kind(path: str) -> str:
     """``ours`` (a lqs checkpoint or an HF directory the fast path covers: our Decoder) or ``hf`` (any other)."""
-    from lqs_megatron.training.checkpoint import is_checkpoint  # noqa: PLC0415
+    from lqs_megatron.training.checkpoint import is_checkpoint
 
     p = Path(path)
     if not p.is_dir():
@@ -156,7 +156,7 @@ def _base_kind(path: str) -> str:
 
 def fast_path_covers(hf_config: dict) -> bool:
     """Whether our decoder computes this HF config exactly (else the generic HF backbone is used)."""
-    from lqs_megatron.models.hf import config_from_hf  # noqa: PLC0415
+    from lqs_megatron.models.hf import config_from_hf
 
     try:
         config_from_hf(hf_config)
@@ -167,7 +167,7 @@ def fast_path_covers(hf_config: dict) -> bool:
 
 def _base_tokenizer(path: str) -> str:
     """The tokenizer shipped with a base model: the HF directory itself, or a checkpoint's ``tokenizer/``."""
-    from lqs_megatron.training.checkpoint import is_checkpoint, resolve_checkpoint  # noqa: PLC0415
+    from lqs_megatron.training.checkpoint import is_checkpoint, resolve_checkpoint
 
     if is_checkpoint(path):
         tok = resolve_checkpoint(path) / "tokenizer"
@@ -179,7 +179,7 @@ def _base_tokenizer(path: str) -> str:
 
 def _hf_backbone(path: str) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM
 
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwarg(torch.float32), local_files_only=True)
@@ -191,7 +191,7 @@ def _hf_backbone(path: str) -> nn.Module:
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
     """``from_pretrained``'s dtype argument: ``dtype`` in transformers 5, ``torch_dtype`` in 4.x (where an
     unknown ``dtype`` lands in the config as a torch.dtype and breaks its JSON)."""
-    import transformers  # noqa: PLC0415
+    import transformers
 
     return {"torch_dtype" if transformers.__version__.startswith("4.") else "dtype": dtype}
 
@@ -216,8 +216,8 @@ def build_scorer(
     init with ``seed``, ``tokenizer`` required. The head is initialised with ``seed`` either way.
     Our decoders come from :mod:`lqs_megatron.models.loading` (the one way to get a model).
     """
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size  # noqa: PLC0415
-    from lqs_megatron.scorer.compat import tokenizer_info  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from lqs_megatron.scorer.compat import tokenizer_info
 
     if (base is None) == (model_config is None):
         raise LQSError("give exactly one of --base HF_DIR or --model-config NAME")
@@ -230,7 +230,7 @@ def build_scorer(
     padded = None
     if base is not None:
         if base_kind == "ours":
-            from lqs_megatron.models.loading import load_model  # noqa: PLC0415
+            from lqs_megatron.models.loading import load_model
 
             decoder = _strip_lm_head(load_model(base, dtype=torch.float32, device="cpu"))
             kind, model_dict = "decoder", decoder.config.to_dict()
@@ -242,8 +242,8 @@ def build_scorer(
             hidden, vocab = _hf_hidden_size(backbone.config), int(backbone.get_input_embeddings().num_embeddings)
         source = os.path.abspath(base)
     else:
-        from lqs_megatron.models.config import load_model_config  # noqa: PLC0415
-        from lqs_megatron.models.loading import build_model  # noqa: PLC0415
+        from lqs_megatron.models.config import load_model_config
+        from lqs_megatron.models.loading import build_model
 
         cfg = load_model_config(
             model_config,
@@ -281,8 +281,8 @@ def build_scorer(
 
 def save_scorer(model: Scorer, cfg: ScorerConfig, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     """Write the checkpoint files into ``out_dir`` (an existing directory; the caller makes it atomic)."""
-    from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
-    from lqs_megatron.models.hf import save_tokenizer  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.models.hf import save_tokenizer
 
     out = Path(out_dir)
     model = unwrap(model)
@@ -302,7 +302,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_model_flat(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """safetensors file of ``state`` (each tensor copied, so tied weights are stored under each name)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
@@ -320,7 +320,7 @@ def resolve_scorer_dir(path: str | os.PathLike) -> Path:
 
 def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     """``(model, config, checkpoint_dir)`` from a scorer checkpoint (float32, CPU, eval mode)."""
-    from lqs_megatron.utils.integrity import load_safetensors  # noqa: PLC0415
+    from lqs_megatron.utils.integrity import load_safetensors
 
     ckpt = resolve_scorer_dir(path)
     try:
@@ -328,13 +328,13 @@ def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     except (json.JSONDecodeError, TypeError) as e:
         raise LQSError(f"{ckpt}/scorer.json: unreadable scorer config ({e})") from None
     if cfg.backbone == "decoder":
-        from lqs_megatron.models.config import ModelConfig  # noqa: PLC0415
-        from lqs_megatron.models.decoder import Decoder  # noqa: PLC0415
+        from lqs_megatron.models.config import ModelConfig
+        from lqs_megatron.models.decoder import Decoder
 
         backbone = _strip_lm_head(Decoder(ModelConfig.from_dict(cfg.model), cfg.padded_vocab_size))
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoConfig, AutoModel  # noqa: PLC0415
+        from transformers import AutoConfig, AutoModel
 
         backbone = AutoModel.from_config(AutoConfig.from_pretrained(str(ckpt / "backbone")))
     model = Scorer(backbone, cfg.hidden_size, hf_backbone=cfg.backbone == "hf")

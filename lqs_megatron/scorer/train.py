@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,7 @@ from torch import nn
 from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.compat import check_same_tokenizer
+from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, save_scorer, unwrap
@@ -84,112 +84,7 @@ from lqs_megatron.utils.lock import output_lock_on_main
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 512
-MIN_STEPS_PER_EPOCH = 8
 LEGACY_LAST = "last"
-
-
-@dataclass
-class TrainScorerConfig:
-    """Hyper-parameters of ``lqs train-scorer`` (defaults: PDS/DELT's scorer recipe)."""
-
-    epochs: int = 5
-    """Passes over the training split (``--epochs``)."""
-    lr: float = 1e-4
-    """Peak learning rate (``--lr``)."""
-    min_lr: float = 0.0
-    """Learning rate at the end of the cosine (``--min-lr``)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices and embeddings (``--weight-decay``)."""
-    warmup: int = 10
-    """Linear warmup steps (``--warmup``)."""
-    clip_grad: float = 1.0
-    """Clip the global gradient norm to this; 0 disables (``--clip-grad``)."""
-    batch_size: int | None = None
-    """Global batch: sequences per optimizer step over all ranks (``--batch-size``); None: 512, or the largest
-    power of two that gives an epoch at least 8 steps on a smaller split."""
-    micro_batch_size: int | None = None
-    """Sequences per rank per forward/backward (``--micro-batch-size``); None: the largest divisor
-    of ``batch_size / dp`` up to 16."""
-    eval_batch_tokens: int | None = None
-    """Token budget of a validation batch (``--eval-batch-tokens``; None: 4096 on the CPU, 32768 on CUDA)."""
-    max_length: int = 1024
-    """Tokens read per sequence, BOS included (``--max-length``)."""
-    use_bos: bool = True
-    """Prepend the tokenizer's BOS to every sequence (``--no-bos`` turns it off)."""
-    seed: int = 0
-    """Seed of the initialisation and the data order (``--seed``)."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (``--no-bf16``); the CPU always trains in float32."""
-    save_interval: int = 200
-    """Also checkpoint every this many steps (0: only at epoch ends)."""
-    log_interval: int = 10
-    """Steps between training-loss lines in ``metrics.jsonl``."""
-    keep_last: int | None = 2
-    """Keep only the N newest step checkpoints (``--keep-last``; None: all). ``OUT/best`` is never deleted."""
-    skip_nonfinite: int = 0
-    """Skip up to N batches with a NaN/Inf loss or gradient norm instead of stopping (``--skip-nonfinite``)."""
-    tensorboard: bool = True
-    """TensorBoard scalars under ``OUT/tb`` when tensorboard is installed (``--no-tensorboard``)."""
-    wandb: str | None = None
-    """Log to this Weights & Biases project (``--wandb PROJECT``)."""
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
-            "min-lr": 0 <= self.min_lr <= self.lr,
-            "weight-decay": self.weight_decay >= 0,
-            "warmup": self.warmup >= 0,
-            "clip-grad": self.clip_grad >= 0,
-            "batch-size": self.batch_size is None or self.batch_size >= 1,
-            "micro-batch-size": self.micro_batch_size is None or self.micro_batch_size >= 1,
-            "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
-            "max-length": self.max_length >= 2,
-            "save-interval": self.save_interval >= 0,
-            "log-interval": self.log_interval >= 1,
-            "keep-last": self.keep_last is None or self.keep_last >= 1,
-            "skip-nonfinite": self.skip_nonfinite >= 0,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise LQSError(f"invalid --{bad[0]}: {getattr(self, bad[0].replace('-', '_'))}")
-
-    def resolved(self, num_train: int, dp: int) -> TrainScorerConfig:
-        """This config with ``batch_size`` set: the given one, or the default that fits ``num_train``."""
-        if self.batch_size is not None:
-            if num_train // self.batch_size == 0:
-                raise LQSError(
-                    f"--batch-size {self.batch_size} is larger than the training split ({num_train} sequences); "
-                    "lower it (or leave it out: the default adapts to the split)"
-                )
-            return self
-        b = DEFAULT_BATCH_SIZE
-        while b > 1 and num_train // b < MIN_STEPS_PER_EPOCH:
-            b //= 2
-        b = max(dp, b - b % dp)
-        return dataclasses.replace(self, batch_size=b)
-
-    def micro_batch(self, dp: int) -> int:
-        """Sequences per rank per forward/backward: ``--micro-batch-size``, or by default the largest
-        divisor of ``batch_size / dp`` that is at most 16."""
-        if self.batch_size % dp:
-            raise LQSError(f"--batch-size {self.batch_size} is not a multiple of the {dp} data-parallel ranks")
-        if self.micro_batch_size is not None:
-            return self.micro_batch_size
-        per_rank = self.batch_size // dp
-        return max(d for d in range(1, min(16, per_rank) + 1) if per_rank % d == 0)
-
-    def accumulation(self, dp: int) -> int:
-        """Micro-batches per rank per step; the global batch must split evenly."""
-        mb = self.micro_batch(dp)
-        per_step = dp * mb
-        if self.batch_size % per_step:
-            raise LQSError(
-                f"--batch-size {self.batch_size} is not a multiple of data-parallel ranks x --micro-batch-size "
-                f"({dp} x {mb} = {per_step})"
-            )
-        return self.batch_size // per_step
 
 
 def schedule(cfg: TrainScorerConfig, total_steps: int) -> WarmupCosine:
@@ -300,8 +195,8 @@ class ScorerTrainer(Trainer):
         self.steps_per_epoch = len(self.train.data) // cfg.batch_size
         if self.steps_per_epoch < MIN_STEPS_PER_EPOCH:
             logger.warning(
-                "an epoch is only %d optimizer step(s) (%d training sequences, --batch-size %d): the warm-up and the "
-                "per-epoch validation see very few updates; lower --batch-size or add data",
+                "an epoch is only %d optimizer step(s) (%d training sequences, --global-batch-size %d): the warm-up "
+                "and the per-epoch validation see very few updates; lower --global-batch-size or add data",
                 self.steps_per_epoch, len(self.train.data), cfg.batch_size,
             )  # fmt: skip
         total = self.steps_per_epoch * cfg.epochs

@@ -136,7 +136,7 @@ def read_model_shard(step_dir: str | os.PathLike, tp_rank: int, tp: int) -> dict
 
 def read_full_state_dict(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tp shard merged into the full (padded) state dict."""
-    from lqs_megatron.models.parallelize import merge_state_dicts  # noqa: PLC0415
+    from lqs_megatron.models.parallelize import merge_state_dicts
 
     tp = read_config(step_dir)["tp"]
     return merge_state_dicts([read_model_shard(step_dir, r, tp) for r in range(tp)])
@@ -314,7 +314,7 @@ def save_checkpoint(
 
     ``tokenizer``: a transformers tokenizer saved into ``tokenizer/`` (for ``export-hf``).
     Weights holding NaN/Inf are refused (nothing is written)."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     def write(tmp: Path) -> list[str]:
         tp, tpr = dims.tp, dims.tp_rank

@@ -1,100 +1,105 @@
-"""Settings of one pretraining run (``lqs pretrain``); every field is a flag of the same name."""
+"""Settings of ``lqs pretrain``, ``lqs evaluate`` and ``lqs export-hf``: one dataclass per step,
+the single source of its flags and pipeline keys (:mod:`lqs_megatron.options`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
+from lqs_megatron.options import Deprecated, internal, option
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("cuda", "cpu")
+MODEL, DATA, OPTIM, RUN = "model (one of)", "data", "optimisation", "run"
 
 
 @dataclass
 class PretrainConfig:
     """Validated settings of a pretraining run. Defaults follow the PDS/DELT papers where they set one."""
 
-    data: list[str]
-    """Indexed-dataset prefixes (``--data``), consumed in stored order."""
-    out: str
-    """Checkpoint directory (``--out``)."""
-    max_length: int
-    """Tokens per packed training sample, the model's context (``--max-length``)."""
-    global_batch_size: int
-    """Samples per optimizer step over all data-parallel ranks and micro-batches (``--global-batch-size``)."""
-    steps: int
-    """Optimizer steps (``--steps``)."""
-    lr: float
-    """Peak learning rate (``--lr``)."""
-    model_config: str | None = None
-    """Named config (tiny, 160M, 470M, 1B, 1.7B) or YAML path, randomly initialised (``--model-config``)."""
-    tokenizer: str | None = None
-    """Tokenizer directory giving the vocabulary and special tokens (``--tokenizer``)."""
-    init_from: str | None = None
-    """Hugging Face Mistral/Llama directory to start from instead (``--init-from``)."""
-    data_weights: list[float] | None = None
-    """Blend weights, one per ``--data`` prefix (``--data-weights``); default equal."""
-    valid_data: str | None = None
-    """Held-out indexed dataset for the periodic validation loss (``--valid-data``)."""
-    eval_interval: int = 1000
-    """Validation every N steps, and after the last (``--eval-interval``; 0 = only after the last)."""
-    eval_samples: int = 256
-    """Packed validation samples per evaluation (``--eval-samples``)."""
-    micro_batch_size: int | None = None
-    """Samples per forward/backward on one rank (``--micro-batch-size``); default: the whole local batch."""
-    min_lr: float | None = None
-    """Final learning rate of the cosine schedule (``--min-lr``); default ``lr / 10`` as in the papers."""
-    warmup_steps: int | None = None
-    """Linear warm-up steps (``--warmup-steps``); default the papers' 2000, capped at 10% of ``steps``."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices (``--weight-decay``)."""
-    adam_beta1: float = 0.9
-    """AdamW beta1 (``--adam-beta1``)."""
-    adam_beta2: float = 0.98
-    """AdamW beta2 (``--adam-beta2``)."""
-    adam_eps: float = 1e-6
-    """AdamW epsilon (``--adam-eps``)."""
-    clip_grad: float = 1.0
-    """Global gradient-norm clip (``--clip-grad``; 0 = off)."""
-    seed: int = 0
-    """Seeds the initial weights and the shuffle (``--seed``)."""
-    shuffle: bool = False
-    """Shuffle the packed samples (seeded) instead of the stored order (``--shuffle``)."""
-    tp: int = 1
-    """Tensor-parallel size (``--tp``); data parallelism is world_size / tp."""
-    make_vocab_size_divisible_by: int = 128
-    """Pad the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""
-    save_interval: int = 1000
-    """Checkpoint every N steps, and after the last (``--save-interval``; 0 = only after the last)."""
-    resume: bool = False
-    """Continue from ``out``'s latest checkpoint if there is one (``--resume``)."""
-    precision: str = "auto"
-    """``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``bf16`` or ``fp32`` (``--precision``)."""
-    compile: bool = False
-    """``torch.compile`` the model (``--compile``)."""
-    deterministic: bool = False
-    """Deterministic algorithms, for reproducible loss curves (``--deterministic``)."""
-    log_interval: int = 10
-    """Log a line every N steps (``--log-interval``); metrics.jsonl gets every step."""
-    stop_after: int | None = None
-    """Stop after this step as if killed (the schedule still spans ``steps``; ``--stop-after``)."""
-    device: str | None = None
-    """``cuda`` or ``cpu`` (``--device``); default CUDA when available."""
-    skip_nonfinite: int = 0
-    """Skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first
-    (``--skip-nonfinite``)."""
-    keep_last: int | None = None
-    """Keep only the N newest checkpoints (``--keep-last``; default all; ``latest`` is never deleted)."""
-    tensorboard: bool = True
-    """TensorBoard scalars under ``out/tb`` when tensorboard is installed (``--no-tensorboard`` turns them off)."""
-    wandb: str | None = None
-    """Log to this Weights & Biases project (``--wandb PROJECT``; needs ``pip install wandb``)."""
-    extra: dict = field(default_factory=dict)
+    help_groups: ClassVar[tuple[str, ...]] = (MODEL, DATA, OPTIM, RUN)
+    data: list[str] = option(metavar="PREFIX", group=DATA)
+    """Indexed dataset prefix(es), consumed in stored order (or --shuffle)."""
+    out: str = option(metavar="DIR", group=RUN)
+    """Checkpoint directory."""
+    max_length: int = option(metavar="L", group=OPTIM)
+    """Tokens per packed training sample, the model's context."""
+    global_batch_size: int = option(group=OPTIM)
+    """Samples per optimizer step over all data-parallel ranks and micro-batches."""
+    steps: int = option(group=OPTIM)
+    """Optimizer steps."""
+    lr: float = option(group=OPTIM)
+    """Peak learning rate."""
+    model_config: str | None = option(None, metavar="NAME", group=MODEL)
+    """Named config (tiny, 160M, 470M, 1B, 1.7B) or YAML path, random init; needs --tokenizer."""
+    tokenizer: str | None = option(None, group=MODEL)
+    """Tokenizer directory: the vocabulary and special tokens (with --model-config)."""
+    init_from: str | None = option(None, metavar="HF_DIR", group=MODEL)
+    """Hugging Face Llama/Mistral/Qwen2 directory to start from instead."""
+    data_weights: list[float] | None = option(None, metavar="W", group=DATA)
+    """Blend weights, one per --data prefix (default: equal)."""
+    valid_data: str | None = option(None, metavar="PREFIX", group=DATA)
+    """Held-out indexed dataset for the periodic validation loss."""
+    eval_interval: int = option(1000, group=DATA)
+    """Validate every N steps and after the last (0: only after the last)."""
+    eval_samples: int = option(256, group=DATA)
+    """Packed validation samples per evaluation."""
+    shuffle: bool = option(False, group=DATA)
+    """Shuffle the packed samples (seeded) instead of the stored order."""
+    micro_batch_size: int | None = option(None, group=OPTIM)
+    """Samples per forward/backward per rank (default: the whole per-rank batch)."""
+    min_lr: float | None = option(None, group=OPTIM)
+    """Final learning rate of the cosine schedule (default: lr / 10, as in the papers)."""
+    warmup_steps: int | None = option(None, group=OPTIM)
+    """Linear warm-up steps (default: min(2000, steps / 10): the papers' 2000, at most a tenth of the run)."""
+    weight_decay: float = option(0.01, group=OPTIM)
+    """AdamW weight decay (matrices only)."""
+    adam_beta1: float = option(0.9, group=OPTIM)
+    """AdamW beta1."""
+    adam_beta2: float = option(0.98, group=OPTIM)
+    """AdamW beta2."""
+    adam_eps: float = option(1e-6, group=OPTIM)
+    """AdamW epsilon."""
+    clip_grad: float = option(1.0, group=OPTIM)
+    """Global gradient-norm clip (0: off)."""
+    seed: int = option(0, group=OPTIM)
+    """Seeds the initial weights and --shuffle."""
+    tp: int = option(1, group=RUN)
+    """Tensor-parallel size; data parallelism is world size / tp."""
+    make_vocab_size_divisible_by: int = option(128, group=RUN)
+    """Pad the vocabulary to a multiple of this times tp."""
+    save_interval: int = option(1000, group=RUN)
+    """Checkpoint every N steps and after the last (0: only after the last)."""
+    resume: bool = option(False, group=RUN)
+    """Continue from --out's latest checkpoint if there is one."""
+    precision: str = option("auto", choices=PRECISIONS, group=RUN)
+    """auto: bf16 autocast on CUDA, fp32 on the CPU; bf16; fp32."""
+    compile: bool = option(False, group=RUN)
+    """torch.compile the model."""
+    deterministic: bool = option(False, group=RUN)
+    """Deterministic algorithms, for reproducible loss curves."""
+    log_interval: int = option(10, group=RUN)
+    """Log a line every N steps (metrics.jsonl gets every step)."""
+    stop_after: int | None = option(None, hidden=True, group=RUN)
+    """Test hook: stop after this step as if killed (the schedule still spans --steps)."""
+    device: str | None = option(None, choices=DEVICES, group=RUN)
+    """cuda or cpu (default: cuda when available)."""
+    skip_nonfinite: int = option(0, metavar="N", group=RUN)
+    """Skip up to N batches whose loss or gradient norm is NaN/Inf (logged) instead of stopping at the first."""
+    keep_last: int | None = option(None, metavar="N", group=RUN)
+    """Keep only the N newest checkpoints (default: all; the one ``latest`` names is never deleted)."""
+    tensorboard: bool = option(True, flag="--no-tensorboard", group=RUN)
+    """Do not write TensorBoard scalars to OUT/tb (they are written when tensorboard is installed)."""
+    wandb: str | None = option(None, metavar="PROJECT", group=RUN)
+    """Also log to this Weights & Biases project (needs ``pip install wandb``)."""
+    extra: dict = internal(default_factory=dict)
     """Free-form metadata stored with the checkpoints."""
 
     def __post_init__(self) -> None:
@@ -165,7 +170,7 @@ def check_out_dir(cfg: PretrainConfig, crc: bool = False, warn: bool = False) ->
 
     With ``--resume`` the newest checkpoint that validates is chosen (``crc``: verify checksums
     too, not only sizes and headers); each newer one that does not is named in a warning."""
-    from lqs_megatron.training.checkpoint import find_resume_dir  # noqa: PLC0415
+    from lqs_megatron.training.checkpoint import find_resume_dir
 
     marker = Path(cfg.out) / "latest"
     if not marker.is_file():
@@ -199,17 +204,70 @@ def choose_resume_dir(cfg: PretrainConfig, dims) -> Path | None:
 def preflight(cfg: PretrainConfig) -> None:
     """Cheap checks before any process group starts: datasets exist, the model splits ``--tp`` ways,
     ``--out`` and ``--resume`` agree. Every rank runs them (no collective)."""
-    from lqs_megatron.data.indexed import dataset_exists, idx_path  # noqa: PLC0415
+    from lqs_megatron.data.indexed import dataset_exists, idx_path
 
     for p in [*cfg.data, *([cfg.valid_data] if cfg.valid_data else [])]:
         if not dataset_exists(p):
             raise LQSError(f"indexed dataset {p!r}: missing {p}.bin or {idx_path(p)} (expected PREFIX.bin + .idx)")
     if cfg.model_config is not None:
-        from lqs_megatron.models.config import load_model_config  # noqa: PLC0415
-        from lqs_megatron.models.parallelize import check_tp  # noqa: PLC0415
+        from lqs_megatron.models.config import load_model_config
+        from lqs_megatron.models.parallelize import check_tp
 
         check_tp(load_model_config(cfg.model_config), cfg.tp, name=f"model config {cfg.model_config!r}")
-    from lqs_megatron.utils.lock import check_unlocked  # noqa: PLC0415
+    from lqs_megatron.utils.lock import check_unlocked
 
     check_unlocked(cfg.out)
     check_out_dir(cfg)
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of ``lqs evaluate``: the mean per-example loss of a model on an indexed dataset."""
+
+    model: str = option(metavar="HF_DIR|CKPT_DIR")
+    """Hugging Face Llama/Mistral/Qwen2 directory or lqs checkpoint (its root: the latest step; or a step directory)."""
+    data: str = option(metavar="PREFIX")
+    """Indexed dataset prefix."""
+    max_length: int = option(metavar="L")
+    """Each example is cut to L+1 tokens."""
+    micro_batch_size: int = option(16, deprecated=("--batch-size",))
+    """Examples per forward pass per rank."""
+    limit: int | None = option(None, metavar="N")
+    """Only the first N sequences."""
+    tp: int = 1
+    """Tensor-parallel size; data parallelism is world size / tp."""
+    precision: str = option("auto", choices=PRECISIONS)
+    """auto: bf16 autocast on CUDA, fp32 on the CPU; bf16; fp32."""
+    device: str | None = option(None, choices=DEVICES)
+    """cuda or cpu (default: cuda when available)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "micro_batch_size", "tp"):
+            if getattr(self, name) < 1:
+                raise LQSError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise LQSError(f"--limit must be >= 1, got {self.limit}")
+
+
+EXPORT_PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class ExportHFConfig:
+    """Settings of ``lqs export-hf``: a checkpoint as a Hugging Face directory."""
+
+    checkpoint: str = option(metavar="CKPT_DIR")
+    """Checkpoint root (its latest step) or a step directory."""
+    out: str = option(metavar="HF_DIR")
+    """Output directory (replaced atomically)."""
+    precision: str = option(
+        "fp32",
+        choices=tuple(EXPORT_PRECISIONS),
+        deprecated=(Deprecated("--dtype", values={v: k for k, v in EXPORT_PRECISIONS.items()}),),
+    )
+    """Dtype of the written weights."""
+
+    @property
+    def torch_dtype_name(self) -> str:
+        """The ``torch`` dtype name of ``precision`` (``float32``, ``bfloat16``, ``float16``)."""
+        return EXPORT_PRECISIONS[self.precision]

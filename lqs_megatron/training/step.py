@@ -50,7 +50,7 @@ def wrap_data_parallel(module: nn.Module, dims: ParallelDims, find_unused_parame
     forward changes."""
     if dims.dp == 1:
         return module
-    from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
     newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
     return DDP(

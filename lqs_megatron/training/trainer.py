@@ -41,11 +41,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 
 def resolve_model_config(cfg: PretrainConfig):
     """``(ModelConfig, tokenizer or None)`` of the run, validated against ``--tp`` (no process group needed)."""
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
 
     tok_dir = cfg.tokenizer
     if cfg.init_from is not None:
-        from lqs_megatron.models.hf import config_from_hf, read_hf_config  # noqa: PLC0415
+        from lqs_megatron.models.hf import config_from_hf, read_hf_config
 
         mc = config_from_hf(read_hf_config(cfg.init_from), where=f"{cfg.init_from}/config.json")
         if tok_dir is None and any((Path(cfg.init_from) / f).is_file() for f in _TOKENIZER_FILES):

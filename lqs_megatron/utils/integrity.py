@@ -105,7 +105,7 @@ def verify_file(path: str | os.PathLike, expected: dict | None, crc: bool = True
 
 def _zip_complete(path: Path) -> bool:
     """torch.save writes a zip archive: its central directory sits at the end, so a cut file has none."""
-    import zipfile  # noqa: PLC0415
+    import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
@@ -157,7 +157,7 @@ def load_safetensors(
     path: str | os.PathLike, device: str = "cpu", finite: bool = True, crc: bool = True
 ) -> dict[str, torch.Tensor]:
     """A validated ``safetensors.torch.load_file``: size, header, checksum (when recorded), finiteness."""
-    from safetensors.torch import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file
 
     path = Path(path)
     verify_file(path, _entry(path), crc=crc)

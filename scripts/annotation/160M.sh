@@ -10,7 +10,8 @@
 #            PROXY   indexed-dataset prefix of the proxy set to score
 # Optional:  OUT (annotation/160M), METHOD (lqs | pds), STEPS=T (100), INTERVAL=K (10), LR=eta (0.008),
 #            BATCH_SIZE=B (16, global), MAX_LENGTH=L (1024), MICRO_BATCH_SIZE (4, train/target per rank),
-#            PROXY_BATCH_SIZE (16, per rank), DTYPE (float32 | bf16 | float64), TP (1), CKPT_DIR (OUT/trajectory)
+#            PROXY_BATCH_SIZE (16, per rank), PRECISION (fp32 | bf16 | fp64; DTYPE float32 | bf16 | float64
+#            is still read), TP (1), CKPT_DIR (OUT/trajectory)
 # torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29501)
 # The run resumes by itself: relaunch the same command after a failure (--resume). Extra arguments go to
 # `lqs annotate` unchanged (later flags override these). Memory and time: docs/annotation.md.
@@ -29,7 +30,9 @@ BATCH_SIZE=${BATCH_SIZE:-16}
 MAX_LENGTH=${MAX_LENGTH:-1024}
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
 PROXY_BATCH_SIZE=${PROXY_BATCH_SIZE:-16}
-DTYPE=${DTYPE:-float32}
+if [[ -z "${PRECISION:-}" ]]; then
+  case "${DTYPE:-float32}" in float64) PRECISION=fp64 ;; bf16) PRECISION=bf16 ;; *) PRECISION=fp32 ;; esac
+fi
 TP=${TP:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 NNODES=${NNODES:-1}
@@ -39,9 +42,9 @@ MASTER_PORT=${MASTER_PORT:-29501}
 
 args=(
   --model "$MODEL" --train "$TRAIN" --target "$TARGET" --proxy "$PROXY" --out "$OUT"
-  --steps "$STEPS" --interval "$INTERVAL" --lr "$LR" --batch-size "$BATCH_SIZE" --max-length "$MAX_LENGTH"
+  --steps "$STEPS" --interval "$INTERVAL" --lr "$LR" --global-batch-size "$BATCH_SIZE" --max-length "$MAX_LENGTH"
   --method "$METHOD" --micro-batch-size "$MICRO_BATCH_SIZE" --proxy-batch-size "$PROXY_BATCH_SIZE"
-  --dtype "$DTYPE" --tp "$TP" --resume
+  --precision "$PRECISION" --tp "$TP" --resume
 )
 if [[ -n "${CKPT_DIR:-}" ]]; then
   args+=(--ckpt-dir "$CKPT_DIR")

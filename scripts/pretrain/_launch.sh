@@ -5,7 +5,9 @@
 # Required:  DATA       indexed dataset prefix(es), space-separated (used in stored order)
 #            TOKENIZER  tokenizer directory (vocabulary and special tokens)
 # Optional:  OUT (checkpoints/<MODEL>_bsl), VALID_DATA, TP (1), MICRO_BATCH_SIZE (8),
-#            GLOBAL_BATCH_SIZE (512), STEPS (100000), MAX_LENGTH (1024), SEED (10)
+#            GLOBAL_BATCH_SIZE (512), STEPS (100000), MAX_LENGTH (1024), SEED (10),
+#            WARMUP_STEPS (lqs pretrain's default: min(2000, STEPS / 10), so 2000 for the papers' 100k
+#            steps and a short test run such as STEPS=3 still works)
 # torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)
 # Extra arguments are passed to `lqs pretrain` unchanged (later flags override these defaults).
 set -euo pipefail
@@ -28,15 +30,18 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 
 # The papers' recipe (PDS/DELT "conventional pre-training"): 100k steps of 512 x 1024 tokens,
-# AdamW (0.9, 0.98, eps 1e-6, weight decay 0.01), 2000 warm-up steps, cosine to lr/10,
+# AdamW (0.9, 0.98, eps 1e-6, weight decay 0.01), 2000 warm-up steps (at most STEPS / 10), cosine to lr/10,
 # clipping at 1.0, data in stored order, validation every 1000 and checkpoints every 5000 steps.
 args=(
   --model-config "$MODEL" --tokenizer "$TOKENIZER" --data $DATA --out "$OUT"
   --max-length "$MAX_LENGTH" --global-batch-size "$GLOBAL_BATCH_SIZE" --micro-batch-size "$MICRO_BATCH_SIZE"
-  --steps "$STEPS" --lr "$LR" --min-lr "$(python3 -c "print('%g' % ($LR / 10))")" --warmup-steps 2000
+  --steps "$STEPS" --lr "$LR" --min-lr "$(python3 -c "print('%g' % ($LR / 10))")"
   --weight-decay 0.01 --adam-beta1 0.9 --adam-beta2 0.98 --adam-eps 1e-6 --clip-grad 1.0
   --seed "$SEED" --tp "$TP" --save-interval 5000 --eval-interval 1000 --resume
 )
+if [[ -n "${WARMUP_STEPS:-}" ]]; then
+  args+=(--warmup-steps "$WARMUP_STEPS")
+fi
 if [[ -n "${VALID_DATA:-}" ]]; then
   args+=(--valid-data "$VALID_DATA")
 fi

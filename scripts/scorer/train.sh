@@ -46,8 +46,8 @@ fi
 # global batch 512 (16 per GPU x 2 accumulation x 16 GPUs), sequences of 1024 tokens.
 args=(
   "${model[@]}" --data "$DATA" --out "$OUT" --epochs "$EPOCHS" --lr "$LR"
-  --batch-size "$GLOBAL_BATCH_SIZE" --micro-batch-size "$MICRO_BATCH_SIZE" --max-length "$MAX_LENGTH"
-  --warmup "$WARMUP" --weight-decay 0.01 --clip-grad 1.0 --seed "$SEED" --resume
+  --global-batch-size "$GLOBAL_BATCH_SIZE" --micro-batch-size "$MICRO_BATCH_SIZE" --max-length "$MAX_LENGTH"
+  --warmup-steps "$WARMUP" --weight-decay 0.01 --clip-grad 1.0 --seed "$SEED" --resume
 )
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}

@@ -156,7 +156,7 @@ def _probe(cc: int) -> str | None:
     sig = {"X": "*fp32", "Y": "*fp32", "n": "i32", "BLOCK": "constexpr"}
     try:
         compile_launch(copy_kernel, sig, {"BLOCK": 16}, {"num_warps": 1}, cc, "none")
-    except Exception as e:  # noqa: BLE001 - any failure means: cannot compile for this target here
+    except Exception as e:
         return f"triton {triton.__version__} cannot compile for sm_{cc}: {type(e).__name__}: {str(e)[:300]}"
     return None
 
@@ -175,7 +175,7 @@ def _run_task(i: int) -> dict:
     try:
         k = compile_launch(launch.kernel, launch.signature(), launch.constexprs, launch.options(), t["cc"], hints)
         row["shared"] = int(k.metadata.shared)
-    except Exception as e:  # noqa: BLE001 - reported per launch, asserted by the test
+    except Exception as e:
         row["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row

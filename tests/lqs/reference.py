@@ -1,4 +1,4 @@
-"""An independent float64 implementation of LQS_ALGORITHM.md, for the tests only.
+"""An independent float64 implementation of docs/algorithm.md, for the tests only.
 
 Nothing here comes from the engine: its own functional forward of the supported families
 (read from the HF safetensors and config.json by HF names; RMSNorm, RoPE and softmax in

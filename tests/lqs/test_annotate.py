@@ -96,23 +96,25 @@ def test_cli_matches_contract_reference(setup, cli_runs, method):
     assert not (out / "trajectory").exists() and not (out / "state").exists()  # cleaned up after success
 
 
-def _annotate_in_process(rank, world, paths, out, dtype, tp):
+def _annotate_in_process(rank, world, paths, out, precision, tp):
     from lqs_megatron.distributed import init_distributed
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
 
-    cfg = AnnotateConfig(**paths, out=str(out), **ARGS, dtype=dtype, micro_batch_size=2, proxy_batch_size=3, tp=tp)
+    cfg = AnnotateConfig(
+        **paths, out=str(out), **ARGS, precision=precision, micro_batch_size=2, proxy_batch_size=3, tp=tp
+    )
     annotate(cfg, init_distributed(tp=tp, device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def single64(setup):
     d, paths, _ = setup
-    _annotate_in_process(0, 1, paths, d / "single64", "float64", 1)
+    _annotate_in_process(0, 1, paths, d / "single64", "fp64", 1)
     return np.load(d / "single64" / "raw_scores.npy")
 
 
 def test_float64_equals_the_contract(setup, single64):
-    """--dtype float64 agrees with the float64 reference far below float32 rounding."""
+    """--precision fp64 agrees with the float64 reference far below float32 rounding."""
     _, _, ref = setup
     assert_close(single64, ref["lqs"], rtol=1e-11, atol=1e-14, name="float64 raw scores")
 
@@ -136,7 +138,7 @@ def test_tied_embeddings_float64_equals_the_contract(tmp_path):
     from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
 
-    annotate(AnnotateConfig(**paths, out=str(tmp_path / "out"), **args, dtype="float64"), ParallelDims())
+    annotate(AnnotateConfig(**paths, out=str(tmp_path / "out"), **args, precision="fp64"), ParallelDims())
     assert_close(np.load(tmp_path / "out" / "raw_scores.npy"), ref["lqs"], rtol=1e-11, atol=1e-14, name="tied")
 
 
@@ -145,7 +147,7 @@ def test_tied_embeddings_float64_equals_the_contract(tmp_path):
 def test_two_processes_equal_one(setup, single64, tp):
     d, paths, _ = setup
     out = d / f"two_tp{tp}"
-    spawn(_annotate_in_process, 2, paths, out, "float64", tp)
+    spawn(_annotate_in_process, 2, paths, out, "fp64", tp)
     assert_close(np.load(out / "raw_scores.npy"), single64, rtol=1e-10, atol=1e-14, name=f"tp={tp} x dp={2 // tp}")
 
 

@@ -2,6 +2,7 @@
 compared with the dense layer's / model's slices (forward, loss and every gradient), and
 the hook-visible semantics the LQS engine relies on."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,6 +133,7 @@ def _tp_worker(rank: int, world: int) -> None:
     _check_model(rank, world, dims, tie=True)
 
 
+@pytest.mark.distributed
 def test_tp2_matches_dense():
     spawn(_tp_worker, 2)
 

@@ -87,3 +87,77 @@ def test_distributed_steps_run_under_torchrun_on_one_node(tmp_path):
     assert cmd[-4:] == ["pretrain", "--steps", "3", "--resume"]
     single = Step("select", ["select", "--k", "1"])  # not distributed: one process whatever the launch
     assert eight.command(single, resume=False)[1:3] == ["-m", "lqs_megatron"]
+
+
+@pytest.mark.parametrize(
+    "patch,match",
+    [
+        ({"proxy": {"num": "twenty"}}, r"p\.yaml: proxy\.num: expected an integer, got 'twenty'"),
+        ({"annotate": {"methods": "lqs"}}, r"p\.yaml: annotate\.methods: expected a list of strings, got 'lqs'"),
+        ({"annotate": {"steps": 5, "interval": 10}}, r"p\.yaml: annotate: --steps 5 is smaller than --interval 10"),
+        ({"scorer": {"lr": 0}}, r"p\.yaml: scorer: invalid --lr"),
+        ({"pretrain": {"precision": "fp16"}}, r"p\.yaml: pretrain\.precision: expected one of auto, bf16, fp32"),
+        ({"evaluate": {"max_length": 1.5}}, r"p\.yaml: evaluate\.max_length: expected an integer"),
+        (
+            {"data": {"corpus": ["c"], "target": "t", "mode": "chunk"}},
+            r"p\.yaml: data: --mode chunk needs --max-length",
+        ),
+    ],
+)
+def test_values_are_checked_against_the_steps_before_anything_runs(tmp_path, patch, match):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**_minimal(tmp_path), **patch}))
+    with pytest.raises(LQSError, match=match):
+        load_config(tmp_path / "p.yaml")
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 as a string; a float setting takes it as the number (as the flag would)."""
+    cfg = config_from_dict({**_minimal(tmp_path), "pretrain": {"lr": "1e-3"}, "scorer": {"lr": 2}}, tmp_path)
+    assert cfg.pretrain.lr == 1e-3 and isinstance(cfg.scorer.lr, float)
+
+
+def test_sections_take_their_defaults_from_the_steps(tmp_path):
+    from lqs_megatron.lqs.config import AnnotateConfig
+    from lqs_megatron.scorer.config import TrainScorerConfig
+
+    cfg = config_from_dict(_minimal(tmp_path), tmp_path)
+    step = AnnotateConfig(model="m", train="t", target="t", proxy="p", out="o")
+    for key in ("steps", "lr", "batch_size", "interval", "max_length", "micro_batch_size", "precision"):
+        assert getattr(cfg.annotate, key) == getattr(step, key), key
+    assert cfg.scorer.warmup == TrainScorerConfig().warmup and cfg.scorer.batch_size == TrainScorerConfig().batch_size
+
+
+def test_every_planned_command_parses_with_the_section_values(tmp_path):
+    """The plan's command lines are the public commands' flags: each parses, and a section value that
+    differs from the step's default reaches the step."""
+    from lqs_megatron.cli import build_parser
+
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data.update(workdir=str(tmp_path), data={**data["data"], "corpus": ["c.jsonl"], "target": "t.jsonl"})
+    data["annotate"] |= {"micro_batch_size": 3, "precision": "fp64"}
+    data["scorer"] |= {"precision": "fp32", "use_bos": False}
+    data["pretrain"] |= {"warmup_steps": 7, "shuffle": True}
+    steps = Plan(config_from_dict(data, tmp_path)).steps()
+    parser = build_parser()
+    parsed = {s.name: vars(parser.parse_args(s.argv)) for s in steps if s.argv}
+    a = parsed["annotate-lqs"]
+    assert (a["micro_batch_size"], a["precision"], a["steps"], a["interval"]) == (3, "fp64", 20, 2)
+    t = parsed["train-scorer-lqs"]
+    assert (t["precision"], t["use_bos"], t["warmup"], t["batch_size"]) == ("fp32", False, 20, 16)
+    p = parsed["pretrain-lqs"]
+    assert (p["warmup_steps"], p["shuffle"], p["steps"], p["seed"]) == (7, True, 300, 2)
+    assert parsed["prepare-scorer-data-lqs"]["src_tokenizer"] == str(tmp_path / "tokenizer")
+
+
+def test_a_bad_key_of_a_demo_override_is_blamed_on_that_file(tmp_path):
+    from lqs_megatron.pipeline.demo import demo_config
+
+    override = tmp_path / "mine.yaml"
+    override.write_text("annotate:\n  stpes: 3\n")
+    with pytest.raises(LQSError, match=r"mine\.yaml: annotate: unknown key 'stpes'") as e:
+        demo_config(tmp_path / "w", str(override))
+    assert "demo.yaml" not in str(e.value)
+    override.write_text("proxy:\n  num: twenty\n")
+    with pytest.raises(LQSError, match=r"mine\.yaml: proxy\.num: expected an integer"):
+        demo_config(tmp_path / "w", str(override))
+    assert not (tmp_path / "w").exists()  # nothing built before the check

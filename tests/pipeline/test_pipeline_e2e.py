@@ -95,6 +95,9 @@ def test_pipeline_runs_every_step_and_prints_the_table(uninterrupted):
     assert set(res["auc"]) == {"lqs scorer (whole corpus)", "lqs annotation (proxy set)"}
     assert "target loss" in out and "AUC" in out
     assert (work / "pipeline.yaml").is_file() and len(list((work / "logs").glob("*.log"))) == len(res["timings"])
+    # every step gets today's flags (no deprecated spelling) and knows its data's tokenizer
+    warned = [p.name for p in (work / "logs").glob("*.log") if re.search(r"is unknown|deprecated", p.read_text())]
+    assert not warned, warned
     # the selection behind the lqs arm is the scorer's top half of the corpus, in folding order
     scores = np.load(work / "scores" / "lqs" / "scores.npy")
     kept = np.load(work / "curated" / "lqs" / "selected.indices.npy")

@@ -63,7 +63,7 @@ def test_proxy_data_script_launches_lqs_annotate_under_torchrun(tmp_path):
     flags = dict(zip(out[::1], out[1::1]))
     assert flags["--nnodes"] == "2" and flags["--node-rank"] == "1" and flags["--master-addr"] == "node0"
     assert flags["--steps"] == "100" and flags["--interval"] == "10" and flags["--lr"] == "0.008"
-    assert flags["--batch-size"] == "16" and flags["--max-length"] == "1024" and flags["--model"] == "m"
+    assert flags["--global-batch-size"] == "16" and flags["--max-length"] == "1024" and flags["--model"] == "m"
     missing = subprocess.run(["bash", "scripts/proxy_data/160M.sh"], capture_output=True, text=True, cwd=REPO,
                              env={**env, "MODEL": ""}, timeout=60)  # fmt: skip
     assert missing.returncode != 0 and "MODEL" in missing.stderr

@@ -50,6 +50,7 @@ def test_one_rank_output(setup):
     assert names == ["meta.json"] + [f"shard-{k:05d}.npy" for k in range(6)]
 
 
+@pytest.mark.distributed
 def test_two_ranks_give_the_same_scores(setup, tmp_path):
     d, ref = setup
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lqs_megatron"]

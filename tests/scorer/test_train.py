@@ -70,6 +70,7 @@ def _dp_worker(rank, world, data, out, tokenizer):
     train_scorer(data, out, cfg, model_config="tiny", tokenizer=tokenizer, dims=init_distributed(), progress=False)
 
 
+@pytest.mark.distributed
 def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_path):
     from tests.utils import spawn
 

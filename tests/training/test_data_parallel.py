@@ -3,6 +3,7 @@ the schedule and the tp-aware clipping against their plain definitions."""
 
 import math
 
+import pytest
 import torch
 
 from lqs_megatron.distributed import ParallelDims
@@ -45,6 +46,7 @@ def _dp_worker(rank: int, world: int) -> None:
         assert_close(p, q, rtol=1e-9, atol=1e-12, name=f"{name} after 3 updates (rank {rank})")
 
 
+@pytest.mark.distributed
 def test_dp2_equals_one_process():
     spawn(_dp_worker, 2)
 

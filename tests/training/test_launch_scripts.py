@@ -49,3 +49,20 @@ def test_missing_data_is_an_error():
     proc = subprocess.run(["bash", os.path.join(SCRIPTS, "160M_bsl.sh")], env={**env, "TORCHRUN": "echo"},
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode != 0 and "DATA" in proc.stderr
+
+
+@pytest.mark.parametrize("steps,warmup", [("100000", 2000), ("3", 0), ("50", 5)])
+def test_warmup_follows_the_steps(steps, warmup):
+    """The papers' 2000 warm-up steps, at most a tenth of the run: STEPS=3 is a valid run."""
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.training.config import PretrainConfig
+
+    argv = _launch("160M_bsl.sh", STEPS=steps)
+    args = build_parser().parse_args(argv[argv.index("pretrain") :])
+    assert build(PretrainConfig, args).warmup_steps == warmup
+
+
+def test_warmup_steps_from_the_environment():
+    argv = _launch("160M_bsl.sh", STEPS="3", WARMUP_STEPS="2")
+    assert argv[argv.index("--warmup-steps") + 1] == "2"

@@ -147,6 +147,7 @@ def test_resume_continues_exactly(run, tmp_path):
     assert bad.returncode == 1 and "--global-batch-size was 4, now 8" in bad.stderr
 
 
+@pytest.mark.distributed
 def test_tp2_under_torchrun_matches_tp1(run, tmp_path):
     out = tmp_path / "ckpt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
