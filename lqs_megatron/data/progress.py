@@ -130,7 +130,7 @@ class Progress:
 def require_wandb() -> None:
     """Raise a clear :class:`LQSError` when ``wandb`` is not installed (call it on every rank, before any work)."""
     try:
-        import wandb
+        import wandb  # noqa: F401
     except ImportError:
         raise LQSError("--wandb needs the wandb package: pip install wandb (or lqs_megatron[wandb])") from None
 
