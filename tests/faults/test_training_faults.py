@@ -412,10 +412,10 @@ def test_train_scorer_default_batch_adapts_to_a_small_split(scorer_run):
 
 def test_train_scorer_warns_when_an_epoch_has_few_steps(scorer_data, tmp_path):
     proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
-               scorer_data["data"], "--out", tmp_path / "ck", "--epochs", "1", "--batch-size", "64",
+               scorer_data["data"], "--out", tmp_path / "ck", "--epochs", "1", "--global-batch-size", "64",
                "--max-length", "32", "--no-tensorboard")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "an epoch is only 5 optimizer step(s) (360 training sequences, --batch-size 64)" in proc.stderr
+    assert "an epoch is only 5 optimizer step(s) (360 training sequences, --global-batch-size 64)" in proc.stderr
     proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
                scorer_data["data"], "--out", tmp_path / "ck2", "--batch-size", "512")  # fmt: skip
     assert proc.returncode == 1 and "--batch-size 512 is larger than the training split (360" in error_line(proc)
