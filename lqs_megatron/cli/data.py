@@ -23,9 +23,23 @@ def _inputs(p: argparse.ArgumentParser, field_default: str, field_help: str) -> 
         nargs="+",
         required=True,
         metavar="FILE",
-        help="jsonl files (plain, .gz or .zst) or glob patterns (quote them), read in the order given",
+        help="input files, directories or glob patterns (quote them), read in the order given: jsonl (plain, "
+        ".gz, .zst, .xz, .bz2), parquet, arrow IPC files/streams and datasets.save_to_disk directories, "
+        "recognised by their content",
     )
-    p.add_argument("--field", default=field_default, help=field_help)
+    p.add_argument("--field", default=field_default, help=field_help + " (parquet/arrow: the column)")
+
+
+SHARD_HELP = (
+    "process shard I of N only (0-based) and write OUT.shard-IIIII-of-NNNNN; join the shards with `lqs merge "
+    "--shards OUT`. Default: from a Slurm job array (SLURM_ARRAY_TASK_ID/_COUNT) and torchrun's RANK/WORLD_SIZE; "
+    "none outside them; 'none': the whole input whatever the environment. A finished shard is not redone "
+    "(docs/data.md)"
+)
+
+
+def _shard(p: argparse.ArgumentParser, help: str = SHARD_HELP) -> None:
+    p.add_argument("--shard", metavar="I/N", default=None, help=help)
 
 
 def _workers_and_errors(p: argparse.ArgumentParser) -> None:
@@ -48,9 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
     p = sub.add_parser(
         "train-tokenizer",
-        help="train a sentencepiece BPE tokenizer on a jsonl corpus",
+        help="train a sentencepiece BPE tokenizer on a corpus (jsonl, parquet, arrow)",
         description="Train a lossless sentencepiece BPE tokenizer (byte fallback, ids: pad 0, unk 1, bos 2, "
-        "eos 3) on the texts of jsonl files, saved as a directory transformers.AutoTokenizer loads offline.",
+        "eos 3) on the texts of the input files, saved as a directory transformers.AutoTokenizer loads offline.",
         formatter_class=FMT,
     )
     _inputs(p, "text", "the JSON field holding the text")
@@ -63,10 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "tokenize",
-        help="jsonl corpus -> Megatron indexed dataset (.bin/.idx)",
-        description="Tokenize jsonl documents into a Megatron indexed dataset PREFIX.bin/.idx (plus "
-        "PREFIX.stats.json), streaming with flat memory. Each document becomes tok(text).input_ids + [EOS]. "
-        "Written under a temporary name and renamed only when complete.",
+        help="corpus (jsonl, parquet, arrow) -> Megatron indexed dataset (.bin/.idx)",
+        description="Tokenize documents (jsonl, parquet, arrow, datasets.save_to_disk) into a Megatron indexed "
+        "dataset PREFIX.bin/.idx (plus PREFIX.stats.json), streaming with flat memory. Each document becomes "
+        "tok(text).input_ids + [EOS]. Written under a temporary name and renamed only when complete.",
         formatter_class=FMT,
     )
     _inputs(p, "text", "the JSON field holding the document text")
@@ -102,11 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sequence (null where a record lacks the field; chunk mode: the fields of the document the chunk starts "
         "in); carried by sample-proxy, select, order and merge",
     )
+    _shard(p)
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser(
         "tokenize-target",
-        help="LIMA-style conversations (jsonl) -> indexed dataset, one sequence per conversation",
+        help="LIMA-style conversations (jsonl, parquet, arrow) -> indexed dataset, one sequence per conversation",
         description="Tokenize conversations (a list of turns per line: strings, or {from/role, value/content} "
         "objects) into an indexed dataset, one sequence per conversation: the tokenizer's chat template if it "
         "has one, else the turns joined by a blank line; EOS at the end.",
@@ -162,6 +177,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.sharding import resolve_shard
     from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
 
     cfg = TokenizeConfig(
@@ -175,6 +191,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         word_cache=not args.no_word_cache,
         keep_fields=args.keep_fields,
+        shard=resolve_shard(args.shard),
     )
     _report(tokenize(cfg))
     return 0

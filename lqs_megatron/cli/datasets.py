@@ -40,13 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "merge",
-        help="merge several indexed datasets into one",
-        description="Concatenate indexed datasets in the order given, keeping every document boundary (document "
-        "indices are offset correctly). Datasets of different integer token dtypes are upcast to a common one.",
+        help="merge indexed datasets, or join the shards of a sharded run",
+        description="--data P1 P2 ... --out P: concatenate indexed datasets in the order given, keeping every "
+        "document boundary (document indices are offset correctly; provenance sidecars joined). Datasets of "
+        "different integer token dtypes are upcast to a common one. --shards OUT: join the outputs "
+        "OUT.shard-IIIII-of-NNNNN of a sharded tokenize, retokenize, score or export-jsonl run into exactly what "
+        "one run with --out OUT writes (docs/data.md, 'Sharded runs').",
         formatter_class=FMT,
     )
-    p.add_argument("--data", required=True, nargs="+", metavar="PREFIX", help="input dataset prefixes, in order")
-    p.add_argument("--out", required=True, metavar="PREFIX", help="output dataset prefix")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", metavar="PREFIX", help="input dataset prefixes, in order")
+    src.add_argument("--shards", metavar="OUT", help="the --out of a sharded run: join its shards into OUT")
+    p.add_argument("--out", metavar="PREFIX", help="output dataset prefix (with --data)")
     p.set_defaults(func=_merge)
 
     p = sub.add_parser(
@@ -72,9 +77,22 @@ def _sample_proxy(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.merge import merge_datasets  # noqa: PLC0415
+    from lqs_megatron.errors import LQSError  # noqa: PLC0415
 
-    print(json.dumps(merge_datasets(args.data, args.out)))
+    if args.shards is not None:
+        from lqs_megatron.data.shard_merge import merge_shards  # noqa: PLC0415
+
+        if args.out is not None and args.out.rstrip("/") != args.shards.rstrip("/"):
+            raise LQSError("--shards OUT writes OUT itself; drop --out (or give the same path)")
+        print(json.dumps(merge_shards(args.shards)))
+        return 0
+    from lqs_megatron.data.merge import merge_datasets  # noqa: PLC0415
+    from lqs_megatron.utils.lock import output_lock  # noqa: PLC0415
+
+    if args.out is None:
+        raise LQSError("--data needs --out PREFIX")
+    with output_lock(args.out):
+        print(json.dumps(merge_datasets(args.data, args.out)))
     return 0
 
 
