@@ -23,7 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--tokenizer", help="tokenizer directory: vocabulary and special tokens (with --model-config)")
     src.add_argument("--init-from", help="Hugging Face Mistral/Llama directory to start from")
     d = p.add_argument_group("data")
-    d.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="indexed dataset prefix(es)")
+    d.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PREFIX",
+        help="indexed dataset prefix(es), or a Megatron blend: W1 PREFIX1 W2 PREFIX2 ... (one argument or several)",
+    )
     d.add_argument("--data-weights", nargs="+", type=float, metavar="W", help="blend weights, one per --data prefix")
     d.add_argument("--valid-data", metavar="PREFIX", help="held-out indexed dataset for the validation loss")
     d.add_argument("--eval-interval", type=int, default=1000, help="validate every N steps (0: only at the end)")
