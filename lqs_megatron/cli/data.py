@@ -148,6 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="processes (0: in the main process; default: one per core)"
     )
+    _shard(p, SHARD_HELP.replace("process shard I of N only", "retokenize the documents of shard I of N only"))
     p.set_defaults(func=_retokenize)
 
 
@@ -215,6 +216,7 @@ def _tokenize_target(args: argparse.Namespace) -> int:
 
 def _retokenize(args: argparse.Namespace) -> int:
     from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
+    from lqs_megatron.data.sharding import resolve_shard
 
     cfg = RetokenizeConfig(
         data=args.data,
@@ -222,6 +224,7 @@ def _retokenize(args: argparse.Namespace) -> int:
         dst_tokenizer=args.dst_tokenizer,
         out_prefix=args.out,
         workers=args.workers,
+        shard=resolve_shard(args.shard),
     )
     _report(retokenize(cfg))
     return 0

@@ -56,16 +56,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export-jsonl",
-        help="decode a dataset (and its scores) to jsonl",
-        description='Write one line per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
-        "with --scores). The trailing EOS of each sequence is removed and special tokens are skipped.",
+        help="decode a dataset (and its scores) to jsonl or parquet",
+        description='Write one row per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
+        "with --scores), as jsonl lines or parquet columns. The trailing EOS of each sequence is removed and "
+        "special tokens are skipped. The tokenizer must hold every id of the data and match the fingerprint "
+        "PREFIX.stats.json records.",
         formatter_class=FMT,
     )
     p.add_argument("--data", required=True, metavar="PREFIX", help="input indexed dataset")
     p.add_argument("--tokenizer", required=True, metavar="TOKENIZER_DIR", help="local tokenizer directory")
-    p.add_argument("--scores", metavar="FILE.npy", help="one finite score per sequence (optional)")
-    p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output jsonl file")
+    p.add_argument("--scores", metavar="SCORES", help="one finite score per sequence (optional; see lqs select)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl, or .parquet)")
+    p.add_argument(
+        "--format", choices=("jsonl", "parquet"), default=None, help="output format (default: from --out's extension)"
+    )
     p.add_argument("--batch-size", type=int, default=1024, help="sequences decoded per batch")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="export sequences [I*n/N, (I+1)*n/N) only, to OUT.shard-IIIII-of-NNNNN.jsonl (global index); join "
+        "with `lqs merge --shards OUT`. Default: from a Slurm job array / torchrun ranks; 'none': everything",
+    )
     p.set_defaults(func=_export_jsonl)
 
 
@@ -98,6 +110,10 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _export_jsonl(args: argparse.Namespace) -> int:
     from lqs_megatron.data.export import export_jsonl  # noqa: PLC0415
+    from lqs_megatron.data.sharding import resolve_shard  # noqa: PLC0415
 
-    print(json.dumps(export_jsonl(args.data, args.tokenizer, args.out, args.scores, batch_size=args.batch_size)))
+    info = export_jsonl(
+        args.data, args.tokenizer, args.out, args.scores, args.batch_size, args.format, resolve_shard(args.shard)
+    )
+    print(json.dumps(info))
     return 0

@@ -102,6 +102,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-bf16", action="store_true", help="run in float32 on CUDA (default: bf16 backbone)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="device (default: CUDA when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--parquet",
+        action="store_true",
+        help="also write OUT/scores.parquet: index, document, score and the dataset's PREFIX.meta.jsonl fields",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="score sequences [I*n/N, (I+1)*n/N) only, into OUT.shard-IIIII-of-NNNNN; join with `lqs merge "
+        "--shards OUT`. Default: from a Slurm job array (torchrun ranks stay data parallel within a shard); "
+        "'none': everything",
+    )
     p.set_defaults(func=_score)
 
 
@@ -162,6 +175,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.sharding import resolve_shard  # noqa: PLC0415
     from lqs_megatron.distributed import init_distributed  # noqa: PLC0415
     from lqs_megatron.scorer.infer import ScoreOptions, score_dataset  # noqa: PLC0415
 
@@ -171,12 +185,12 @@ def _score(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         bf16=not args.no_bf16,
         compile=args.compile,
+        parquet=args.parquet,
     )
+    shard = resolve_shard(args.shard, torch_ranks=False)  # under torchrun the ranks share one output
     dims = init_distributed(device=args.device)
     try:
-        stats = score_dataset(
-            args.scorer, args.data, args.out, args.tokenizer, opts, dims=dims, progress=not args.no_progress
-        )
+        stats = score_dataset(args.scorer, args.data, args.out, args.tokenizer, opts, dims, not args.no_progress, shard)
     finally:
         dims.close()
     if dims.is_main:

@@ -20,6 +20,7 @@ Every shard must be finished (its stats or output file present) and of the same 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -60,9 +61,9 @@ def merge_shards(out: str | os.PathLike) -> dict:
         from lqs_megatron.data.export import merge_exports  # noqa: PLC0415
 
         return merge_exports(out, find_shard_outputs(out))
-    shards = find_shard_outputs(out, marker=".stats.json")
-    if os.path.isdir(shards[0]):
+    if glob.glob(glob.escape(out) + ".shard-*-of-*/"):  # score output directories
         return merge_score_shards(out, find_shard_outputs(out, marker="/score_stats.json"))
+    shards = find_shard_outputs(out, marker=".stats.json")
     if not dataset_exists(shards[0]):
         raise LQSError(f"{shards[0]}.stats.json exists but not the dataset beside it; rerun that shard")
     return merge_dataset_shards(out, shards)
@@ -178,5 +179,48 @@ def _blocks(ds: IndexedDataset):
 
 
 def merge_score_shards(out: str, shards: list[str]) -> dict:
-    """Placeholder replaced in the score commit."""
-    raise LQSError("score shards: not supported yet")
+    """Join ``lqs score`` shard directories into ``out/scores.npy`` (+ ``scores.parquet`` when the shards wrote
+    one, ``score_stats.json``): the scores one run writes, byte for byte."""
+    from lqs_megatron.data.scores import write_scores_parquet  # noqa: PLC0415
+    from lqs_megatron.utils.atomic import save_json, save_npy  # noqa: PLC0415
+
+    stats = []
+    for i, path in enumerate(shards):
+        with open(os.path.join(path, "score_stats.json")) as f:
+            s = json.load(f)
+        info = s.get("shard") or {}
+        if info.get("index") != i or info.get("count") != len(shards):
+            raise LQSError(f"{path}/score_stats.json is not shard {i}/{len(shards)}; rerun that shard")
+        stats.append(s)
+    for key in ("data", "scorer", "shard_size", "parquet"):
+        if any(s.get(key) != stats[0].get(key) for s in stats):
+            raise LQSError(f"the shards of {out} come from different runs ({key} differs); rerun them alike")
+    ranges = [s["shard"]["range"] for s in stats]
+    if ranges[0][0] != 0 or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])):
+        raise LQSError(f"the shards of {out} do not cover the dataset in order ({ranges})")
+    parts = []
+    for path, (a, b) in zip(shards, ranges):
+        part = np.load(os.path.join(path, "scores.npy"))
+        if part.shape != (b - a,) or part.dtype != np.float32:
+            raise LQSError(f"{path}/scores.npy: expected {b - a} float32 scores, found {part.dtype} {part.shape}")
+        parts.append(part)
+    scores = np.concatenate(parts)
+    with output_lock(out):
+        os.makedirs(out, exist_ok=True)
+        save_npy(os.path.join(out, "scores.npy"), scores)
+        if stats[0].get("parquet"):
+            write_scores_parquet(os.path.join(out, "scores.parquet"), scores, stats[0]["data"])
+        summary = {
+            "num_sequences": len(scores),
+            "shard_size": stats[0]["shard_size"],
+            "mean": float(scores.mean()),
+            "std": float(scores.std()),
+            "min": float(scores.min()),
+            "max": float(scores.max()),
+            "merged_shards": len(shards),
+            **{k: sum(s[k] for s in stats) for k in ("sequences_computed", "tokens_computed", "compute_seconds")},
+            **{k: stats[0][k] for k in ("scorer", "data", "device", "bf16", "compile", "parquet") if k in stats[0]},
+        }
+        save_json(os.path.join(out, "score_stats.json"), summary)
+    log.info("merged %d score shards -> %s/scores.npy", len(shards), out)
+    return summary

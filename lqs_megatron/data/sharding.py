@@ -169,11 +169,14 @@ def find_shard_outputs(path: str | os.PathLike, marker: str = "") -> list[str]:
     return outs
 
 
-def split_range(n: int, shard: Shard | None) -> tuple[int, int]:
-    """Shard ``shard``'s part ``[a, b)`` of ``n`` ordered items (contiguous, sizes differing by at most one)."""
+def split_range(n: int, shard: Shard | None, unit: int = 1) -> tuple[int, int]:
+    """Shard ``shard``'s part ``[a, b)`` of ``n`` ordered items: contiguous, cut at multiples of ``unit`` (the
+    shards' numbers of units differ by at most one; with fewer units than shards some shards are empty)."""
     if shard is None:
         return 0, n
-    return shard.index * n // shard.count, (shard.index + 1) * n // shard.count
+    units = -(-n // unit)
+    lo, hi = shard.index * units // shard.count, (shard.index + 1) * units // shard.count
+    return min(lo * unit, n), min(hi * unit, n)
 
 
 # --------------------------------------------------------------------------- byte-range cuts

@@ -188,3 +188,19 @@ def test_shard_output_names():
     assert shard_output("x/out.jsonl", s) == "x/out.shard-00001-of-00004.jsonl"
     assert shard_output("x/scores/", s) == "x/scores.shard-00001-of-00004"
     assert shard_output("x/out.jsonl", None) == "x/out.jsonl"
+
+
+def test_retokenize_shards_merge_to_one_run(tmp_path, tiny_tokenizer, bytelevel_tokenizer):
+    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
+
+    inputs = _mixed_inputs(tmp_path)
+    tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, str(tmp_path / "src"), on_error="skip", progress=False))
+    cfg = dict(data=str(tmp_path / "src"), src_tokenizer=tiny_tokenizer, dst_tokenizer=bytelevel_tokenizer, workers=0)
+    one = retokenize(RetokenizeConfig(out_prefix=str(tmp_path / "one"), progress=False, **cfg))
+    for i in range(3):
+        retokenize(RetokenizeConfig(out_prefix=str(tmp_path / "sh"), progress=False, shard=f"{i}/3", **cfg))
+    merged = merge_shards(tmp_path / "sh")
+    assert _snapshot(tmp_path / "sh", (".bin", ".idx")) == _snapshot(tmp_path / "one", (".bin", ".idx"))
+    for stats in (merged, one):  # written to other prefixes; the rest must agree
+        stats.pop("output"), stats.pop("idx_digest"), stats["args"].pop("out_prefix")
+    assert _no_timing(merged) == _no_timing(one)
