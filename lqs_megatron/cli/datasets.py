@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 
 
 class FMT(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--data", nargs="+", metavar="PREFIX", help="input dataset prefixes, in order")
     src.add_argument("--shards", metavar="OUT", help="the --out of a sharded run: join its shards into OUT")
     p.add_argument("--out", metavar="PREFIX", help="output dataset prefix (with --data)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --shards: wait up to this long for unfinished shards (other nodes still running), checking "
+        "every 10 s",
+    )
     p.set_defaults(func=_merge)
 
     p = sub.add_parser(
@@ -96,8 +106,16 @@ def _merge(args: argparse.Namespace) -> int:
 
         if args.out is not None and args.out.rstrip("/") != args.shards.rstrip("/"):
             raise LQSError("--shards OUT writes OUT itself; drop --out (or give the same path)")
-        print(json.dumps(merge_shards(args.shards)))
-        return 0
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                print(json.dumps(merge_shards(args.shards)))
+                return 0
+            except LQSError as e:
+                if "missing or unfinished" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                logging.getLogger(__name__).info("%s; waiting", e)
+                time.sleep(min(10.0, max(deadline - time.monotonic(), 0.1)))
     from lqs_megatron.data.merge import merge_datasets  # noqa: PLC0415
     from lqs_megatron.utils.lock import output_lock  # noqa: PLC0415
 
