@@ -32,6 +32,7 @@ from lqs_megatron.data.sharding import plan_inputs
 from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, write_batches
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
+from lqs_megatron.utils.lock import output_lock
 
 PLAIN_SEPARATOR = "\n\n"
 """Between turns when the tokenizer has no chat template."""
@@ -156,7 +157,12 @@ class EncodeConversations:
 
 
 def tokenize_target(config: TargetConfig) -> dict:
-    """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``)."""
+    """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``). The output is locked."""
+    with output_lock(config.out_prefix):
+        return _tokenize_target(config)
+
+
+def _tokenize_target(config: TargetConfig) -> dict:
     t0 = time.perf_counter()
     encoder = BatchEncoder(config.tokenizer_dir)
     tok = encoder.tok

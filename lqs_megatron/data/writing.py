@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -27,6 +29,7 @@ from lqs_megatron.data.parallel import ordered_map
 from lqs_megatron.data.progress import Progress
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
+from lqs_megatron.utils.lock import _pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,35 @@ class StreamFile:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+_SIDECARS = ("", ".meta.jsonl", ".stats.json", ".chunk-boundaries.bin")
+
+
+def clean_stale_temps(prefix: str) -> list[str]:
+    """Remove the temporary files a killed run left beside ``prefix`` (``PREFIX.tmp-PID.bin``,
+    ``PREFIX.meta.jsonl.tmp-PID``, ...) whose process is gone; a live pid's files are left alone.
+    Returns the removed paths (each also logged)."""
+    removed = []
+    ours = re.compile(
+        "^"
+        + re.escape(os.path.basename(prefix))
+        + "("
+        + "|".join(map(re.escape, _SIDECARS))
+        + r")\.tmp-(\d+)(\.bin|\.idx)?$"
+    )
+    for path in glob.glob(glob.escape(prefix) + "*.tmp-*"):
+        m = ours.match(os.path.basename(path))
+        if not m:
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+            log.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
+    return removed
 
 
 def drop_stale(prefix: str, keep_meta: bool) -> None:
@@ -98,6 +130,7 @@ def write_batches(
     the skip log. An empty result is an error (no dataset is left behind) unless ``allow_empty``
     (a shard: the merge checks the whole).
     """
+    clean_stale_temps(out_prefix)
     skipped = SkipLog()
     counts = {"documents": 0, "truncated_documents": 0, "truncated_tokens": 0, "chars": 0}
     bar = Progress(desc, enabled=progress)
