@@ -121,6 +121,8 @@ class Plan:
                     *_opt("--max-length", c.data.max_length),
                     "--workers",
                     str(c.data.workers),
+                    "--shard",  # the whole corpus, even inside a Slurm array / torchrun job
+                    "none",
                 ],
                 outputs=_ds(self.corpus),
                 after=tok_dep,
@@ -293,6 +295,8 @@ class Plan:
                         str(self.corpus),
                         "--out",
                         str(out),
+                        "--shard",  # one output, even inside a Slurm array job
+                        "none",
                         *sc.score_extra_args,
                     ],
                     outputs=[str(self.corpus_scores(m))],
