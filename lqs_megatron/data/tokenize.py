@@ -1,7 +1,8 @@
-"""``lqs tokenize``: jsonl corpora -> a Megatron indexed dataset, streaming, in worker processes.
+"""``lqs tokenize``: corpora (jsonl, parquet, arrow) -> a Megatron indexed dataset, streaming, in worker processes.
 
-The main process reads raw lines (:func:`lqs_megatron.data.jsonl.iter_lines`) and hands
-batches of them to ``workers`` processes, which decode the JSON, check the field, encode
+The main process reads batches of raw jsonl lines, or of parquet/arrow column values
+(:mod:`lqs_megatron.data.sources`; with a shard, only its segments: :mod:`lqs_megatron.data.sharding`)
+and hands them to ``workers`` processes, which decode the JSON, check the field, encode
 the whole batch at once with the fast tokenizer and return one flat token array per
 batch (already in the dataset dtype). The main process writes the batches, in input
 order, through the native builder (:class:`~lqs_megatron.data.indexed.IndexedDatasetWriter`).
