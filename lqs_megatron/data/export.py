@@ -120,21 +120,23 @@ def export_jsonl(
         raise LQSError(f"batch_size must be >= 1, got {batch_size}")
     tok = load_tokenizer(str(tokenizer_dir))
     check_tokenizer(ds, str(tokenizer_dir), tok, start, stop)
+    batches = _decoded(ds, tok, start, stop, batch_size)
     with output_lock(out), atomic_file(out) as tmp:
-        sink = ParquetRows(tmp, values.dtype if values is not None else None) if fmt == "parquet" else None
-        with open(tmp, "w", encoding="utf-8") if sink is None else sink as f:
-            for lo, texts in _decoded(ds, tok, start, stop, batch_size):
-                part = None if values is None else values[lo - start : lo - start + len(texts)]
-                if sink is not None:
+        if fmt == "parquet":
+            with ParquetRows(tmp, values.dtype if values is not None else None) as sink:
+                for lo, texts in batches:
+                    part = None if values is None else values[lo - start : lo - start + len(texts)]
                     sink.add(np.arange(lo, lo + len(texts), dtype=np.int64), texts, part)
-                    continue
-                floats = None if part is None else json_floats(part)
-                for j, text in enumerate(texts):
-                    row = {"index": lo + j, "text": text}
-                    if floats is not None:
-                        row["score"] = floats[j]
-                    f.write(json.dumps(row, ensure_ascii=False))
-                    f.write("\n")
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for lo, texts in batches:
+                    floats = None if values is None else json_floats(values[lo - start : lo - start + len(texts)])
+                    for j, text in enumerate(texts):
+                        row = {"index": lo + j, "text": text}
+                        if floats is not None:
+                            row["score"] = floats[j]
+                        f.write(json.dumps(row, ensure_ascii=False))
+                        f.write("\n")
     logger.info("exported sequences [%d, %d) of %s -> %s", start, stop, data_prefix, out)
     return {"path": out, "num_lines": stop - start, "with_scores": values is not None, "format": fmt}
 
