@@ -166,10 +166,12 @@ def _report(stats: dict) -> None:
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from lqs_megatron.data.jsonl import SkipLog, read_texts
     from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.utils.lock import output_lock
 
     skipped = SkipLog()
     texts = (t for _, _, t in read_texts(args.input, args.field, on_error=args.on_error, skipped=skipped))
-    out = train_tokenizer(texts, args.out, vocab_size=args.vocab_size)
+    with output_lock(args.out):
+        out = train_tokenizer(texts, args.out, vocab_size=args.vocab_size)
     msg = f"wrote tokenizer {out} ({args.vocab_size} pieces)"
     if skipped.total:
         msg += f"; skipped {skipped.total} bad lines {skipped.counts}"

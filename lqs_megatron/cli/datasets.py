@@ -93,8 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _sample_proxy(args: argparse.Namespace) -> int:
     from lqs_megatron.data.proxy import sample_proxy  # noqa: PLC0415
+    from lqs_megatron.utils.lock import output_lock  # noqa: PLC0415
 
-    print(json.dumps(sample_proxy(args.data, args.num, args.seed, args.out)))
+    with output_lock(args.out):
+        print(json.dumps(sample_proxy(args.data, args.num, args.seed, args.out)))
     return 0
 
 

@@ -196,7 +196,7 @@ def test_two_tokenize_runs_on_one_out_exactly_one_proceeds(tmp_path, tiny_tokeni
     assert not os.path.exists(lock_path(out))
 
 
-@pytest.mark.parametrize("cmd", ["export-jsonl", "merge", "retokenize"])
+@pytest.mark.parametrize("cmd", ["export-jsonl", "merge", "retokenize", "sample-proxy", "train-tokenizer"])
 def test_other_writers_take_the_lock(tmp_path, tiny_tokenizer, cmd, capsys):
     _tokens(tmp_path / "d", [[5, 6, 3], [7, 3]])
     out = str(tmp_path / ("o.jsonl" if cmd == "export-jsonl" else "o"))
@@ -205,6 +205,9 @@ def test_other_writers_take_the_lock(tmp_path, tiny_tokenizer, cmd, capsys):
         "merge": ["--data", str(tmp_path / "d"), "--out", out],
         "retokenize": ["--data", str(tmp_path / "d"), "--src-tokenizer", tiny_tokenizer, "--dst-tokenizer",
                        tiny_tokenizer, "--out", out, "--workers", "0"],
+        "sample-proxy": ["--data", str(tmp_path / "d"), "--num", "1", "--out", out],
+        "train-tokenizer": ["--input", write_container(tmp_path / "c.jsonl", ROWS[:5], "jsonl"), "--vocab-size",
+                            "300", "--out", out],
     }[cmd]  # fmt: skip
     with output_lock(out, command="the holder"):
         assert main([cmd, *args]) == 1
