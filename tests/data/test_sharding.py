@@ -204,3 +204,23 @@ def test_retokenize_shards_merge_to_one_run(tmp_path, tiny_tokenizer, bytelevel_
     for stats in (merged, one):  # written to other prefixes; the rest must agree
         stats.pop("output"), stats.pop("idx_digest"), stats["args"].pop("out_prefix")
     assert _no_timing(merged) == _no_timing(one)
+
+
+def test_merge_waits_for_shards_still_running(tmp_path, tiny_tokenizer, monkeypatch):
+    import lqs_megatron.cli.datasets as cli_datasets
+
+    inputs = _mixed_inputs(tmp_path)
+    out = str(tmp_path / "o")
+    cfg = dict(on_error="skip", workers=0, progress=False)
+    tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, out, shard="0/2", **cfg))
+    naps = []
+
+    def other_node_finishes(seconds):  # the second shard lands while merge waits
+        naps.append(seconds)
+        tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, out, shard="1/2", **cfg))
+
+    monkeypatch.setattr(cli_datasets.time, "sleep", other_node_finishes)
+    assert main(["merge", "--shards", out, "--wait", "0"]) == 1  # no waiting: the missing shard is an error
+    assert naps == []
+    assert main(["merge", "--shards", out, "--wait", "600"]) == 0
+    assert len(naps) == 1 and json.load(open(f"{out}.stats.json"))["documents"] == 48

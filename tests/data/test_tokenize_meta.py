@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from lqs_megatron.cli import main
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.merge import merge_datasets
 from lqs_megatron.data.meta import meta_path, read_meta
@@ -14,7 +15,6 @@ from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
 from lqs_megatron.errors import InputError, LQSError
 from tests.conftest import demo_texts
 from tests.data.conftest import write_jsonl
-from tests.utils import run_lqs
 
 
 def _rows(seed: int, n: int | None = None) -> list[dict]:
@@ -120,13 +120,12 @@ def test_merge_carries_the_sidecars_in_order(tmp_path, tiny_tokenizer):
         merge_datasets([tmp_path / "a", tmp_path / "b"], tmp_path / "m2")
 
 
-def test_cli_keep_fields(tmp_path, tiny_tokenizer):
+def test_cli_keep_fields(tmp_path, tiny_tokenizer, capsys):
     rows = _rows(5, 12)
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    proc = run_lqs("tokenize", "--input", src, "--tokenizer", tiny_tokenizer, "--out", tmp_path / "o",
-                   "--workers", "1", "--keep-fields", "source,url")  # fmt: skip
-    assert "provenance in" in proc.stdout
+    base = ["tokenize", "--input", src, "--tokenizer", tiny_tokenizer, "--workers", "1"]
+    assert main([*base, "--out", str(tmp_path / "o"), "--keep-fields", "source,url"]) == 0
+    assert "provenance in" in capsys.readouterr().out
     assert read_meta(tmp_path / "o", expected=12) == _expected(rows)
-    proc = run_lqs("tokenize", "--input", src, "--tokenizer", tiny_tokenizer, "--out", tmp_path / "p",
-                   "--keep-fields", "source,,url", check=False)  # fmt: skip
-    assert proc.returncode == 1 and "--keep-fields takes comma-separated field names" in proc.stderr
+    assert main([*base, "--out", str(tmp_path / "p"), "--keep-fields", "source,,url"]) == 1
+    assert "--keep-fields takes comma-separated field names" in capsys.readouterr().err

@@ -174,6 +174,7 @@ def test_leftovers_of_a_killed_tokenize_are_cleaned_only_when_their_pid_is_dead(
         live.wait()
 
 
+@pytest.mark.slow
 def test_two_tokenize_runs_on_one_out_exactly_one_proceeds(tmp_path, tiny_tokenizer, capsys):
     big = tmp_path / "big.jsonl.gz"
     big.write_bytes(gzip.compress(jsonl_bytes(ROWS * 30)))
