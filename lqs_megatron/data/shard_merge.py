@@ -32,7 +32,7 @@ from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter, data
 from lqs_megatron.data.jsonl import SkipLog
 from lqs_megatron.data.merge import merge_datasets
 from lqs_megatron.data.meta import meta_path
-from lqs_megatron.data.sharding import find_shard_outputs
+from lqs_megatron.data.sharding import check_tiling, find_shard_outputs
 from lqs_megatron.data.tokenize import boundaries_path
 from lqs_megatron.data.writing import (
     TIMING_KEYS,
@@ -96,6 +96,11 @@ def _same_run(stats: list[dict], shards: list[str]) -> None:
         if diff:
             raise LQSError(f"{path} belongs to another run than {shards[0]} ({', '.join(diff)} differ); "
                            "rerun it with the same command")  # fmt: skip
+    if "segments" in (stats[0].get("shard") or {}):  # tokenize: byte ranges / rows of the input files
+        gap = check_tiling([s["shard"] for s in stats])
+        if gap:
+            raise LQSError(f"the shards of {shards[0].rsplit('.shard-', 1)[0]} do not tile the input: {gap}; "
+                           "rerun every shard on the same input files")  # fmt: skip
 
 
 def merge_dataset_shards(out: str, shards: list[str]) -> dict:

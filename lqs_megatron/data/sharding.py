@@ -325,12 +325,13 @@ class ShardInputs:
             yield from iter_segment(self.sources[seg.index], seg, columns, batch_lines, batch_bytes)
 
     def describe(self) -> dict:
-        """For the stats: the shard and its segments ``[file index, lo, hi]`` (bytes, rows, or 0-1 for a whole
-        compressed file)."""
+        """For the stats: the shard, its segments ``[file index, lo, hi]`` (bytes, rows, or 0-1 for a whole
+        compressed file) and every file's end in those units (the merge checks that the shards tile the input)."""
         return {
             "index": self.shard.index,
             "count": self.shard.count,
             "segments": [[s.index, s.lo, s.hi] for s in self.segments],
+            "ends": [end(s) for s in self.sources],
         }
 
     def relocate(self, err: BadLine) -> BadLine:
@@ -351,6 +352,28 @@ class ShardInputs:
 
     def __post_init__(self):
         self._bases: dict[str, int] = {}
+
+
+def check_tiling(shards: list[dict]) -> str | None:
+    """Why the shards' ``segments`` (:meth:`ShardInputs.describe`) do not cover every file once, in order, or None.
+
+    Catches shards cut from inputs that changed between the shards' runs (a file that grew, was replaced or
+    reordered): their byte ranges would overlap or leave gaps.
+    """
+    ends = shards[0].get("ends")
+    if ends is None or any(s.get("ends") != ends for s in shards):
+        return "the shards saw input files of different sizes (did the input change between the shards' runs?)"
+    pos = (0, 0)
+    for s in shards:
+        for k, lo, hi in s["segments"]:
+            while pos[0] < k and pos[1] >= ends[pos[0]]:  # the file before is read to its end (or empty)
+                pos = (pos[0] + 1, 0)
+            if (k, lo) != pos or not lo < hi <= ends[k]:
+                return f"shard {s['index']} starts file {k} at {lo}, where the shards before it end at {list(pos)}"
+            pos = (k, hi)
+    while pos[0] < len(ends) and pos[1] >= ends[pos[0]]:
+        pos = (pos[0] + 1, 0)
+    return None if pos[0] == len(ends) else f"the shards leave file {pos[0]} unread from {pos[1]}"
 
 
 def plan_inputs(inputs, shard: Shard | None) -> ShardInputs:

@@ -15,7 +15,7 @@ import pytest
 
 from lqs_megatron.cli import main
 from lqs_megatron.data.shard_merge import merge_shards
-from lqs_megatron.data.sharding import Shard, resolve_shard, shard_output, split_sources
+from lqs_megatron.data.sharding import Shard, ShardInputs, check_tiling, resolve_shard, shard_output, split_sources
 from lqs_megatron.data.sources import Columns, iter_segment, sniff
 from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
 from lqs_megatron.data.writing import TIMING_KEYS
@@ -66,6 +66,26 @@ def test_cuts_cover_every_item_once_in_order_and_leave_no_shard_empty(tmp_path):
             if n <= len(everything):
                 assert all(parts), (len(chosen), n, [len(p) for p in parts])
             assert [_items(sources, split_sources(sources, Shard(i, n))) for i in range(n)] == parts  # deterministic
+            described = [ShardInputs(chosen, sources, split_sources(sources, Shard(i, n)), Shard(i, n)).describe()
+                         for i in range(n)]  # fmt: skip
+            assert check_tiling(described) is None
+    sources = [sniff(f) for f in files]
+    described = [ShardInputs(files, sources, split_sources(sources, Shard(i, 3)), Shard(i, 3)).describe()
+                 for i in range(3)]  # fmt: skip
+    described[1]["segments"][0][1] += 1  # a gap of one byte
+    assert check_tiling(described).startswith("shard 1 starts file")
+
+
+def test_merge_refuses_shards_cut_from_a_changed_input(tmp_path, tiny_tokenizer):
+    inputs = _mixed_inputs(tmp_path)
+    out = str(tmp_path / "o")
+    cfg = dict(on_error="skip", workers=0, progress=False)
+    tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, out, shard="0/2", **cfg))
+    with open(inputs[0], "ab") as f:  # the file grows before the second shard runs
+        f.write(jsonl_bytes(make_rows(9, 3)))
+    tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, out, shard="1/2", **cfg))
+    with pytest.raises(LQSError, match="do not tile the input: the shards saw input files of different sizes"):
+        merge_shards(out)
 
 
 def _shard_run(inputs, tok, out, n, **kw):
