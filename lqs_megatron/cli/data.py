@@ -15,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "train-tokenizer",
-        help="train a sentencepiece BPE tokenizer on a jsonl corpus",
+        help="train a sentencepiece BPE tokenizer on a corpus (jsonl, parquet, arrow)",
         description="Train a lossless sentencepiece BPE tokenizer (byte fallback, ids: pad 0, unk 1, bos 2, "
-        "eos 3) on the texts of jsonl files, saved as a directory transformers.AutoTokenizer loads offline.",
+        "eos 3) on the texts of the input files (jsonl, parquet, arrow), saved as a directory "
+        "transformers.AutoTokenizer loads offline.",
         setup=flags("lqs_megatron.data.config", "TrainTokenizerConfig"),
     )
     p.set_defaults(func=_train_tokenizer)
@@ -25,10 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "tokenize",
-        help="jsonl corpus -> Megatron indexed dataset (.bin/.idx)",
-        description="Tokenize jsonl documents into a Megatron indexed dataset PREFIX.bin/.idx (plus "
-        "PREFIX.stats.json), streaming with flat memory. Each document becomes tok(text).input_ids + [EOS]. "
-        "Written under a temporary name and renamed only when complete.",
+        help="corpus (jsonl, parquet, arrow) -> Megatron indexed dataset (.bin/.idx)",
+        description="Tokenize documents (jsonl, parquet, arrow, datasets.save_to_disk) into a Megatron indexed "
+        "dataset PREFIX.bin/.idx (plus PREFIX.stats.json), streaming with flat memory. Each document becomes "
+        "tok(text).input_ids + [EOS]. Written under a temporary name and renamed only when complete; --shard "
+        "runs one part of the input (join with `lqs merge --shards`).",
         setup=flags("lqs_megatron.data.tokenize", "TokenizeConfig"),
     )
     p.set_defaults(func=_tokenize)
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "tokenize-target",
-        help="LIMA-style conversations (jsonl) -> indexed dataset, one sequence per conversation",
+        help="LIMA-style conversations (jsonl, parquet, arrow) -> indexed dataset, one sequence per conversation",
         description="Tokenize conversations (a list of turns per line: strings, or {from/role, value/content} "
         "objects) into an indexed dataset, one sequence per conversation: the tokenizer's chat template if it "
         "has one, else the turns joined by a blank line; EOS at the end.",
@@ -61,6 +63,7 @@ def _report(stats: dict) -> None:
         f"wrote {stats['output']}.bin/.idx: {stats['documents']} documents, {stats['sequences']} sequences, "
         f"{stats['tokens']} tokens ({stats['docs_per_s']:.0f} docs/s, {stats['tokens_per_s']:.0f} tokens/s)"
         + (f"; skipped {skipped} bad lines {stats['skipped']['by_reason']}" if skipped else "")
+        + (f"; provenance in {stats['meta']}" if stats.get("meta") else "")
         + f"; stats in {stats['output']}.stats.json"
     )
 
@@ -69,11 +72,13 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import TrainTokenizerConfig
     from lqs_megatron.data.jsonl import SkipLog, read_texts
     from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.utils.lock import output_lock
 
     cfg = build(TrainTokenizerConfig, args)
     skipped = SkipLog()
     texts = (t for _, _, t in read_texts(cfg.inputs, cfg.field, on_error=cfg.on_error, skipped=skipped))
-    out = train_tokenizer(texts, cfg.out, vocab_size=cfg.vocab_size)
+    with output_lock(cfg.out):
+        out = train_tokenizer(texts, cfg.out, vocab_size=cfg.vocab_size)
     msg = f"wrote tokenizer {out} ({cfg.vocab_size} pieces)"
     if skipped.total:
         msg += f"; skipped {skipped.total} bad lines {skipped.counts}"
@@ -82,9 +87,10 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.sharding import resolve_shard
     from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
 
-    _report(tokenize(build(TokenizeConfig, args)))
+    _report(tokenize(build(TokenizeConfig, args, shard=resolve_shard(args.shard))))
     return 0
 
 
@@ -97,6 +103,7 @@ def _tokenize_target(args: argparse.Namespace) -> int:
 
 def _retokenize(args: argparse.Namespace) -> int:
     from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
+    from lqs_megatron.data.sharding import resolve_shard
 
-    _report(retokenize(build(RetokenizeConfig, args)))
+    _report(retokenize(build(RetokenizeConfig, args, shard=resolve_shard(args.shard))))
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 
 from lqs_megatron.cli.options import build, flags, new_command
 
@@ -29,9 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "merge",
-        help="merge several indexed datasets into one",
-        description="Concatenate indexed datasets in the order given, keeping every document boundary (document "
-        "indices are offset correctly). Datasets of different integer token dtypes are upcast to a common one.",
+        help="merge indexed datasets, or join the shards of a sharded run",
+        description="--data P1 P2 ... --out P: concatenate indexed datasets in the order given, keeping every "
+        "document boundary (document indices are offset correctly; provenance sidecars joined). Datasets of "
+        "different integer token dtypes are upcast to a common one. --shards OUT: join the outputs "
+        "OUT.shard-IIIII-of-NNNNN of a sharded tokenize, retokenize, score or export-jsonl run into exactly what "
+        "one run with --out OUT writes (docs/data.md, 'Sharded runs').",
         setup=flags("lqs_megatron.data.config", "MergeConfig"),
     )
     p.set_defaults(func=_merge)
@@ -39,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "export-jsonl",
-        help="decode a dataset (and its scores) to jsonl",
-        description='Write one line per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
-        "with --scores). The trailing EOS of each sequence is removed and special tokens are skipped.",
+        help="decode a dataset (and its scores) to jsonl or parquet",
+        description='Write one row per sequence: {"index": i, "text": decoded text, "score": s} ("score" only '
+        "with --scores), as jsonl lines or parquet columns. The trailing EOS of each sequence is removed and "
+        "special tokens are skipped. The tokenizer must hold every id of the data and match the fingerprint "
+        "PREFIX.stats.json records.",
         setup=flags("lqs_megatron.data.config", "ExportJsonlConfig"),
     )
     p.set_defaults(func=_export_jsonl)
@@ -50,25 +57,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sample_proxy(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import SampleProxyConfig
     from lqs_megatron.data.proxy import sample_proxy
+    from lqs_megatron.utils.lock import output_lock
 
     cfg = build(SampleProxyConfig, args)
-    print(json.dumps(sample_proxy(cfg.data, cfg.num, cfg.seed, cfg.out)))
+    with output_lock(cfg.out):
+        print(json.dumps(sample_proxy(cfg.data, cfg.num, cfg.seed, cfg.out)))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import MergeConfig
-    from lqs_megatron.data.merge import merge_datasets
+    from lqs_megatron.errors import LQSError
 
     cfg = build(MergeConfig, args)
-    print(json.dumps(merge_datasets(cfg.data, cfg.out)))
+    if cfg.shards is not None:
+        from lqs_megatron.data.shard_merge import merge_shards
+
+        if cfg.out is not None and cfg.out.rstrip("/") != cfg.shards.rstrip("/"):
+            raise LQSError("--shards OUT writes OUT itself; drop --out (or give the same path)")
+        deadline = time.monotonic() + cfg.wait
+        while True:
+            try:
+                print(json.dumps(merge_shards(cfg.shards)))
+                return 0
+            except LQSError as e:
+                if "missing or unfinished" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                logging.getLogger(__name__).info("%s; waiting", e)
+                time.sleep(min(10.0, max(deadline - time.monotonic(), 0.1)))
+    from lqs_megatron.data.merge import merge_datasets
+    from lqs_megatron.utils.lock import output_lock
+
+    if cfg.out is None:
+        raise LQSError("--data needs --out PREFIX")
+    with output_lock(cfg.out):
+        print(json.dumps(merge_datasets(cfg.data, cfg.out)))
     return 0
 
 
 def _export_jsonl(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import ExportJsonlConfig
     from lqs_megatron.data.export import export_jsonl
+    from lqs_megatron.data.sharding import resolve_shard
 
     cfg = build(ExportJsonlConfig, args)
-    print(json.dumps(export_jsonl(cfg.data, cfg.tokenizer, cfg.out, cfg.scores, batch_size=cfg.batch_size)))
+    shard = resolve_shard(cfg.shard)
+    info = export_jsonl(cfg.data, cfg.tokenizer, cfg.out, cfg.scores, cfg.batch_size, cfg.format, shard)
+    print(json.dumps(info))
     return 0

@@ -102,14 +102,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.sharding import resolve_shard
     from lqs_megatron.distributed import init_distributed
     from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset
 
     run, opts = build(ScoreRun, args), build(ScoreOptions, args)
+    shard = resolve_shard(run.shard, torch_ranks=False)  # under torchrun the ranks share one output
     dims = init_distributed(device=run.device)
     try:
-        stats = score_dataset(run.scorer, run.data, run.out, run.tokenizer, opts, dims=dims, progress=run.progress)
+        stats = score_dataset(run.scorer, run.data, run.out, run.tokenizer, opts, dims, run.progress, shard)
     finally:
         dims.close()
     if dims.is_main:

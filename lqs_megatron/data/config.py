@@ -17,13 +17,14 @@ class TrainTokenizerConfig:
     """Settings of ``lqs train-tokenizer``."""
 
     inputs: list[str] = option(flag="--input", metavar="FILE")
-    """jsonl files (plain, .gz or .zst) or glob patterns (quote them), read in the order given."""
+    """Files, directories or glob patterns (quote them), read in the order given: jsonl (plain, .gz, .zst, .xz,
+    .bz2), parquet, arrow IPC files/streams, datasets.save_to_disk directories, recognised by their content."""
     vocab_size: int = option()
     """Number of pieces, special ones included."""
     out: str = option(metavar="TOKENIZER_DIR")
     """Output directory (replaced atomically)."""
     field: str = "text"
-    """The JSON field holding the text."""
+    """The JSON field (parquet/arrow: the column) holding the text."""
     on_error: str = option("fail", choices=ON_ERROR)
     """Bad input lines: fail, or skip and count them."""
 
@@ -46,10 +47,15 @@ class SampleProxyConfig:
 class MergeConfig:
     """Settings of ``lqs merge``."""
 
-    data: list[str] = option(metavar="PREFIX")
-    """Input dataset prefixes, in order."""
-    out: str = option(metavar="PREFIX")
-    """Output dataset prefix."""
+    data: list[str] | None = option(None, metavar="PREFIX", one_of="source")
+    """Input dataset prefixes, concatenated in order (with --out); or --shards."""
+    shards: str | None = option(None, metavar="OUT", one_of="source")
+    """The --out of a sharded run: join its shards OUT.shard-IIIII-of-NNNNN into OUT; or --data."""
+    out: str | None = option(None, metavar="PREFIX")
+    """Output dataset prefix (with --data)."""
+    wait: float = option(0.0, metavar="SECONDS")
+    """With --shards: wait up to this long for unfinished shards (other nodes still running), checking every
+    10 s."""
 
 
 @dataclass
@@ -60,9 +66,15 @@ class ExportJsonlConfig:
     """Input indexed dataset."""
     tokenizer: str = option()
     """Local tokenizer directory (the one the data was made with)."""
-    out: str = option(metavar="FILE.jsonl")
-    """Output jsonl file."""
-    scores: str | None = option(None, metavar="FILE.npy")
-    """One finite score per sequence (optional)."""
+    out: str = option(metavar="FILE")
+    """Output file (.jsonl, or .parquet)."""
+    scores: str | None = option(None, metavar="SCORES")
+    """One finite score per sequence (optional; a .npy, a score directory, a parquet score column: see lqs
+    select)."""
+    format: str | None = option(None, choices=("jsonl", "parquet"))
+    """Output format (default: from --out's extension)."""
     batch_size: int = 1024
     """Sequences decoded per batch (one process)."""
+    shard: str | None = option(None, metavar="I/N")
+    """Export sequences [I*n/N, (I+1)*n/N) only, to OUT.shard-IIIII-of-NNNNN.jsonl (global index); join with
+    `lqs merge --shards OUT`. Default: from a Slurm job array / torchrun ranks; 'none': everything."""

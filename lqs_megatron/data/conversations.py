@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 
 from lqs_megatron.data.indexed import optimal_dtype
-from lqs_megatron.data.jsonl import ON_ERROR, BadLine, expand_inputs, get_field, is_blank, parse_line
-from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, line_batches, write_batches
+from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_field, iter_records
+from lqs_megatron.data.sharding import plan_inputs
+from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, write_batches
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
+from lqs_megatron.utils.lock import output_lock
 
 PLAIN_SEPARATOR = "\n\n"
 """Between turns when the tokenizer has no chat template."""
@@ -88,7 +90,7 @@ class TargetConfig:
     """What ``lqs tokenize-target`` does; every field is one flag."""
 
     inputs: list[str] = option(flag="--input", metavar="FILE")
-    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns (quote them), read in order."""
+    """``--input``: files (jsonl, parquet, arrow), directories or glob patterns (quote them), read in order."""
     field: str = option(flag_default="conversations")
     """``--field``: the JSON field holding the list of turns."""
     tokenizer_dir: str = option(flag="--tokenizer", metavar="TOKENIZER_DIR")
@@ -139,13 +141,11 @@ class EncodeConversations:
             raise BadLine("template", f"the chat template rejects this conversation: {e}", path, n) from None
 
     def __call__(self, task):
-        path, nums, raws = task
+        path, nums, rows = task
         texts, skipped = [], []
-        for n, raw in zip(nums, raws):
-            if is_blank(raw):
-                continue
+        for n, obj in iter_records(path, nums, rows, self.on_error, skipped.append):
             try:
-                messages = parse_turns(get_field(parse_line(raw, path, n), self.field, path, n), self.field, path, n)
+                messages = parse_turns(get_field(obj, self.field, path, n), self.field, path, n)
                 texts.append(self.render(messages, path, n))
             except BadLine as e:
                 if self.on_error == "fail":
@@ -158,16 +158,22 @@ class EncodeConversations:
 
 
 def tokenize_target(config: TargetConfig) -> dict:
-    """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``)."""
+    """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``). The output is locked."""
+    with output_lock(config.out_prefix):
+        return _tokenize_target(config)
+
+
+def _tokenize_target(config: TargetConfig) -> dict:
     t0 = time.perf_counter()
     encoder = BatchEncoder(config.tokenizer_dir)
     tok = encoder.tok
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
     dtype = optimal_dtype(vocab)
-    files = expand_inputs(config.inputs)
+    plan = plan_inputs(config.inputs, None)
+    files = plan.files
     counts, skipped = write_batches(
         EncodeConversations(config, dtype, eos),
-        line_batches(files, config.batch_lines, 1 << 20),
+        plan.batches([config.field], config.batch_lines, 1 << 20),
         config.workers,
         config.out_prefix,
         dtype,

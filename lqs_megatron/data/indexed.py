@@ -92,7 +92,11 @@ class IndexedDataset:
         try:
             self.dtype = DType.numpy(head[17])
         except ValueError:
-            raise LQSError(f"{ipath}: unknown dtype code {head[17]}") from None
+            codes = ", ".join(f"{d.value} {d.name}" for d in DType)
+            raise LQSError(
+                f"{ipath}: unknown dtype code {head[17]} in the header (valid codes: {codes}); the index is corrupt "
+                "or not a Megatron indexed dataset"
+            ) from None
         n, d = struct.unpack("<QQ", head[18:34])
         expected = 34 + 4 * n + 8 * n + 8 * d
         size = os.path.getsize(ipath)
@@ -105,6 +109,7 @@ class IndexedDataset:
         self.sequence_pointers = np.frombuffer(self._idx, dtype=np.int64, count=n, offset=off)
         off += 8 * n
         self.document_indices = np.frombuffer(self._idx, dtype=np.int64, count=d, offset=off)
+        _check_pointers(ipath, self.dtype, self.sequence_lengths, self.sequence_pointers)
         bsize = os.path.getsize(bpath)
         need = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n else 0
         if bsize < need:
@@ -148,6 +153,29 @@ class IndexedDataset:
 
     def __repr__(self) -> str:
         return f"IndexedDataset({self.prefix!r}, sequences={len(self)}, tokens={self.num_tokens}, dtype={self.dtype})"
+
+
+_POINTER_SAMPLE = 4096
+
+
+def _check_pointers(ipath: str, dtype: np.dtype, lengths: np.ndarray, pointers: np.ndarray) -> None:
+    """The first sequences' byte pointers must step by ``length * itemsize``: a header dtype that disagrees with
+    the data (pointers that step by another item size) is an error, not garbage tokens or "truncated data"."""
+    k = min(len(lengths), _POINTER_SAMPLE)
+    if k < 2:
+        return
+    steps = np.diff(pointers[:k].astype(np.int64))
+    tokens = lengths[: k - 1].astype(np.int64)
+    if np.array_equal(steps, tokens * dtype.itemsize) or not tokens.sum():
+        return
+    size = steps.sum() / tokens.sum()
+    if np.array_equal(steps, tokens * size) and size in (1, 2, 4, 8):  # packed, but with another item size
+        fits = [np.dtype(d).name for d in (np.uint8, np.uint16, np.int32, np.int64) if np.dtype(d).itemsize == size]
+        raise LQSError(
+            f"{ipath}: the header says dtype {dtype} ({dtype.itemsize} bytes per token), but the sequence pointers "
+            f"step by {int(size)} bytes per token (a {' or '.join(fits)} dataset): the header's dtype code is "
+            "wrong or the .idx belongs to another .bin; rebuild the dataset"
+        )
 
 
 def write_index(path: str | os.PathLike, dtype: np.dtype, sequence_lengths: np.ndarray, document_indices: np.ndarray):

@@ -23,16 +23,22 @@ start of a file is dropped.
 
 from __future__ import annotations
 
-import glob
-import gzip
-import io
 import json
 import os
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lqs_megatron.data.sources import (  # noqa: F401 - expand_inputs, open_binary re-exported
+    Columns,
+    Segment,
+    end,
+    expand_inputs,
+    iter_file_lines,
+    iter_segment,
+    open_binary,
+    sniff,
+)
 from lqs_megatron.errors import InputError, LQSError
 
 ERROR_KINDS = (
@@ -50,9 +56,6 @@ not an object, an object without the field, a field (or list item) that should b
 a field that should be a list, an empty text or list, a conversation the chat template rejects."""
 
 ON_ERROR = ("fail", "skip")
-
-_GLOB_CHARS = frozenset("*?[")
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class BadLine(InputError):
@@ -97,73 +100,20 @@ def check_on_error(on_error: str) -> None:
         raise LQSError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 
-def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
-    """Paths and glob patterns -> the list of files, in the given order (each glob sorted)."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    files: list[str] = []
-    for item in inputs:
-        item = os.fspath(item)
-        if _GLOB_CHARS.intersection(item) and not os.path.exists(item):
-            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise LQSError(f"--input {item!r} matches no file")
-            files.extend(matches)
-        elif os.path.isdir(item):
-            raise LQSError(f"--input {item!r} is a directory (give files or a glob such as {item}/*.jsonl)")
-        elif not os.path.isfile(item):
-            raise LQSError(f"--input {item!r} does not exist")
-        else:
-            files.append(item)
-    if not files:
-        raise LQSError("no input files given")
-    return files
-
-
-def open_binary(path: str) -> io.BufferedIOBase:
-    """Open ``path`` for reading bytes, decompressing ``.gz`` and ``.zst`` (by extension)."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
-        import zstandard  # noqa: PLC0415
-
-        raw = open(path, "rb")  # noqa: SIM115 - closed with the stream below
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20, closefd=True)
-        return io.BufferedReader(stream, buffer_size=1 << 20)
-    return open(path, "rb", buffering=1 << 20)
-
-
-def _corrupt_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [EOFError, zlib.error, gzip.BadGzipFile]
-    try:
-        import zstandard  # noqa: PLC0415
-
-        errs.append(zstandard.ZstdError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
-
-
 def iter_lines(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, bytes]]:
     """Stream ``(path, line_no, raw_line)`` over all input files (line numbers 1-based).
 
-    A corrupt or truncated compressed file raises :class:`InputError` naming the file and
-    the line where reading stopped.
+    Files are identified by content (:func:`~lqs_megatron.data.sources.sniff`): jsonl, plain or
+    gzip/zstd/xz/bz2-compressed; a parquet or arrow file here is an error (the commands that
+    take those read them through :mod:`lqs_megatron.data.sources`). A corrupt or truncated
+    compressed file raises :class:`InputError` naming the file and the line where reading stopped.
     """
-    corrupt = _corrupt_errors()
     for path in expand_inputs(inputs):
-        line_no = 0
-        try:
-            with open_binary(path) as f:
-                for line_no, raw in enumerate(f, start=1):  # noqa: B007 - used after the loop on errors
-                    if line_no == 1 and raw.startswith(_UTF8_BOM):
-                        raw = raw[len(_UTF8_BOM) :]
-                    yield path, line_no, raw
-        except corrupt as e:
-            msg = f"cannot read the compressed stream ({type(e).__name__}: {e})"
-            raise InputError(msg, path, line_no + 1) from None
-        except OSError as e:
-            raise InputError(f"cannot read: {e.strerror or e}", path, line_no + 1) from None
+        src = sniff(path)
+        if src.kind != "jsonl":
+            raise InputError(f"is a {src.kind.replace('_', ' ')} file; this command reads jsonl only", path)
+        for line_no, raw in iter_file_lines(src):
+            yield path, line_no, raw
 
 
 def is_blank(raw: bytes) -> bool:
@@ -190,8 +140,14 @@ def get_field(obj: Any, name: str, path: str | None = None, line_no: int | None 
     if not isinstance(obj, dict):
         raise BadLine("not_object", f"expected a JSON object with a {name!r} field, got {_kind(obj)}", path, line_no)
     if name not in obj:
-        keys = ", ".join(map(repr, list(obj)[:8])) or "none"
-        raise BadLine("missing_field", f"missing field {name!r} (keys: {keys})", path, line_no)
+        columns = getattr(obj, "columns", None)  # a parquet/arrow row: name the file's columns
+        keys = ", ".join(map(repr, list(obj if columns is None else columns)[:8])) or "none"
+        raise BadLine(
+            "missing_field",
+            f"missing field {name!r} ({'keys' if columns is None else 'columns'}: {keys})",
+            path,
+            line_no,
+        )
     return obj[name]
 
 
@@ -231,14 +187,57 @@ def read_jsonl(
                 skipped.add(e)
 
 
+def iter_records(
+    path: str, nums: list[int], rows, on_error: str, skip: Callable[[BadLine], None] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """``(number, record)`` for one batch of :func:`~lqs_megatron.data.sources.iter_segment`: raw jsonl lines
+    are decoded (blank ones ignored), parquet/arrow rows become dicts of their columns.
+
+    A bad line raises :class:`BadLine` (``on_error="fail"``) or goes to ``skip`` (``"skip"``).
+    """
+    if isinstance(rows, Columns):
+        for j, n in enumerate(nums):
+            yield n, rows.record(j)
+        return
+    for n, raw in zip(nums, rows):
+        if is_blank(raw):
+            continue
+        try:
+            yield n, parse_line(raw, path, n)
+        except BadLine as e:
+            if on_error == "fail":
+                raise
+            if skip is not None:
+                skip(e)
+
+
+def read_records(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    columns: list[str],
+    on_error: str = "fail",
+    skipped: SkipLog | None = None,
+) -> Iterator[tuple[str, int, Any]]:
+    """Stream ``(path, number, record)`` from inputs of any format (:mod:`~lqs_megatron.data.sources`).
+
+    jsonl lines are decoded whole; parquet/arrow rows hold only ``columns`` (those the file has).
+    """
+    check_on_error(on_error)
+    skip = None if skipped is None else skipped.add
+    for path in expand_inputs(inputs):
+        src = sniff(path)
+        for p, nums, rows in iter_segment(src, Segment(0, 0, end(src)), columns, 1024, 1 << 22):
+            for n, obj in iter_records(p, nums, rows, on_error, skip):
+                yield p, n, obj
+
+
 def read_texts(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     field: str,
     on_error: str = "fail",
     skipped: SkipLog | None = None,
 ) -> Iterator[tuple[str, int, str]]:
-    """Stream ``(path, line_no, text)``: :func:`read_jsonl` plus :func:`get_text` on ``field``."""
-    for path, line_no, obj in read_jsonl(inputs, on_error, skipped):
+    """Stream ``(path, number, text)``: :func:`read_records` plus :func:`get_text` on ``field``, any format."""
+    for path, line_no, obj in read_records(inputs, [field], on_error, skipped):
         try:
             yield path, line_no, get_text(obj, field, path, line_no)
         except BadLine as e:

@@ -20,15 +20,25 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from lqs_megatron.data.fingerprint import fingerprint
 from lqs_megatron.data.indexed import IndexedDataset, optimal_dtype
-from lqs_megatron.data.tokenize import EncodedBatch, default_workers, finish_stats, write_batches
+from lqs_megatron.data.sharding import Shard, parse_shard, shard_output, split_range
+from lqs_megatron.data.tokenize import (
+    EncodedBatch,
+    default_workers,
+    finish_stats,
+    finished_shard,
+    run_args,
+    write_batches,
+)
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
+from lqs_megatron.utils.lock import output_lock
 
 
 @dataclass
@@ -49,6 +59,10 @@ class RetokenizeConfig:
     """Tokens (whole documents) per batch handed to a worker."""
     progress: bool = internal(True)
     """Show progress."""
+    shard: Shard | str | None = option(None, metavar="I/N")
+    """``--shard``: retokenize the documents ``[I*D/N, (I+1)*D/N)`` of shard I of N only, into
+    ``OUT.shard-IIIII-of-NNNNN`` (join with ``lqs merge --shards OUT``). Default: from a Slurm job array or
+    torchrun's RANK/WORLD_SIZE, none outside them; ``none``: the whole dataset."""
 
     def __post_init__(self):
         self.data, self.out_prefix = os.fspath(self.data), os.fspath(self.out_prefix)
@@ -59,6 +73,8 @@ class RetokenizeConfig:
             raise LQSError(f"--workers must be >= 0, got {self.workers}")
         if os.path.abspath(self.data) == os.path.abspath(self.out_prefix):
             raise LQSError("--out must differ from --data")
+        if isinstance(self.shard, str):
+            self.shard = parse_shard(self.shard)
 
 
 class Retokenize:
@@ -103,12 +119,14 @@ class Retokenize:
         )
 
 
-def document_batches(ds: IndexedDataset, batch_tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(tokens, sequence lengths, sequences per document)`` for runs of whole documents."""
+def document_batches(
+    ds: IndexedDataset, batch_tokens: int, first: int = 0, stop: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(tokens, sequence lengths, sequences per document)`` for runs of whole documents ``[first, stop)``."""
     docs = ds.document_indices
     lengths = ds.sequence_lengths
-    n_docs = len(docs) - 1
-    d = 0
+    n_docs = len(docs) - 1 if stop is None else stop
+    d = first
     while d < n_docs:
         s0 = int(docs[d])
         e = d + 1
@@ -137,7 +155,17 @@ def _write(writer, out: EncodedBatch) -> None:
 
 
 def retokenize(config: RetokenizeConfig) -> dict:
-    """Run ``lqs retokenize``; return the statistics (also in ``PREFIX.stats.json``)."""
+    """Run ``lqs retokenize``; return the statistics (also in ``PREFIX.stats.json``).
+
+    With ``config.shard``, shard ``I`` of ``N`` (whole documents) goes to ``PREFIX.shard-IIIII-of-NNNNN``
+    (``lqs merge --shards PREFIX`` joins them); a finished shard is not redone. The output is locked.
+    """
+    out = shard_output(config.out_prefix, config.shard)
+    with output_lock(out):
+        return _retokenize(config, out)
+
+
+def _retokenize(config: RetokenizeConfig, out: str) -> dict:
     t0 = time.perf_counter()
     ds = IndexedDataset(config.data)
     src, dst = BatchEncoder(config.src_tokenizer), BatchEncoder(config.dst_tokenizer)
@@ -150,23 +178,31 @@ def retokenize(config: RetokenizeConfig) -> dict:
         )
     vocab = vocab_size(dst.tok)
     dtype = optimal_dtype(vocab)
-    counts, skipped = write_batches(
-        Retokenize(config.src_tokenizer, config.dst_tokenizer, dtype),
-        document_batches(ds, config.batch_tokens),
-        config.workers,
-        config.out_prefix,
-        dtype,
-        desc=f"retokenize {os.path.basename(config.out_prefix)}",
-        write=_write,
-        progress=config.progress,
-    )
-    counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
+    first, stop = split_range(ds.num_documents, config.shard)
     extra = {
         "source": {"data": config.data, "sequences": len(ds), "documents": ds.num_documents, "tokens": ds.num_tokens},
         "dtype": np.dtype(dtype).name,
         "vocab_size": vocab,
         "eos_token_id": dst.eos_token_id,
         "src_eos_token_id": src.eos_token_id,
-        "args": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "args": run_args(config),
+        "tokenizer": {"path": os.path.abspath(config.dst_tokenizer), "fingerprint": fingerprint(dst.tok)},
     }
-    return finish_stats("retokenize", config.out_prefix, counts, skipped, extra)
+    if config.shard is not None:
+        extra["shard"] = {"index": config.shard.index, "count": config.shard.count, "documents": [first, stop]}
+        done = finished_shard(out, {k: extra[k] for k in ("source", "args", "tokenizer", "shard")}, ("workers",))
+        if done is not None:
+            return done
+    counts, skipped = write_batches(
+        Retokenize(config.src_tokenizer, config.dst_tokenizer, dtype),
+        document_batches(ds, config.batch_tokens, first, stop),
+        config.workers,
+        out,
+        dtype,
+        desc=f"retokenize {os.path.basename(out)}",
+        write=_write,
+        progress=config.progress,
+        allow_empty=config.shard is not None,
+    )
+    counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
+    return finish_stats("retokenize", out, counts, skipped, extra)

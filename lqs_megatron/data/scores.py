@@ -39,14 +39,109 @@ def check_scores(scores, expected_len: int | None = None, name: str = "scores") 
 
 
 def read_scores(path: str | os.PathLike) -> np.ndarray:
-    """The array stored in a ``.npy`` score file, as stored (no checks beyond readability)."""
-    path = str(path)
+    """The scores stored at ``path``, as stored (no checks beyond readability). ``path`` is one of:
+
+    - a ``.npy`` file (1-D);
+    - a ``lqs score`` output directory (its ``scores.npy``);
+    - a ``.parquet`` file with a ``score`` column (``lqs score --parquet``, ``export-jsonl --format parquet``),
+      rows in ``index`` order;
+    - the ``--out`` of a sharded ``lqs score`` run that was not merged: its shards'
+      ``OUT.shard-IIIII-of-NNNNN/scores.npy`` in order (every shard must be finished).
+    """
+    path = str(path).rstrip("/") or str(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "scores.npy")):
+        return read_scores(os.path.join(path, "scores.npy"))
+    if not os.path.exists(path):
+        from lqs_megatron.data.sharding import find_shard_outputs  # noqa: PLC0415
+
+        try:
+            shards = find_shard_outputs(path, marker="/scores.npy")
+        except LQSError as e:
+            if "no shard outputs" in str(e):
+                raise LQSError(f"score file {path!r} does not exist") from None
+            raise
+        return np.concatenate([read_scores(os.path.join(p, "scores.npy")) for p in shards])
     if not os.path.isfile(path):
-        raise LQSError(f"score file {path!r} does not exist")
+        raise LQSError(f"{path!r} holds no scores (expected a .npy file, a score directory or a .parquet file)")
+    with open(path, "rb") as f:
+        parquet = f.read(4) == b"PAR1"
+    if parquet:
+        return _parquet_scores(path)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise LQSError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _parquet_scores(path: str) -> np.ndarray:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        table = pq.read_table(path, columns=None)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise LQSError(f"{path}: not a readable parquet file ({e})") from None
+    if "score" not in table.column_names:
+        raise LQSError(f"{path}: no 'score' column (columns: {', '.join(table.column_names)})")
+    if "index" in table.column_names:
+        index = table.column("index").to_numpy()
+        if not np.array_equal(index, np.arange(len(index))):
+            raise LQSError(f"{path}: the 'index' column is not 0, 1, 2, ...: rows out of dataset order")
+    return table.column("score").to_numpy()
+
+
+def write_scores_parquet(path, scores: np.ndarray, data_prefix: str | os.PathLike, start: int = 0) -> None:
+    """``path``: one row per sequence ``start + j`` of ``data_prefix``: ``index``, ``document`` (the index of
+    the document holding it), ``score``, and the fields of ``PREFIX.meta.jsonl`` when the dataset has one.
+
+    Written atomically, in row groups of 65,536 rows (memory stays bounded by one group).
+    """
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from lqs_megatron.data.indexed import IndexedDataset  # noqa: PLC0415
+    from lqs_megatron.data.meta import has_meta, iter_meta, meta_path  # noqa: PLC0415
+    from lqs_megatron.utils.atomic import atomic_file  # noqa: PLC0415
+
+    ds = IndexedDataset(data_prefix)
+    scores = np.asarray(scores)
+    stop = start + len(scores)
+    if stop > len(ds):
+        raise LQSError(f"{len(scores)} scores from sequence {start} run past the {len(ds)} sequences of {data_prefix}")
+    index = np.arange(start, stop, dtype=np.int64)
+    document = np.searchsorted(ds.document_indices[1:], index, side="right").astype(np.int64)
+    meta = iter_meta(data_prefix) if has_meta(data_prefix) else None
+    if meta is not None:
+        for _ in range(start):
+            next(meta)
+    group = 1 << 16
+    with atomic_file(path) as tmp:
+        writer = None
+        try:
+            for lo in range(0, len(scores), group):
+                hi = min(lo + group, len(scores))
+                cols = {"index": index[lo:hi], "document": document[lo:hi], "score": scores[lo:hi]}
+                if meta is not None:
+                    rows = [next(meta) for _ in range(hi - lo)]
+                    for key in rows[0] if rows else ():
+                        cols.setdefault(key, [r.get(key) for r in rows])
+                table = pa.table(cols)
+                if writer is None:  # a field that is null throughout the first group: a string column
+                    schema = pa.schema(
+                        [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+                    )
+                    writer = pq.ParquetWriter(str(tmp), schema)
+                try:
+                    table = table.cast(writer.schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise LQSError(f"{meta_path(data_prefix)}: a field changes type between rows ({e})") from None
+                writer.write_table(table, row_group_size=group)
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    str(tmp), pa.table({"index": index, "document": document, "score": scores}).schema
+                )
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def load_scores(path: str | os.PathLike, expected_len: int | None = None) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""``lqs tokenize``: jsonl corpora -> a Megatron indexed dataset, streaming, in worker processes.
+"""``lqs tokenize``: corpora (jsonl, parquet, arrow) -> a Megatron indexed dataset, streaming, in worker processes.
 
-The main process reads raw lines (:func:`lqs_megatron.data.jsonl.iter_lines`) and hands
-batches of them to ``workers`` processes, which decode the JSON, check the field, encode
+The main process reads batches of raw jsonl lines, or of parquet/arrow column values
+(:mod:`lqs_megatron.data.sources`; with a shard, only its segments: :mod:`lqs_megatron.data.sharding`)
+and hands them to ``workers`` processes, which decode the JSON, check the field, encode
 the whole batch at once with the fast tokenizer and return one flat token array per
 batch (already in the dataset dtype). The main process writes the batches, in input
 order, through the native builder (:class:`~lqs_megatron.data.indexed.IndexedDatasetWriter`).
@@ -16,6 +17,7 @@ modes, the error handling and the stats file.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
@@ -25,24 +27,23 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
-from lqs_megatron.data.indexed import IndexedDatasetWriter, optimal_dtype
-from lqs_megatron.data.jsonl import (
-    ON_ERROR,
-    BadLine,
-    SkipLog,
-    expand_inputs,
-    get_text,
-    is_blank,
-    iter_lines,
-    parse_line,
-    read_texts,
-)
-from lqs_megatron.data.parallel import ordered_map
-from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.fingerprint import fingerprint
+from lqs_megatron.data.indexed import dataset_exists, idx_path, optimal_dtype
+from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_text, iter_records, read_texts
+from lqs_megatron.data.meta import meta_line, meta_path
+from lqs_megatron.data.sharding import Shard, parse_shard, plan_inputs, shard_output
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
+from lqs_megatron.data.writing import (  # noqa: F401 - write_batches, finish_stats re-exported for the other writers
+    BitStream,
+    StreamFile,
+    chunk_hooks,
+    file_digest,
+    finish_stats,
+    write_batches,
+)
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
-from lqs_megatron.utils.atomic import save_json
+from lqs_megatron.utils.lock import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,11 @@ class TokenizeConfig:
     """What ``lqs tokenize`` does; every field is one flag."""
 
     inputs: list[str] = option(flag="--input", metavar="FILE")
-    """``--input``: jsonl files (plain, ``.gz``, ``.zst``) or glob patterns (quote them), read in order."""
+    """``--input``: files, directories or glob patterns (quote them), read in the order given: jsonl (plain,
+    .gz, .zst, .xz, .bz2), parquet, arrow IPC files/streams and datasets.save_to_disk directories, recognised by
+    their content."""
     field: str = option(flag_default="text")
-    """``--field``: the JSON field holding the document text."""
+    """``--field``: the JSON field (parquet/arrow: the column) holding the document text."""
     tokenizer_dir: str = option(flag="--tokenizer", metavar="TOKENIZER_DIR")
     """``--tokenizer``: a local Hugging Face tokenizer directory (it must have an EOS token)."""
     out_prefix: str = option(flag="--out", metavar="PREFIX")
@@ -94,6 +97,15 @@ class TokenizeConfig:
     )
     """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
     (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
+    keep_fields: list[str] | None = option(None, metavar="F1,F2")
+    """``--keep-fields``: input fields to keep beside the tokens (e.g. source,url): ``PREFIX.meta.jsonl``, one
+    JSON object per sequence (null where a record lacks the field; chunk mode: the fields of the document the
+    chunk starts in); carried by sample-proxy, select, order and merge (:mod:`lqs_megatron.data.meta`)."""
+    shard: Shard | str | None = option(None, metavar="I/N")
+    """``--shard``: process shard I of N only (0-based) and write ``OUT.shard-IIIII-of-NNNNN``; join the shards
+    with ``lqs merge --shards OUT``. Default: from a Slurm job array (SLURM_ARRAY_TASK_ID/_COUNT) or torchrun's
+    RANK/WORLD_SIZE, none outside them; ``none``: the whole input whatever the environment. A finished shard is
+    not redone (docs/data.md)."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -116,6 +128,24 @@ class TokenizeConfig:
             raise LQSError("--field must name a JSON field")
         if self.batch_lines < 1 or self.batch_bytes < 1:
             raise LQSError("batch sizes must be positive")
+        self.keep_fields = parse_fields(self.keep_fields)
+        if isinstance(self.shard, str):
+            self.shard = parse_shard(self.shard)
+        if self.shard is not None and self.shard.count == 1:
+            self.shard = None
+
+
+def parse_fields(fields: str | Iterable[str] | None) -> list[str] | None:
+    """``"source,url"`` (or a list of such strings) -> ``["source", "url"]``; ``None`` or empty -> ``None``."""
+    if fields is None:
+        return None
+    items = [fields] if isinstance(fields, str) else list(fields)
+    out = [f.strip() for item in items for f in item.split(",")]
+    if any(not f for f in out):
+        raise LQSError(f"--keep-fields takes comma-separated field names, got {','.join(items)!r}")
+    if len(set(out)) != len(out):
+        raise LQSError(f"--keep-fields names a field twice: {','.join(out)}")
+    return out or None
 
 
 @dataclass
@@ -138,26 +168,8 @@ class EncodedBatch:
     """Characters of text encoded."""
     sequences_per_document: np.ndarray | None = None
     """Set when documents hold several sequences (retokenize); else one sequence per document."""
-
-
-def line_batches(
-    files: Iterable[str], batch_lines: int, batch_bytes: int
-) -> Iterator[tuple[str, list[int], list[bytes]]]:
-    """Group raw lines into ``(path, line_numbers, raw_lines)`` batches (never across files)."""
-    path = None
-    nums: list[int] = []
-    raws: list[bytes] = []
-    size = 0
-    for p, n, raw in iter_lines(files):
-        if p != path or len(raws) >= batch_lines or size >= batch_bytes:
-            if raws:
-                yield path, nums, raws
-            path, nums, raws, size = p, [], [], 0
-        nums.append(n)
-        raws.append(raw)
-        size += len(raw)
-    if raws:
-        yield path, nums, raws
+    meta: list[bytes] | None = None
+    """With ``--keep-fields``: one sidecar line per document (:func:`~lqs_megatron.data.meta.meta_line`)."""
 
 
 def flatten(ids: list[list[int]], eos: int, max_length: int | None, dtype: np.dtype) -> EncodedBatch:
@@ -198,24 +210,27 @@ class EncodeDocuments:
         self.field, self.on_error, self.mode = config.field, config.on_error, config.mode
         self.max_length = config.max_length if config.mode == "document" else None
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
+        self.keep_fields = config.keep_fields
         self._sentences = None
 
-    def texts(self, path: str, nums: list[int], raws: list[bytes], skipped: list[BadLine]) -> list[str]:
+    def texts(self, path: str, nums: list[int], rows, skipped: list[BadLine], meta: list[bytes] | None) -> list[str]:
         texts = []
-        for n, raw in zip(nums, raws):
-            if is_blank(raw):
-                continue
+        for n, obj in iter_records(path, nums, rows, self.on_error, skipped.append):
             try:
-                texts.append(get_text(parse_line(raw, path, n), self.field, path, n))
+                texts.append(get_text(obj, self.field, path, n))
             except BadLine as e:
                 if self.on_error == "fail":
                     raise
                 skipped.append(e)
+                continue
+            if meta is not None:
+                meta.append(meta_line(obj, self.keep_fields))
         return texts
 
-    def __call__(self, task: tuple[str, list[int], list[bytes]]) -> EncodedBatch:
+    def __call__(self, task: tuple[str, list[int], list]) -> EncodedBatch:
         skipped: list[BadLine] = []
-        texts = self.texts(*task, skipped)
+        meta = None if self.keep_fields is None else []
+        texts = self.texts(*task, skipped, meta)
         if self.mode == "chunk":
             out = self._chunk_pieces(texts)
         else:
@@ -227,7 +242,7 @@ class EncodeDocuments:
                 out = EncodedBatch(
                     _in_dtype(tokens, self.dtype), lengths, truncated=truncated, truncated_tokens=dropped
                 )
-        out.skipped, out.chars = skipped, sum(map(len, texts))
+        out.skipped, out.chars, out.meta = skipped, sum(map(len, texts)), meta
         return out
 
     def _chunk_pieces(self, texts: list[str]) -> EncodedBatch:
@@ -254,108 +269,87 @@ def _sample_texts(files: list[str], field: str, sample_chars: int) -> Iterator[s
             return
 
 
-def write_batches(
-    work,
-    batches: Iterable,
-    workers: int,
-    out_prefix: str,
-    dtype: np.dtype,
-    desc: str,
-    write=None,
-    finish=None,
-    progress: bool = True,
-) -> tuple[dict, SkipLog]:
-    """Run ``work`` over ``batches`` in ``workers`` processes and write the :class:`EncodedBatch` results.
-
-    ``write(writer, out)`` stores one batch (default: one document per sequence);
-    ``finish(writer)`` runs before the dataset is closed. Returns the counts and the skip log.
-    An empty result is an error (no dataset is left behind).
-    """
-    skipped = SkipLog()
-    counts = {"documents": 0, "truncated_documents": 0, "truncated_tokens": 0, "chars": 0}
-    bar = Progress(desc, enabled=progress)
-    try:
-        with IndexedDatasetWriter(out_prefix, dtype) as writer:
-            for out in ordered_map(work, batches, workers):
-                for e in out.skipped:
-                    skipped.add(e)
-                per_doc = out.sequences_per_document
-                counts["documents"] += len(out.lengths) if per_doc is None else len(per_doc)
-                counts["truncated_documents"] += out.truncated
-                counts["truncated_tokens"] += out.truncated_tokens
-                counts["chars"] += out.chars
-                if write is None:
-                    writer.add_documents(out.tokens, out.lengths)
-                else:
-                    write(writer, out)
-                bar.update(len(out.lengths) if per_doc is None else len(per_doc), int(out.tokens.size))
-            if finish is not None:
-                finish(writer)
-            _check_not_empty(counts["documents"], skipped)
-    finally:
-        bar.close()
-    counts.update(sequences=writer.num_sequences, tokens=writer.num_tokens, seconds=bar.elapsed)
-    return counts, skipped
-
-
-def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, extra: dict) -> dict:
-    """The ``PREFIX.stats.json`` content (written atomically beside the dataset) and one log line."""
-    seconds = max(counts.pop("seconds"), 1e-9)
-    stats = {
-        "command": command,
-        "output": out_prefix,
-        "documents": counts["documents"],
-        "sequences": counts["sequences"],
-        "tokens": counts["tokens"],
-        "chars": counts["chars"],
-        "skipped": skipped.to_dict(),
-        "truncated_documents": counts["truncated_documents"],
-        "truncated_tokens": counts["truncated_tokens"],
-        "seconds": round(seconds, 3),
-        "docs_per_s": round(counts["documents"] / seconds, 1),
-        "tokens_per_s": round(counts["tokens"] / seconds, 1),
-        **extra,
-    }
-    save_json(f"{out_prefix}.stats.json", stats)
-    log.info(
-        "%s: %d documents -> %d sequences, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s); skipped %d lines",
-        command,
-        stats["documents"],
-        stats["sequences"],
-        stats["tokens"],
-        seconds,
-        stats["docs_per_s"],
-        stats["tokens_per_s"],
-        skipped.total,
-    )
-    return stats
-
-
 def tokenize(config: TokenizeConfig) -> dict:
-    """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``)."""
+    """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``).
+
+    With ``config.shard`` the run writes shard ``I`` of ``N`` (:mod:`~lqs_megatron.data.sharding`) to
+    ``PREFIX.shard-IIIII-of-NNNNN``; a shard already finished with the same inputs and arguments is not redone.
+    The output is locked for the run (:func:`~lqs_megatron.utils.lock.output_lock`).
+    """
+    out = shard_output(config.out_prefix, config.shard)
+    with output_lock(out):
+        return _tokenize(config, out)
+
+
+def run_args(config) -> dict:
+    """The stats' ``args``: every flag but the progress switch and the shard (same for every shard of a run)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("progress", "shard")}
+
+
+def finished_shard(out: str, identity: dict, ignore: tuple[str, ...] = ()) -> dict | None:
+    """The stats of a finished shard at ``out`` whose ``identity`` keys match (``args`` compared without the
+    keys in ``ignore``) and whose ``.idx`` is the one its stats describe; else None."""
+    path = f"{out}.stats.json"
+    if not (os.path.isfile(path) and dataset_exists(out)):
+        return None
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except ValueError:
+        return None
+
+    def strip(args):
+        return {k: v for k, v in args.items() if k not in ignore} if isinstance(args, dict) else args
+
+    same = all(strip(old.get(k)) == strip(v) if k == "args" else old.get(k) == v for k, v in identity.items())
+    return old if same and old.get("idx_digest") == file_digest(idx_path(out)) else None
+
+
+def _tokenize(config: TokenizeConfig, out: str) -> dict:
     t0 = time.perf_counter()
     encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
     tok = encoder.tok  # loads it: a clear error for a missing directory or no EOS
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
     dtype = optimal_dtype(vocab)
-    files = expand_inputs(config.inputs)
+    plan = plan_inputs(config.inputs, config.shard)
+    identity = {
+        "args": run_args(config),
+        "files": plan.files,
+        "tokenizer": {"path": os.path.abspath(config.tokenizer_dir), "fingerprint": fingerprint(tok)},
+    }
+    if config.shard is not None:
+        identity["shard"] = plan.describe()
+        done = finished_shard(out, identity, ignore=("workers",))
+        if done is not None:
+            log.info("tokenize: shard %s is already finished in %s (same inputs and arguments)", config.shard, out)
+            return done
     encoding = "word cache" if config.mode == "document" and encoder.word_cache is not None else "backend"
     punkt = chunker = None
+    hooks, files = (None, None), ()
     if config.mode == "chunk":
         if encoder.backend is None:
             encoder.encode_with_offsets([])  # raises the clear error
-        punkt = train_sentence_splitter(_sample_texts(files, config.field, config.punkt_sample_chars))
-        chunker = Chunker(config.max_length, dtype)
+        punkt = train_sentence_splitter(_sample_texts(plan.files, config.field, config.punkt_sample_chars))
+        if config.shard is None:
+            chunker = Chunker(config.max_length, dtype)
+            hooks = chunk_hooks(chunker, config.keep_fields is not None)
+        else:  # a shard keeps documents and their boundary flags: the merge cuts the chunks of the whole stream
+            files = (StreamFile(boundaries_path(out)),)
+            hooks = boundary_hooks(BitStream(files[0]))
     counts, skipped = write_batches(
         EncodeDocuments(config, dtype, eos, punkt),
-        line_batches(files, config.batch_lines, config.batch_bytes),
+        plan.batches([config.field, *(config.keep_fields or ())], config.batch_lines, config.batch_bytes),
         config.workers,
-        config.out_prefix,
+        out,
         dtype,
-        desc=f"tokenize {os.path.basename(config.out_prefix)}",
-        write=None if chunker is None else (lambda w, out: w.add_documents(*chunker.feed(out.tokens, out.flags))),
-        finish=None if chunker is None else (lambda w: w.add_documents(*chunker.finish())),
+        desc=f"tokenize {os.path.basename(out)}",
+        write=hooks[0],
+        finish=hooks[1],
         progress=config.progress,
+        meta=config.keep_fields is not None,
+        extra_files=files,
+        relocate=plan.relocate,
+        allow_empty=config.shard is not None,
     )
     counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
     extra = {
@@ -363,21 +357,34 @@ def tokenize(config: TokenizeConfig) -> dict:
         "vocab_size": vocab,
         "eos_token_id": eos,
         "encoding": encoding,
-        "files": files,
-        "args": {k: v for k, v in asdict(config).items() if k != "progress"},
+        **identity,
     }
     if chunker is not None:
         extra["chunking"] = chunker.stats()
-    return finish_stats("tokenize", config.out_prefix, counts, skipped, extra)
+    if config.keep_fields is not None:
+        extra["meta"] = meta_path(out)
+    if files:
+        extra["chunk_boundaries"] = boundaries_path(out)
+    return finish_stats("tokenize", out, counts, skipped, extra)
 
 
-def _check_not_empty(documents: int, skipped: SkipLog) -> None:
-    if documents:
-        return
-    if skipped.total:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.counts.items()))
-        raise LQSError(f"every input line was skipped ({reasons}); first: {skipped.examples[0]}")
-    raise LQSError("the input holds no document (only blank lines)")
+def boundaries_path(prefix: str) -> str:
+    """A chunk-mode shard's per-token chunk-boundary flags (packed bits): ``PREFIX.chunk-boundaries.bin``."""
+    return f"{prefix}.chunk-boundaries.bin"
+
+
+def boundary_hooks(bits: BitStream):
+    """:func:`write_batches`' ``(write, finish)`` for a chunk-mode shard: documents as sequences, flags to ``bits``."""
+
+    def write(writer, out: EncodedBatch) -> list[bytes] | None:
+        writer.add_documents(out.tokens, out.lengths)
+        bits.write(out.flags)
+        return out.meta
+
+    def finish(writer) -> None:
+        bits.close()
+
+    return write, finish
 
 
 def tokenize_files(
@@ -391,6 +398,7 @@ def tokenize_files(
     on_error: str = "fail",
     progress: bool = True,
     word_cache: bool = True,
+    keep_fields: list[str] | str | None = None,
 ) -> dict:
     """Tokenize jsonl files into ``out_prefix.bin/.idx`` (+ ``.stats.json``); return the stats dict.
 
@@ -408,5 +416,6 @@ def tokenize_files(
         on_error=on_error,
         progress=progress,
         word_cache=word_cache,
+        keep_fields=keep_fields,
     )
     return tokenize(cfg)

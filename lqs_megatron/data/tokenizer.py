@@ -14,6 +14,16 @@ import numpy as np
 
 from lqs_megatron.errors import LQSError
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+)
+"""A directory with none of these holds no tokenizer (checked before transformers guesses at it)."""
+
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
@@ -21,6 +31,12 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
     path = str(path)
     if not os.path.isdir(path):
         raise LQSError(f"tokenizer directory {path!r} does not exist (a local directory is required; no hub access)")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        found = ", ".join(sorted(os.listdir(path))[:10]) or "nothing"
+        raise LQSError(
+            f"tokenizer directory {path!r} holds no tokenizer files (expected tokenizer.json, or tokenizer.model / "
+            f"vocab.json + merges.txt / vocab.txt with tokenizer_config.json; found: {found})"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 

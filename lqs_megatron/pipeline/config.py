@@ -39,10 +39,15 @@ _EXTRA_ARGS = "More flags of the step's command, verbatim (appended last)."
 DataSection = derive(
     "DataSection",
     TokenizeConfig,
-    only=("field", "mode", "max_length", "workers"),
+    only=("field", "mode", "max_length", "workers", "keep_fields"),
     extra=(
-        _key("corpus", list[str], factory=list, doc="Raw jsonl corpus files (plain, .gz, .zst) or globs."),
-        _key("target", str, "", doc="Target conversations (LIMA-style jsonl)."),
+        _key(
+            "corpus",
+            list[str],
+            factory=list,
+            doc="Raw corpus files (jsonl, plain or compressed; parquet; arrow), directories or globs.",
+        ),
+        _key("target", str, "", doc="Target conversations (LIMA-style; jsonl, parquet or arrow)."),
         _key("target_field", str, "conversations", doc="The conversation field of a target line."),
         _key(
             "labels",

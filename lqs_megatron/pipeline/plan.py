@@ -142,7 +142,8 @@ class Plan:
             train_tok = {"inputs": c.data.corpus, "field": c.data.field, "out": tok}
             argv = command("train-tokenizer", (TrainTokenizerConfig, train_tok), (TrainTokenizerConfig, c.tokenizer))
             s.append(Step("train-tokenizer", argv, outputs=[tok], inputs=self.raw_inputs()))
-        corpus = {"inputs": c.data.corpus, "tokenizer_dir": tok, "out_prefix": self.corpus}
+        # --shard none: one output even when the pipeline itself runs inside a Slurm array or torchrun job
+        corpus = {"inputs": c.data.corpus, "tokenizer_dir": tok, "out_prefix": self.corpus, "shard": "none"}
         target = {
             "inputs": [c.data.target],
             "field": c.data.target_field,
@@ -254,7 +255,7 @@ class Plan:
                 [
                     *command(
                         "score",
-                        (ScoreRun, {"scorer": ckpt, "data": self.corpus, "out": out}),
+                        (ScoreRun, {"scorer": ckpt, "data": self.corpus, "out": out, "shard": "none"}),
                         (ScoreOptions, self.cfg.score),
                     ),
                     *sc.score_extra_args,

@@ -191,6 +191,10 @@ class ScoreRun:
     """cuda or cpu (default: cuda when available)."""
     progress: bool = option(True, flag="--no-progress", help="No progress bar.")
     """Show a progress bar."""
+    shard: str | None = option(None, metavar="I/N")
+    """Score sequences [I*n/N, (I+1)*n/N) only (whole --shard-size units), into OUT.shard-IIIII-of-NNNNN; join
+    with `lqs merge --shards OUT`. Default: from a Slurm job array (torchrun ranks stay data parallel within a
+    shard); 'none': everything."""
 
 
 @dataclass
@@ -207,6 +211,8 @@ class ScoreOptions:
     """auto or bf16: the backbone in bf16 on CUDA (the CPU always runs fp32); fp32."""
     compile: bool = False
     """torch.compile the scorer (CUDA)."""
+    parquet: bool = False
+    """Also write OUT/scores.parquet: index, document, score and the dataset's PREFIX.meta.jsonl fields."""
 
     def __post_init__(self) -> None:
         for name, flag in (("max_tokens", "max-tokens"), ("max_batch_size", "micro-batch-size")):

@@ -124,7 +124,7 @@ def prepare_scorer_data(
 
     ``workers``: retokenization processes (None: one per core, 0: in this process).
     """
-    from lqs_megatron.scorer.compat import dataset_tokenizer, tokenizer_info  # noqa: PLC0415
+    from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info  # noqa: PLC0415
 
     if (src_tokenizer is None) != (dst_tokenizer is None):
         raise LQSError("--src-tokenizer and --dst-tokenizer go together (give both or neither)")

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.data.indexed import IndexedDataset, idx_path
 from lqs_megatron.errors import LQSError
-from lqs_megatron.scorer.compat import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.scorer.config import ScoreOptions
 from lqs_megatron.scorer.model import Scorer, load_scorer
 from lqs_megatron.scorer.predict import predict
@@ -116,21 +116,39 @@ def score_dataset(
     options: ScoreOptions | None = None,
     dims=None,
     progress: bool = True,
+    shard=None,
 ) -> dict:
     """Score every sequence of ``data`` with the scorer checkpoint; write ``out_dir/scores.npy``.
 
     ``dims``: a :class:`lqs_megatron.distributed.ParallelDims` (default: one process on the
-    best device). Returns the run's statistics (also written to ``out_dir/score_stats.json``).
+    best device). ``shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
+    ``[I*n/N, (I+1)*n/N)`` only, into ``out_dir.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
+    joins them). Rank 0 holds the output's lock. Returns the run's statistics (also written to
+    ``score_stats.json``).
     """
+    from lqs_megatron.data.sharding import shard_output  # noqa: PLC0415
     from lqs_megatron.distributed import ParallelDims  # noqa: PLC0415
+    from lqs_megatron.utils.lock import output_lock  # noqa: PLC0415
 
-    opts = options or ScoreOptions()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    out = shard_output(out_dir, shard)
+    with output_lock(out, enabled=dims.is_main):
+        return _score_dataset(scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard)
+
+
+def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard) -> dict:
+    from lqs_megatron.data.sharding import split_range  # noqa: PLC0415
+
     t0 = time.time()
     ds = IndexedDataset(data)
-    n = len(ds)
-    if n == 0:
+    if len(ds) == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
+    # the whole dataset unless sharded; a shard is whole restart units, so every score is computed in the
+    # same batch as in one run (bucketed batches decide the last bits of a score)
+    begin, stop = split_range(len(ds), shard, opts.shard_size)
+    n = stop - begin
+    if shard is not None and n == 0:
+        logger.warning("shard %s of %d sequences in units of --shard-size %d is empty", shard, len(ds), opts.shard_size)
     model, cfg, ckpt = load_scorer(scorer)
     check_same_tokenizer(
         cfg.tokenizer,
@@ -144,13 +162,14 @@ def score_dataset(
 
     out = Path(out_dir)
     shard_dir = out / "shards"
-    ranges = shard_ranges(n, opts.shard_size)
+    ranges = shard_ranges(n, opts.shard_size)  # relative to ``begin``
     plan = None
     if dims.is_main:
         shard_dir.mkdir(parents=True, exist_ok=True)
         for stale in shard_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
             stale.unlink(missing_ok=True)
-        err = _check_meta(shard_dir, run_meta(ds, ckpt, opts.shard_size))
+        sharded = {"range": [begin, stop]} if shard is not None else {}
+        err = _check_meta(shard_dir, {**run_meta(ds, ckpt, opts.shard_size), **sharded})
         todo = [k for k in range(len(ranges)) if not shard_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
     plan = _broadcast(plan, dims)
@@ -189,7 +208,7 @@ def score_dataset(
             net,
             cfg,
             ds,
-            np.arange(start, end),
+            np.arange(begin + start, begin + end),
             device,
             max_tokens=opts.max_tokens,
             max_batch_size=opts.max_batch_size,
@@ -208,6 +227,12 @@ def score_dataset(
     dims.barrier()
     if dims.is_main:
         stats = merge_shards(out, n, opts.shard_size)
+        if opts.parquet:
+            from lqs_megatron.data.scores import write_scores_parquet  # noqa: PLC0415
+
+            write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), data, begin)
+        if shard is not None:
+            stats.update(shard={"index": shard.index, "count": shard.count, "range": [begin, stop]})
         stats.update(
             num_shards=len(ranges),
             shards_skipped=len(ranges) - len(todo),
@@ -224,6 +249,7 @@ def score_dataset(
             device=str(device),
             bf16=bool(opts.bf16 and device.type == "cuda"),
             compile=opts.compile,
+            parquet=opts.parquet,
         )
         save_json(out / "score_stats.json", stats)
         logger.info(
@@ -251,16 +277,10 @@ def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
         if a.shape != (end - start,) or a.dtype != np.float32:
             raise LQSError(f"{p}: expected {end - start} float32 scores, found {a.dtype} {a.shape}")
         parts.append(a)
-    scores = np.concatenate(parts)
+    scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)  # none: an empty --shard
     save_npy(out / "scores.npy", scores)
-    return {
-        "num_sequences": n,
-        "shard_size": shard_size,
-        "mean": float(scores.mean()),
-        "std": float(scores.std()),
-        "min": float(scores.min()),
-        "max": float(scores.max()),
-    }
+    summary = {k: float(getattr(scores, k)()) if len(scores) else None for k in ("mean", "std", "min", "max")}
+    return {"num_sequences": n, "shard_size": shard_size, **summary}
 
 
 def _progress_bar(total: int, enabled: bool, world: int):

@@ -5,7 +5,8 @@
   ``build_sample_idx``; consecutive samples share one token). When the run needs more samples
   than one pass holds, the same order repeats (another epoch). ``shuffle`` permutes the
   packed samples with a seeded generator (Megatron's default behaviour).
-- Several datasets with weights: sample ``g`` of the run comes from dataset ``d(g)``, the
+- Several datasets with weights (``--data P1 P2 --data-weights 0.3 0.7``, or Megatron's blend
+  ``--data 0.3 P1 0.7 P2``: :func:`parse_blend`): sample ``g`` of the run comes from dataset ``d(g)``, the
   ``k(g)``-th sample of that dataset, chosen so that every prefix of the stream holds each
   dataset in proportion to its weight (within one sample).
 
@@ -25,6 +26,49 @@ from lqs_megatron.data.indexed import IndexedDataset, bin_path
 from lqs_megatron.data.sample_index import build_sample_index, gather_sample, samples_available
 from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+
+
+def parse_blend(items: list[str] | str, weights: list[float] | None = None) -> tuple[list[str], list[float] | None]:
+    """``--data`` (and ``--data-weights``) -> ``(prefixes, weights)``, Megatron's blend form included.
+
+    ``--data P1 P2 --data-weights 0.3 0.7`` and Megatron-LM's blend ``--data 0.3 P1 0.7 P2`` (as one
+    argument, ``"0.3 P1 0.7 P2"``, or several) give the same result. The blend form is recognised when
+    the first whitespace-separated token is a number; it must then alternate weight, prefix. Plain
+    prefixes are taken as given (a path may hold spaces). Weights are not normalised here
+    (:func:`blend_indices` does), and must be finite and >= 0 with a positive sum.
+    """
+    items = [items] if isinstance(items, str) else [str(x) for x in items]
+    tokens = [t for item in items for t in item.split()]
+    if tokens and _number(tokens[0]) is not None:
+        if weights is not None:
+            raise LQSError("--data holds a blend (weight prefix ...): give the weights there or in --data-weights, "
+                           "not both")  # fmt: skip
+        if len(tokens) % 2:
+            raise LQSError(f"--data blend {' '.join(tokens)!r}: expected pairs of weight and prefix")
+        weights, prefixes = [], []
+        for w, p in zip(tokens[::2], tokens[1::2]):
+            if _number(w) is None:
+                raise LQSError(f"--data blend {' '.join(tokens)!r}: {w!r} is not a weight (expected weight prefix ...)")
+            if _number(p) is not None:
+                raise LQSError(f"--data blend {' '.join(tokens)!r}: {p!r} should be a dataset prefix, got a number")
+            weights.append(_number(w))
+            prefixes.append(p)
+    else:
+        prefixes = items
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(prefixes):
+            raise LQSError(f"--data-weights has {len(weights)} values for {len(prefixes)} --data prefixes")
+        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+            raise LQSError(f"--data-weights must be finite and >= 0 with a positive sum, got {weights}")
+    return prefixes, weights
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class _Cycle:
@@ -94,10 +138,7 @@ class SampleStream:
         shuffle: bool = False,
         seed: int = 0,
     ):
-        if weights is not None and len(weights) != len(prefixes):
-            raise LQSError(f"--data-weights has {len(weights)} values for {len(prefixes)} --data prefixes")
-        if weights is not None and (any(x < 0 for x in weights) or not sum(weights) > 0):
-            raise LQSError(f"--data-weights must be >= 0 with a positive sum, got {weights}")
+        prefixes, weights = parse_blend(prefixes, weights)
         self.seq_length, self.num_samples = seq_length, num_samples
         if len(prefixes) == 1:
             self.which = None

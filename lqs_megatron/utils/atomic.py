@@ -41,7 +41,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never hide the error that got us here (e.g. behind EROFS)
             tmp.unlink()
         raise
 
@@ -81,7 +81,7 @@ def atomic_prefix(prefix: str | os.PathLike) -> Iterator[str]:
         os.replace(tmp_idx, f"{prefix}.idx")
     except BaseException:
         for p in (tmp_bin, tmp_idx):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # never hide the error that got us here (e.g. behind EROFS)
                 p.unlink()
         raise
 

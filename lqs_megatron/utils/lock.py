@@ -89,9 +89,14 @@ def _pid_alive(pid: int) -> bool:
 
 def _acquire(path: str, command: str | None) -> int:
     """Open, flock and fill the lock file; return its descriptor. Raises :class:`OutputLocked`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only mount, no permission: the run cannot write its output either
+            raise LQSError(
+                f"cannot create {path}: {e.strerror or e} (the output must be on a writable filesystem)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

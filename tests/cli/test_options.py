@@ -46,7 +46,7 @@ TS = ["train-scorer", "--data", "d", "--out", "o", "--base", "b"]
 SCORE = ["score", "--scorer", "s", "--data", "d", "--out", "o"]
 EVAL = ["evaluate", "--model", "m", "--data", "d", "--max-length", "8"]
 # settings that exclude each other: the round trip leaves the second one unset
-EXCLUSIVE = {PretrainConfig: "init_from", TrainScorerRun: "model_config"}
+EXCLUSIVE = {PretrainConfig: "init_from", TrainScorerRun: "model_config", MergeConfig: "shards"}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -54,8 +54,14 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
+# settings whose values have a form of their own
+VALUES = {"shard": "1/3", "keep_fields": ["source", "url"]}
+
+
 def _not_default(cls, f: dataclasses.Field):
     """A valid value of the setting that differs from its default."""
+    if f.name in VALUES:
+        return VALUES[f.name]
     kind, choices = kind_of(cls, f.name), flag_of(f).choices
     if choices:
         return choices[-1] if choices[-1] != f.default else choices[0]
@@ -95,6 +101,8 @@ def test_defaults_are_the_dataclass_defaults(command):
         req[TrainScorerRun]["base"] = "hf"
     if PretrainConfig in req:
         req[PretrainConfig]["model_config"] = "tiny"
+    if MergeConfig in req:
+        req[MergeConfig]["data"] = ["a", "b"]
     argv = [a for cls in classes for a in to_argv(cls, req[cls], keep_defaults=True)]
     args = build_parser().parse_args([command, *argv])
     for cls in classes:  # a flag default stands in for a field that has none (library callers pass it)

@@ -59,7 +59,8 @@ def test_export_round_trip(tmp_path, tiny_tokenizer, texts):
     assert np.array_equal(np.array([r["score"] for r in rows], dtype=np.float32), scores)
 
     info = export_jsonl(tmp_path / "c", tiny_tokenizer, tmp_path / "n.jsonl")  # in-process: no second start-up
-    assert info == {"path": str(tmp_path / "n.jsonl"), "num_lines": len(texts) + 1, "with_scores": False}
+    assert info == {"path": str(tmp_path / "n.jsonl"), "num_lines": len(texts) + 1, "with_scores": False,
+                    "format": "jsonl"}  # fmt: skip
     rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(set(r) == {"index", "text"} for r in rows) and rows[3]["text"] == texts[3]
 

@@ -418,5 +418,5 @@ def test_train_scorer_warns_when_an_epoch_has_few_steps(scorer_data, tmp_path):
     assert "an epoch is only 5 optimizer step(s) (360 training sequences, --global-batch-size 64)" in proc.stderr
     proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
                scorer_data["data"], "--out", tmp_path / "ck2", "--batch-size", "512")  # fmt: skip
-    assert proc.returncode == 1 and "--batch-size 512 is larger than the training split (360" in error_line(proc)
+    assert proc.returncode == 1 and "--global-batch-size 512 is larger than the training split (360" in error_line(proc)
     assert not (tmp_path / "ck2" / "latest").exists()
