@@ -94,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="encode whole documents with the tokenizer's backend instead of the word cache (same ids; "
         "the cache applies to sentencepiece-style BPE and is several times faster, see docs/data.md)",
     )
+    p.add_argument(
+        "--no-gigatoken",
+        action="store_true",
+        help="do not encode with the optional gigatoken package even where it gives the tokenizer's exact ids "
+        "(it is used by default when installed; see docs/data.md)",
+    )
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser(
@@ -165,6 +171,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         workers=args.workers,
         on_error=args.on_error,
         word_cache=not args.no_word_cache,
+        gigatoken=not args.no_gigatoken,
     )
     _report(tokenize(cfg))
     return 0

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from lqs_megatron import _C
 from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
 from lqs_megatron.data.indexed import IndexedDatasetWriter, optimal_dtype
 from lqs_megatron.data.jsonl import (
@@ -84,6 +85,9 @@ class TokenizeConfig:
     word_cache: bool = True
     """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
     (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
+    gigatoken: bool = True
+    """``--no-gigatoken`` turns off the optional gigatoken backend (used where it gives the same ids,
+    ``data/gigatoken_backend.py``)."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -184,13 +188,16 @@ class EncodeDocuments:
     """The worker's job for ``lqs tokenize``: one batch of raw lines -> :class:`EncodedBatch`."""
 
     def __init__(self, config: TokenizeConfig, dtype: np.dtype, eos: int, punkt_params=None):
-        self.encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
+        self.encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache, gigatoken=config.gigatoken)
         self.field, self.on_error, self.mode = config.field, config.on_error, config.mode
         self.max_length = config.max_length if config.mode == "document" else None
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
         self._sentences = None
 
     def texts(self, path: str, nums: list[int], raws: list[bytes], skipped: list[BadLine]) -> list[str]:
+        fast = _C.jsonl_texts(raws, self.field)  # native; None when a line needs the reader below
+        if fast is not None:
+            return fast
         texts = []
         for n, raw in zip(nums, raws):
             if is_blank(raw):
@@ -324,12 +331,12 @@ def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, 
 def tokenize(config: TokenizeConfig) -> dict:
     """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``)."""
     t0 = time.perf_counter()
-    encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
+    encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache, gigatoken=config.gigatoken)
     tok = encoder.tok  # loads it: a clear error for a missing directory or no EOS
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
     dtype = optimal_dtype(vocab)
     files = expand_inputs(config.inputs)
-    encoding = "word cache" if config.mode == "document" and encoder.word_cache is not None else "backend"
+    encoding = encoder.encoding if config.mode == "document" else "backend"
     punkt = chunker = None
     if config.mode == "chunk":
         if encoder.backend is None:
@@ -381,6 +388,7 @@ def tokenize_files(
     on_error: str = "fail",
     progress: bool = True,
     word_cache: bool = True,
+    gigatoken: bool = True,
 ) -> dict:
     """Tokenize jsonl files into ``out_prefix.bin/.idx`` (+ ``.stats.json``); return the stats dict.
 
@@ -398,5 +406,6 @@ def tokenize_files(
         on_error=on_error,
         progress=progress,
         word_cache=word_cache,
+        gigatoken=gigatoken,
     )
     return tokenize(cfg)

@@ -59,22 +59,30 @@ class BatchEncoder:
     whose texts are all plain go through :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`
     instead: each distinct word is encoded once per process, the same ids again.
     ``word_cache=False`` turns that off.
+
+    When ``gigatoken`` is installed and gives exactly the backend's ids for this tokenizer
+    (``data/gigatoken_backend.py`` checks that when the tokenizer loads: byte-level BPE such as
+    GPT-2's, Llama-3's and Qwen's, and the sentencepiece style above), plain texts go through it
+    first, the fastest of the three. ``gigatoken=False`` turns that off. :attr:`encoding` names
+    the path plain texts take.
     """
 
-    def __init__(self, tokenizer_dir: str | os.PathLike, word_cache: bool = True):
+    def __init__(self, tokenizer_dir: str | os.PathLike, word_cache: bool = True, gigatoken: bool = True):
         self.tokenizer_dir = str(tokenizer_dir)
-        self.use_word_cache = word_cache
+        self.use_word_cache, self.use_gigatoken = word_cache, gigatoken
         self._backend = None
         self._raw = None  # the backend without its normaliser, when the fast path applies
         self._words = None  # the WordCacheEncoder, when it applies
+        self._giga = None  # the GigatokenEncoder, when it applies
         self._specials: tuple[str, ...] = ()
+        self._special_set = None  # _C.SpecialStrings of _specials, built on first use
         self._loaded = False
 
     def __getstate__(self) -> dict:
-        return {"tokenizer_dir": self.tokenizer_dir, "word_cache": self.use_word_cache}
+        return {"tokenizer_dir": self.tokenizer_dir, "word_cache": self.use_word_cache, "gigatoken": self.use_gigatoken}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tokenizer_dir"], state.get("word_cache", True))
+        self.__init__(state["tokenizer_dir"], state.get("word_cache", True), state.get("gigatoken", True))
 
     @property
     def tok(self):
@@ -98,6 +106,13 @@ class BatchEncoder:
                     spec = word_cache_spec(self._raw)
                     if spec is not None:
                         self._words = WordCacheEncoder(self._raw, *spec)
+                if self.use_gigatoken:
+                    from lqs_megatron.data.gigatoken_backend import GigatokenEncoder, gigatoken_spec  # noqa: PLC0415
+
+                    spec = gigatoken_spec(bt)
+                    if spec is not None:
+                        self._giga = GigatokenEncoder(*spec)
+                        self._specials = _added_token_strings(bt)
             self._backend, self._loaded = bt, True
         return self._backend
 
@@ -107,20 +122,43 @@ class BatchEncoder:
         self.backend  # noqa: B018 - loads
         return self._words
 
-    def _plain(self, text: str) -> bool:
-        """Whether the fast paths may encode ``text``: not empty, no special token's string in it."""
-        return bool(text) and not any(sp in text for sp in self._specials)
+    @property
+    def gigatoken(self):
+        """The :class:`~lqs_megatron.data.gigatoken_backend.GigatokenEncoder`, or ``None`` where it does not apply."""
+        self.backend  # noqa: B018 - loads
+        return self._giga
+
+    @property
+    def encoding(self) -> str:
+        """How plain texts are encoded: ``gigatoken``, ``word cache`` or ``backend`` (the tokenizer's own)."""
+        if self.gigatoken is not None:
+            return "gigatoken"
+        return "word cache" if self.word_cache is not None else "backend"
+
+    def _fast(self):
+        """The fastest encoder that applies (gigatoken, then the word cache), or ``None``."""
+        self.backend  # noqa: B018 - loads
+        return self._giga or self._words
+
+    def _plain(self, texts: list[str]) -> list[bool]:
+        """Per text, whether the fast paths may encode it: not empty, no added token's string in it
+        (the backend splits those out first; ``_C.SpecialStrings`` scans for all of them at once)."""
+        if self._special_set is None:
+            from lqs_megatron import _C  # noqa: PLC0415
+
+            self._special_set = _C.SpecialStrings(list(self._specials))
+        return self._special_set.plain(texts)
 
     def encode_flat(
         self, texts: list[str], eos: int, max_length: int | None
     ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
         """``(tokens int32, lengths, truncated, dropped)`` of the texts, EOS appended and cut as
-        ``lqs tokenize`` does, through the word cache; ``None`` when the cache does not apply to
+        ``lqs tokenize`` does, through gigatoken or the word cache; ``None`` when neither applies to
         this tokenizer or batch (then use :meth:`encode`)."""
-        words = self.word_cache
-        if words is None or not texts or not all(map(self._plain, texts)):
+        fast = self._fast()
+        if fast is None or not texts or not all(self._plain(texts)):
             return None
-        return words.encode_flat(texts, True, eos, max_length or 0)
+        return fast.encode_flat(texts, True, eos, max_length or 0)
 
     @property
     def eos_token_id(self) -> int:
@@ -134,11 +172,16 @@ class BatchEncoder:
         if bt is None:
             return [list(x) for x in self.tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
         texts = list(texts)
-        if self._raw is None:
+        fast = self._giga or self._words
+        if self._raw is None and fast is None:
             return _encode(bt, texts, add_special_tokens)
-        plain = [self._plain(t) for t in texts]
-        if self._words is not None and all(plain):
-            return self._words.encode(texts, add_special_tokens)
+        plain = self._plain(texts)
+        if fast is not None and all(plain):
+            return fast.encode(texts, add_special_tokens)
+        if self._raw is None:  # gigatoken for the plain texts, the backend for the others
+            fast_ids = iter(fast.encode([t for t, ok in zip(texts, plain) if ok], add_special_tokens))
+            slow_ids = iter(_encode(bt, [t for t, ok in zip(texts, plain) if not ok], add_special_tokens))
+            return [next(fast_ids) if ok else next(slow_ids) for ok in plain]
         pre = ["▁" + t.replace(" ", "▁") for t, ok in zip(texts, plain) if ok]
         rest = [t for t, ok in zip(texts, plain) if not ok]
         fast_ids = iter(_encode(self._raw, pre, add_special_tokens))
@@ -183,6 +226,13 @@ def _without_sentencepiece_normalizer(bt) -> tuple[object | None, tuple[str, ...
     raw = Tokenizer.from_str(bt.to_str())
     raw.normalizer = None
     return raw, tuple(t["content"] for t in spec.get("added_tokens", []) if t.get("content"))
+
+
+def _added_token_strings(bt) -> tuple[str, ...]:
+    """The contents of the tokenizer's added tokens (the backend splits them out of a text first)."""
+    import json  # noqa: PLC0415
+
+    return tuple(t["content"] for t in json.loads(bt.to_str()).get("added_tokens", []) if t.get("content"))
 
 
 def _encode(bt, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
