@@ -25,6 +25,16 @@ namespace {
 
 constexpr int kMaxDepth = 64;
 
+// Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\\'.
+struct PlainChars {
+  bool table[256];
+  constexpr PlainChars() : table() {
+    for (int c = 0; c < 256; ++c) table[c] = c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+  }
+  constexpr bool operator[](unsigned char c) const { return table[c]; }
+};
+constexpr PlainChars kPlainChar;
+
 class Parser {
  public:
   Parser(const char* p, const char* end) : p_(reinterpret_cast<const unsigned char*>(p)),
@@ -135,7 +145,7 @@ class Parser {
     ++p_;
     for (;;) {
       const unsigned char* run = p_;
-      while (p_ < end_ && *p_ >= 0x20 && *p_ < 0x80 && *p_ != '"' && *p_ != '\\') ++p_;
+      while (p_ < end_ && kPlainChar[*p_]) ++p_;
       if (out != nullptr) out->append(reinterpret_cast<const char*>(run), p_ - run);
       if (p_ >= end_) return false;
       const unsigned char c = *p_;

@@ -21,7 +21,9 @@ class SpecialStrings {
   explicit SpecialStrings(const std::vector<std::string>& strings) {
     for (const std::string& s : strings) {
       if (s.empty()) continue;
-      by_first_[static_cast<unsigned char>(s[0])].push_back(s);
+      auto& bucket = by_first_[static_cast<unsigned char>(s[0])];
+      if (bucket.empty()) firsts_.push_back(static_cast<unsigned char>(s[0]));
+      bucket.push_back(s);
       ++count_;
     }
   }
@@ -48,15 +50,26 @@ class SpecialStrings {
  private:
   bool holds_any(std::string_view text) const {
     if (count_ == 0) return false;
-    const char* p = text.data();
-    const char* const end = p + text.size();
-    for (; p < end; ++p) {
-      const auto& candidates = by_first_[static_cast<unsigned char>(*p)];
-      for (const std::string& s : candidates)
+    const char* const begin = text.data();
+    const char* const end = begin + text.size();
+    auto match_at = [&](const char* p) {
+      for (const std::string& s : by_first_[static_cast<unsigned char>(*p)])
         if (static_cast<size_t>(end - p) >= s.size() && std::memcmp(p, s.data(), s.size()) == 0) return true;
+      return false;
+    };
+    if (firsts_.size() <= kMemchrFirsts) {  // few first bytes ('<' for most tokenizers): memchr runs
+      for (unsigned char f : firsts_)
+        for (const char* p = begin; (p = static_cast<const char*>(std::memchr(p, f, end - p))) != nullptr; ++p)
+          if (match_at(p)) return true;
+      return false;
     }
+    for (const char* p = begin; p < end; ++p)
+      if (!by_first_[static_cast<unsigned char>(*p)].empty() && match_at(p)) return true;
     return false;
   }
+
+  static constexpr size_t kMemchrFirsts = 4;
+  std::vector<unsigned char> firsts_;
 
   std::array<std::vector<std::string>, 256> by_first_;
   size_t count_ = 0;

@@ -26,7 +26,7 @@ backend splits those out first, gigatoken does not); the others take the backend
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import threading
 
 import numpy as np
 
@@ -105,23 +105,18 @@ def _affixes(bt) -> tuple[list[int], list[int]] | None:
     return found
 
 
-def gigatoken_spec(bt) -> tuple[object, list[int], list[int]] | None:
+def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], list[int]] | None:
     """``(gigatoken Tokenizer, prefix ids, suffix ids)`` when gigatoken gives exactly the ids of the
     ``tokenizers.Tokenizer`` ``bt`` (truncation and padding off); ``None`` when it does not apply
-    (gigatoken missing, a component it does not implement, a probe string that differs)."""
+    (gigatoken missing, a component it does not implement, a probe string that differs).
+    ``spec``: the parsed ``tokenizer.json`` (or the parts of it :func:`_structure_ok` reads), when
+    the caller has it."""
     if not gigatoken_available():
         return None
-    return _spec(bt.to_str())
-
-
-@lru_cache(maxsize=4)
-def _spec(spec_str: str) -> tuple[object, list[int], list[int]] | None:
-    """:func:`gigatoken_spec` of a ``tokenizer.json``, once per process (a forked worker inherits it)."""
     import gigatoken  # noqa: PLC0415
-    from tokenizers import Tokenizer  # noqa: PLC0415
 
-    bt = Tokenizer.from_str(spec_str)
-    spec = json.loads(spec_str)
+    spec_str = bt.to_str()
+    spec = json.loads(spec_str) if spec is None else spec
     if not _structure_ok(spec):
         return None
     try:
@@ -166,19 +161,48 @@ class GigatokenEncoder:
     def __init__(self, tok, prefix: list[int], suffix: list[int]):
         self._tok, self.prefix, self.suffix = tok, list(prefix), list(suffix)
 
+    @staticmethod
+    def _parallel() -> bool:
+        """Whether to use gigatoken's thread pool: on the main thread, not inside a worker process
+        (gigatoken's own test); a worker thread or process encodes on its own thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            from gigatoken._parallel import resolve_parallel  # noqa: PLC0415
+        except ImportError:
+            return False
+        return resolve_parallel(None)
+
+    def _rows(self, texts: list[str]):
+        """The texts' ids: one array per text on the calling thread (a worker process), where one
+        ``encode`` per text keeps gigatoken's word cache across calls (its serial ``encode_batch``
+        does not: 3x the time on 256-document batches of sentencepiece-style text); else
+        ``(ids, row offsets)`` from ``encode_batch`` on gigatoken's thread pool."""
+        if self._parallel():
+            return _flat(self._tok.encode_batch(list(texts), parallel=True))
+        encode = self._tok.backend.encode
+        return [encode(t) for t in texts]
+
     def encode_flat(
         self, texts: list[str], add_special_tokens: bool = True, eos: int = -1, max_length: int = 0
     ) -> tuple[np.ndarray, np.ndarray, int, int]:
         """``(tokens int32, lengths int64, truncated, dropped)``, as ``WordCacheEncoder.encode_flat``."""
         from lqs_megatron import _C  # noqa: PLC0415
 
-        ids, offsets = _flat(self._tok.encode_batch(list(texts)))
+        rows = self._rows(texts)
         pre, suf = (self.prefix, self.suffix) if add_special_tokens else ([], [])
-        return _C.assemble_rows(ids, offsets, pre, suf, int(eos), int(max_length or 0))
+        if isinstance(rows, list):
+            return _C.assemble_arrays(rows, pre, suf, int(eos), int(max_length or 0))
+        return _C.assemble_rows(*rows, pre, suf, int(eos), int(max_length or 0))
 
     def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         """The texts' ids as lists (what ``tok(text).input_ids`` gives)."""
-        rows = self._tok.encode_batch_list(list(texts))
+        rows = self._rows(texts)
+        if isinstance(rows, list):
+            rows = [r.tolist() for r in rows]
+        else:
+            flat, bounds = rows[0].tolist(), rows[1].tolist()
+            rows = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
         if add_special_tokens and (self.prefix or self.suffix):
             return [self.prefix + r + self.suffix for r in rows]
         return rows

@@ -194,6 +194,11 @@ class EncodeDocuments:
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
         self._sentences = None
 
+    @property
+    def threads(self) -> bool:
+        """Whether worker threads can run this job (gigatoken and the native reader release the GIL)."""
+        return self.mode == "document" and self.encoder.encoding == "gigatoken"
+
     def texts(self, path: str, nums: list[int], raws: list[bytes], skipped: list[BadLine]) -> list[str]:
         fast = _C.jsonl_texts(raws, self.field)  # native; None when a line needs the reader below
         if fast is not None:
@@ -273,7 +278,7 @@ def write_batches(
     bar = Progress(desc, enabled=progress)
     try:
         with IndexedDatasetWriter(out_prefix, dtype) as writer:
-            for out in ordered_map(work, batches, workers):
+            for out in ordered_map(work, batches, workers, threads=getattr(work, "threads", False)):
                 for e in out.skipped:
                     skipped.add(e)
                 per_doc = out.sequences_per_document

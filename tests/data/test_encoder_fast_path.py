@@ -20,7 +20,7 @@ def _random_texts(n: int, seed: int) -> list[str]:
 def test_fast_path_equals_the_tokenizer(tiny_tokenizer):
     tok = load_tokenizer(tiny_tokenizer)
     enc = BatchEncoder(tiny_tokenizer, word_cache=False, gigatoken=False)  # the word cache has its own tests
-    assert enc.backend is not None and enc._raw is not None, "the trained tokenizer should take the fast path"
+    assert enc.backend is not None and enc._paths.raw is not None, "the trained tokenizer should take the fast path"
     texts = CORNERS + demo_texts()[:60] + _random_texts(400, seed=7)
     for add in (False, True):
         got = enc.encode(texts, add_special_tokens=add)
@@ -31,9 +31,10 @@ def test_fast_path_equals_the_tokenizer(tiny_tokenizer):
 
 def test_without_gigatoken_the_native_paths_take_over(tiny_tokenizer, bytelevel_tokenizer, monkeypatch):
     """With gigatoken not installed, the word cache (sentencepiece) or the backend (byte-level) encode."""
-    from lqs_megatron.data import gigatoken_backend
+    from lqs_megatron.data import gigatoken_backend, tokenizer
 
     monkeypatch.setattr(gigatoken_backend, "gigatoken_available", lambda: False)
+    monkeypatch.setattr(tokenizer, "_load_paths", tokenizer._load_paths.__wrapped__)  # no per-process cache
     texts = demo_texts()[:20] + _random_texts(100, seed=2)
     for tok_dir, encoding in ((tiny_tokenizer, "word cache"), (bytelevel_tokenizer, "backend")):
         enc = BatchEncoder(tok_dir)

@@ -73,7 +73,12 @@ FAMILIES = ["tiny_tokenizer", "bytelevel_tokenizer", "llama3_tokenizer"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_ids_equal_the_tokenizer(family, request):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_ids_equal_the_tokenizer(family, parallel, request, monkeypatch):
+    """Both ways of calling gigatoken: its thread pool (main process), one text at a time (workers)."""
+    from lqs_megatron.data.gigatoken_backend import GigatokenEncoder
+
+    monkeypatch.setattr(GigatokenEncoder, "_parallel", staticmethod(lambda: parallel))
     tok_dir = request.getfixturevalue(family)
     tok = load_tokenizer(tok_dir)
     enc = BatchEncoder(tok_dir)
@@ -88,7 +93,10 @@ def test_ids_equal_the_tokenizer(family, request):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("max_length", [None, 3, 40])
-def test_encode_flat_matches_flatten(family, max_length, request):
+def test_encode_flat_matches_flatten(family, max_length, request, monkeypatch):
+    from lqs_megatron.data.gigatoken_backend import GigatokenEncoder
+
+    monkeypatch.setattr(GigatokenEncoder, "_parallel", staticmethod(lambda: max_length == 3))
     tok_dir = request.getfixturevalue(family)
     tok = load_tokenizer(tok_dir)
     texts = demo_texts()[:20] + random_texts(300, seed=5)

@@ -248,7 +248,8 @@ def test_killed_run_leaves_no_finished_looking_output(tmp_path, corpus_jsonl, ti
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lqs_megatron", "tokenize", "--input", str(big), "--field", "text",
-         "--tokenizer", tiny_tokenizer, "--out", str(out), "--workers", "2"],
+         "--tokenizer", tiny_tokenizer, "--out", str(out), "--workers", "2",
+         "--no-gigatoken"],  # worker processes (gigatoken encodes in threads of the main process)
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     tmp_bin = tmp_path / f"out.tmp-{proc.pid}.bin"

@@ -47,6 +47,7 @@ def test_ids_equal_whole_text_encoding(tiny_tokenizer, add):
     texts = corner_texts() + demo_texts()[:40] + random_texts(600, seed=11)
     want = whole_text_ids(tiny_tokenizer, texts, add)
     enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
+    enc.word_cache.cache.clear()  # the encoders are shared per process: start cold
     got = enc.encode(texts, add_special_tokens=add)  # cold cache: every segment a miss
     bad = [t for t, g, w in zip(texts, got, want) if g != w]
     assert not bad, bad[:5]
@@ -58,7 +59,7 @@ def test_ids_equal_whole_text_encoding(tiny_tokenizer, add):
 def test_tiny_budget_clears_and_stays_exact(tiny_tokenizer):
     enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     enc.backend  # noqa: B018 - loads
-    words = WordCacheEncoder(enc._raw, *word_cache_spec(enc._raw), max_bytes=2000)
+    words = WordCacheEncoder(enc._paths.raw, *word_cache_spec(enc._paths.raw), max_bytes=2000)
     texts = demo_texts()[:30] + random_texts(300, seed=5)
     want = whole_text_ids(tiny_tokenizer, texts, False)
     sizes = []
