@@ -275,6 +275,14 @@ OURS = {
     "lqs tokenize --no-gigatoken --no-word-cache": {"gigatoken": False, "word_cache": False},
 }
 ANCHORS = (CLASSIC, MEGATRON, GIGATOKEN)
+TOOL_NAMES = {
+    "classic": CLASSIC,
+    "megatron": MEGATRON,
+    "gigatoken": GIGATOKEN,
+    "ours": "lqs tokenize",
+    "ours-no-gigatoken": "lqs tokenize --no-gigatoken",
+    "ours-backend": "lqs tokenize --no-gigatoken --no-word-cache",
+}
 
 MEGATRON_DRIVER = r"""
 import contextlib, importlib.util, json, os, resource, sys, time
@@ -399,6 +407,8 @@ def bench_family(family: str, corpus: str, n_docs: int, work: str, args, megatro
     tools = [CLASSIC, MEGATRON, GIGATOKEN, *OURS]
     if family != "sentencepiece":  # no word cache applies: the same run as --no-gigatoken
         tools.remove("lqs tokenize --no-gigatoken --no-word-cache")
+    chosen = {TOOL_NAMES[t] for t in args.tools.split(",") if t}
+    tools = [t for t in tools if t in chosen or t == CLASSIC]  # the classic output is the reference: run once
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     skipped: dict[str, str] = {}
     if megatron[0] is None:
@@ -410,7 +420,7 @@ def bench_family(family: str, corpus: str, n_docs: int, work: str, args, megatro
     outs = {t: os.path.join(work, f"out-{family}-{i}") for i, t in enumerate(tools)}
     for rep in range(args.repeats):
         for tool in tools if rep % 2 == 0 else tools[::-1]:
-            if tool in skipped:
+            if tool in skipped or (tool == CLASSIC and CLASSIC not in chosen and runs[CLASSIC]):
                 continue
             r = timed_run(tool, corpus, tok_dir, outs[tool], args, megatron[0])
             if "error" in r:
@@ -490,12 +500,21 @@ def main() -> None:
         "this one)",
     )
     p.add_argument("--workdir", default=None, help="keep the corpus and tokenizers here and reuse them (default: temp)")
+    p.add_argument(
+        "--tools",
+        default=",".join(TOOL_NAMES),
+        help="comma-separated, of "
+        + ", ".join(TOOL_NAMES)
+        + " (classic runs at least once: its output is the reference)",
+    )
     p.add_argument("--corpus", default=None, help="a jsonl corpus (field `text`) instead of the generated one")
     p.add_argument("--tiny", action="store_true", help="a smoke run: 1 MB, small vocabularies, one repeat")
     args = p.parse_args()
     families = [f for f in args.families.split(",") if f]
     if not set(families) <= set(FAMILIES):
         p.error(f"--families: choose from {', '.join(FAMILIES)}")
+    if not set(t for t in args.tools.split(",") if t) <= set(TOOL_NAMES):
+        p.error(f"--tools: choose from {', '.join(TOOL_NAMES)}")
     if args.tiny:
         args.mb, args.repeats = min(args.mb, 1.0), 1
 
