@@ -17,8 +17,10 @@ categories the split regexes distinguish, contractions, digit runs, whitespace r
 emoji and other non-BMP characters, combining marks, control characters, ``▁`` itself) must
 encode to the same ids. The post-processor's fixed tokens become a prefix and a suffix added here.
 
-:class:`GigatokenEncoder` then encodes batches with gigatoken and assembles them natively
-(``_C.assemble_rows``: prefix/suffix, EOS, truncation, as the word cache does). Callers
+:class:`GigatokenEncoder` then encodes batches with gigatoken (on its thread pool from the main
+thread; one ``encode`` per text on a worker thread or in a worker process, which keeps
+gigatoken's word cache across batches) and assembles them natively (``_C.assemble_arrays`` /
+``_C.assemble_rows``: prefix/suffix, EOS, truncation, as the word cache does). Callers
 (``BatchEncoder``) hand it only *plain* texts: not empty, holding no added token's string (the
 backend splits those out first, gigatoken does not); the others take the backend.
 """
