@@ -11,6 +11,7 @@ from setuptools import setup
 ext = Pybind11Extension(
     "lqs_megatron._C",
     sorted(glob("csrc/*.cpp")),
+    depends=sorted(glob("csrc/*.h")),
     cxx_std=17,
     extra_compile_args=["-O3"],
 )

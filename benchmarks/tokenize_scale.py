@@ -23,6 +23,7 @@ The goal (issue 12) is a peak tree RSS under 2 GB for 10 GB inputs. One command,
 
     nice -n 19 python benchmarks/tokenize_scale.py --gb 10            # the full-size run
     python benchmarks/tokenize_scale.py --gb 0.2                      # a quick check
+    python benchmarks/tokenize_scale.py --tiny                        # seconds: what the tests run
 """
 
 # benchmarks/tokenize.py would shadow the standard library's ``tokenize`` (pandas, via pyarrow, imports it):
@@ -194,7 +195,14 @@ def main() -> None:
                     "the jsonl), snappy (pyarrow's default), zstd, ...")  # fmt: skip
     ap.add_argument("--tokenizer", default=None, help="an existing tokenizer directory (default: train one)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--tiny", action="store_true", help="a seconds-long check of the script itself (5 MB, 1,000 "
+                    "pieces, a fresh scratch directory): what the test suite runs")  # fmt: skip
     args = ap.parse_args()
+    if args.tiny:
+        import tempfile
+
+        args.gb, args.row_group_mb, args.vocab_size = 0.005, 1.0, 1000
+        args.dir = tempfile.mkdtemp(prefix="lqs-scale-tiny-")
     os.makedirs(args.dir, exist_ok=True)
     jsonl, parquet = os.path.join(args.dir, "corpus.jsonl"), os.path.join(args.dir, "corpus.parquet")
     try:

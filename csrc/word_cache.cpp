@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include "token_rows.h"
+
 namespace py = pybind11;
 
 namespace {
@@ -193,16 +195,7 @@ class WordCache {
           const int32_t* src = ids_.data() + it->second.offset;
           tokens->insert(tokens->end(), src, src + it->second.length);
         });
-        tokens->insert(tokens->end(), suffix.begin(), suffix.end());
-        if (eos >= 0 && (tokens->size() == start || tokens->back() != eos)) tokens->push_back(static_cast<int32_t>(eos));
-        int64_t n = static_cast<int64_t>(tokens->size() - start);
-        if (max_length > 0 && n > max_length) {
-          truncated += 1;
-          dropped += n - max_length;
-          tokens->resize(start + max_length);
-          if (eos >= 0) tokens->back() = static_cast<int32_t>(eos);
-          n = max_length;
-        }
+        const int64_t n = finish_row(*tokens, start, suffix, eos, max_length, truncated, dropped);
         lengths[i] = n;
       }
     }

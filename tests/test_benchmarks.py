@@ -16,7 +16,7 @@ from tests.utils import REPO
 
 GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
 NOT_BENCHMARKS = {"_harness.py"}  # the shared harness: run by every script
-CPU_ONLY = ["bench_curate.py", "tokenize.py", "quality.py"]  # no GPU figure: tiny runs here
+CPU_ONLY = ["bench_curate.py", "tokenize.py", "tokenize_scale.py", "quality.py"]  # no GPU figure: tiny runs here
 
 
 def _scripts() -> list[str]:

@@ -96,12 +96,15 @@ def ordered_map(
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
     max_in_flight: int | None = None,
+    threads: bool = False,
 ) -> Iterator[Any]:
     """Yield ``fn(task)`` for each task, in order, computed by ``workers`` processes.
 
     An exception raised by ``fn`` is re-raised here when its task's turn comes (so the
     first failing task *in input order* is the one reported). ``initializer(*initargs)``
-    runs once in each worker (or once here when ``workers == 0``).
+    runs once in each worker (or once here when ``workers == 0``). ``threads=True`` runs
+    ``fn`` in ``workers`` threads of this process instead: for work that releases the GIL
+    (native code), which then needs no pickling of tasks and results between processes.
     """
     if workers < 0:
         raise LQSError(f"--workers must be >= 0, got {workers}")
@@ -112,6 +115,9 @@ def ordered_map(
             yield fn(task)
         return
     max_in_flight = max_in_flight or 4 * workers + 4
+    if threads:
+        yield from _thread_map(fn, tasks, workers, initializer, initargs, max_in_flight)
+        return
     ctx = _context()
     task_q, result_q = ctx.Queue(), ctx.Queue()
     procs = [
@@ -172,3 +178,24 @@ def ordered_map(
         result_q.close()
         task_q.cancel_join_thread()
         result_q.cancel_join_thread()
+
+
+def _thread_map(fn, tasks, workers: int, initializer, initargs: tuple, max_in_flight: int) -> Iterator[Any]:
+    """:func:`ordered_map` in ``workers`` threads: at most ``max_in_flight`` tasks submitted and not yet consumed."""
+    from collections import deque  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    if initializer is not None:
+        initializer(*initargs)
+    futures: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="lqs-worker") as pool:
+        try:
+            for task in tasks:
+                futures.append(pool.submit(fn, task))
+                if len(futures) >= max_in_flight:
+                    yield futures.popleft().result()
+            while futures:
+                yield futures.popleft().result()
+        finally:
+            for f in futures:
+                f.cancel()

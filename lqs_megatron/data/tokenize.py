@@ -26,12 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from lqs_megatron import _C
 from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
 from lqs_megatron.data.fingerprint import fingerprint
 from lqs_megatron.data.indexed import dataset_exists, idx_path, optimal_dtype
 from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_text, iter_records, read_texts
 from lqs_megatron.data.meta import meta_line, meta_path
 from lqs_megatron.data.sharding import Shard, parse_shard, plan_inputs, shard_output
+from lqs_megatron.data.sources import Columns
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.data.writing import (  # noqa: F401 - write_batches, finish_stats re-exported for the other writers
     BitStream,
@@ -106,6 +108,14 @@ class TokenizeConfig:
     with ``lqs merge --shards OUT``. Default: from a Slurm job array (SLURM_ARRAY_TASK_ID/_COUNT) or torchrun's
     RANK/WORLD_SIZE, none outside them; ``none``: the whole input whatever the environment. A finished shard is
     not redone (docs/data.md)."""
+    gigatoken: bool = option(
+        True,
+        flag="--no-gigatoken",
+        help="Do not encode with the optional gigatoken package even where it gives the tokenizer's exact ids (it is "
+        "used by default when installed; see docs/data.md).",
+    )
+    """``--no-gigatoken`` turns off the optional gigatoken backend (used where it gives the same ids,
+    ``data/gigatoken_backend.py``)."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -206,14 +216,23 @@ class EncodeDocuments:
     """The worker's job for ``lqs tokenize``: one batch of raw lines -> :class:`EncodedBatch`."""
 
     def __init__(self, config: TokenizeConfig, dtype: np.dtype, eos: int, punkt_params=None):
-        self.encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
+        self.encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache, gigatoken=config.gigatoken)
         self.field, self.on_error, self.mode = config.field, config.on_error, config.mode
         self.max_length = config.max_length if config.mode == "document" else None
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
         self.keep_fields = config.keep_fields
         self._sentences = None
 
+    @property
+    def threads(self) -> bool:
+        """Whether worker threads can run this job (gigatoken and the native reader release the GIL)."""
+        return self.mode == "document" and self.encoder.encoding == "gigatoken"
+
     def texts(self, path: str, nums: list[int], rows, skipped: list[BadLine], meta: list[bytes] | None) -> list[str]:
+        if meta is None and not isinstance(rows, Columns):  # raw jsonl lines, no sidecar: the native reader
+            fast = _C.jsonl_texts(rows, self.field)  # None when a line needs the reader below
+            if fast is not None:
+                return fast
         texts = []
         for n, obj in iter_records(path, nums, rows, self.on_error, skipped.append):
             try:
@@ -307,7 +326,7 @@ def finished_shard(out: str, identity: dict, ignore: tuple[str, ...] = ()) -> di
 
 def _tokenize(config: TokenizeConfig, out: str) -> dict:
     t0 = time.perf_counter()
-    encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache)
+    encoder = BatchEncoder(config.tokenizer_dir, word_cache=config.word_cache, gigatoken=config.gigatoken)
     tok = encoder.tok  # loads it: a clear error for a missing directory or no EOS
     eos, vocab = encoder.eos_token_id, vocab_size(tok)
     dtype = optimal_dtype(vocab)
@@ -323,7 +342,7 @@ def _tokenize(config: TokenizeConfig, out: str) -> dict:
         if done is not None:
             log.info("tokenize: shard %s is already finished in %s (same inputs and arguments)", config.shard, out)
             return done
-    encoding = "word cache" if config.mode == "document" and encoder.word_cache is not None else "backend"
+    encoding = encoder.encoding if config.mode == "document" else "backend"
     punkt = chunker = None
     hooks, files = (None, None), ()
     if config.mode == "chunk":
@@ -399,6 +418,7 @@ def tokenize_files(
     progress: bool = True,
     word_cache: bool = True,
     keep_fields: list[str] | str | None = None,
+    gigatoken: bool = True,
 ) -> dict:
     """Tokenize jsonl files into ``out_prefix.bin/.idx`` (+ ``.stats.json``); return the stats dict.
 
@@ -417,5 +437,6 @@ def tokenize_files(
         progress=progress,
         word_cache=word_cache,
         keep_fields=keep_fields,
+        gigatoken=gigatoken,
     )
     return tokenize(cfg)

@@ -7,7 +7,9 @@ download.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -75,68 +77,65 @@ class BatchEncoder:
     whose texts are all plain go through :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`
     instead: each distinct word is encoded once per process, the same ids again.
     ``word_cache=False`` turns that off.
+
+    When ``gigatoken`` is installed and gives exactly the backend's ids for this tokenizer
+    (``data/gigatoken_backend.py`` checks that when the tokenizer loads: byte-level BPE such as
+    GPT-2's, Llama-3's and Qwen's, and the sentencepiece style above), plain texts go through it
+    first, the fastest of the three. ``gigatoken=False`` turns that off. :attr:`encoding` names
+    the path plain texts take. These encoders are built once per process for each directory and
+    set of flags (``tokenizer.json`` parsed once) and shared by every ``BatchEncoder`` of it.
     """
 
-    def __init__(self, tokenizer_dir: str | os.PathLike, word_cache: bool = True):
+    def __init__(self, tokenizer_dir: str | os.PathLike, word_cache: bool = True, gigatoken: bool = True):
         self.tokenizer_dir = str(tokenizer_dir)
-        self.use_word_cache = word_cache
-        self._backend = None
-        self._raw = None  # the backend without its normaliser, when the fast path applies
-        self._words = None  # the WordCacheEncoder, when it applies
-        self._specials: tuple[str, ...] = ()
-        self._loaded = False
+        self.use_word_cache, self.use_gigatoken = word_cache, gigatoken
 
     def __getstate__(self) -> dict:
-        return {"tokenizer_dir": self.tokenizer_dir, "word_cache": self.use_word_cache}
+        return {"tokenizer_dir": self.tokenizer_dir, "word_cache": self.use_word_cache, "gigatoken": self.use_gigatoken}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tokenizer_dir"], state.get("word_cache", True))
+        self.__init__(state["tokenizer_dir"], state.get("word_cache", True), state.get("gigatoken", True))
 
     @property
     def tok(self):
         return load_tokenizer(self.tokenizer_dir)
 
     @property
+    def _paths(self) -> _Paths:
+        return _load_paths(self.tokenizer_dir, self.use_word_cache, self.use_gigatoken)
+
+    @property
     def backend(self):
         """The ``tokenizers.Tokenizer`` (a private copy), or ``None`` for a slow tokenizer."""
-        if not self._loaded:
-            bt = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
-            if bt is not None:
-                from tokenizers import Tokenizer
-
-                bt = Tokenizer.from_str(bt.to_str())
-                bt.no_truncation()
-                bt.no_padding()
-                self._raw, self._specials = _without_sentencepiece_normalizer(bt)
-                if self._raw is not None and self.use_word_cache:
-                    from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
-
-                    spec = word_cache_spec(self._raw)
-                    if spec is not None:
-                        self._words = WordCacheEncoder(self._raw, *spec)
-            self._backend, self._loaded = bt, True
-        return self._backend
+        return self._paths.backend
 
     @property
     def word_cache(self):
         """The :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`, or ``None`` where it does not apply."""
-        self.backend  # noqa: B018 - loads
-        return self._words
+        return self._paths.words
 
-    def _plain(self, text: str) -> bool:
-        """Whether the fast paths may encode ``text``: not empty, no special token's string in it."""
-        return bool(text) and not any(sp in text for sp in self._specials)
+    @property
+    def gigatoken(self):
+        """The :class:`~lqs_megatron.data.gigatoken_backend.GigatokenEncoder`, or ``None`` where it does not apply."""
+        return self._paths.giga
+
+    @property
+    def encoding(self) -> str:
+        """How plain texts are encoded: ``gigatoken``, ``word cache`` or ``backend`` (the tokenizer's own)."""
+        paths = self._paths
+        return "gigatoken" if paths.giga is not None else "word cache" if paths.words is not None else "backend"
 
     def encode_flat(
         self, texts: list[str], eos: int, max_length: int | None
     ) -> tuple[np.ndarray, np.ndarray, int, int] | None:
         """``(tokens int32, lengths, truncated, dropped)`` of the texts, EOS appended and cut as
-        ``lqs tokenize`` does, through the word cache; ``None`` when the cache does not apply to
+        ``lqs tokenize`` does, through gigatoken or the word cache; ``None`` when neither applies to
         this tokenizer or batch (then use :meth:`encode`)."""
-        words = self.word_cache
-        if words is None or not texts or not all(map(self._plain, texts)):
+        paths = self._paths
+        fast = paths.giga or paths.words
+        if fast is None or not texts or not all(paths.plain(texts)):
             return None
-        return words.encode_flat(texts, True, eos, max_length or 0)
+        return fast.encode_flat(texts, True, eos, max_length or 0)
 
     @property
     def eos_token_id(self) -> int:
@@ -150,15 +149,19 @@ class BatchEncoder:
         if bt is None:
             return [list(x) for x in self.tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
         texts = list(texts)
-        if self._raw is None:
+        paths = self._paths
+        fast = paths.giga or paths.words
+        if fast is None and paths.raw is None:
             return _encode(bt, texts, add_special_tokens)
-        plain = [self._plain(t) for t in texts]
-        if self._words is not None and all(plain):
-            return self._words.encode(texts, add_special_tokens)
-        pre = ["▁" + t.replace(" ", "▁") for t, ok in zip(texts, plain) if ok]
-        rest = [t for t, ok in zip(texts, plain) if not ok]
-        fast_ids = iter(_encode(self._raw, pre, add_special_tokens))
-        slow_ids = iter(_encode(bt, rest, add_special_tokens))
+        plain = paths.plain(texts)
+        if fast is not None and all(plain):
+            return fast.encode(texts, add_special_tokens)
+        ok_texts = [t for t, ok in zip(texts, plain) if ok]
+        if paths.giga is not None:
+            fast_ids = iter(paths.giga.encode(ok_texts, add_special_tokens))
+        else:  # the sentencepiece normaliser as str.replace (see the class docstring)
+            fast_ids = iter(_encode(paths.raw, ["▁" + t.replace(" ", "▁") for t in ok_texts], add_special_tokens))
+        slow_ids = iter(_encode(bt, [t for t, ok in zip(texts, plain) if not ok], add_special_tokens))
         return [next(fast_ids) if ok else next(slow_ids) for ok in plain]
 
     def encode_with_offsets(self, texts: list[str]) -> list:
@@ -186,19 +189,84 @@ _SENTENCEPIECE_NORMALIZER = {
 }
 
 
-def _without_sentencepiece_normalizer(bt) -> tuple[object | None, tuple[str, ...]]:
-    """``(copy of bt without its normaliser, special-token strings)`` when ``bt`` normalises exactly
-    as sentencepiece does and has no pre-tokenizer; ``(None, ())`` otherwise."""
-    import json
+@dataclass(frozen=True)
+class _Paths:
+    """A tokenizer's encoders, built once per process by :func:`_load_paths`."""
 
+    backend: object | None
+    """The ``tokenizers.Tokenizer`` (a copy, truncation and padding off), ``None`` for a slow tokenizer."""
+    raw: object | None = None
+    """The backend without its sentencepiece normaliser (the ``str.replace`` fast path), where that applies."""
+    words: object | None = None
+    """The :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`, where it applies."""
+    giga: object | None = None
+    """The :class:`~lqs_megatron.data.gigatoken_backend.GigatokenEncoder`, where it applies."""
+    specials: object | None = None
+    """``_C.SpecialStrings`` of the added tokens' strings (the backend splits them out of a text first)."""
+
+    def plain(self, texts: list[str]) -> list[bool]:
+        """Per text, whether the fast paths may encode it: not empty, holding no added token's string."""
+        return self.specials.plain(texts)
+
+
+@lru_cache(maxsize=8)
+def _load_paths(tokenizer_dir: str, word_cache: bool, gigatoken: bool) -> _Paths:
+    """The encoders of a tokenizer directory, once per process: ``tokenizer.json`` parsed once, the
+    fast paths checked once (a forked worker inherits them from the main process)."""
+    tok = load_tokenizer(tokenizer_dir)
+    bt = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if bt is None:
+        return _Paths(None)
     from tokenizers import Tokenizer
 
-    spec = json.loads(bt.to_str())
+    from lqs_megatron import _C
+
+    if bt.truncation is not None or bt.padding is not None:  # a copy without them, as tok(text) encodes
+        bt = Tokenizer.from_str(bt.to_str())
+        bt.no_truncation()
+        bt.no_padding()
+    spec = _light_spec(bt)
+    specials = _C.SpecialStrings([t["content"] for t in spec.get("added_tokens", []) if t.get("content")])
+    if gigatoken:
+        from lqs_megatron.data.gigatoken_backend import GigatokenEncoder, gigatoken_spec
+
+        found = gigatoken_spec(bt, spec)
+        if found is not None:
+            return _Paths(bt, giga=GigatokenEncoder(*found), specials=specials)
     if spec.get("normalizer") != _SENTENCEPIECE_NORMALIZER or spec.get("pre_tokenizer") is not None:
-        return None, ()
+        return _Paths(bt, specials=specials)
     raw = Tokenizer.from_str(bt.to_str())
     raw.normalizer = None
-    return raw, tuple(t["content"] for t in spec.get("added_tokens", []) if t.get("content"))
+    words = None
+    if word_cache:
+        from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
+
+        spec["model"]["vocab"] = bt.get_vocab(with_added_tokens=False)
+        found = word_cache_spec(raw, spec)
+        words = WordCacheEncoder(raw, *found) if found is not None else None
+    return _Paths(bt, raw=raw, words=words, specials=specials)
+
+
+def _light_spec(bt) -> dict:
+    """The parts of ``tokenizer.json`` the fast paths check, read from the components: parsing the
+    whole JSON (vocabulary and merges) costs far more than these few fields."""
+
+    def state(component):
+        return None if component is None else json.loads(component.__getstate__())
+
+    model = bt.model
+    added = bt.get_added_tokens_decoder().values()
+    return {
+        "normalizer": state(bt.normalizer),
+        "pre_tokenizer": state(bt.pre_tokenizer),
+        "post_processor": state(bt.post_processor),
+        "added_tokens": [{"content": t.content, "normalized": t.normalized, "special": t.special} for t in added],
+        "model": {
+            "type": type(model).__name__,
+            **{k: getattr(model, k, None) for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix")},
+            **{k: getattr(model, k, None) for k in ("ignore_merges", "byte_fallback")},
+        },
+    }
 
 
 def _encode(bt, texts: list[str], add_special_tokens: bool) -> list[list[int]]:

@@ -34,15 +34,17 @@ MARK = "▁"
 DEFAULT_MAX_BYTES = 64 << 20
 
 
-def word_cache_spec(raw) -> tuple[list[int], list[int]] | None:
+def word_cache_spec(raw, spec: dict | None = None) -> tuple[list[int], list[int]] | None:
     """``(prefix ids, suffix ids)`` that the post-processor adds, when the word cache gives exactly
     the tokenizer's ids; ``None`` when it does not apply.
 
     ``raw`` is the backend of a tokenizer that normalises exactly as sentencepiece does, with the
     normaliser removed (``BatchEncoder``'s fast path checks that and builds it); this checks the
-    model, the vocabulary and the post-processor.
+    model, the vocabulary and the post-processor. ``spec``: the parsed ``tokenizer.json``, when the
+    caller has it (only the parts other than the normaliser are read).
     """
-    spec = json.loads(raw.to_str())
+    if spec is None:
+        spec = json.loads(raw.to_str())
     model = spec.get("model") or {}
     if spec.get("pre_tokenizer") is not None:
         return None

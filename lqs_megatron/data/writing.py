@@ -119,7 +119,8 @@ def write_batches(
     relocate: Callable[[BadLine], BadLine] | None = None,
     allow_empty: bool = False,
 ) -> tuple[dict, SkipLog]:
-    """Run ``work`` over ``batches`` in ``workers`` processes and write the ``EncodedBatch`` results.
+    """Run ``work`` over ``batches`` in ``workers`` processes (threads when ``work.threads`` says they can run
+    it) and write the ``EncodedBatch`` results.
 
     ``write(writer, out)`` stores one batch (default: one document per sequence);
     ``finish(writer)`` runs before the dataset is closed. With ``meta``, both return the
@@ -140,7 +141,7 @@ def write_batches(
             for f in extra_files:
                 files.enter_context(f)
             try:
-                for out in ordered_map(work, batches, workers):
+                for out in ordered_map(work, batches, workers, threads=getattr(work, "threads", False)):
                     for e in out.skipped:
                         skipped.add(relocate(e) if relocate else e)
                     per_doc = out.sequences_per_document

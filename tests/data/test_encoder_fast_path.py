@@ -19,11 +19,25 @@ def _random_texts(n: int, seed: int) -> list[str]:
 
 def test_fast_path_equals_the_tokenizer(tiny_tokenizer):
     tok = load_tokenizer(tiny_tokenizer)
-    enc = BatchEncoder(tiny_tokenizer, word_cache=False)  # the word cache has its own tests
-    assert enc.backend is not None and enc._raw is not None, "the trained tokenizer should take the fast path"
+    enc = BatchEncoder(tiny_tokenizer, word_cache=False, gigatoken=False)  # the word cache has its own tests
+    assert enc.backend is not None and enc._paths.raw is not None, "the trained tokenizer should take the fast path"
     texts = CORNERS + demo_texts()[:60] + _random_texts(400, seed=7)
     for add in (False, True):
         got = enc.encode(texts, add_special_tokens=add)
         want = [tok(t, add_special_tokens=add).input_ids for t in texts]
         bad = [t for t, g, w in zip(texts, got, want) if g != w]
         assert not bad, bad[:5]
+
+
+def test_without_gigatoken_the_native_paths_take_over(tiny_tokenizer, bytelevel_tokenizer, monkeypatch):
+    """With gigatoken not installed, the word cache (sentencepiece) or the backend (byte-level) encode."""
+    from lqs_megatron.data import gigatoken_backend, tokenizer
+
+    monkeypatch.setattr(gigatoken_backend, "gigatoken_available", lambda: False)
+    monkeypatch.setattr(tokenizer, "_load_paths", tokenizer._load_paths.__wrapped__)  # no per-process cache
+    texts = demo_texts()[:20] + _random_texts(100, seed=2)
+    for tok_dir, encoding in ((tiny_tokenizer, "word cache"), (bytelevel_tokenizer, "backend")):
+        enc = BatchEncoder(tok_dir)
+        assert enc.encoding == encoding and enc.gigatoken is None
+        tok = load_tokenizer(tok_dir)
+        assert enc.encode(texts) == [tok(t).input_ids for t in texts]

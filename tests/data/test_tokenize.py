@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zstandard
 
+from lqs_megatron.data.gigatoken_backend import gigatoken_available
 from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
 from lqs_megatron.data.tokenize import TokenizeConfig, tokenize, tokenize_files
 from lqs_megatron.data.tokenizer import load_tokenizer
@@ -56,7 +57,8 @@ def test_document_mode_is_exactly_tok_input_ids_plus_eos(request, tmp_path, corp
         assert ds[i].tolist() == expect, f"document {i}"
     assert stats["tokens"] == ds.num_tokens and stats["skipped"]["total"] == 0
     assert json.loads((tmp_path / "d.stats.json").read_text())["documents"] == len(texts)
-    assert stats["encoding"] == ("word cache" if tok_fixture == "tiny_tokenizer" else "backend")
+    fast = "word cache" if tok_fixture == "tiny_tokenizer" else "backend"
+    assert stats["encoding"] == ("gigatoken" if gigatoken_available() else fast)
 
 
 def test_cli_output_is_the_same_for_any_worker_count(tmp_path, corpus_jsonl, tiny_tokenizer):
@@ -69,12 +71,12 @@ def test_cli_output_is_the_same_for_any_worker_count(tmp_path, corpus_jsonl, tin
             "--out", tmp_path / "cli", "--workers", "2")  # fmt: skip
     outs.append(_files(tmp_path / "cli"))
     run_lqs("tokenize", "--input", corpus_jsonl, "--field", "text", "--tokenizer", tiny_tokenizer,
-            "--out", tmp_path / "nocache", "--workers", "2", "--no-word-cache")  # fmt: skip
+            "--out", tmp_path / "nocache", "--workers", "2", "--no-word-cache", "--no-gigatoken")  # fmt: skip
     outs.append(_files(tmp_path / "nocache"))
     assert all(o == outs[0] for o in outs[1:])
     stats = json.loads((tmp_path / "cli.stats.json").read_text())
     assert stats["args"]["workers"] == 2 and stats["args"]["mode"] == "document" and stats["tokens_per_s"] > 0
-    assert stats["encoding"] == "word cache"
+    assert stats["encoding"] == ("gigatoken" if gigatoken_available() else "word cache")
     assert json.loads((tmp_path / "nocache.stats.json").read_text())["encoding"] == "backend"
 
 
@@ -246,7 +248,8 @@ def test_killed_run_leaves_no_finished_looking_output(tmp_path, corpus_jsonl, ti
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lqs_megatron", "tokenize", "--input", str(big), "--field", "text",
-         "--tokenizer", tiny_tokenizer, "--out", str(out), "--workers", "2"],
+         "--tokenizer", tiny_tokenizer, "--out", str(out), "--workers", "2",
+         "--no-gigatoken"],  # worker processes (gigatoken encodes in threads of the main process)
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     tmp_bin = tmp_path / f"out.tmp-{proc.pid}.bin"

@@ -37,7 +37,7 @@ def whole_text_ids(tok_dir: str, texts: list[str], add: bool) -> list[list[int]]
 
 
 def test_trained_tokenizer_qualifies(tiny_tokenizer):
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     assert enc.word_cache is not None
     assert BatchEncoder(tiny_tokenizer, word_cache=False).word_cache is None
 
@@ -46,7 +46,8 @@ def test_trained_tokenizer_qualifies(tiny_tokenizer):
 def test_ids_equal_whole_text_encoding(tiny_tokenizer, add):
     texts = corner_texts() + demo_texts()[:40] + random_texts(600, seed=11)
     want = whole_text_ids(tiny_tokenizer, texts, add)
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
+    enc.word_cache.cache.clear()  # the encoders are shared per process: start cold
     got = enc.encode(texts, add_special_tokens=add)  # cold cache: every segment a miss
     bad = [t for t, g, w in zip(texts, got, want) if g != w]
     assert not bad, bad[:5]
@@ -56,9 +57,9 @@ def test_ids_equal_whole_text_encoding(tiny_tokenizer, add):
 
 
 def test_tiny_budget_clears_and_stays_exact(tiny_tokenizer):
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     enc.backend  # noqa: B018 - loads
-    words = WordCacheEncoder(enc._raw, *word_cache_spec(enc._raw), max_bytes=2000)
+    words = WordCacheEncoder(enc._paths.raw, *word_cache_spec(enc._paths.raw), max_bytes=2000)
     texts = demo_texts()[:30] + random_texts(300, seed=5)
     want = whole_text_ids(tiny_tokenizer, texts, False)
     sizes = []
@@ -73,7 +74,7 @@ def test_encode_flat_matches_flatten(tiny_tokenizer, max_length):
     tok = load_tokenizer(tiny_tokenizer)
     eos = tok.eos_token_id
     texts = demo_texts()[:20] + random_texts(200, seed=3)
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     tokens, lengths, truncated, dropped = enc.encode_flat(texts, eos, max_length)
     want = flatten(whole_text_ids(tiny_tokenizer, texts, True), eos, max_length, np.int64)
     np.testing.assert_array_equal(tokens, want.tokens)
@@ -84,7 +85,7 @@ def test_encode_flat_matches_flatten(tiny_tokenizer, max_length):
 
 
 def test_special_strings_and_empty_texts_take_the_backend(tiny_tokenizer):
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     texts = ["a </s> b", "plain text", "x<s>y"]
     assert enc.encode_flat(texts, 3, None) is None
     assert enc.encode_flat(["", "a"], 3, None) is None
@@ -111,7 +112,7 @@ def test_bos_post_processor_becomes_the_prefix(tiny_tokenizer, tmp_path):
         }
 
     tok_dir = _edited(tiny_tokenizer, tmp_path / "bos", add_bos)
-    enc = BatchEncoder(tok_dir)
+    enc = BatchEncoder(tok_dir, gigatoken=False)
     assert enc.word_cache is not None and len(enc.word_cache.prefix) == 1
     texts = demo_texts()[:10] + random_texts(100, seed=9)
     for add in (True, False):
@@ -124,7 +125,7 @@ def test_pieces_across_words_disqualify(tiny_tokenizer, tmp_path):
         vocab["e▁t"] = max(vocab.values()) + 1
 
     tok_dir = _edited(tiny_tokenizer, tmp_path / "cross", add_cross_piece)
-    assert BatchEncoder(tok_dir).word_cache is None
+    assert BatchEncoder(tok_dir, gigatoken=False).word_cache is None
 
 
 def test_bytelevel_tokenizer_does_not_qualify(bytelevel_tokenizer):
@@ -153,7 +154,7 @@ def test_native_protocol_errors(tiny_tokenizer):
 def test_threads_share_one_encoder(tiny_tokenizer):
     from concurrent.futures import ThreadPoolExecutor
 
-    enc = BatchEncoder(tiny_tokenizer)
+    enc = BatchEncoder(tiny_tokenizer, gigatoken=False)
     texts = demo_texts()[:40] + random_texts(400, seed=13)
     batches = [texts[i : i + 9] for i in range(0, len(texts), 9)]
     want = [whole_text_ids(tiny_tokenizer, b, True) for b in batches]

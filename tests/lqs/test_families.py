@@ -52,7 +52,7 @@ def test_annotate_equals_the_contract(tmp_path, family, capsys):
     ref = reference_scores(*paths.values(), *ARGS.values())["lqs"]
     assert np.ptp(ref) > 0
 
-    annotate(AnnotateConfig(**paths, out=str(tmp_path / "f64"), **ARGS, dtype="float64"), ParallelDims())
+    annotate(AnnotateConfig(**paths, out=str(tmp_path / "f64"), **ARGS, precision="fp64"), ParallelDims())
     raw64 = np.load(tmp_path / "f64" / "raw_scores.npy")
     assert_close(raw64, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max(), name=f"{family} float64 raw scores")
 
@@ -69,7 +69,7 @@ def _annotate_tp2(rank, world, runs):
 
     dims = init_distributed(tp=2, device="cpu")
     for paths, out in runs:
-        annotate(AnnotateConfig(**paths, out=out, **ARGS, dtype="float64", tp=2), dims)
+        annotate(AnnotateConfig(**paths, out=out, **ARGS, precision="fp64", tp=2), dims)
 
 
 @pytest.mark.slow
@@ -82,7 +82,7 @@ def test_annotate_tp2_equals_one_process(tmp_path):
     runs = []
     for family in FAMILIES:
         paths = _inputs(tmp_path / family, family)
-        annotate(AnnotateConfig(**paths, out=str(tmp_path / family / "one"), **ARGS, dtype="float64"), ParallelDims())
+        annotate(AnnotateConfig(**paths, out=str(tmp_path / family / "one"), **ARGS, precision="fp64"), ParallelDims())
         runs.append((paths, str(tmp_path / family / "tp2")))
     spawn(_annotate_tp2, 2, runs)
     for family in FAMILIES:
