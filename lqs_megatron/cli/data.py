@@ -94,6 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="encode whole documents with the tokenizer's backend instead of the word cache (same ids; "
         "the cache applies to sentencepiece-style BPE and is several times faster, see docs/data.md)",
     )
+    p.add_argument(
+        "--keep-fields",
+        metavar="F1,F2",
+        default=None,
+        help="input fields to keep beside the tokens (e.g. source,url): PREFIX.meta.jsonl, one JSON object per "
+        "sequence (null where a record lacks the field; chunk mode: the fields of the document the chunk starts "
+        "in); carried by sample-proxy, select, order and merge",
+    )
     p.set_defaults(func=_tokenize)
 
     p = sub.add_parser(
@@ -134,6 +142,7 @@ def _report(stats: dict) -> None:
         f"wrote {stats['output']}.bin/.idx: {stats['documents']} documents, {stats['sequences']} sequences, "
         f"{stats['tokens']} tokens ({stats['docs_per_s']:.0f} docs/s, {stats['tokens_per_s']:.0f} tokens/s)"
         + (f"; skipped {skipped} bad lines {stats['skipped']['by_reason']}" if skipped else "")
+        + (f"; provenance in {stats['meta']}" if stats.get("meta") else "")
         + f"; stats in {stats['output']}.stats.json"
     )
 
@@ -165,6 +174,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         workers=args.workers,
         on_error=args.on_error,
         word_cache=not args.no_word_cache,
+        keep_fields=args.keep_fields,
     )
     _report(tokenize(cfg))
     return 0

@@ -6,6 +6,9 @@ so on, with the inputs' document boundaries kept: the document indices of input
 Dropping that offset is the classic merge bug (document starts pointing into the
 first input); the tests compare with megatron-core's ``IndexedDatasetBuilder.add_index``.
 
+A provenance sidecar ``PREFIX.meta.jsonl`` (:mod:`lqs_megatron.data.meta`) is merged the
+same way, its lines in the order of the sequences: all inputs have one, or none.
+
 Token dtypes: inputs of one dtype merge in that dtype (the ``.bin`` bytes are copied
 as they are). Integer inputs of different dtypes are upcast to the smallest integer
 dtype that holds them all (``numpy.result_type``, e.g. ``uint16`` + ``int32`` ->
@@ -22,6 +25,7 @@ import os
 import numpy as np
 
 from lqs_megatron.data.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.data.meta import concat_meta, has_meta, meta_path
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_prefix
 
@@ -84,6 +88,12 @@ def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathL
         doc_parts.append(ds.document_indices[1:].astype(np.int64) + offset)
         offset += len(ds)
     documents = np.concatenate(doc_parts)
+    # kill-safe: the old index goes first, then the sidecar (or a stale one), then the dataset (.idx last)
+    if os.path.exists(idx_path(out_prefix)):
+        os.unlink(idx_path(out_prefix))
+    has_sidecar = concat_meta([ds.prefix for ds in datasets], [len(ds) for ds in datasets], out_prefix)
+    if not has_sidecar and has_meta(out_prefix):
+        os.unlink(meta_path(out_prefix))
     with atomic_prefix(out_prefix) as tmp:
         with open(bin_path(tmp), "wb") as out:
             for ds in datasets:
@@ -96,6 +106,7 @@ def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathL
         "num_documents": int(len(documents) - 1),
         "num_tokens": int(lengths.sum(dtype=np.int64)),
         "inputs": [str(p) for p in prefixes],
+        "meta": meta_path(out_prefix) if has_sidecar else None,
     }
     logger.info(
         "merged %d datasets -> %s (%d sequences, %d tokens)",

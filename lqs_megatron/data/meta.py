@@ -42,8 +42,12 @@ def has_meta(prefix: str | os.PathLike) -> bool:
 
 
 def meta_line(record: dict, fields: Iterable[str]) -> bytes:
-    """The sidecar line (with its newline) for ``record``: ``fields`` in order, ``null`` where missing."""
-    return (json.dumps({f: record.get(f) for f in fields}, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    """The sidecar line (with its newline) for ``record``: ``fields`` in order, ``null`` where missing.
+
+    Values JSON cannot hold (a parquet timestamp, bytes) are written as their ``str()``.
+    """
+    obj = {f: record.get(f) for f in fields}
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
 
 
 def write_meta(prefix: str | os.PathLike, lines: Iterable[bytes | dict]) -> int:

@@ -15,6 +15,8 @@ modes, the error handling and the stats file.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
-from lqs_megatron.data.indexed import IndexedDatasetWriter, optimal_dtype
+from lqs_megatron.data.indexed import IndexedDatasetWriter, idx_path, optimal_dtype
 from lqs_megatron.data.jsonl import (
     ON_ERROR,
     BadLine,
@@ -37,11 +39,12 @@ from lqs_megatron.data.jsonl import (
     parse_line,
     read_texts,
 )
+from lqs_megatron.data.meta import meta_line, meta_path
 from lqs_megatron.data.parallel import ordered_map
 from lqs_megatron.data.progress import Progress
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
-from lqs_megatron.utils.atomic import save_json
+from lqs_megatron.utils.atomic import atomic_file, save_json
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,9 @@ class TokenizeConfig:
     word_cache: bool = True
     """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
     (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
+    keep_fields: list[str] | None = None
+    """``--keep-fields``: input fields written to the provenance sidecar ``PREFIX.meta.jsonl``, one line per
+    sequence (:mod:`lqs_megatron.data.meta`); ``None``: no sidecar."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -106,6 +112,20 @@ class TokenizeConfig:
             raise LQSError("--field must name a JSON field")
         if self.batch_lines < 1 or self.batch_bytes < 1:
             raise LQSError("batch sizes must be positive")
+        self.keep_fields = parse_fields(self.keep_fields)
+
+
+def parse_fields(fields: str | Iterable[str] | None) -> list[str] | None:
+    """``"source,url"`` (or a list of such strings) -> ``["source", "url"]``; ``None`` or empty -> ``None``."""
+    if fields is None:
+        return None
+    items = [fields] if isinstance(fields, str) else list(fields)
+    out = [f.strip() for item in items for f in item.split(",")]
+    if any(not f for f in out):
+        raise LQSError(f"--keep-fields takes comma-separated field names, got {','.join(items)!r}")
+    if len(set(out)) != len(out):
+        raise LQSError(f"--keep-fields names a field twice: {','.join(out)}")
+    return out or None
 
 
 @dataclass
@@ -128,6 +148,8 @@ class EncodedBatch:
     """Characters of text encoded."""
     sequences_per_document: np.ndarray | None = None
     """Set when documents hold several sequences (retokenize); else one sequence per document."""
+    meta: list[bytes] | None = None
+    """With ``--keep-fields``: one sidecar line per document (:func:`~lqs_megatron.data.meta.meta_line`)."""
 
 
 def line_batches(
@@ -188,24 +210,32 @@ class EncodeDocuments:
         self.field, self.on_error, self.mode = config.field, config.on_error, config.mode
         self.max_length = config.max_length if config.mode == "document" else None
         self.dtype, self.eos, self.punkt_params = np.dtype(dtype), eos, punkt_params
+        self.keep_fields = config.keep_fields
         self._sentences = None
 
-    def texts(self, path: str, nums: list[int], raws: list[bytes], skipped: list[BadLine]) -> list[str]:
+    def texts(
+        self, path: str, nums: list[int], raws: list[bytes], skipped: list[BadLine], meta: list[bytes] | None
+    ) -> list[str]:
         texts = []
         for n, raw in zip(nums, raws):
             if is_blank(raw):
                 continue
             try:
-                texts.append(get_text(parse_line(raw, path, n), self.field, path, n))
+                obj = parse_line(raw, path, n)
+                texts.append(get_text(obj, self.field, path, n))
             except BadLine as e:
                 if self.on_error == "fail":
                     raise
                 skipped.append(e)
+                continue
+            if meta is not None:
+                meta.append(meta_line(obj, self.keep_fields))
         return texts
 
     def __call__(self, task: tuple[str, list[int], list[bytes]]) -> EncodedBatch:
         skipped: list[BadLine] = []
-        texts = self.texts(*task, skipped)
+        meta = None if self.keep_fields is None else []
+        texts = self.texts(*task, skipped, meta)
         if self.mode == "chunk":
             out = self._chunk_pieces(texts)
         else:
@@ -217,7 +247,7 @@ class EncodeDocuments:
                 out = EncodedBatch(
                     _in_dtype(tokens, self.dtype), lengths, truncated=truncated, truncated_tokens=dropped
                 )
-        out.skipped, out.chars = skipped, sum(map(len, texts))
+        out.skipped, out.chars, out.meta = skipped, sum(map(len, texts)), meta
         return out
 
     def _chunk_pieces(self, texts: list[str]) -> EncodedBatch:
@@ -254,18 +284,23 @@ def write_batches(
     write=None,
     finish=None,
     progress: bool = True,
+    meta: bool = False,
 ) -> tuple[dict, SkipLog]:
     """Run ``work`` over ``batches`` in ``workers`` processes and write the :class:`EncodedBatch` results.
 
     ``write(writer, out)`` stores one batch (default: one document per sequence);
-    ``finish(writer)`` runs before the dataset is closed. Returns the counts and the skip log.
+    ``finish(writer)`` runs before the dataset is closed. With ``meta``, both return the
+    sidecar lines of the sequences they added (the default ``write`` returns ``out.meta``),
+    written to ``PREFIX.meta.jsonl``; without it, an old sidecar at ``out_prefix`` is removed.
+    Kill-safe order at the end: the old ``.idx`` goes first, then the sidecar is renamed
+    into place, then ``.bin`` and ``.idx``. Returns the counts and the skip log.
     An empty result is an error (no dataset is left behind).
     """
     skipped = SkipLog()
     counts = {"documents": 0, "truncated_documents": 0, "truncated_tokens": 0, "chars": 0}
     bar = Progress(desc, enabled=progress)
     try:
-        with IndexedDatasetWriter(out_prefix, dtype) as writer:
+        with IndexedDatasetWriter(out_prefix, dtype) as writer, MetaSink(out_prefix, meta) as sidecar:
             for out in ordered_map(work, batches, workers):
                 for e in out.skipped:
                     skipped.add(e)
@@ -276,16 +311,78 @@ def write_batches(
                 counts["chars"] += out.chars
                 if write is None:
                     writer.add_documents(out.tokens, out.lengths)
+                    sidecar.write(out.meta)
                 else:
-                    write(writer, out)
+                    sidecar.write(write(writer, out))
                 bar.update(len(out.lengths) if per_doc is None else len(per_doc), int(out.tokens.size))
             if finish is not None:
-                finish(writer)
+                sidecar.write(finish(writer))
             _check_not_empty(counts["documents"], skipped)
+            sidecar.check(writer.num_sequences)
     finally:
         bar.close()
     counts.update(sequences=writer.num_sequences, tokens=writer.num_tokens, seconds=bar.elapsed)
     return counts, skipped
+
+
+class MetaSink:
+    """The streamed ``PREFIX.meta.jsonl`` of :func:`write_batches` (a no-op when disabled).
+
+    Lines go to a temporary file beside the output; on a clean exit (inside the dataset
+    writer's block) the old ``PREFIX.idx`` is removed and the sidecar renamed into place, so a
+    complete-looking dataset never pairs with a sidecar of another run.
+    """
+
+    def __init__(self, prefix: str, enabled: bool):
+        self.prefix, self.enabled, self.lines = prefix, enabled, 0
+        self._stack = contextlib.ExitStack()
+        self._f = None
+
+    def __enter__(self) -> MetaSink:
+        if self.enabled:
+            tmp = self._stack.enter_context(atomic_file(meta_path(self.prefix)))
+            self._f = self._stack.enter_context(open(tmp, "wb", buffering=1 << 20))
+        return self
+
+    def write(self, lines: list[bytes] | None) -> None:
+        if self._f is not None and lines:
+            self._f.writelines(lines)
+            self.lines += len(lines)
+
+    def check(self, sequences: int) -> None:
+        if self.enabled and self.lines != sequences:  # a bug, never the user's input
+            raise RuntimeError(f"{self.lines} sidecar lines for {sequences} sequences")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(idx_path(self.prefix))
+            if not self.enabled:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(meta_path(self.prefix))
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+class ChunkProvenance:
+    """Chunk mode's sidecar lines: each chunk carries the fields of the document its first token belongs to."""
+
+    def __init__(self):
+        self._docs: collections.deque[tuple[int, bytes]] = collections.deque()  # (stream end, line)
+        self._doc_end = self._chunk_start = 0
+
+    def add_documents(self, lengths: np.ndarray, lines: list[bytes] | None) -> None:
+        for n, line in zip(lengths.tolist(), lines or ()):
+            self._doc_end += n
+            self._docs.append((self._doc_end, line))
+
+    def chunks(self, lengths: np.ndarray) -> list[bytes]:
+        out = []
+        for n in lengths.tolist():
+            while self._docs[0][0] <= self._chunk_start:
+                self._docs.popleft()
+            out.append(self._docs[0][1])
+            self._chunk_start += n
+        return out
 
 
 def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, extra: dict) -> dict:
@@ -331,11 +428,13 @@ def tokenize(config: TokenizeConfig) -> dict:
     files = expand_inputs(config.inputs)
     encoding = "word cache" if config.mode == "document" and encoder.word_cache is not None else "backend"
     punkt = chunker = None
+    hooks = (None, None)
     if config.mode == "chunk":
         if encoder.backend is None:
             encoder.encode_with_offsets([])  # raises the clear error
         punkt = train_sentence_splitter(_sample_texts(files, config.field, config.punkt_sample_chars))
         chunker = Chunker(config.max_length, dtype)
+        hooks = chunk_hooks(chunker, config.keep_fields is not None)
     counts, skipped = write_batches(
         EncodeDocuments(config, dtype, eos, punkt),
         line_batches(files, config.batch_lines, config.batch_bytes),
@@ -343,9 +442,10 @@ def tokenize(config: TokenizeConfig) -> dict:
         config.out_prefix,
         dtype,
         desc=f"tokenize {os.path.basename(config.out_prefix)}",
-        write=None if chunker is None else (lambda w, out: w.add_documents(*chunker.feed(out.tokens, out.flags))),
-        finish=None if chunker is None else (lambda w: w.add_documents(*chunker.finish())),
+        write=hooks[0],
+        finish=hooks[1],
         progress=config.progress,
+        meta=config.keep_fields is not None,
     )
     counts["seconds"] = time.perf_counter() - t0  # the whole run, set-up included
     extra = {
@@ -358,7 +458,30 @@ def tokenize(config: TokenizeConfig) -> dict:
     }
     if chunker is not None:
         extra["chunking"] = chunker.stats()
+    if config.keep_fields is not None:
+        extra["meta"] = meta_path(config.out_prefix)
     return finish_stats("tokenize", config.out_prefix, counts, skipped, extra)
+
+
+def chunk_hooks(chunker: Chunker, meta: bool):
+    """:func:`write_batches`' ``(write, finish)`` for chunk mode; with ``meta`` they return the chunks'
+    sidecar lines (:class:`ChunkProvenance`)."""
+    provenance = ChunkProvenance() if meta else None
+
+    def write(writer, out: EncodedBatch) -> list[bytes] | None:
+        tokens, lengths = chunker.feed(out.tokens, out.flags)
+        writer.add_documents(tokens, lengths)
+        if provenance is None:
+            return None
+        provenance.add_documents(out.lengths, out.meta)
+        return provenance.chunks(lengths)
+
+    def finish(writer) -> list[bytes] | None:
+        tokens, lengths = chunker.finish()
+        writer.add_documents(tokens, lengths)
+        return None if provenance is None else provenance.chunks(lengths)
+
+    return write, finish
 
 
 def _check_not_empty(documents: int, skipped: SkipLog) -> None:
@@ -381,6 +504,7 @@ def tokenize_files(
     on_error: str = "fail",
     progress: bool = True,
     word_cache: bool = True,
+    keep_fields: list[str] | str | None = None,
 ) -> dict:
     """Tokenize jsonl files into ``out_prefix.bin/.idx`` (+ ``.stats.json``); return the stats dict.
 
@@ -398,5 +522,6 @@ def tokenize_files(
         on_error=on_error,
         progress=progress,
         word_cache=word_cache,
+        keep_fields=keep_fields,
     )
     return tokenize(cfg)
