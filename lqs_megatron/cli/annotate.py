@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Replay T steps of plain SGD of the model on the train stream (stored order), run the costate "
         "backward with Hessian-vector products, and score every proxy example at the steps i % K == 0 "
         "(LQS_ALGORITHM.md). Writes OUT/raw_scores.npy (float64, proxy order), OUT/scores.npy (normalised, "
-        "clipped to [-3, 3]) and OUT/annotate.json. Run under torchrun for data (and --tp tensor) parallelism.",
+        "clipped to [-3, 3]), OUT/example_loss.npy (each example's loss at theta_0) and OUT/annotate.json (with a "
+        "health verdict of the replay: warnings are logged; --strict makes them an error). Run under torchrun "
+        "for data (and --tp tensor) parallelism.",
         formatter_class=FMT,
     )
     req = p.add_argument_group("required")
@@ -29,7 +31,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     req.add_argument("--proxy", required=True, metavar="PREFIX", help="proxy set D_px to score (indexed dataset)")
     req.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--steps", type=int, default=100, metavar="T", help="SGD steps of the replayed trajectory")
-    p.add_argument("--lr", type=float, default=0.008, metavar="ETA", help="SGD learning rate")
+    p.add_argument(
+        "--lr",
+        type=_lr,
+        default=0.008,
+        metavar="ETA",
+        help="SGD learning rate, or 'auto': the largest rate of --lr-grid whose replay target loss falls at every "
+        "one of the first --lr-probe-steps steps (docs/annotation.md, 'Choosing the learning rate'; costs at most "
+        "grid x P train steps and target forwards)",
+    )
+    p.add_argument(
+        "--lr-grid",
+        type=_grid,
+        default=None,
+        metavar="R1,R2,...",
+        help="rates tried by --lr auto (default: 1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.3,1)",
+    )
+    p.add_argument(
+        "--lr-probe-steps", type=int, default=10, metavar="P", help="replay steps per rate of --lr auto (at most T)"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit non-zero (after writing the outputs) when the health check warns: the replay's target loss "
+        "rose or did not fall, the train loss diverged, or the scores follow length / own loss (annotate.json health)",
+    )
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="global train batch size")
     p.add_argument("--interval", type=int, default=10, metavar="K", help="score at the steps i with i %% K == 0")
     p.add_argument("--max-length", type=int, default=1024, metavar="L", help="examples are cut to L+1 tokens")
@@ -59,9 +85,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_annotate)
 
 
+def _lr(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _grid(text: str) -> tuple[float, ...]:
+    from lqs_megatron.lqs.lr_probe import parse_grid  # noqa: PLC0415
+
+    try:
+        return tuple(parse_grid(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from lqs_megatron.distributed import init_distributed  # noqa: PLC0415
-    from lqs_megatron.lqs.annotate import AnnotateConfig, annotate  # noqa: PLC0415
+    from lqs_megatron.errors import LQSError  # noqa: PLC0415
+    from lqs_megatron.lqs.annotate import AnnotateConfig, annotate, fault_hooks_from_env  # noqa: PLC0415
+    from lqs_megatron.lqs.lr_probe import DEFAULT_GRID  # noqa: PLC0415
 
     cfg = AnnotateConfig(
         model=args.model,
@@ -85,13 +131,21 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         tp=args.tp,
         backend=args.kernel_backend,
+        lr_grid=args.lr_grid or DEFAULT_GRID,
+        lr_probe_steps=args.lr_probe_steps,
     )
     dims = init_distributed(tp=args.tp, device=args.device)
     try:
-        record = annotate(cfg, dims)
+        record = annotate(cfg, dims, on_scoring=fault_hooks_from_env())
     finally:
         dims.close()
+    health = record["health"]
     if dims.is_main:
         summary = {k: record[k] for k in ("method", "num_proxy", "timings_s")}
+        summary["lr"] = record["arguments"]["lr"]
+        summary["health"] = {"ok": health["ok"], "warnings": [w["kind"] for w in health["warnings"]]}
         print(json.dumps({"out": args.out, **summary}))
+    if args.strict and not health["ok"]:
+        kinds = ", ".join(w["kind"] for w in health["warnings"])
+        raise LQSError(f'--strict: the health check warned ({kinds}); see {args.out}/annotate.json "health"')
     return 0

@@ -81,8 +81,8 @@ class AnnotateSection:
     """Which scores to compute; each becomes one arm of the comparison."""
     steps: int = 100
     """T, the replayed training steps (papers: 100)."""
-    lr: float = 0.008
-    """eta (papers: 0.008)."""
+    lr: float | str = 0.008
+    """eta (papers: 0.008), or ``auto``: chosen by ``lqs annotate --lr auto``'s probe."""
     batch_size: int = 16
     """B, the global batch of the replayed trajectory (papers: 16)."""
     interval: int = 10
@@ -91,6 +91,8 @@ class AnnotateSection:
     """L (papers: 1024)."""
     train: str = "proxy"
     """The trajectory's training data: ``proxy`` (as PDS/DELT) or ``corpus``."""
+    allow_unhealthy: bool = False
+    """Train the scorer even when annotate.json's health check warned (default: the pipeline stops)."""
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -168,6 +170,9 @@ class PipelineConfig:
                 raise LQSError(f"annotate.methods: unknown method {m!r} (lqs, pds)")
         if not self.annotate.methods:
             raise LQSError("annotate.methods is empty")
+        lr = self.annotate.lr
+        if lr != "auto" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise LQSError(f"annotate.lr must be a positive number or auto, got {lr!r}")
         if self.annotate.train not in ("proxy", "corpus"):
             raise LQSError(f"annotate.train must be proxy or corpus, got {self.annotate.train!r}")
         if self.selection.method not in ("top-r", "threshold", "top-k"):

@@ -22,10 +22,12 @@ random selection of exactly as many sequences as the first method's selection, s
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from lqs_megatron.lqs.health import require_healthy
 from lqs_megatron.pipeline.config import PipelineConfig
 from lqs_megatron.pipeline.runner import Step
 from lqs_megatron.utils.atomic import save_npy
@@ -227,6 +229,14 @@ class Plan:
                     state=[str(out)],
                 )
             )
+            s.append(
+                Step(
+                    f"check-annotate-{m}",
+                    after=[f"annotate-{m}"],
+                    func=partial(require_healthy, str(out), f"{m} annotation", allow=an.allow_unhealthy),
+                    func_id=f"health-gate:{'off' if an.allow_unhealthy else 'on'}",
+                )
+            )
         sc = c.scorer
         for m in self.methods:
             data = self.w / "scorer" / m / "data"
@@ -246,7 +256,7 @@ class Plan:
                         str(sc.valid_num),
                     ],
                     outputs=[str(data)],
-                    after=[f"annotate-{m}"],
+                    after=[f"annotate-{m}", f"check-annotate-{m}"],
                 )
             )
             if sc.base == "annotation":
