@@ -22,14 +22,14 @@ from lqs_megatron import __version__
 from lqs_megatron.errors import LQSError
 
 # Order is the order of `lqs --help`: the pipeline, upstream first.
-COMMAND_MODULES = ("data", "datasets", "train", "annotate", "scorer", "curate", "pipeline")
+COMMAND_MODULES = ("data", "datasets", "train", "annotate", "report", "scorer", "curate", "pipeline")
 
 EPILOG = """\
 The pipeline, in order:
   train-tokenizer, tokenize, tokenize-target, retokenize    (tokenization)
   sample-proxy, merge, export-jsonl                         (dataset tools)
   pretrain, evaluate, export-hf                             (model)
-  annotate                                                  (LQS scores)
+  annotate, report                                          (LQS scores; where scores come from)
   prepare-scorer-data, train-scorer, score                  (scorer)
   select, order                                             (curation)
   pipeline, demo                                            (everything)
