@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_lr,
         default=0.008,
         metavar="ETA",
-        help="SGD learning rate, or 'auto': the largest rate of --lr-grid whose replay target loss falls at every "
-        "one of the first --lr-probe-steps steps (docs/annotation.md, 'Choosing the learning rate'; costs at most "
-        "grid x P train steps and target forwards)",
+        help="SGD learning rate, or 'auto': the largest rate of --lr-grid whose first --lr-probe-steps replay steps "
+        "still decrease the target loss by at least half the first-order prediction from the smallest rate "
+        "(docs/annotation.md, 'Choosing the learning rate'; costs at most grid x P train steps and target forwards)",
     )
     p.add_argument(
         "--lr-grid",

@@ -392,8 +392,8 @@ def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe) -> di
         health["warnings"].insert(0, {
             "kind": "lr_probe_failed",
             "replay": True,
-            "message": f"--lr auto: the target loss did not fall at every probe step at any rate of the grid "
-                       f"(smallest {probe['grid'][0]:g}, used); the replay's data may not lead towards the target",
+            "message": f"--lr auto: the probe's target loss did not fall even at the smallest rate of the grid "
+                       f"({probe['grid'][0]:g}, used): the replay's data may not lead towards the target",
         })  # fmt: skip
         health["ok"] = False
     record = {
