@@ -36,7 +36,7 @@ from lqs_megatron.data.meta import read_meta  # noqa: E402
 from lqs_megatron.pipeline.report import auc  # noqa: E402
 from lqs_megatron.pipeline.runner import Runner, Step  # noqa: E402
 
-FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=2, lr="auto", B=16, L=128,
+FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=5, lr="auto", B=16, L=128,
             scorer_epochs=5, scorer_bs=16, scorer_lr=5e-4, steps=300, plr=3e-3, gbs=16, seq=128,
             target_num=0)  # fmt: skip
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)

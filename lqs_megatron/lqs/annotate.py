@@ -328,24 +328,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         dims.dp, dims.tp,
     )  # fmt: skip
 
-    state = store.load(space, master_dtype) if cfg.resume else None
-    if state is None:
-        store.clear()
-    else:
-        timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
-        if dims.is_main:
-            traj.read_train_losses()
-        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
-
-    if state is None:  # the forward pass (a resumed sweep has complete checkpoints)
-        with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:
-            traj.forward(resume=cfg.resume, progress=bar)
-        with timer("load_checkpoint"):
-            traj.load(cfg.steps)
-        with timer("target_grad"):
-            lam, value = costate.target_grad()
-        state = SweepState(step=cfg.steps, lam=lam, s=np.zeros(N), c=np.ones(N), target_losses={cfg.steps: value})
-
+    state = _initial_state(cfg, dims, store, traj, costate, timer, N)
     with _progress(state.step, "backward sweep", dims) as bar:
         for st in backward_sweep(sweep, state, timer, bar):
             with timer("state_save"):
@@ -372,6 +355,25 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
             shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
     dims.barrier()
     return record
+
+
+def _initial_state(cfg, dims, store: StateStore, traj: Trajectory, costate: Costate, timer, n: int) -> SweepState:
+    """The saved sweep state with ``--resume``; else the forward pass and ``lambda_T`` (a fresh sweep)."""
+    state = store.load(traj.space, traj.master_dtype) if cfg.resume else None
+    if state is not None:
+        timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
+        if dims.is_main:
+            traj.read_train_losses()
+        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
+        return state
+    store.clear()
+    with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:
+        traj.forward(resume=cfg.resume, progress=bar)  # continues its own checkpoints when resuming
+    with timer("load_checkpoint"):
+        traj.load(cfg.steps)
+    with timer("target_grad"):
+        lam, value = costate.target_grad()
+    return SweepState(step=cfg.steps, lam=lam, s=np.zeros(n), c=np.ones(n), target_losses={cfg.steps: value})
 
 
 @torch.no_grad()
