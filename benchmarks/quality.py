@@ -14,7 +14,7 @@ LQS+folding. Prints the table of docs/quality.md and writes ``WORK/results.json`
 
     python benchmarks/quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
     python benchmarks/quality.py --work /tmp/quality-tiny --tiny  # smoke test, about a minute
-    python benchmarks/quality.py --work W --annotation-only --lqs-only --lr 0.05 --am-steps 1200  # a sweep point
+    python benchmarks/quality.py --work W --annotation-only --methods lqs --lr 0.05 --am-steps 1200  # a sweep point
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
         arms[arm] = None
     arms["full"] = None
     for arm in arms:
+        if c.get("arms") and arm not in c["arms"]:
+            continue
         ck = w / "final" / arm / "ckpt"
         src = data / "corpus" if arm == "full" else w / "curated" / arm / "ordered"
         extra = ["--shuffle"] if arm == "full" else []
@@ -220,7 +222,10 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
             res["loss"][name[len("evaluate-") :]] = float(
                 json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"]
             )
-    rnd = [res["loss"][f"random-{s}"] for s in seeds]
+    rnd = [res["loss"][f"random-{s}"] for s in seeds if f"random-{s}" in res["loss"]]
+    if len(rnd) < len(seeds) or len(res["loss"]) < len(seeds) + 4:  # a run of some arms only (--arms)
+        res["loss"] = {}
+        return res
     res["random_mean"], res["random_std"] = float(np.mean(rnd)), float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0
     return res
 
@@ -230,11 +235,12 @@ def table(res: dict) -> str:
     for stage in ("annotation", "scorer"):
         for k in ("clean>degraded", "clean>lower"):
             if res[stage]:
-                pds = res[stage]["pds"][k] if "pds" in res[stage] else float("nan")
-                lines.append(f"| {stage} AUC {k} | {res[stage]['lqs'][k]:.3f} | {pds:.3f} |")
+                v = [res[stage][m][k] if m in res[stage] else float("nan") for m in ("lqs", "pds")]
+                lines.append(f"| {stage} AUC {k} | {v[0]:.3f} | {v[1]:.3f} |")
     a = res["annotation"]
-    if "pds" not in a:  # an annotation-only sweep of LQS
-        a = {**a, "pds": {**a["lqs"], "lr": float("nan"), "target_loss": [], "health_ok": "-", "warnings": []}}
+    for m in ("lqs", "pds"):  # an annotation-only run of one method
+        if m not in a:
+            a = {**a, m: {"lr": float("nan"), "target_loss": [], "health_ok": "-", "warnings": [], "by_source": {}}}
     lines.append(f"| annotation eta | {a['lqs']['lr']:g} | {a['pds']['lr']:g} |")
     lines.append(f"| replay L_tgt start / min / end | {' / '.join(map(str, a['lqs']['target_loss']))} | "
                  f"{' / '.join(map(str, a['pds']['target_loss']))} |")  # fmt: skip
@@ -269,7 +275,14 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="a smoke test of the whole chain (about a minute)")
     p.add_argument("--seeds", type=int, default=3, help="RANDOM arm seeds (the noise floor)")
     p.add_argument("--annotation-only", action="store_true", help="stop after the annotation (its AUCs only)")
-    p.add_argument("--lqs-only", action="store_true", help="with --annotation-only: annotate LQS only")
+    p.add_argument("--methods", default="lqs,pds", help="with --annotation-only: the methods to annotate")
+    p.add_argument("--lqs-only", action="store_true", help="same as --methods lqs")
+    p.add_argument(
+        "--arms",
+        default=None,
+        help="pretrain and evaluate only these arms (comma-separated: full, "
+        "random-1.., pds-folding, lqs-shuffle, lqs-folding), e.g. to run arms in parallel processes",
+    )
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every step (1 on a loaded machine)")
     for k, v in FULL.items():
@@ -278,7 +291,9 @@ def main() -> None:
     args = p.parse_args()
     c = dict(TINY if args.tiny else FULL)
     c.update({k: getattr(args, k) for k in FULL if getattr(args, k) is not None})
-    c["methods"] = ["lqs", "pds"] if not (args.lqs_only and args.annotation_only) else ["lqs"]
+    c["arms"] = args.arms.split(",") if args.arms else None
+    methods = "lqs" if args.lqs_only else args.methods
+    c["methods"] = methods.split(",") if args.annotation_only else ["lqs", "pds"]
     w = Path(args.work).resolve()
     t0 = time.time()
     install_packages()
