@@ -248,11 +248,8 @@ def table(res: dict) -> str:
                  f"{a['pds']['health_ok']} ({', '.join(a['pds']['warnings']) or '-'}) |")  # fmt: skip
     lines += ["", "Mean z-scored score per source (annotation, proxy set | scorer, whole corpus), best first:", ""]
     for stage in ("annotation", "scorer"):
-        for m in ("lqs", "pds"):
-            if res[stage]:
-                lines.append(
-                    f"- {stage} {m}: " + ", ".join(f"{k} {v:+.2f}" for k, v in res[stage][m]["by_source"].items())
-                )
+        for m, r in res[stage].items():
+            lines.append(f"- {stage} {m}: " + ", ".join(f"{k} {v:+.2f}" for k, v in r["by_source"].items()))
     if res["loss"]:
         r, sd = res["random_mean"], res["random_std"]
         lines += ["", "| arm | target-holdout loss | vs RANDOM mean (in RANDOM std) |", "|---|---|---|"]
