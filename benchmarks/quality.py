@@ -191,6 +191,36 @@ def _aucs(scores: np.ndarray, kinds: np.ndarray) -> dict:
     return out
 
 
+def degraded_pairs(corpus_jsonl: Path) -> np.ndarray:
+    """``[n, 2]`` (clean index, degraded-copy index) in corpus order, matched by content: a shuffled copy
+    has its source's words as a multiset, a replaced copy keeps 60% of its source's words in place."""
+    rows = [json.loads(line) for line in open(corpus_jsonl)]
+    words = [r["text"].split() for r in rows]
+    by_bag, by_len = {}, {}
+    for i, r in enumerate(rows):
+        if r["kind"] == "clean":
+            by_bag.setdefault(tuple(sorted(words[i])), i)
+            by_len.setdefault(len(words[i]), []).append(i)
+    pairs = []
+    for i, r in enumerate(rows):
+        if r["source"] == "shuffled-copies" and tuple(sorted(words[i])) in by_bag:
+            pairs.append((by_bag[tuple(sorted(words[i]))], i))
+        elif r["source"] == "replaced-copies":
+            best = max(by_len.get(len(words[i]), []), key=lambda j: sum(a == b for a, b in zip(words[j], words[i])),
+                       default=None)  # fmt: skip
+            if best is not None:
+                pairs.append((best, i))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def paired(scores: np.ndarray, pairs: np.ndarray) -> float:
+    """Share of (clean, its degraded copy) pairs where the clean document scores higher (ties 1/2)."""
+    if len(pairs) == 0:
+        return float("nan")
+    a, b = scores[pairs[:, 0]], scores[pairs[:, 1]]
+    return float(((a > b) + 0.5 * (a == b)).mean())
+
+
 def _by_source(scores: np.ndarray, meta: list[dict]) -> dict:
     src = np.array([r["source"] for r in meta], dtype=object)
     z = (scores - scores.mean()) / (scores.std() or 1.0)
@@ -201,11 +231,15 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     res: dict = {"annotation": {}, "scorer": {}, "loss": {}}
     pmeta = read_meta(w / "data" / "proxy")
     pk = np.array([r["kind"] for r in pmeta], dtype=object)
+    pairs = degraded_pairs(w / "corpus" / "corpus.jsonl")
+    where = {int(j): k for k, j in enumerate(np.load(w / "data" / "proxy.indices.npy"))}
+    ppairs = np.array([(where[a], where[b]) for a, b in pairs if a in where and b in where]).reshape(-1, 2)
     for m in c["methods"]:
         rec = json.loads((layout(w, c)["annotate"][m] / "annotate.json").read_text())
         raw = np.load(layout(w, c)["annotate"][m] / "raw_scores.npy")
         curve = [p["loss"] for p in rec["target_loss_curve"]]
-        res["annotation"][m] = {**_aucs(raw, pk), "by_source": _by_source(raw, pmeta), "lr": rec["arguments"]["lr"],
+        res["annotation"][m] = {**_aucs(raw, pk), "paired": paired(raw, ppairs), "pairs": len(ppairs),
+                                "by_source": _by_source(raw, pmeta), "lr": rec["arguments"]["lr"],
                                 "health_ok": rec["health"]["ok"],
                                 "warnings": [x["kind"] for x in rec["health"]["warnings"]],
                                 "target_loss": [round(curve[0], 4), round(min(curve), 4), round(curve[-1], 4)],
@@ -216,7 +250,12 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     kinds = np.array([r["kind"] for r in meta], dtype=object)
     for m in ("lqs", "pds"):
         sc = np.load(w / "scores" / m / "scores.npy").astype(np.float64)
-        res["scorer"][m] = {**_aucs(sc, kinds), "by_source": _by_source(sc, meta)}
+        res["scorer"][m] = {
+            **_aucs(sc, kinds),
+            "paired": paired(sc, pairs),
+            "pairs": len(pairs),
+            "by_source": _by_source(sc, meta),
+        }
     for name in runner.timings:
         if name.startswith("evaluate-"):
             res["loss"][name[len("evaluate-") :]] = float(
@@ -237,6 +276,10 @@ def table(res: dict) -> str:
             if res[stage]:
                 v = [res[stage][m][k] if m in res[stage] else float("nan") for m in ("lqs", "pds")]
                 lines.append(f"| {stage} AUC {k} | {v[0]:.3f} | {v[1]:.3f} |")
+        if res[stage]:
+            v = [res[stage][m]["paired"] if m in res[stage] else float("nan") for m in ("lqs", "pds")]
+            n = max(res[stage][m]["pairs"] for m in res[stage])
+            lines.append(f"| {stage}: clean above its own degraded copy ({n} pairs) | {v[0]:.3f} | {v[1]:.3f} |")
     a = res["annotation"]
     for m in ("lqs", "pds"):  # an annotation-only run of one method
         if m not in a:
