@@ -42,7 +42,7 @@ from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.derivatives import autocast, example_losses
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
 from lqs_megatron.lqs.health import replay_health
-from lqs_megatron.lqs.lr_probe import DEFAULT_GRID, DEFAULT_PROBE_STEPS, probe_learning_rate
+from lqs_megatron.lqs.lr_probe import DEFAULT_GRID, DEFAULT_PROBE_STEPS, RULE, probe_learning_rate
 from lqs_megatron.lqs.scores import METHODS
 from lqs_megatron.lqs.state import StateStore, SweepState
 from lqs_megatron.lqs.stats import ExampleStats
@@ -203,7 +203,7 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
         "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
         **{k: getattr(cfg, k) for k in ("batch_size", "max_length", "micro_batch_size", "dtype")},
-        "steps": steps, "grid": grid, "tp": dims.tp,
+        "steps": steps, "grid": grid, "tp": dims.tp, "rule": RULE,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
