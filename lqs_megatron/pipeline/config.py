@@ -81,8 +81,10 @@ class AnnotateSection:
     """Which scores to compute; each becomes one arm of the comparison."""
     steps: int = 100
     """T, the replayed training steps (papers: 100)."""
-    lr: float | str = 0.008
-    """eta (papers: 0.008), or ``auto``: chosen by ``lqs annotate --lr auto``'s probe."""
+    lr: float | str = "auto"
+    """eta, or ``auto`` (the default): chosen per run by ``lqs annotate --lr auto``'s probe (docs/annotation.md;
+    docs/quality.md: on real text it never did worse than a fixed rate and adapts to the annotation model).
+    The papers use 0.008."""
     batch_size: int = 16
     """B, the global batch of the replayed trajectory (papers: 16)."""
     interval: int = 10
