@@ -15,7 +15,8 @@ import pytest
 from tests.utils import REPO
 
 GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
-NOT_BENCHMARKS = {"_harness.py"}  # the shared harness: run by every script
+# the shared harness (run by every script); quality.py's corpus builder (run by quality.py --tiny)
+NOT_BENCHMARKS = {"_harness.py", "quality_corpus.py"}
 CPU_ONLY = ["bench_curate.py", "tokenize.py", "tokenize_scale.py", "quality.py"]  # no GPU figure: tiny runs here
 
 
@@ -73,6 +74,14 @@ def test_cpu_benchmark_tiny(script, tmp_path):
     helptext = subprocess.run([sys.executable, path, "--help"], cwd=REPO, capture_output=True, text=True).stdout
     if "--tiny" not in helptext:
         pytest.skip(f"benchmarks/{script} has no --tiny mode yet")
+    if script == "quality.py":
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+        try:
+            from quality_corpus import PACKAGES, sources
+        finally:
+            sys.path.pop(0)
+        if not all(paths for paths, _ in sources().values()):
+            pytest.skip(f"quality.py reads Debian documentation: apt-get install {' '.join(PACKAGES)}")
     proc = subprocess.run([sys.executable, path, "--tiny"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

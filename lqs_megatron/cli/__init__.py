@@ -31,7 +31,7 @@ The pipeline, in order:
   train-tokenizer, tokenize, tokenize-target, retokenize    (tokenization)
   sample-proxy, merge, export-jsonl                         (dataset tools)
   pretrain, evaluate, export-hf                             (model)
-  annotate                                                  (LQS scores)
+  annotate, report                                          (LQS scores; where scores come from)
   prepare-scorer-data, train-scorer, score                  (scorer)
   select, order                                             (curation)
   pipeline, demo                                            (everything)

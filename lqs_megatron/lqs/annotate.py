@@ -1,11 +1,14 @@
 """``lqs annotate``: LQS (or PDS) scores of every proxy example, exactly as ``LQS_ALGORITHM.md`` says.
 
-Phases: load and validate; forward pass (SGD replay, checkpoints every ``ceil(sqrt(T))``
-steps, ``lqs/trajectory.py``); ``lambda_T``; backward sweep over the segments, last first:
-recompute the segment's ``theta``, then for ``i`` down the segment score the proxy set if
-``i % K == 0`` (``lqs/stats.py``, ``lqs/scores.py``) and step the costate
-(``lqs/costate.py``), saving the state after every scoring step (``lqs/state.py``); write
-``raw_scores.npy``, ``scores.npy`` and ``annotate.json`` (atomically, last).
+Phases: load and validate; with ``--lr auto`` the learning-rate probe (``lqs/lr_probe.py``);
+forward pass (SGD replay, checkpoints every ``ceil(sqrt(T))`` steps, ``lqs/trajectory.py``);
+``lambda_T``; the backward sweep (``lqs/sweep.py``, a generator that yields after every
+scoring step; this driver saves the state (``lqs/state.py``) and runs the ``on_scoring``
+hooks there); each example's own loss at ``theta_0``; the health verdict
+(``lqs/health.py``); the outputs ``raw_scores.npy``, ``scores.npy``, ``example_loss.npy`` and
+``annotate.json`` (each atomic; ``annotate.json`` is removed just before and written last, so
+the previous run's files stay whole until the new ones are complete). ``--out`` is locked
+for the run (``utils/lock.py``).
 
 Data parallelism: the proxy set is split contiguously over the data-parallel ranks for
 scoring and gathered at every state save; train batches and the target set are split
@@ -21,9 +24,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +39,27 @@ from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
-from lqs_megatron.lqs.derivatives import autocast
+from lqs_megatron.lqs.derivatives import autocast, example_losses
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
-from lqs_megatron.lqs.scores import score_update
+from lqs_megatron.lqs.health import replay_health
+from lqs_megatron.lqs.lr_probe import RULE, probe_learning_rate
 from lqs_megatron.lqs.state import StateStore, SweepState
 from lqs_megatron.lqs.stats import ExampleStats
+from lqs_megatron.lqs.sweep import Sweep, backward_sweep, gather
 from lqs_megatron.lqs.trajectory import Trajectory
-from lqs_megatron.lqs.vectors import ParamSpace
+from lqs_megatron.lqs.vectors import ParamSpace, broadcast_object
 from lqs_megatron.utils.atomic import save_json, save_npy
+from lqs_megatron.utils.lock import output_lock
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}
-OUTPUTS = ("raw_scores.npy", "scores.npy", "annotate.json")
+OUTPUTS = ("raw_scores.npy", "scores.npy", "example_loss.npy", "annotate.json")
 # Test hook: kill this process (SIGKILL) right after the N-th scoring-step state save.
 KILL_ENV = "LQS_TEST_KILL_AFTER_SCORING_STEPS"
 
 
-class _Timer:
+class PhaseTimer:
     """Seconds per phase (synchronising CUDA at the phase boundaries)."""
 
     def __init__(self, totals: dict[str, float] | None = None):
@@ -103,6 +111,18 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     return h(traj), h(sweep)
 
 
+def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid: list[float]) -> str:
+    """What must match for a saved ``--lr auto`` probe to be reused."""
+    key = {
+        "model": sorted(_file_id(p) for p in Path(cfg.model).iterdir() if p.suffix in (".json", ".safetensors")),
+        "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
+        "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
+        **{k: getattr(cfg, k) for k in ("batch_size", "max_length", "micro_batch_size", "dtype")},
+        "steps": steps, "grid": grid, "tp": dims.tp, "rule": RULE,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 def load_annotation_model(path: str, dims: ParallelDims, dtype: torch.dtype):
     """The HF model as our decoder, sharded for ``dims.tp``, on ``dims.device``, in ``dtype``."""
     from lqs_megatron.models.loading import load_model  # noqa: PLC0415
@@ -116,150 +136,208 @@ def _progress(total: int, desc: str, dims: ParallelDims):
     return tqdm(total=total, desc=desc, disable=not (dims.is_main and sys.stderr.isatty()), leave=False)
 
 
-def annotate(cfg: AnnotateConfig, dims: ParallelDims) -> dict:
-    """Run the annotation; returns the ``annotate.json`` record (written on rank 0)."""
+def fault_hooks_from_env() -> list[Callable[[SweepState], None]]:
+    """The tests' fault injection: ``LQS_TEST_KILL_AFTER_SCORING_STEPS=N`` SIGKILLs the process right after
+    the state save of the N-th scoring step (of this process's life)."""
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    if not kill_after:
+        return []
+
+    def kill(state: SweepState) -> None:
+        if state.scoring_steps_done >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return [kill]
+
+
+def annotate(
+    cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable[[SweepState], None]] | None = None
+) -> dict:
+    """Run the annotation; returns the ``annotate.json`` record (written on rank 0).
+
+    ``on_scoring``: callables run after every scoring step's state save, with the saved state
+    (``SweepState``: the step, the scores so far, the target-loss curve); the place for a
+    metrics/TensorBoard writer, and for the tests' fault injection (:func:`fault_hooks_from_env`).
+    """
+    with output_lock(cfg.out, enabled=dims.is_main):
+        return _annotate(cfg, dims, list(on_scoring or []))
+
+
+def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtype):
+    for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
+        if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
+            raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
+    model = load_annotation_model(cfg.model, dims, master_dtype)
+    vocab = model.config.vocab_size
+    train = ExampleSet(cfg.train, "--train", cfg.max_length)
+    target = ExampleSet(cfg.target, "--target", cfg.max_length)
+    proxy = ExampleSet(cfg.proxy, "--proxy", cfg.max_length, limit=cfg.proxy_num)
+    if len(proxy) == 0:
+        raise LQSError(f"--proxy {cfg.proxy}: the proxy set is empty (no examples to score)")
+    train.validate(vocab, used=cfg.steps * cfg.batch_size)
+    target.validate(vocab)
+    proxy.validate(vocab)
+    return model, train, target, proxy
+
+
+def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, compute_dtype):
+    """``(cfg with a numeric lr, probe record or None)``: runs the ``--lr auto`` probe (reused on --resume)."""
+    if cfg.lr != "auto":
+        return cfg, None
+    steps = min(cfg.steps, cfg.lr_probe_steps)
+    grid = list(cfg.lr_grid)
+    key = _probe_fingerprint(cfg, dims, steps, grid)
+    path = Path(cfg.out) / "state" / "lr_probe.json"
+    saved = None
+    if cfg.resume and dims.is_main and path.is_file():
+        saved = json.loads(path.read_text())
+        saved = saved if saved.get("fingerprint") == key else None
+    saved = broadcast_object(dims, saved)
+    if saved is not None:
+        log.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
+        probe = saved["probe"]
+    else:
+        traj = Trajectory(space, train, steps, 1.0, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, "",
+                          master_dtype, compute_dtype)  # fmt: skip
+        costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
+        probe = probe_learning_rate(traj, costate, grid, steps).to_dict()
+        if dims.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_json(path, {"fingerprint": key, "chosen": probe["chosen"], "probe": probe})
+    return dataclasses.replace(cfg, lr=float(probe["chosen"])), probe
+
+
+def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable[[SweepState], None]]) -> dict:
     torch.manual_seed(cfg.seed)
-    timer = _Timer()
+    timer = PhaseTimer()
     out = Path(cfg.out)
     master_dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     compute_dtype = DTYPES[cfg.dtype]
 
     with timer("load"):
-        for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
-            if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
-                raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
-        model = load_annotation_model(cfg.model, dims, master_dtype)
-        vocab = model.config.vocab_size
-        train = ExampleSet(cfg.train, "--train", cfg.max_length)
-        target = ExampleSet(cfg.target, "--target", cfg.max_length)
-        proxy = ExampleSet(cfg.proxy, "--proxy", cfg.max_length, limit=cfg.proxy_num)
-        if len(proxy) == 0:
-            raise LQSError(f"--proxy {cfg.proxy}: the proxy set is empty (no examples to score)")
-        train.validate(vocab, used=cfg.steps * cfg.batch_size)
-        target.validate(vocab)
-        proxy.validate(vocab)
-
-    if dims.is_main:  # from here on the run replaces any previous outputs
+        model, train, target, proxy = _load_sets(cfg, dims, master_dtype)
+    if dims.is_main:  # the old outputs stay until the new ones are complete (written last, annotate.json last)
         out.mkdir(parents=True, exist_ok=True)
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-    traj_fp, sweep_fp = _fingerprints(cfg, dims)
     space = ParamSpace(model, dims)
+    with timer("lr_probe"):
+        cfg, probe = _choose_lr(cfg, dims, space, train, target, master_dtype, compute_dtype)
+    if probe is None:
+        timer.totals.pop("lr_probe")
+    traj_fp, sweep_fp = _fingerprints(cfg, dims)
     traj = Trajectory(
         space, train, cfg.steps, cfg.lr, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, traj_fp,
         master_dtype, compute_dtype,
     )  # fmt: skip
     costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
-    stats = ExampleStats(model, dims, cfg.backend)
     store = StateStore(out / "state", dims, sweep_fp)
     N = len(proxy)
     lo, hi = rank_slice(N, dims.dp, dims.dp_rank)
-    proxy_plan = micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size)
+    sweep = Sweep(
+        space, traj, costate, ExampleStats(model, dims, cfg.backend), proxy,
+        micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size), lo, hi, cfg.interval, cfg.method,
+        compute_dtype,
+    )  # fmt: skip
     log.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
         cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.batch_size, cfg.max_length, N, len(target), len(train),
         dims.dp, dims.tp,
     )  # fmt: skip
 
-    state = store.load(space, master_dtype) if cfg.resume else None
-    if state is None:
-        store.clear()
-    else:
-        timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
-        if dims.is_main:
-            traj.read_train_losses()
-        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
-
-    # Forward pass (skipped when resuming a sweep: the checkpoints are then complete).
-    if state is None:
-        with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:
-            traj.forward(resume=cfg.resume, progress=bar)
-        with timer("load_checkpoint"):
-            traj.load(cfg.steps)
-        with timer("target_grad"):
-            lam, value = costate.target_grad()
-        state = SweepState(step=cfg.steps, lam=lam, s=np.zeros(N), c=np.ones(N), target_losses={cfg.steps: value})
-
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-    s_local, c_local = state.s[lo:hi].copy(), state.c[lo:hi].copy()
-    lam = state.lam
+    state = _initial_state(cfg, dims, store, traj, costate, timer, N)
     with _progress(state.step, "backward sweep", dims) as bar:
-        for a, e in traj.segments():
-            if a >= state.step:
-                continue
-            last = min(e, state.step) - 1
-            with timer("recompute"):
-                thetas = traj.recompute(a, last)
-            for i in range(last, a - 1, -1):
-                space.load_into_model(thetas[i - a])
-                thetas[i - a] = None
-                scoring = i % cfg.interval == 0
-                if scoring:
-                    with timer("scoring"):
-                        lam_norm = space.norm(lam)
-                        for idx in proxy_plan:
-                            with autocast(dims.device, compute_dtype):
-                                dot, sq = stats(proxy.batch(idx).to(dims.device), lam)
-                            k = idx - lo
-                            s_k, c_k = s_local[k], c_local[k]
-                            score_update(s_k, c_k, dot.cpu().numpy(), sq.cpu().numpy(), lam_norm, cfg.lr, cfg.method)
-                            s_local[k], c_local[k] = s_k, c_k
-                with timer("target_grad"):
-                    g_tgt, value = costate.target_grad()
-                with timer("hvp"):
-                    h = costate.hvp(i, lam)
-                lam = costate.combine(lam, g_tgt, h)
-                if not np.isfinite(value):
-                    raise LQSError(f"target loss is {value} at step {i}: the trajectory diverged (lower --lr)")
-                state.target_losses[i] = value
-                state.step, state.lam = i, lam
-                if scoring:
-                    state.scoring_steps_done += 1
-                    with timer("state_save"):
-                        state.s, state.c = _gather(dims, s_local, c_local, lo, N)
-                        state.timings = timer.totals
-                        store.save(state)
-                    log.info("annotate: scored step %d (L_tgt(theta_%d) = %.6f)", i, i, value)
-                    if kill_after and state.scoring_steps_done >= kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                bar.update(1)
+        for st in backward_sweep(sweep, state, timer, bar):
+            with timer("state_save"):
+                st.timings = timer.totals
+                store.save(st)
+            log.info("annotate: scored step %d (L_tgt(theta_%d) = %.6f)", st.step, st.step, st.target_losses[st.step])
+            for hook in on_scoring:
+                hook(st)
 
-    raw, _ = _gather(dims, s_local, c_local, lo, N)
+    raw = state.s
     if not np.all(np.isfinite(raw)):
         raise LQSError("non-finite raw scores: the trajectory or the costate diverged (lower --lr)")
-    record = {
-        "method": cfg.method,
-        "arguments": dataclasses.asdict(cfg),
-        "world": {"dp": dims.dp, "tp": dims.tp, "device": str(dims.device)},
-        "num_proxy": N,
-        "num_target": len(target),
-        "num_train": len(train),
-        "checkpoint_interval": traj.interval,
-        "scoring_steps": [i for i in range(cfg.steps - 1, -1, -1) if i % cfg.interval == 0],
-        "target_loss_curve": [{"step": i, "loss": state.target_losses[i]} for i in sorted(state.target_losses)],
-        "train_loss_curve": [{"step": i, "loss": v} for i, v in sorted(traj.train_losses.items())],
-        "raw_scores": {"mean": float(raw.mean()), "std": float(raw.std()), "min": float(raw.min()),
-                       "max": float(raw.max())},
-        "timings_s": {k: round(v, 4) for k, v in timer.totals.items()},
-    }  # fmt: skip
+    with timer("own_loss"):
+        traj.load(0)
+        own = _own_losses(sweep, N)
+    record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe)
+    record["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()}
+    for w in record["health"]["warnings"]:
+        log.warning("annotate: %s", w["message"])
     if dims.is_main:
-        save_npy(out / "raw_scores.npy", raw.astype(np.float64))
-        save_npy(out / "scores.npy", normalize_scores(raw))
-        save_json(out / "annotate.json", record)
+        _write_outputs(out, raw, own, record)
         if not cfg.keep_checkpoints:
-            import shutil  # noqa: PLC0415
-
             shutil.rmtree(out / "state", ignore_errors=True)
             shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
     dims.barrier()
     return record
 
 
-def _gather(dims: ParallelDims, s_local: np.ndarray, c_local: np.ndarray, lo: int, n: int):
-    """Full-length ``s`` and ``c`` on every rank from each data-parallel rank's slice."""
-    buf = torch.zeros(2, n, dtype=torch.float64, device=dims.device)
-    buf[0, lo : lo + len(s_local)] = torch.from_numpy(s_local)
-    buf[1, lo : lo + len(c_local)] = torch.from_numpy(c_local)
-    dims.all_reduce(buf, group="dp")
-    out = buf.cpu().numpy()
-    return out[0].copy(), out[1].copy()
+def _initial_state(cfg, dims, store: StateStore, traj: Trajectory, costate: Costate, timer, n: int) -> SweepState:
+    """The saved sweep state with ``--resume``; else the forward pass and ``lambda_T`` (a fresh sweep)."""
+    state = store.load(traj.space, traj.master_dtype) if cfg.resume else None
+    if state is not None:
+        timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
+        if dims.is_main:
+            traj.read_train_losses()
+        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
+        return state
+    store.clear()
+    with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:
+        traj.forward(resume=cfg.resume, progress=bar)  # continues its own checkpoints when resuming
+    with timer("load_checkpoint"):
+        traj.load(cfg.steps)
+    with timer("target_grad"):
+        lam, value = costate.target_grad()
+    return SweepState(step=cfg.steps, lam=lam, s=np.zeros(n), c=np.ones(n), target_losses={cfg.steps: value})
+
+
+@torch.no_grad()
+def _own_losses(sw: Sweep, n: int) -> np.ndarray:
+    """Each proxy example's own loss ``l(x; theta)`` at the model's parameters (gathered over dp)."""
+    local = np.zeros(sw.hi - sw.lo)
+    dev = sw.dims.device
+    for idx in sw.proxy_plan:
+        with autocast(dev, sw.compute_dtype):
+            losses = example_losses(sw.space.model, sw.proxy.batch(idx).to(dev))
+        local[idx - sw.lo] = losses.double().cpu().numpy()
+    return gather(sw.dims, [local], sw.lo, n)[0]
+
+
+def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe) -> dict:
+    health = replay_health(state.target_losses, traj.train_losses, raw, proxy.lengths(), own, state.cos_stats)
+    if probe is not None and not probe["passed"]:
+        health["warnings"].insert(0, {
+            "kind": "lr_probe_failed",
+            "replay": True,
+            "message": f"--lr auto: the probe's target loss did not fall even at the smallest rate of the grid "
+                       f"({probe['grid'][0]:g}, used): the replay's data may not lead towards the target",
+        })  # fmt: skip
+        health["ok"] = False
+    record = {
+        "method": cfg.method,
+        "arguments": dataclasses.asdict(cfg),
+        "world": {"dp": dims.dp, "tp": dims.tp, "device": str(dims.device)},
+        "num_proxy": len(proxy),
+        "num_target": len(target),
+        "num_train": len(train),
+        "checkpoint_interval": traj.interval,
+        "scoring_steps": [i for i in range(cfg.steps - 1, -1, -1) if i % cfg.interval == 0],
+        "target_loss_curve": [{"step": i, "loss": state.target_losses[i]} for i in sorted(state.target_losses)],
+        "train_loss_curve": [{"step": i, "loss": v} for i, v in sorted(traj.train_losses.items())],
+        "cos_stats": [{"step": i, **state.cos_stats[i]} for i in sorted(state.cos_stats)],
+        "raw_scores": {"mean": float(raw.mean()), "std": float(raw.std()), "min": float(raw.min()),
+                       "max": float(raw.max())},
+        "health": health,
+    }  # fmt: skip
+    if probe is not None:
+        record["lr_probe"] = probe
+    return record
+
+
+def _write_outputs(out: Path, raw: np.ndarray, own: np.ndarray, record: dict) -> None:
+    """Replace the outputs: ``annotate.json`` (the marker of a finished run) goes first and comes back last."""
+    (out / "annotate.json").unlink(missing_ok=True)
+    save_npy(out / "raw_scores.npy", raw.astype(np.float64))
+    save_npy(out / "scores.npy", normalize_scores(raw))
+    save_npy(out / "example_loss.npy", own.astype(np.float64))
+    save_json(out / "annotate.json", record)

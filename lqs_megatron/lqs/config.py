@@ -16,6 +16,24 @@ from lqs_megatron.options import Deprecated, option
 PRECISIONS = {"fp32": "float32", "fp64": "float64", "bf16": "bf16"}
 BACKENDS = ("auto", "triton", "torch")
 REQUIRED = "required"
+DEFAULT_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+"""The rates tried by ``--lr auto`` (about half a decade apart; lqs/lr_probe.py)."""
+DEFAULT_PROBE_STEPS = 10
+"""``P``: steps of the replay run at each rate of the ``--lr auto`` probe (at most ``T``)."""
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and math.isfinite(x)
+
+
+def parse_lr(text: str) -> float | str:
+    """``--lr``: a positive number or ``auto``."""
+    if str(text).strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a positive number or 'auto', got {text!r}") from None
 
 
 @dataclass
@@ -35,8 +53,15 @@ class AnnotateConfig:
     """Output directory: raw_scores.npy, scores.npy, annotate.json."""
     steps: int = option(100, metavar="T")
     """SGD steps of the replayed trajectory."""
-    lr: float = option(0.008, metavar="ETA")
-    """SGD learning rate."""
+    lr: float | str = option(0.008, metavar="ETA", parse=parse_lr)
+    """SGD learning rate, or auto: the largest rate of --lr-grid whose first --lr-probe-steps replay steps
+    still decrease the target loss by at least half the first-order prediction from the smallest rate
+    (docs/annotation.md, "Choosing the learning rate"; costs at most grid x P train steps and target
+    forwards)."""
+    lr_grid: list[float] = option(default_factory=lambda: list(DEFAULT_GRID), metavar="R")
+    """Rates tried by --lr auto (space-separated)."""
+    lr_probe_steps: int = option(DEFAULT_PROBE_STEPS, metavar="P")
+    """Replay steps per rate of --lr auto (at most T)."""
     batch_size: int = option(16, flag="--global-batch-size", metavar="B", deprecated=("--batch-size",))
     """Train examples per SGD step, over all data-parallel ranks."""
     interval: int = option(10, metavar="K")
@@ -71,13 +96,22 @@ class AnnotateConfig:
     """Kernels of the per-example statistics."""
     device: str | None = option(None, choices=("cuda", "cpu"))
     """cuda or cpu (default: cuda when available)."""
+    strict: bool = False
+    """Exit non-zero (after writing the outputs) when the health check warns: the replay's target loss
+    rose or did not fall, the train loss diverged, or the scores follow length / own loss (annotate.json
+    "health")."""
 
     def __post_init__(self) -> None:
         checks = [
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.interval >= 1, f"--interval must be >= 1, got {self.interval}"),
             (self.steps >= self.interval, f"--steps {self.steps} is smaller than --interval {self.interval} (T < K)"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (self.lr == "auto" or _positive(self.lr), f"--lr must be a positive number or auto, got {self.lr}"),
+            (
+                len(self.lr_grid) > 0 and all(_positive(r) for r in self.lr_grid),
+                f"--lr-grid must hold positive numbers, got {self.lr_grid}",
+            ),
+            (self.lr_probe_steps >= 1, f"--lr-probe-steps must be >= 1, got {self.lr_probe_steps}"),
             (self.batch_size >= 1, f"--global-batch-size must be >= 1, got {self.batch_size}"),
             (self.max_length >= 1, f"--max-length must be >= 1, got {self.max_length}"),
             (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
@@ -99,3 +133,34 @@ class AnnotateConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.ckpt_dir) if self.ckpt_dir else Path(self.out) / "trajectory"
+
+
+@dataclass
+class ReportConfig:
+    """Arguments of ``lqs report`` (lqs/report.py)."""
+
+    help_groups: ClassVar[tuple[str, ...]] = (REQUIRED,)
+    scores: str = option(metavar="S.npy", group=REQUIRED)
+    """One score per sequence of --data (.npy)."""
+    data: str = option(metavar="PREFIX", group=REQUIRED)
+    """The indexed dataset the scores belong to."""
+    by: str | None = option(None, metavar="FIELD")
+    """Group by this field of PREFIX.meta.jsonl (lqs tokenize --keep-fields)."""
+    tokenizer: str | None = option(None, metavar="TOKENIZER_DIR")
+    """Decode the examples with this tokenizer (default: the one PREFIX.stats.json records)."""
+    losses: str | None = option(None, metavar="L.npy")
+    """Each sequence's own loss (default: example_loss.npy beside S)."""
+    top: int = option(5, metavar="K")
+    """Top and bottom examples shown."""
+    chars: int = 300
+    """Characters of text per example."""
+    out: str | None = option(None, metavar="OUT")
+    """Output prefix (default: S without .npy + .report)."""
+
+    def __post_init__(self) -> None:
+        if self.top < 0 or self.chars < 10:
+            raise LQSError(f"--top must be >= 0 and --chars >= 10, got {self.top} and {self.chars}")
+
+    @property
+    def out_prefix(self) -> str:
+        return self.out or (self.scores[:-4] if self.scores.endswith(".npy") else self.scores) + ".report"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from lqs_megatron.lqs.derivatives import hvp, loss_grad
+from lqs_megatron.lqs.derivatives import autocast, example_losses, hvp, loss_grad
 from lqs_megatron.lqs.examples import ExampleSet, rank_slice, weighted_micro_batches
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace, Vector
@@ -47,6 +47,20 @@ class Costate:
             self.target, self.target_indices, len(self.target), self.micro_batch_size, self.space.dims.device
         )
         return loss_grad(self.space, batches, self.master_dtype, self.compute_dtype)
+
+    @torch.no_grad()
+    def target_loss(self) -> float:
+        """``L_tgt(theta)`` at the model's parameters (forward only; all-reduced over dp)."""
+        dims = self.space.dims
+        value = torch.zeros((), dtype=torch.float64, device=dims.device)
+        batches = weighted_micro_batches(
+            self.target, self.target_indices, len(self.target), self.micro_batch_size, dims.device
+        )
+        for batch, w in batches:
+            with autocast(dims.device, self.compute_dtype):
+                value += example_losses(self.space.model, batch).double().sum() * w
+        dims.all_reduce(value, group="dp")
+        return float(value)
 
     def hvp(self, i: int, lam: Vector) -> Vector:
         """``H(b_i; theta) lam`` at the model's parameters."""

@@ -20,8 +20,8 @@ METHODS = ("lqs", "pds")
 
 def score_update(
     s: np.ndarray, c: np.ndarray, dot: np.ndarray, sq: np.ndarray, lam_norm: float, lr: float, method: str
-) -> None:
-    """Update ``s`` and ``c`` (float64 arrays of this rank's proxy examples) in place."""
+) -> np.ndarray:
+    """Update ``s`` and ``c`` (float64 arrays of this rank's proxy examples) in place; return ``cos``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     g_norm = np.sqrt(np.maximum(sq, 0.0))
@@ -34,3 +34,4 @@ def score_update(
         ratio = g_norm
     s += lr * lam_norm * ratio * cos
     c[:] = g_norm
+    return cos

@@ -6,7 +6,8 @@ through step ``i``):
 - ``lambda_{i}_tp{r}.safetensors``: the costate, one file per tensor-parallel rank (written
   by data-parallel rank 0 of that tp rank);
 - ``scores_{i}.npz``: ``s`` and ``c`` for all proxy examples (float64, proxy order);
-- ``state.json``: written last, atomically: it names ``i`` and is the commit marker. Files
+- ``state.json``: written last, atomically: it names ``i`` and is the commit marker (it also
+  holds the target-loss curve so far, the per-step ``cos`` statistics and the timings). Files
   of older steps are removed after it is written.
 
 Only processes of data-parallel rank 0 (global ranks ``0 .. tp-1``) read or write files; the
@@ -39,6 +40,8 @@ class SweepState:
     s: np.ndarray
     c: np.ndarray
     target_losses: dict[int, float] = field(default_factory=dict)
+    cos_stats: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Per scoring step: ``positive`` (fraction of proxy examples with ``cos > 0``) and ``mean`` cos."""
     timings: dict[str, float] = field(default_factory=dict)
     scoring_steps_done: int = 0
 
@@ -85,6 +88,7 @@ class StateStore:
                     "tp": self.dims.tp,
                     "scoring_steps_done": st.scoring_steps_done,
                     "target_losses": {str(k): v for k, v in sorted(st.target_losses.items())},
+                    "cos_stats": {str(k): v for k, v in sorted(st.cos_stats.items())},
                     "timings": st.timings,
                 },
             )
@@ -128,6 +132,7 @@ class StateStore:
             s=s,
             c=c,
             target_losses={int(k): v for k, v in info["target_losses"].items()},
+            cos_stats={int(k): v for k, v in info.get("cos_stats", {}).items()},
             timings=dict(info.get("timings", {})),
             scoring_steps_done=int(info.get("scoring_steps_done", 0)),
         )

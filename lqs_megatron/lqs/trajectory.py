@@ -87,12 +87,14 @@ class Trajectory:
         dev = self.dims.device
         return weighted_micro_batches(self.train, idx[lo:hi], self.batch_size, self.micro_batch_size, dev, sort=False)
 
-    def sgd_step(self, i: int) -> float:
-        """``theta <- theta - eta grad L(b_i; theta)`` on the model's parameters; returns ``L(b_i; theta_i)``."""
+    def sgd_step(self, i: int, lr: float | None = None) -> float:
+        """``theta <- theta - eta grad L(b_i; theta)`` on the model's parameters; returns ``L(b_i; theta_i)``.
+
+        ``lr`` overrides ``eta`` (the learning-rate probe of ``--lr auto``, ``lqs/lr_probe.py``)."""
         grad, loss = loss_grad(self.space, self.batches(i), self.master_dtype, self.compute_dtype)
         with torch.no_grad():
             for n, p in self.space.params.items():
-                p.add_(grad[n].to(p.dtype), alpha=-self.lr)
+                p.add_(grad[n].to(p.dtype), alpha=-(self.lr if lr is None else lr))
         return loss
 
     # -- checkpoints ------------------------------------------------------------------

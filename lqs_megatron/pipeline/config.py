@@ -105,10 +105,19 @@ ProxySection = derive(
 AnnotateSection = derive(
     "AnnotateSection",
     AnnotateConfig,
-    exclude=("model", "train", "target", "proxy", "out", "method", "resume", "ckpt_dir"),
+    exclude=("model", "train", "target", "proxy", "out", "method", "resume", "ckpt_dir", "strict"),
+    # lr auto: chosen per run by `lqs annotate --lr auto`'s probe (docs/quality.md: on real text it never did
+    # worse than a fixed rate and adapts to the annotation model); the papers use 0.008
+    defaults={"lr": "auto"},
     extra=(
         _key("methods", list[str], factory=lambda: list(METHODS), doc="Which scores; each is one arm."),
         _key("train", str, "proxy", doc="The trajectory's data: proxy (as PDS/DELT) or corpus."),
+        _key(
+            "allow_unhealthy",
+            bool,
+            False,
+            doc="Train the scorer even when annotate.json's health check warned (default: the pipeline stops).",
+        ),
         _key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),
     ),
     doc="``lqs annotate``, once per method.",
@@ -198,6 +207,9 @@ class PipelineConfig:
                 raise LQSError(f"annotate.methods: unknown method {m!r} ({', '.join(METHODS)})")
         if not self.annotate.methods:
             raise LQSError("annotate.methods is empty")
+        lr = self.annotate.lr
+        if lr != "auto" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise LQSError(f"annotate.lr must be a positive number or auto, got {lr!r}")
         if self.annotate.train not in ("proxy", "corpus"):
             raise LQSError(f"annotate.train must be proxy or corpus, got {self.annotate.train!r}")
         if self.selection.method not in SELECT_METHODS:

@@ -22,6 +22,7 @@ random selection of exactly as many sequences as the first method's selection, s
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.conversations import TargetConfig
 from lqs_megatron.data.tokenize import TokenizeConfig
 from lqs_megatron.lqs.config import AnnotateConfig
+from lqs_megatron.lqs.health import require_healthy
 from lqs_megatron.options import section_values, to_argv
 from lqs_megatron.pipeline.config import PipelineConfig
 from lqs_megatron.pipeline.runner import Step
@@ -100,7 +102,7 @@ class Plan:
 
     def steps(self) -> list[Step]:
         """The table of steps, in order: name, command line, outputs, the steps it reads."""
-        s = self._data_steps() + [self._annotate(m) for m in self.methods]
+        s = self._data_steps() + [step for m in self.methods for step in self._annotate(m)]
         for m in self.methods:
             s += self._scorer(m)
         sel = self.cfg.selection
@@ -188,11 +190,12 @@ class Plan:
         )
         return s
 
-    def _annotate(self, m: str) -> Step:
+    def _annotate(self, m: str) -> list[Step]:
+        """annotate-M and its health gate (lqs/health.py), which stops the run before the scorer."""
         an, out = self.cfg.annotate, self.annotate_dir(m)
         train = self.proxy if an.train == "proxy" else self.corpus
         paths = {"model": self.annotation_hf, "train": train, "target": self.target, "proxy": self.proxy}
-        return Step(
+        annotate = Step(
             f"annotate-{m}",
             [
                 *command("annotate", (AnnotateConfig, {**paths, "method": m, "out": out}), (AnnotateConfig, an)),
@@ -204,6 +207,13 @@ class Plan:
             resume_flag="--resume",
             state=[str(out)],
         )
+        gate = Step(
+            f"check-annotate-{m}",
+            after=[f"annotate-{m}"],
+            func=partial(require_healthy, str(out), f"{m} annotation", allow=an.allow_unhealthy),
+            func_id=f"health-gate:{'off' if an.allow_unhealthy else 'on'}",
+        )
+        return [annotate, gate]
 
     def _pretrain(self, name: str, section, data: list[str], out: str, after: list[str]) -> Step:
         paths = {"data": data, "out": out, "tokenizer": str(self.tokenizer)}
@@ -235,7 +245,7 @@ class Plan:
                 f"prepare-scorer-data-{m}",
                 command("prepare-scorer-data", (PrepareScorerConfig, {**prepare, "valid_num": sc.valid_num})),
                 outputs=[str(data)],
-                after=[f"annotate-{m}"],
+                after=[f"annotate-{m}", f"check-annotate-{m}"],
             ),
             Step(
                 f"train-scorer-{m}",

@@ -42,6 +42,7 @@ from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
 from lqs_megatron.data.scores import CLIP, load_scores, normalize_scores
 from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
+from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.utils.atomic import atomic_dir, save_json, save_npy
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,9 @@ def prepare_scorer_data(
             "seconds": round(time.time() - t0, 3),
         }
         save_json(tmp / "stats.json", stats)
+        # where the scores come from, when the proxy set carries a provenance sidecar (lqs/report.py)
+        text_tok = src_tokenizer if src_tokenizer is not None else (tok_info or {}).get("path")
+        report_if_sidecar(tmp / "report", raw, str(proxy), tokenizer=text_tok)
     logger.info(
         "scorer data: %d train + %d valid sequences, %d scores clipped -> %s",
         len(train_idx),

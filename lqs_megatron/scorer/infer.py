@@ -31,6 +31,7 @@ import torch
 from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.data.indexed import IndexedDataset, idx_path
 from lqs_megatron.errors import LQSError
+from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import ScoreOptions
 from lqs_megatron.scorer.model import Scorer, load_scorer
 from lqs_megatron.scorer.predict import predict
@@ -252,6 +253,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
             parquet=opts.parquet,
         )
         save_json(out / "score_stats.json", stats)
+        report_if_sidecar(out / "report", out / "scores.npy", str(data), tokenizer=tokenizer)  # lqs/report.py
         logger.info(
             "scored %d sequences (%d computed, %.0f seq/s, %.0f tok/s over %d rank(s)) -> %s",
             n,

@@ -16,7 +16,7 @@ from lqs_megatron.data.config import ExportJsonlConfig, MergeConfig, SampleProxy
 from lqs_megatron.data.conversations import TargetConfig
 from lqs_megatron.data.retokenize import RetokenizeConfig
 from lqs_megatron.data.tokenize import TokenizeConfig
-from lqs_megatron.lqs.config import AnnotateConfig
+from lqs_megatron.lqs.config import AnnotateConfig, ReportConfig
 from lqs_megatron.options import UNSET, flag_of, kind_of, settings, to_argv, values_of
 from lqs_megatron.pipeline.config import DemoCommand, PipelineCommand
 from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreOptions, ScoreRun, TrainScorerConfig, TrainScorerRun
@@ -34,6 +34,7 @@ COMMANDS = {
     "evaluate": [EvaluateConfig],
     "export-hf": [ExportHFConfig],
     "annotate": [AnnotateConfig],
+    "report": [ReportConfig],
     "prepare-scorer-data": [PrepareScorerConfig],
     "train-scorer": [TrainScorerRun, TrainScorerConfig],
     "score": [ScoreRun, ScoreOptions],
@@ -56,10 +57,14 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 # settings whose values have a form of their own
 VALUES = {"shard": "1/3", "keep_fields": ["source", "url"]}
+# settings whose text is parsed (option(parse=...)): a valid value per class
+CLASS_VALUES = {(AnnotateConfig, "lr"): "auto", (ReportConfig, "chars"): 200}
 
 
 def _not_default(cls, f: dataclasses.Field):
     """A valid value of the setting that differs from its default."""
+    if (cls, f.name) in CLASS_VALUES:
+        return CLASS_VALUES[cls, f.name]
     if f.name in VALUES:
         return VALUES[f.name]
     kind, choices = kind_of(cls, f.name), flag_of(f).choices

@@ -173,3 +173,18 @@ def reference_scores(
 def normalized(s: np.ndarray) -> np.ndarray:
     std = s.std()
     return np.zeros_like(s) if std == 0 else np.clip((s - s.mean()) / std, -3, 3)
+
+
+def reference_target_curve(model_dir: str, train: str, target: str, T: int, lr: float, B: int, L: int) -> list[float]:
+    """``L_tgt(theta_i)`` for ``i = 0..T`` of the plain-SGD replay, literally (float64)."""
+    P, cfg = load_hf_params(model_dir)
+    names = [k for k in P if not (cfg.get("tie_word_embeddings") and k == "lm_head.weight")]
+    P = {k: P[k] for k in names}
+    D_train, D_tgt = read_examples(train, L), read_examples(target, L)
+    curve = [float(mean_loss(P, cfg, D_tgt))]
+    for i in range(T):
+        b = [D_train[j % len(D_train)] for j in range(i * B, (i + 1) * B)]
+        g = grad(mean_loss)(P, cfg, b)
+        P = {k: P[k] - lr * g[k] for k in names}
+        curve.append(float(mean_loss(P, cfg, D_tgt)))
+    return curve

@@ -122,8 +122,10 @@ def test_sections_take_their_defaults_from_the_steps(tmp_path):
 
     cfg = config_from_dict(_minimal(tmp_path), tmp_path)
     step = AnnotateConfig(model="m", train="t", target="t", proxy="p", out="o")
-    for key in ("steps", "lr", "batch_size", "interval", "max_length", "micro_batch_size", "precision"):
+    for key in ("steps", "batch_size", "interval", "max_length", "micro_batch_size", "precision", "lr_grid"):
         assert getattr(cfg.annotate, key) == getattr(step, key), key
+    # the one default the pipeline changes: the probe picks eta (docs/quality.md); the command keeps 0.008
+    assert cfg.annotate.lr == "auto" and step.lr == 0.008
     assert cfg.scorer.warmup == TrainScorerConfig().warmup and cfg.scorer.batch_size == TrainScorerConfig().batch_size
 
 

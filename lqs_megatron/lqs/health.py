@@ -1,0 +1,219 @@
+"""Is the replayed trajectory healthy, and do the scores look like scores? (``annotate.json`` ``"health"``)
+
+The scores are exact for the trajectory they replay, but a trajectory whose target loss
+rises (a learning rate too large for the model and data) gives scores that can rank the
+data backwards: every ``cos`` is measured against a costate that points the wrong way. The
+verdict is computed from what the run already has:
+
+- ``target_rise``: ``L_tgt(theta_i)`` above its start ``L_tgt(theta_0)`` by more than
+  ``target_rise`` (relative) at some step ``i`` (the steps and the largest rise are named);
+- ``target_not_falling``: ``L_tgt(theta_T) >= L_tgt(theta_0)``: no net progress on the target;
+- ``train_diverging``: the mean train-batch loss of the last quarter of the replay above the
+  first quarter's by more than ``train_rise`` (relative);
+- ``non_finite``: a NaN or infinity in either loss curve or in the raw scores;
+- ``cos_one_sign``: more than ``cos_one_sign`` of all ``cos`` values (examples x scoring steps)
+  of one sign: the quality term no longer separates examples, only the norms do;
+- ``scores_vs_length`` / ``scores_vs_own_loss``: the raw scores' Spearman rank correlation with
+  the example's length (tokens) or with its own loss at ``theta_0`` above ``correlation`` in
+  absolute value: the scores may be measuring the length or the loss, not usefulness.
+
+Each warning says whether it is about the ``replay`` (the first four: the trajectory itself is
+unfit, its scores should not be used) or a sign in the scores (the last three: worth a look,
+not proof of a problem: a weak annotation model gives mostly positive ``cos``, and some
+corpora do have their junk in their shortest documents). ``ok`` is false when a replay
+warning fired; ``lqs annotate --strict`` fails on any warning; ``lqs pipeline`` stops before
+the scorer when ``ok`` is false. The correlations are always reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lqs_megatron.errors import LQSError
+
+log = logging.getLogger(__name__)
+
+
+REPLAY_KINDS = frozenset({"target_rise", "target_not_falling", "train_diverging", "non_finite", "lr_probe_failed"})
+"""Warnings about the replayed trajectory itself (they make ``ok`` false)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    target_rise: float = 0.01
+    """Relative rise of the target loss above its start that is reported."""
+    train_rise: float = 0.10
+    """Relative rise of the last quarter's mean train loss above the first quarter's."""
+    cos_one_sign: float = 0.95
+    """Fraction of ``cos`` values of one sign that is reported."""
+    correlation: float = 0.8
+    """|Spearman| of the scores with length or own loss that is reported."""
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties averaged."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x), dtype=np.float64)
+    xs = x[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    for a, b in zip(starts, ends):
+        r[order[a:b]] = (a + b + 1) / 2.0
+    return r
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (NaN when either is constant or has < 2 values)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+def step_ranges(steps: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    out, run = [], []
+    for s in sorted(steps):
+        if run and s == run[-1] + 1:
+            run.append(s)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [s]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def _target_checks(target: dict[int, float], th: Thresholds, warn) -> dict:
+    steps = sorted(target)
+    vals = np.array([target[i] for i in steps], dtype=np.float64)
+    start, end = float(vals[0]), float(vals[-1])
+    info = {"start": start, "end": end, "min": float(np.nanmin(vals)) if np.isfinite(vals).any() else None}
+    if not np.all(np.isfinite(vals)):
+        bad = [i for i, v in zip(steps, vals) if not np.isfinite(v)]
+        warn("non_finite", f"the target loss is not finite at step(s) {step_ranges(bad)}", steps=bad)
+        return info
+    limit = start + th.target_rise * abs(start)
+    above = [i for i, v in zip(steps, vals) if v > limit]
+    k = int(np.argmax(vals))
+    rise = float(vals[k] - start)
+    info.update(max=float(vals[k]), max_step=steps[k], steps_above_start=above)
+    if above:
+        warn(
+            "target_rise",
+            f"the replay's target loss rose above its start {start:.4f} at step(s) {step_ranges(above)} "
+            f"(largest {vals[k]:.4f} at step {steps[k]}, +{rise:.4f}, {100 * rise / abs(start):+.1f}%): "
+            "the learning rate is too large for this model and data (try --lr auto or a smaller --lr)",
+            steps=above,
+            rise=rise,
+        )
+    if end >= start:
+        warn(
+            "target_not_falling",
+            f"the replay's target loss did not fall over the trajectory ({start:.4f} at step {steps[0]}, "
+            f"{end:.4f} at step {steps[-1]})",
+        )
+    return info
+
+
+def _train_checks(train: dict[int, float], th: Thresholds, warn) -> dict:
+    if not train:
+        return {}
+    steps = sorted(train)
+    vals = np.array([train[i] for i in steps], dtype=np.float64)
+    if not np.all(np.isfinite(vals)):
+        bad = [i for i, v in zip(steps, vals) if not np.isfinite(v)]
+        warn("non_finite", f"the train-batch loss is not finite at step(s) {step_ranges(bad)}", steps=bad)
+        return {}
+    q = max(1, len(vals) // 4)
+    first, last = float(vals[:q].mean()), float(vals[-q:].mean())
+    info = {"first_quarter_mean": first, "last_quarter_mean": last}
+    if len(vals) >= 2 and last > first + th.train_rise * abs(first):
+        warn(
+            "train_diverging",
+            f"the replay's train loss rose: mean {first:.4f} over steps {steps[0]}-{steps[q - 1]}, "
+            f"{last:.4f} over steps {steps[-q]}-{steps[-1]}",
+        )
+    return info
+
+
+def replay_health(
+    target_losses: dict[int, float],
+    train_losses: dict[int, float],
+    raw_scores: np.ndarray,
+    lengths: np.ndarray,
+    own_losses: np.ndarray | None,
+    cos_stats: dict[int, dict[str, float]],
+    thresholds: Thresholds = Thresholds(),
+) -> dict:
+    """The ``"health"`` record: ``ok``, ``warnings`` (``kind``, ``message``, details) and the figures behind them."""
+    th = thresholds
+    warnings: list[dict] = []
+
+    def warn(kind: str, message: str, **details) -> None:
+        replay = kind in REPLAY_KINDS
+        warnings.append({"kind": kind, "replay": replay, "message": message, **details})
+
+    record: dict = {"target_loss": _target_checks(target_losses, th, warn)}
+    record["train_loss"] = _train_checks(train_losses, th, warn)
+    raw = np.asarray(raw_scores, dtype=np.float64)
+    if not np.all(np.isfinite(raw)):
+        warn("non_finite", f"{int((~np.isfinite(raw)).sum())} raw score(s) are not finite")
+    if cos_stats:
+        pos = float(np.mean([v["positive"] for v in cos_stats.values()]))
+        record["cos_positive_fraction"] = pos
+        record["cos_mean"] = float(np.mean([v["mean"] for v in cos_stats.values()]))
+        if max(pos, 1.0 - pos) > th.cos_one_sign:
+            sign = "positive" if pos > 0.5 else "negative"
+            warn(
+                "cos_one_sign",
+                f"{100 * max(pos, 1 - pos):.1f}% of the cos terms are {sign}: the quality term barely separates "
+                "the examples (the ranking then follows the gradient norms)",
+            )
+    corr = {"length": spearman(raw, lengths)}
+    if own_losses is not None:
+        corr["own_loss"] = spearman(raw, own_losses)
+    record["spearman"] = {k: (v if np.isfinite(v) else None) for k, v in corr.items()}
+    for name, r in corr.items():
+        if np.isfinite(r) and abs(r) > th.correlation:
+            what = "length (tokens)" if name == "length" else "own loss at theta_0"
+            warn(
+                f"scores_vs_{name}",
+                f"the scores follow the examples' {what}: Spearman {r:+.3f} (the scores may measure that, "
+                "not usefulness for the target)",
+                spearman=r,
+            )
+    ok = not any(w["replay"] for w in warnings)
+    return {"ok": ok, "warnings": warnings, **record, "thresholds": asdict(th)}
+
+
+def require_healthy(annotate_dir: str, what: str = "annotation", allow: bool = False) -> None:
+    """Raise :class:`LQSError` listing the warnings when ``annotate_dir/annotate.json`` says ``"ok": false``
+    (the pipeline's gate before the scorer); with ``allow`` only log them. A record without a verdict passes."""
+    path = os.path.join(annotate_dir, "annotate.json")
+    with open(path) as f:
+        health = json.load(f).get("health") or {"ok": True}
+    for w in health.get("warnings", []):
+        if not w.get("replay", True):
+            log.warning("the %s in %s: %s", what, annotate_dir, w["message"])
+    if not health.get("ok", True) and allow:
+        log.warning("the %s in %s is unhealthy; continuing (annotate.allow_unhealthy)", what, annotate_dir)
+    elif not health.get("ok", True):
+        lines = "\n".join(f"  - {w['message']}" for w in health.get("warnings", []) if w.get("replay", True))
+        raise LQSError(
+            f'the {what} in {annotate_dir} is unhealthy (annotate.json "health"):\n{lines}\n'
+            "fix the annotation (e.g. annotate.lr: auto or a smaller annotate.lr), or set "
+            "annotate.allow_unhealthy: true to train the scorer on these scores anyway"
+        )
