@@ -48,11 +48,11 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import lqs_megatron.kernels.linear_stats as grad_stats
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.loading import build_model
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.loss import per_example_lm_loss
 
 from _harness import Row, largest_batch, machine, main_guard, parser, peak_mib_or_inf, record, time_ms, versions

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality_corpus import PACKAGES, build_corpus, sources  # noqa: E402
+from quality_corpus import PACKAGES, build_corpus, sources
 
-from lqs_megatron.data.meta import read_meta  # noqa: E402
-from lqs_megatron.pipeline.report import auc  # noqa: E402
-from lqs_megatron.pipeline.runner import Runner, Step  # noqa: E402
+from lqs_megatron.data.meta import read_meta
+from lqs_megatron.pipeline.report import auc
+from lqs_megatron.pipeline.runner import Runner, Step
 
 FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=5, lr="auto", B=16, L=128,
             scorer_epochs=5, scorer_bs=16, scorer_lr=5e-4, steps=300, plr=3e-3, gbs=16, seq=128,
@@ -338,11 +338,11 @@ def main() -> None:
     if args.work is None and not args.tiny:
         p.error("--work is required (except with --tiny)")
     if args.work is None:
-        import tempfile  # noqa: PLC0415
+        import tempfile
 
         args.work = tempfile.mkdtemp(prefix="lqs-quality-tiny-")
-        import atexit  # noqa: PLC0415
-        import shutil  # noqa: PLC0415
+        import atexit
+        import shutil
 
         atexit.register(shutil.rmtree, args.work, True)  # a throwaway run leaves nothing behind
     w = Path(args.work).resolve()

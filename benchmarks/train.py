@@ -30,10 +30,10 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HE
 
 import torch
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.hf import config_to_hf, state_dict_to_hf
 from lqs_megatron.models.loading import build_model
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep

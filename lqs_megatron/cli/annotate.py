@@ -44,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from lqs_megatron.distributed import init_distributed
     from lqs_megatron.errors import LQSError
     from lqs_megatron.lqs.annotate import annotate, fault_hooks_from_env
     from lqs_megatron.lqs.config import AnnotateConfig
+    from lqs_megatron.parallel.dims import init_distributed
 
     cfg = build(AnnotateConfig, args)
     dims = init_distributed(tp=cfg.tp, device=cfg.device)

@@ -73,7 +73,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.scorer.config import TrainScorerConfig, TrainScorerRun
     from lqs_megatron.scorer.train import train_scorer
 
@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from lqs_megatron.data.sharding import resolve_shard
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset
 

@@ -57,7 +57,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         require_wandb()
     preflight(cfg)  # user errors (missing data, a --tp that does not divide the heads, --resume) before any launch
 
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.training.trainer import pretrain, resolve_model_config
 
     resolve_model_config(cfg)
@@ -72,8 +72,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from lqs_megatron.distributed import init_distributed
     from lqs_megatron.models.loading import load_model
+    from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.training.config import EvaluateConfig
     from lqs_megatron.training.evaluate import evaluate_dataset
 

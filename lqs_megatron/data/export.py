@@ -65,8 +65,8 @@ def export_format(out_path: str, fmt: str | None) -> str:
 
 def check_tokenizer(ds: IndexedDataset, tokenizer_dir: str, tok, start: int, stop: int) -> None:
     """Refuse a tokenizer that cannot decode sequences ``[start, stop)`` of ``ds`` (see the module docstring)."""
-    from lqs_megatron.data.fingerprint import dataset_tokenizer, fingerprint  # noqa: PLC0415
-    from lqs_megatron.data.tokenizer import vocab_size  # noqa: PLC0415
+    from lqs_megatron.data.fingerprint import dataset_tokenizer, fingerprint
+    from lqs_megatron.data.tokenizer import vocab_size
 
     recorded = dataset_tokenizer(ds.prefix)
     if recorded is not None and recorded["fingerprint"] != fingerprint(tok):
@@ -143,7 +143,7 @@ def export_jsonl(
 
 def _decoded(ds: IndexedDataset, tok, start: int, stop: int, batch_size: int):
     """``(first index, texts)`` for batches of sequences ``[start, stop)``, trailing EOS removed."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     eos = tok.eos_token_id
     bar = tqdm(total=stop - start, desc="export", unit="seq", file=sys.stderr, disable=not sys.stderr.isatty())
@@ -164,8 +164,8 @@ class ParquetRows:
     """A parquet file of ``index``, ``text`` (and ``score``) written in row groups of :data:`ROW_GROUP` rows."""
 
     def __init__(self, path, score_dtype=None, row_group: int | None = None):
-        import pyarrow as pa  # noqa: PLC0415
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         self.pa, self.row_group = pa, row_group or ROW_GROUP
         fields = [pa.field("index", pa.int64()), pa.field("text", pa.string())]
@@ -204,7 +204,7 @@ class ParquetRows:
 
 def merge_exports(out: str, shards: list[str]) -> dict:
     """Join ``export-jsonl`` shard files into ``out``: exactly the file one run writes."""
-    from lqs_megatron.data.sources import sniff  # noqa: PLC0415
+    from lqs_megatron.data.sources import sniff
 
     kinds = {sniff(p).kind for p in shards}
     if kinds - {"jsonl", "parquet"} or len(kinds) > 1:
@@ -212,7 +212,7 @@ def merge_exports(out: str, shards: list[str]) -> dict:
     rows = 0
     with output_lock(out), atomic_file(out) as tmp:
         if kinds == {"parquet"}:
-            import pyarrow.parquet as pq  # noqa: PLC0415
+            import pyarrow.parquet as pq
 
             first = pq.ParquetFile(shards[0]).schema_arrow
             score = first.field("score").type.to_pandas_dtype() if "score" in first.names else None

@@ -55,7 +55,7 @@ PROBE_TEXTS = [
 
 def gigatoken_available() -> bool:
     try:
-        import gigatoken  # noqa: F401, PLC0415
+        import gigatoken  # noqa: F401
     except ImportError:
         return False
     return True
@@ -115,7 +115,7 @@ def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], lis
     the caller has it."""
     if not gigatoken_available():
         return None
-    import gigatoken  # noqa: PLC0415
+    import gigatoken
 
     spec_str = bt.to_str()
     spec = json.loads(spec_str) if spec is None else spec
@@ -124,7 +124,7 @@ def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], lis
     try:
         gtok = gigatoken.Tokenizer.from_json(spec_str)
         got = gtok.encode_batch_list(PROBE_TEXTS, parallel=False)
-    except Exception:  # noqa: BLE001 - gigatoken rejects what it does not implement with various errors
+    except Exception:
         return None
     specials = [t["content"] for t in spec.get("added_tokens", []) if t.get("content")]
     probe = [t for t in PROBE_TEXTS if not any(s in t for s in specials)]
@@ -139,7 +139,7 @@ def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], lis
 
 def _flat(rows) -> tuple[np.ndarray, np.ndarray]:
     """(ids, int64 row offsets) of gigatoken's awkward array of rows, without a copy where possible."""
-    import awkward as ak  # noqa: PLC0415 - gigatoken depends on it
+    import awkward as ak
 
     layout = rows.layout
     if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
@@ -170,7 +170,7 @@ class GigatokenEncoder:
         if threading.current_thread() is not threading.main_thread():
             return False
         try:
-            from gigatoken._parallel import resolve_parallel  # noqa: PLC0415
+            from gigatoken._parallel import resolve_parallel
         except ImportError:
             return False
         return resolve_parallel(None)
@@ -189,7 +189,7 @@ class GigatokenEncoder:
         self, texts: list[str], add_special_tokens: bool = True, eos: int = -1, max_length: int = 0
     ) -> tuple[np.ndarray, np.ndarray, int, int]:
         """``(tokens int32, lengths int64, truncated, dropped)``, as ``WordCacheEncoder.encode_flat``."""
-        from lqs_megatron import _C  # noqa: PLC0415
+        from lqs_megatron import _C
 
         rows = self._rows(texts)
         pre, suf = (self.prefix, self.suffix) if add_special_tokens else ([], [])

@@ -182,8 +182,8 @@ def ordered_map(
 
 def _thread_map(fn, tasks, workers: int, initializer, initargs: tuple, max_in_flight: int) -> Iterator[Any]:
     """:func:`ordered_map` in ``workers`` threads: at most ``max_in_flight`` tasks submitted and not yet consumed."""
-    from collections import deque  # noqa: PLC0415
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     if initializer is not None:
         initializer(*initargs)

@@ -52,7 +52,7 @@ def read_scores(path: str | os.PathLike) -> np.ndarray:
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "scores.npy")):
         return read_scores(os.path.join(path, "scores.npy"))
     if not os.path.exists(path):
-        from lqs_megatron.data.sharding import find_shard_outputs  # noqa: PLC0415
+        from lqs_megatron.data.sharding import find_shard_outputs
 
         try:
             shards = find_shard_outputs(path, marker="/scores.npy")
@@ -74,7 +74,7 @@ def read_scores(path: str | os.PathLike) -> np.ndarray:
 
 
 def _parquet_scores(path: str) -> np.ndarray:
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path, columns=None)
@@ -95,12 +95,12 @@ def write_scores_parquet(path, scores: np.ndarray, data_prefix: str | os.PathLik
 
     Written atomically, in row groups of 65,536 rows (memory stays bounded by one group).
     """
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from lqs_megatron.data.indexed import IndexedDataset  # noqa: PLC0415
-    from lqs_megatron.data.meta import has_meta, iter_meta, meta_path  # noqa: PLC0415
-    from lqs_megatron.utils.atomic import atomic_file  # noqa: PLC0415
+    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.meta import has_meta, iter_meta, meta_path
+    from lqs_megatron.utils.atomic import atomic_file
 
     ds = IndexedDataset(data_prefix)
     scores = np.asarray(scores)

@@ -58,7 +58,7 @@ def merge_shards(out: str | os.PathLike) -> dict:
     """Join the shards of a run with ``--out out`` (see the module docstring); return its summary."""
     out = os.fspath(out).rstrip("/")
     if out.endswith((".jsonl", ".parquet")):
-        from lqs_megatron.data.export import merge_exports  # noqa: PLC0415
+        from lqs_megatron.data.export import merge_exports
 
         return merge_exports(out, find_shard_outputs(out))
     if glob.glob(glob.escape(out) + ".shard-*-of-*/"):  # score output directories
@@ -148,7 +148,7 @@ def _chunk_shards(out: str, shards: list[str], stats: list[dict], meta: bool) ->
             bits = np.fromfile(bpath, dtype=np.uint8) if os.path.isfile(bpath) else np.zeros(0, np.uint8)
             if len(bits) != (ds.num_tokens + 7) // 8:
                 raise LQSError(f"{bpath}: {len(bits)} bytes for {ds.num_tokens} tokens; rerun that shard")
-            lines = open(meta_path(prefix), "rb") if meta else None  # noqa: SIM115 - closed below
+            lines = open(meta_path(prefix), "rb") if meta else None
             try:
                 for start, stop, t0 in _blocks(ds):
                     tokens = ds.span(start, stop)
@@ -186,8 +186,8 @@ def _blocks(ds: IndexedDataset):
 def merge_score_shards(out: str, shards: list[str]) -> dict:
     """Join ``lqs score`` shard directories into ``out/scores.npy`` (+ ``scores.parquet`` when the shards wrote
     one, ``score_stats.json``): the scores one run writes, byte for byte."""
-    from lqs_megatron.data.scores import write_scores_parquet  # noqa: PLC0415
-    from lqs_megatron.utils.atomic import save_json, save_npy  # noqa: PLC0415
+    from lqs_megatron.data.scores import write_scores_parquet
+    from lqs_megatron.utils.atomic import save_json, save_npy
 
     stats = []
     for i, path in enumerate(shards):

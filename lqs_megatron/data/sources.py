@@ -66,9 +66,9 @@ SKIPPED_NAMES = frozenset({"state.json", "dataset_info.json", "dataset_dict.json
 
 def _pyarrow():
     try:
-        import pyarrow  # noqa: PLC0415
-        import pyarrow.ipc  # noqa: F401, PLC0415
-        import pyarrow.parquet  # noqa: F401, PLC0415
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         raise LQSError("reading parquet or arrow files needs pyarrow: pip install pyarrow") from None
     return pyarrow
@@ -229,10 +229,10 @@ class _ZstdFrames(io.RawIOBase):
     _CHUNK = 1 << 17  # compressed bytes per step: the output of one step stays small
 
     def __init__(self, path: str):
-        import zstandard  # noqa: PLC0415
+        import zstandard
 
         self._dctx = zstandard.ZstdDecompressor()
-        self._raw = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._raw = open(path, "rb")
         self._obj = self._dctx.decompressobj()
         self._pending = b""
         self._frame_start = 0  # compressed offset of the current frame
@@ -301,7 +301,7 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.Ba
 
 def _corrupt_errors() -> tuple[type[BaseException], ...]:
     try:
-        import zstandard  # noqa: PLC0415
+        import zstandard
 
         return (*CORRUPT_ERRORS, zstandard.ZstdError)
     except ImportError:  # pragma: no cover
@@ -344,7 +344,7 @@ def iter_lines_range(path: str, lo: int, hi: int) -> Iterator[tuple[int, bytes]]
         with open(path, "rb", buffering=1 << 20) as f:
             f.seek(lo)
             pos = lo
-            for n, raw in enumerate(f, start=1):  # noqa: B007 - used after the loop on errors
+            for n, raw in enumerate(f, start=1):
                 if pos >= hi:
                     return
                 pos += len(raw)
@@ -364,7 +364,7 @@ def iter_file_lines(src: Source) -> Iterator[tuple[int, bytes]]:
     corrupt = _corrupt_errors()
     try:
         with open_binary(src.path, src.compression) as f:
-            for line_no, raw in enumerate(f, start=1):  # noqa: B007 - used after the loop on errors
+            for line_no, raw in enumerate(f, start=1):
                 if line_no == 1 and raw.startswith(UTF8_BOM):
                     raw = raw[len(UTF8_BOM) :]
                 yield line_no, raw

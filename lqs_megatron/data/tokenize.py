@@ -35,7 +35,7 @@ from lqs_megatron.data.meta import meta_line, meta_path
 from lqs_megatron.data.sharding import Shard, parse_shard, plan_inputs, shard_output
 from lqs_megatron.data.sources import Columns
 from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
-from lqs_megatron.data.writing import (  # noqa: F401 - write_batches, finish_stats re-exported for the other writers
+from lqs_megatron.data.writing import (
     BitStream,
     StreamFile,
     chunk_hooks,

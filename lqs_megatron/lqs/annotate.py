@@ -35,19 +35,19 @@ import numpy as np
 import torch
 
 from lqs_megatron.data.scores import normalize_scores
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.derivatives import autocast, example_losses
-from lqs_megatron.lqs.examples import ExampleSet, micro_batches, rank_slice
+from lqs_megatron.lqs.examples import ExampleSet, micro_batches
 from lqs_megatron.lqs.health import replay_health
 from lqs_megatron.lqs.lr_probe import RULE, probe_learning_rate
 from lqs_megatron.lqs.state import StateStore, SweepState
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.sweep import Sweep, backward_sweep, gather
 from lqs_megatron.lqs.trajectory import Trajectory
-from lqs_megatron.lqs.vectors import ParamSpace, broadcast_object
+from lqs_megatron.lqs.vectors import ParamSpace
+from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.utils.atomic import save_json, save_npy
 from lqs_megatron.utils.lock import output_lock
 
@@ -125,13 +125,13 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
 
 def load_annotation_model(path: str, dims: ParallelDims, dtype: torch.dtype):
     """The HF model as our decoder, sharded for ``dims.tp``, on ``dims.device``, in ``dtype``."""
-    from lqs_megatron.models.loading import load_model  # noqa: PLC0415
+    from lqs_megatron.models.loading import load_model
 
     return load_model(path, dims, dtype=dtype).train()
 
 
 def _progress(total: int, desc: str, dims: ParallelDims):
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not (dims.is_main and sys.stderr.isatty()), leave=False)
 
@@ -192,7 +192,7 @@ def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, co
     if cfg.resume and dims.is_main and path.is_file():
         saved = json.loads(path.read_text())
         saved = saved if saved.get("fingerprint") == key else None
-    saved = broadcast_object(dims, saved)
+    saved = dims.broadcast_object(saved)
     if saved is not None:
         log.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
         probe = saved["probe"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from lqs_megatron.lqs.derivatives import autocast, example_losses, hvp, loss_grad
-from lqs_megatron.lqs.examples import ExampleSet, rank_slice, weighted_micro_batches
+from lqs_megatron.lqs.examples import ExampleSet, weighted_micro_batches
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace, Vector
+from lqs_megatron.parallel.dims import rank_slice
 
 
 class Costate:

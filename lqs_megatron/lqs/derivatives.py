@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.vectors import ParamSpace, Vector
 from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.models.mappings import reduce_from_region
+from lqs_megatron.parallel.mappings import reduce_from_region
 from lqs_megatron.training.loss import per_example_lm_loss
 
 
@@ -52,7 +52,7 @@ def _no_silent_collectives(active: bool):
             raise RuntimeError(
                 "Hessian-vector product under tensor parallelism went through a collective with no autograd "
                 f"kernel ({str(w.message).split(':')[0]}): the tp mappings' backward must be built from their "
-                "conjugate autograd functions (models/mappings.py) for double backward"
+                "conjugate autograd functions (parallel/mappings.py) for double backward"
             )
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 

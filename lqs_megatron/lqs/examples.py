@@ -20,7 +20,6 @@ import torch
 
 from lqs_megatron.data.batching import pad_examples
 from lqs_megatron.data.indexed import IndexedDataset, bin_path
-from lqs_megatron.distributed import rank_slice  # noqa: F401 - re-exported: the one dp split
 from lqs_megatron.errors import LQSError
 
 

@@ -69,11 +69,11 @@ def _summary(x: np.ndarray, median: float) -> dict:
 def _tokenizer_dir(prefix: str, tokenizer: str | None) -> str | None:
     if tokenizer is not None:
         return tokenizer
-    from lqs_megatron.data.fingerprint import dataset_tokenizer  # noqa: PLC0415
+    from lqs_megatron.data.fingerprint import dataset_tokenizer
 
     try:
         info = dataset_tokenizer(prefix)
-    except Exception as e:  # noqa: BLE001 - a report without text is still a report
+    except Exception as e:
         log.warning("the tokenizer recorded for %s cannot be loaded (%s); no text in the report", prefix, e)
         return None
     return info["path"] if info else None
@@ -82,7 +82,7 @@ def _tokenizer_dir(prefix: str, tokenizer: str | None) -> str | None:
 def _texts(ds: IndexedDataset, indices: list[int], tokenizer: str | None, chars: int) -> list[str | None]:
     if tokenizer is None:
         return [None] * len(indices)
-    from lqs_megatron.data.tokenizer import load_tokenizer  # noqa: PLC0415
+    from lqs_megatron.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, require_eos=False)
     seqs = []
@@ -191,10 +191,10 @@ def format_report(rep: dict) -> str:
 
 def plot_report(rep: dict, arrays: dict, path: str | os.PathLike) -> None:
     """PNG: score histograms per group, box plots per group, and score vs length."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     x, lengths, groups = arrays["scores"], arrays["lengths"], arrays["groups"]
     if groups is None:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lqs_megatron.distributed import ParallelDims
-from lqs_megatron.lqs.vectors import ParamSpace, Vector, broadcast_object, load_vector, save_vector
+from lqs_megatron.lqs.vectors import ParamSpace, Vector, load_vector, save_vector
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
 
@@ -108,7 +108,7 @@ class StateStore:
             info = json.loads((self.dir / "state.json").read_text())
             if info.get("fingerprint") != self.fingerprint or info.get("tp") != self.dims.tp:
                 info = None
-        info = broadcast_object(self.dims, info)
+        info = self.dims.broadcast_object(info)
         if info is None:
             return None
         step = int(info["step"])
@@ -125,7 +125,7 @@ class StateStore:
         if self.dims.is_main:
             with np.load(self._scores_path(step)) as z:
                 sc = (z["s"].copy(), z["c"].copy())
-        s, c = broadcast_object(self.dims, sc)
+        s, c = self.dims.broadcast_object(sc)
         return SweepState(
             step=step,
             lam=lam,

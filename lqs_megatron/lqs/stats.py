@@ -39,14 +39,14 @@ import contextlib
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
 from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm
-from lqs_megatron.models.mappings import copy_to_region
+from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.parallel.mappings import copy_to_region
 
 
 def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:

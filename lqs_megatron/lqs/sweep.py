@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.derivatives import autocast
@@ -29,6 +28,7 @@ from lqs_megatron.lqs.state import SweepState
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace
+from lqs_megatron.parallel.dims import ParallelDims
 
 Timer = Callable[[str], contextlib.AbstractContextManager]
 

@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 
 from lqs_megatron.lqs.derivatives import loss_grad
-from lqs_megatron.lqs.examples import ExampleSet, rank_slice, train_indices, weighted_micro_batches
-from lqs_megatron.lqs.vectors import ParamSpace, Vector, broadcast_object, load_vector, save_vector
+from lqs_megatron.lqs.examples import ExampleSet, train_indices, weighted_micro_batches
+from lqs_megatron.lqs.vectors import ParamSpace, Vector, load_vector, save_vector
+from lqs_megatron.parallel.dims import rank_slice
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Trajectory:
         """Last checkpoint of a previous run with the same fingerprint (None: start from theta_0)."""
         meta = self.dir / "trajectory.json"
         info = json.loads(meta.read_text()) if self.dims.is_main and meta.is_file() else None
-        info = broadcast_object(self.dims, info)  # read on rank 0 only: the directory need not be shared
+        info = self.dims.broadcast_object(info)  # read on rank 0 only: the directory need not be shared
         if info is None or info.get("fingerprint") != self.fingerprint:
             return None
         have = [i for i in info["saved"] if i in self.checkpoint_steps]

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims, broadcast_object  # noqa: F401 - re-exported
+from lqs_megatron.parallel.dims import ParallelDims
 
 Vector = dict[str, torch.Tensor]
 

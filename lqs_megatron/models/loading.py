@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.models.parallelize import check_tp, padded_vocab_size, parallelize, tp_size_of
+from lqs_megatron.models.parallelize import check_tp, merge_state_dicts, padded_vocab_size, parallelize, tp_size_of
+from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.utils.checkpoint_format import is_checkpoint, read_config, read_model_shard, resolve_checkpoint
 
 
 def build_model(
@@ -72,12 +73,6 @@ def _assign(model: Decoder, sd: dict[str, torch.Tensor], where: str) -> Decoder:
 
 
 def _load_checkpoint(path: Path, dims: ParallelDims, multiple: int | None) -> Decoder:
-    from lqs_megatron.training.checkpoint import (
-        read_config,
-        read_full_state_dict,
-        read_model_shard,
-        resolve_checkpoint,
-    )
 
     step_dir = resolve_checkpoint(path)
     meta = read_config(step_dir)
@@ -117,7 +112,6 @@ def load_model(
     ``make_vocab_size_divisible_by``: vocabulary padding multiple (times tp); None keeps the
     checkpoint's (1 for HF directories).
     """
-    from lqs_megatron.training.checkpoint import is_checkpoint
 
     dims = dims or ParallelDims()
     p = Path(path)
@@ -134,3 +128,9 @@ def load_model(
         model.config.vocab_size, dims.tp
     )
     return model.to(device=device or dims.device, dtype=dtype)
+
+
+def read_full_state_dict(step_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tp shard merged into the full (padded) state dict."""
+    tp = read_config(step_dir)["tp"]
+    return merge_state_dicts([read_model_shard(step_dir, r, tp) for r in range(tp)])

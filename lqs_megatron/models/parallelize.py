@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.models.parallel_layers import (
+from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.parallel.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
     RowParallelLinear,

@@ -67,10 +67,10 @@ def split_indices(n: int, valid_num: int, seed: int) -> tuple[np.ndarray, np.nda
 
 def plot_scores(z: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
     """PNG of the sorted normalised scores (left) and their histogram (right); matplotlib's Agg backend."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(np.sort(z), lw=1.2)
@@ -99,7 +99,7 @@ def _check_sequences(ds: IndexedDataset) -> None:
 
 def _retokenized(proxy, src_tokenizer: str, dst_tokenizer: str, tmp: Path, workers: int | None, n: int):
     """The proxy sequences re-encoded with the scorer's tokenizer, in ``tmp/proxy`` (one sequence per sequence)."""
-    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize  # noqa: PLC0415
+    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
 
     logger.info("retokenizing %d proxy sequences: %s -> %s", n, src_tokenizer, dst_tokenizer)
     retokenize(RetokenizeConfig(str(proxy), src_tokenizer, dst_tokenizer, str(tmp / "proxy"), workers=workers))
@@ -125,7 +125,7 @@ def prepare_scorer_data(
 
     ``workers``: retokenization processes (None: one per core, 0: in this process).
     """
-    from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info  # noqa: PLC0415
+    from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
     if (src_tokenizer is None) != (dst_tokenizer is None):
         raise LQSError("--src-tokenizer and --dst-tokenizer go together (give both or neither)")
@@ -222,7 +222,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> ScorerSplit:
 
 def load_stats(data_dir: str | os.PathLike) -> dict:
     """``DIR/stats.json`` ({} when absent)."""
-    import json  # noqa: PLC0415
+    import json
 
     p = Path(data_dir) / "stats.json"
     return json.loads(p.read_text()) if p.is_file() else {}

@@ -85,13 +85,9 @@ def prepare_for_inference(
     return model, amp
 
 
-def _broadcast(obj, dims):
-    return dims.broadcast_object(obj)
-
-
 def _check_meta(shard_dir: Path, meta: dict) -> str | None:
     """Error message when ``shard_dir`` holds shards of another run; else write the meta (first run)."""
-    import json  # noqa: PLC0415
+    import json
 
     path = shard_dir / "meta.json"
     if path.is_file():
@@ -121,15 +117,15 @@ def score_dataset(
 ) -> dict:
     """Score every sequence of ``data`` with the scorer checkpoint; write ``out_dir/scores.npy``.
 
-    ``dims``: a :class:`lqs_megatron.distributed.ParallelDims` (default: one process on the
+    ``dims``: a :class:`lqs_megatron.parallel.dims.ParallelDims` (default: one process on the
     best device). ``shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
     ``[I*n/N, (I+1)*n/N)`` only, into ``out_dir.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
     joins them). Rank 0 holds the output's lock. Returns the run's statistics (also written to
     ``score_stats.json``).
     """
-    from lqs_megatron.data.sharding import shard_output  # noqa: PLC0415
-    from lqs_megatron.distributed import ParallelDims  # noqa: PLC0415
-    from lqs_megatron.utils.lock import output_lock  # noqa: PLC0415
+    from lqs_megatron.data.sharding import shard_output
+    from lqs_megatron.parallel.dims import ParallelDims
+    from lqs_megatron.utils.lock import output_lock
 
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out = shard_output(out_dir, shard)
@@ -138,7 +134,7 @@ def score_dataset(
 
 
 def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard) -> dict:
-    from lqs_megatron.data.sharding import split_range  # noqa: PLC0415
+    from lqs_megatron.data.sharding import split_range
 
     t0 = time.time()
     ds = IndexedDataset(data)
@@ -173,7 +169,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         err = _check_meta(shard_dir, {**run_meta(ds, ckpt, opts.shard_size), **sharded})
         todo = [k for k in range(len(ranges)) if not shard_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
-    plan = _broadcast(plan, dims)
+    plan = dims.broadcast_object(plan)
     if plan["error"]:
         raise LQSError(plan["error"])
     todo = plan["todo"]
@@ -229,7 +225,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     if dims.is_main:
         stats = merge_shards(out, n, opts.shard_size)
         if opts.parquet:
-            from lqs_megatron.data.scores import write_scores_parquet  # noqa: PLC0415
+            from lqs_megatron.data.scores import write_scores_parquet
 
             write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), data, begin)
         if shard is not None:
@@ -263,7 +259,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
             dims.world_size,
             out / "scores.npy",
         )
-    stats = _broadcast(stats, dims)
+    stats = dims.broadcast_object(stats)
     return stats
 
 
@@ -289,7 +285,7 @@ def _progress_bar(total: int, enabled: bool, world: int):
     """Rank 0's bar: its own share of the sequences and its own rates (the others run alike)."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     desc = "scoring" if world == 1 else f"scoring (rank 0 of {world})"
     return tqdm(total=total, unit="seq", unit_scale=True, desc=desc, dynamic_ncols=True, disable=None)

@@ -142,7 +142,7 @@ def _strip_lm_head(decoder: nn.Module) -> nn.Module:
 
 def _base_kind(path: str) -> str:
     """``ours`` (a lqs checkpoint or an HF directory the fast path covers: our Decoder) or ``hf`` (any other)."""
-    from lqs_megatron.training.checkpoint import is_checkpoint
+    from lqs_megatron.utils.checkpoint_format import is_checkpoint
 
     p = Path(path)
     if not p.is_dir():
@@ -167,7 +167,7 @@ def fast_path_covers(hf_config: dict) -> bool:
 
 def _base_tokenizer(path: str) -> str:
     """The tokenizer shipped with a base model: the HF directory itself, or a checkpoint's ``tokenizer/``."""
-    from lqs_megatron.training.checkpoint import is_checkpoint, resolve_checkpoint
+    from lqs_megatron.utils.checkpoint_format import is_checkpoint, resolve_checkpoint
 
     if is_checkpoint(path):
         tok = resolve_checkpoint(path) / "tokenizer"

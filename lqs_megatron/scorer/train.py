@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer
-from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
+from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics

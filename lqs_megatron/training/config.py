@@ -107,7 +107,7 @@ class PretrainConfig:
             raise LQSError("give exactly one of --model-config (random init) or --init-from HF_DIR")
         if not self.data:
             raise LQSError("--data needs at least one dataset prefix")
-        from lqs_megatron.training.data import parse_blend  # noqa: PLC0415 - also Megatron's "0.3 P1 0.7 P2"
+        from lqs_megatron.training.data import parse_blend
 
         self.data, self.data_weights = parse_blend(self.data, self.data_weights)
         for name in ("max_length", "global_batch_size", "steps", "eval_samples", "log_interval", "tp"):

@@ -24,8 +24,8 @@ import torch
 
 from lqs_megatron.data.indexed import IndexedDataset, bin_path
 from lqs_megatron.data.sample_index import build_sample_index, gather_sample, samples_available
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+from lqs_megatron.parallel.dims import ParallelDims
 
 
 def parse_blend(items: list[str] | str, weights: list[float] | None = None) -> tuple[list[str], list[float] | None]:

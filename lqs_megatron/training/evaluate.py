@@ -17,9 +17,9 @@ import torch
 from lqs_megatron.data.batching import pad_examples
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.progress import Progress
-from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.decoder import Decoder
+from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.data import check_token_ids
 from lqs_megatron.training.loss import per_example_lm_loss
 from lqs_megatron.training.step import autocast_dtype

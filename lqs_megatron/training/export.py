@@ -15,7 +15,8 @@ import torch
 
 from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.hf import save_hf_model
-from lqs_megatron.training.checkpoint import read_config, read_full_state_dict, resolve_checkpoint
+from lqs_megatron.models.loading import read_full_state_dict
+from lqs_megatron.utils.checkpoint_format import read_config, resolve_checkpoint
 
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lqs_megatron.data.progress import MetricsLog, Progress
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
-from lqs_megatron.training.checkpoint import step_dir_name
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.step import StepResult, TrainStep
+from lqs_megatron.utils.checkpoint_format import step_dir_name
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lqs_megatron.kernels.per_example_loss import per_example_loss
 from lqs_megatron.models.decoder import Decoder
-from lqs_megatron.models.mappings import copy_to_region, reduce_from_region
+from lqs_megatron.parallel.mappings import copy_to_region, reduce_from_region
 
 
 def per_example_lm_loss(

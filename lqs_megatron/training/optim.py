@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.parallel.dims import ParallelDims
 
 
 def build_optimizer(

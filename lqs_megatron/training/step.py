@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.optim import WarmupCosine, clip_grad_norm, set_lr
 
 

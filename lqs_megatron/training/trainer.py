@@ -21,18 +21,19 @@ import torch
 
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.sample_index import samples_available
-from lqs_megatron.distributed import ParallelDims, rank_slice
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.loading import build_model, load_model
 from lqs_megatron.models.parallelize import check_tp
-from lqs_megatron.training.checkpoint import load_training_state, remove_leftovers, save_checkpoint, step_dir_name
+from lqs_megatron.parallel.dims import ParallelDims, rank_slice
+from lqs_megatron.training.checkpoint import load_training_state, remove_leftovers, save_checkpoint
 from lqs_megatron.training.config import PretrainConfig, choose_resume_dir
 from lqs_megatron.training.data import PackedSamples, SampleStream, check_token_ids
 from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep, autocast_dtype
+from lqs_megatron.utils.checkpoint_format import step_dir_name
 from lqs_megatron.utils.lock import output_lock_on_main
 
 log = logging.getLogger(__name__)

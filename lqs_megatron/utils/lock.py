@@ -177,7 +177,7 @@ def output_lock_on_main(out: str | os.PathLike, dims, command: str | None = None
     """:func:`output_lock` taken by global rank 0 of a (possibly distributed) job; every rank learns the
     outcome, so when the lock is refused **every** rank raises (none is left waiting in a collective).
 
-    ``dims``: a :class:`~lqs_megatron.distributed.ParallelDims` (collective: every rank calls this)."""
+    ``dims``: a :class:`~lqs_megatron.parallel.dims.ParallelDims` (collective: every rank calls this)."""
     with contextlib.ExitStack() as stack:
         failure: Exception | None = None
         path = None

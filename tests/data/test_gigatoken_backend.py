@@ -20,7 +20,7 @@ from tests.conftest import demo_texts
 
 pytest.importorskip("gigatoken")
 
-from lqs_megatron.data.gigatoken_backend import PROBE_TEXTS, gigatoken_spec  # noqa: E402
+from lqs_megatron.data.gigatoken_backend import PROBE_TEXTS, gigatoken_spec
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

@@ -208,8 +208,8 @@ def test_locked_out_fails_every_rank_under_torchrun(data, tmp_path):
 
 
 def _lock_worker(rank: int, world: int, out: str) -> None:
-    from lqs_megatron.distributed import init_distributed
     from lqs_megatron.errors import LQSError
+    from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.utils.lock import output_lock_on_main
 
     dims = init_distributed(device="cpu")
@@ -338,7 +338,7 @@ def test_real_full_disk(data, tmp_path):
         assert not [n for n in names if ".tmp" in n or ".old" in n], names
         good = latest(out)
         assert good is not None and good in names
-        from lqs_megatron.training.checkpoint import validate_step_dir
+        from lqs_megatron.utils.checkpoint_format import validate_step_dir
 
         validate_step_dir(out / good)
     finally:

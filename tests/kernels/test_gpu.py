@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.kernels import (
     grad_stats_embedding,
     grad_stats_linear,
@@ -19,6 +18,7 @@ from lqs_megatron.kernels import (
     per_example_loss,
 )
 from lqs_megatron.lqs.stats import ExampleStats
+from lqs_megatron.parallel.dims import ParallelDims
 from tests.kernels.tolerances import rtol
 from tests.lqs.test_stats import random_batch, random_lambda, tiny_model, torch_func_stats
 from tests.utils import rel_err

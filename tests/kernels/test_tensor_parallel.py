@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
 from lqs_megatron.kernels.per_example_loss import per_example_loss
-from lqs_megatron.models.mappings import copy_to_region, reduce_from_region
+from lqs_megatron.parallel.mappings import copy_to_region, reduce_from_region
 from tests.kernels.test_lm_head_stats import truth_stats
 from tests.kernels.test_per_example_loss import _problem, truth_loss
 from tests.kernels.tolerances import rtol

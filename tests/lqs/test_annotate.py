@@ -97,8 +97,8 @@ def test_cli_matches_contract_reference(setup, cli_runs, method):
 
 
 def _annotate_in_process(rank, world, paths, out, precision, tp):
-    from lqs_megatron.distributed import init_distributed
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+    from lqs_megatron.parallel.dims import init_distributed
 
     cfg = AnnotateConfig(
         **paths, out=str(out), **ARGS, precision=precision, micro_batch_size=2, proxy_batch_size=3, tp=tp
@@ -135,8 +135,8 @@ def test_tied_embeddings_float64_equals_the_contract(tmp_path):
     paths = {k: str(tmp_path / k) for k in ("model", "train", "target", "proxy")}
     args = dict(steps=3, lr=0.5, batch_size=2, interval=1, max_length=8)
     ref = reference_scores(*paths.values(), *args.values())
-    from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+    from lqs_megatron.parallel.dims import ParallelDims
 
     annotate(AnnotateConfig(**paths, out=str(tmp_path / "out"), **args, precision="fp64"), ParallelDims())
     assert_close(np.load(tmp_path / "out" / "raw_scores.npy"), ref["lqs"], rtol=1e-11, atol=1e-14, name="tied")

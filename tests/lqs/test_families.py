@@ -45,8 +45,8 @@ def _inputs(root, family) -> dict:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_annotate_equals_the_contract(tmp_path, family, capsys):
     from lqs_megatron.cli import main
-    from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+    from lqs_megatron.parallel.dims import ParallelDims
 
     paths = _inputs(tmp_path, family)
     ref = reference_scores(*paths.values(), *ARGS.values())["lqs"]
@@ -64,8 +64,8 @@ def test_annotate_equals_the_contract(tmp_path, family, capsys):
 
 
 def _annotate_tp2(rank, world, runs):
-    from lqs_megatron.distributed import init_distributed
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+    from lqs_megatron.parallel.dims import init_distributed
 
     dims = init_distributed(tp=2, device="cpu")
     for paths, out in runs:
@@ -76,8 +76,8 @@ def _annotate_tp2(rank, world, runs):
 @pytest.mark.distributed
 def test_annotate_tp2_equals_one_process(tmp_path):
     """tp=2 annotation (statistics, HVPs and replay through sharded biases and the window) equals one process."""
-    from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
+    from lqs_megatron.parallel.dims import ParallelDims
 
     runs = []
     for family in FAMILIES:

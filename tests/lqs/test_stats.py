@@ -6,11 +6,11 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.loading import build_model, load_model
+from lqs_megatron.parallel.dims import ParallelDims
 from tests.models.families import FAMILIES, save_family
 from tests.utils import assert_close
 

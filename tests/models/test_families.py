@@ -186,9 +186,9 @@ def _sharded(full: dict, par_model, rank: int) -> dict:
 
 def _check_family_tp2(rank, dims, family, hf_dir, ckpt, tokenizer_dir):
     from lqs_megatron.data.tokenizer import load_tokenizer
-    from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.lqs.examples import Batch
     from lqs_megatron.lqs.stats import ExampleStats
+    from lqs_megatron.parallel.dims import ParallelDims
     from lqs_megatron.training.checkpoint import save_checkpoint
     from lqs_megatron.training.loss import per_example_lm_loss
 
@@ -222,7 +222,7 @@ def _check_family_tp2(rank, dims, family, hf_dir, ckpt, tokenizer_dir):
 
 
 def _tp_families_worker(rank, world, dirs, tokenizer_dir):
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
 
     dims = init_distributed(tp=2, device="cpu")
     for family, (hf_dir, ckpt) in dirs.items():

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lqs_megatron.distributed import ParallelDims, init_distributed
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.models.parallelize import check_tp, padded_vocab_size, tp_dim_of
+from lqs_megatron.parallel.dims import ParallelDims, init_distributed
 
 
 def test_layout_world_8_tp_2():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lqs_megatron.models.config import ModelConfig
-from lqs_megatron.models.parallel_layers import (
+from lqs_megatron.parallel.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
     RowParallelLinear,
@@ -124,7 +124,7 @@ def _check_model(rank: int, world: int, dims, tie: bool) -> None:
 
 
 def _tp_worker(rank: int, world: int) -> None:
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
 
     dims = init_distributed(tp=2, device="cpu")
     assert dims.tp == 2 and dims.dp == 1 and dims.tp_rank == rank and dims.tp_group is not None

@@ -145,9 +145,9 @@ def test_build_scorer_flag_errors(tiny_tokenizer, tmp_path):
 
 
 def test_base_can_be_a_lqs_pretrain_checkpoint(tiny_tokenizer, tmp_path):
-    from lqs_megatron.distributed import ParallelDims
     from lqs_megatron.models.config import load_model_config
     from lqs_megatron.models.loading import build_model
+    from lqs_megatron.parallel.dims import ParallelDims
     from lqs_megatron.training.checkpoint import save_checkpoint
     from lqs_megatron.training.optim import build_optimizer
 

@@ -64,7 +64,7 @@ def test_scorer_ranks_heldout_data_by_its_true_quality(proxy, tiny_tokenizer):
 
 
 def _dp_worker(rank, world, data, out, tokenizer):
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
 
     cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=4, max_length=64)
     train_scorer(data, out, cfg, model_config="tiny", tokenizer=tokenizer, dims=init_distributed(), progress=False)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.data import PackedSamples, SampleStream, blend_indices, check_token_ids
 from tests.training.conftest import write_tokens
 

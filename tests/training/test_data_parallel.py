@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.models.config import ModelConfig
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer, clip_grad_norm
 from tests.utils import assert_close, spawn
 
@@ -33,7 +33,7 @@ def _train(dims, tokens_fn, micro, steps=3):
 
 
 def _dp_worker(rank: int, world: int) -> None:
-    from lqs_megatron.distributed import init_distributed
+    from lqs_megatron.parallel.dims import init_distributed
 
     dims = init_distributed(tp=1, device="cpu")
     assert dims.dp == 2 and dims.dp_group is not None and dims.tp_group is None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lqs_megatron.distributed import ParallelDims
+from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.config import PretrainConfig
 from lqs_megatron.training.trainer import Pretrainer
 from tests.training.conftest import write_tokens

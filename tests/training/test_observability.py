@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lqs_megatron.data.progress import MetricsLog, Progress, plot_metrics, read_metrics
-from lqs_megatron.distributed import ParallelDims
 from lqs_megatron.errors import LQSError
+from lqs_megatron.parallel.dims import ParallelDims
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

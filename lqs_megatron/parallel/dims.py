@@ -211,11 +211,6 @@ def rank_slice(n: int, parts: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
-def broadcast_object(dims: ParallelDims, obj, src: int = 0):
-    """``obj`` from global rank ``src`` on every rank (identity for one process)."""
-    return dims.broadcast_object(obj, src)
-
-
 def _env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     if v is None or v == "":

@@ -2,7 +2,7 @@
 
 Each holds only this rank's shard as ``.weight`` (so ``nn.Linear`` / ``nn.Embedding`` code,
 optimizers and module hooks keep working) and owns its communication through
-:mod:`lqs_megatron.models.mappings`. What a forward hook sees (the LQS per-example
+:mod:`lqs_megatron.parallel.mappings`. What a forward hook sees (the LQS per-example
 statistics rely on it):
 
 =========================  ==============================  ====================================
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lqs_megatron.models.mappings import (
+from lqs_megatron.parallel.mappings import (
     copy_to_region,
     gather_from_region,
     group_rank,
