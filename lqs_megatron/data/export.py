@@ -36,11 +36,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 
 from lqs_megatron.data.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.progress import Progress
 from lqs_megatron.data.scores import check_scores, json_floats, read_scores
 from lqs_megatron.data.sharding import Shard, shard_output, split_range
 from lqs_megatron.errors import LQSError
@@ -143,10 +143,8 @@ def export_jsonl(
 
 def _decoded(ds: IndexedDataset, tok, start: int, stop: int, batch_size: int):
     """``(first index, texts)`` for batches of sequences ``[start, stop)``, trailing EOS removed."""
-    from tqdm import tqdm
-
     eos = tok.eos_token_id
-    bar = tqdm(total=stop - start, desc="export", unit="seq", file=sys.stderr, disable=not sys.stderr.isatty())
+    bar = Progress("export", unit="seq", total=stop - start)
     for lo in range(start, stop, batch_size):
         hi = min(lo + batch_size, stop)
         ids = []

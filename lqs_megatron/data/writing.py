@@ -29,7 +29,7 @@ from lqs_megatron.data.parallel import ordered_map
 from lqs_megatron.data.progress import Progress
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
-from lqs_megatron.utils.lock import _pid_alive
+from lqs_megatron.utils.lock import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def clean_stale_temps(prefix: str) -> list[str]:
         if not m:
             continue
         pid = int(m.group(2))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

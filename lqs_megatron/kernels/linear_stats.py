@@ -48,7 +48,7 @@ within the run-to-run spread (docs/benchmarks.md, Kernels)."""
 
 def choose_method(seq_len: int, d_in: int, d_out: int, fused: bool = False) -> str:
     """The cheaper way to get both statistics for one linear layer: ``"direct"`` or ``"ghost"``
-    (``LQS_ALGORITHM.md``: ``|g_W|^2`` by either formula, "whichever is cheaper").
+    (``docs/algorithm.md``: ``|g_W|^2`` by either formula, "whichever is cheaper").
 
     Both ways pay one GEMM of ``T d_in d_out`` per example (direct: ``G_n = D^T A``, reduced tile by
     tile while in cache; ghost: the dot's ``A Lambda^T``); ghost adds two Gram blocks

@@ -1,4 +1,4 @@
-"""``lqs annotate``: LQS (or PDS) scores of every proxy example, exactly as ``LQS_ALGORITHM.md`` says.
+"""``lqs annotate``: LQS (or PDS) scores of every proxy example, exactly as ``docs/algorithm.md`` says.
 
 Phases: load and validate; with ``--lr auto`` the learning-rate probe (``lqs/lr_probe.py``);
 forward pass (SGD replay, checkpoints every ``ceil(sqrt(T))`` steps, ``lqs/trajectory.py``);
@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lqs_megatron.data.progress import Progress
 from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
@@ -130,10 +130,9 @@ def load_annotation_model(path: str, dims: ParallelDims, dtype: torch.dtype):
     return load_model(path, dims, dtype=dtype).train()
 
 
-def _progress(total: int, desc: str, dims: ParallelDims):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not (dims.is_main and sys.stderr.isatty()), leave=False)
+def _progress(total: int, desc: str, dims: ParallelDims) -> Progress:
+    """Rank 0's bar of one phase (steps); the phase timings are logged by the caller."""
+    return Progress(desc, enabled=dims.is_main, log_every_s=60.0, unit="step", total=total)
 
 
 def fault_hooks_from_env() -> list[Callable[[SweepState], None]]:

@@ -119,6 +119,37 @@ class ExampleStats:
         if missing:
             raise LQSError(f"no per-example statistics rule for parameter(s) {', '.join(missing)}")
 
+    def _rule(self, name: str, mod: nn.Module, lam: Vector, mask: torch.Tensor, head):
+        """``(keep, stats)`` of one module: ``keep(mod, input)`` is what its forward hook holds (None: this
+        rank adds nothing for it), ``stats(kept, D)`` the ``(dot, sq)`` parts its output gradient ``D`` adds."""
+        lam_w, backend = lam[f"{name}.weight"], self.backend
+        if isinstance(mod, nn.Embedding):
+            start = int(getattr(mod, "vocab_start", 0))
+
+            def embedding(ids: torch.Tensor, grad: torch.Tensor):
+                yield grad_stats_embedding(ids, grad, lam_w, start, mask, backend=backend)
+                if self.tied:  # |g_emb + g_head|^2 = |g_emb|^2 + |g_head|^2 + 2 <g_emb, g_head>
+                    labels, (h, weight, lse) = head()
+                    n_valid = min(max(self.model.config.vocab_size - start, 0), weight.shape[0])
+                    cross = tied_cross_term(ids, grad, h, weight, labels, mask, lse, start, n_valid)
+                    yield torch.zeros_like(cross), 2 * cross
+
+            return (lambda mod, x: x), embedding
+        if isinstance(mod, RMSNorm):  # replicated over tp: counted on one rank
+            keep = (lambda mod, x: mod.normalize(x.detach())) if self.replicated_counted else (lambda mod, x: None)
+            return keep, lambda xhat, grad: [grad_stats_norm(xhat, grad, lam_w, mask, backend=backend)]
+        # a replicated (row-parallel) bias is counted on one tp rank; a sharded one on each
+        lam_b = None
+        if mod.bias is not None and (getattr(mod.bias, "tp_dim", None) is not None or self.replicated_counted):
+            lam_b = lam[f"{name}.bias"]
+
+        def linear(a: torch.Tensor, grad: torch.Tensor):
+            yield grad_stats_linear(a, grad, lam_w, mask, backend=backend)
+            if lam_b is not None:
+                yield bias_stats(grad, lam_b)
+
+        return (lambda mod, x: _as_computed(x.detach())), linear
+
     def __call__(self, batch: Batch, lam: Vector) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         B = len(batch)
@@ -130,73 +161,12 @@ class ExampleStats:
             acc[0] += dot.double()
             acc[1] += sq.double()
 
-        def linear_hook(name: str, mod: nn.Module):
-            lam_w = lam[f"{name}.weight"]
-            # a replicated (row-parallel) bias is counted on one tp rank; a sharded one on each
-            lam_b = None
-            if mod.bias is not None and (getattr(mod.bias, "tp_dim", None) is not None or self.replicated_counted):
-                lam_b = lam[f"{name}.bias"]
-
-            def fwd(mod, args, out):
-                held = [_as_computed(args[0].detach())]
-
-                def bwd(grad: torch.Tensor) -> None:
-                    add(*grad_stats_linear(held.pop(), grad, lam_w, mask, backend=self.backend))
-                    if lam_b is not None:
-                        add(*bias_stats(grad, lam_b))
-
-                out.register_hook(bwd)
-
-            return fwd
-
-        def norm_hook(name: str):
-            lam_w = lam[f"{name}.weight"]
-
-            def fwd(mod, args, out):
-                if not self.replicated_counted:
-                    return
-                held = [mod.normalize(args[0].detach())]
-
-                def bwd(grad: torch.Tensor) -> None:
-                    add(*grad_stats_norm(held.pop(), grad, lam_w, mask, backend=self.backend))
-
-                out.register_hook(bwd)
-
-            return fwd
-
-        def embedding_hook(name: str):
-            lam_w = lam[f"{name}.weight"]
-
-            def fwd(mod, args, out):
-                ids = args[0]
-                out = out.detach().requires_grad_()
-                start = int(getattr(mod, "vocab_start", 0))
-
-                def bwd(grad: torch.Tensor) -> None:
-                    add(*grad_stats_embedding(ids, grad, lam_w, start, mask, backend=self.backend))
-                    if self.tied:  # |g_emb + g_head|^2 = |g_emb|^2 + |g_head|^2 + 2 <g_emb, g_head>
-                        h, weight, lse = head_inputs
-                        n_valid = min(max(model.config.vocab_size - start, 0), weight.shape[0])
-                        cross = tied_cross_term(ids, grad, h, weight, batch.labels, mask, lse, start, n_valid)
-                        acc[1] += 2 * cross.double()
-
-                out.register_hook(bwd)
-                return out
-
-            return fwd
-
         head_inputs = None  # (hidden, head weight, logsumexp) for the tied cross term, set after the forward
         handles = []
         try:
             for name, mod in self.modules:
-                hook = (
-                    embedding_hook(name)
-                    if isinstance(mod, nn.Embedding)
-                    else norm_hook(name)
-                    if isinstance(mod, RMSNorm)
-                    else linear_hook(name, mod)
-                )
-                handles.append(mod.register_forward_hook(hook))
+                keep, stats = self._rule(name, mod, lam, mask, lambda: (batch.labels, head_inputs))
+                handles.append(mod.register_forward_hook(_hook(keep, stats, add, isinstance(mod, nn.Embedding))))
             with _frozen(model), torch.enable_grad():
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
@@ -213,6 +183,28 @@ class ExampleStats:
                 h.remove()
         self.dims.all_reduce(acc, group="tp")
         return acc[0], acc[1]
+
+
+def _hook(keep, stats, add, detach_output: bool):
+    """The forward hook of one module: hold ``keep(mod, input)`` and, when the output's gradient arrives,
+    add ``stats(kept, D)`` and drop what was held. ``detach_output``: the module's output is replaced by a
+    leaf that requires grad (the embedding, whose integer input leaves no graph with frozen weights)."""
+
+    def fwd(mod, args, out):
+        held = [keep(mod, args[0])]
+        if held[0] is None:
+            return None
+        if detach_output:
+            out = out.detach().requires_grad_()
+
+        def bwd(grad: torch.Tensor) -> None:
+            for dot, sq in stats(held.pop(), grad):
+                add(dot, sq)
+
+        out.register_hook(bwd)
+        return out if detach_output else None
+
+    return fwd
 
 
 def _as_computed(x: torch.Tensor) -> torch.Tensor:

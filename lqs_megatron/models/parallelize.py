@@ -101,15 +101,12 @@ def parallelize(model: Decoder, dims: ParallelDims, make_vocab_size_divisible_by
         raise ValueError("model is already parallelized")
     resize_vocab(model, padded_vocab_size(cfg.vocab_size, dims.tp, make_vocab_size_divisible_by))
     group = dims.tp_group if dims.tp > 1 else None
-    for layer in model.layers:
-        att, ffn = layer.attention, layer.feed_forward
-        att.wq = ColumnParallelLinear.from_dense(att.wq, group)
-        att.wk = ColumnParallelLinear.from_dense(att.wk, group)
-        att.wv = ColumnParallelLinear.from_dense(att.wv, group)
-        att.wo = RowParallelLinear.from_dense(att.wo, group)
-        ffn.w1 = ColumnParallelLinear.from_dense(ffn.w1, group)
-        ffn.w3 = ColumnParallelLinear.from_dense(ffn.w3, group)
-        ffn.w2 = RowParallelLinear.from_dense(ffn.w2, group)
+    for layer in model.layers:  # the swaps are the COLUMN / ROW tables that tp_dim_of reads
+        for path in COLUMN + ROW:
+            owner, attr = path.split(".")
+            parent = getattr(layer, owner)
+            twin = ColumnParallelLinear if path in COLUMN else RowParallelLinear
+            setattr(parent, attr, twin.from_dense(getattr(parent, attr), group))
     model.tok_embeddings = VocabParallelEmbedding.from_dense(model.tok_embeddings, group)
     model.output = ParallelLMHead.from_dense(model.output, group)
     if cfg.tie_word_embeddings:
@@ -120,10 +117,6 @@ def parallelize(model: Decoder, dims: ParallelDims, make_vocab_size_divisible_by
 def tp_size_of(model: Decoder) -> int:
     """Tensor-parallel size a (parallelized or dense) model was built for."""
     return getattr(model.output, "tp_size", 1)
-
-
-def tp_rank_of(model: Decoder) -> int:
-    return getattr(model.output, "tp_rank", 0)
 
 
 def shard_state_dict(full: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ import torch
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.data.indexed import IndexedDataset, idx_path
+from lqs_megatron.data.progress import Progress
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import ScoreOptions
@@ -188,16 +189,14 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     pad_multiple = 8 if device.type == "cuda" else 1
     my_seqs = sum(ranges[k][1] - ranges[k][0] for k in mine)
     done = {"seqs": 0, "tokens": 0}
-    bar = _progress_bar(my_seqs, enabled=progress and dims.is_main, world=dims.world_size)
+    desc = "scoring" if dims.world_size == 1 else f"scoring (rank 0 of {dims.world_size})"  # its share, its rates
+    bar = Progress(desc, enabled=progress and dims.is_main, unit="seq", total=my_seqs)
     t_compute = time.time()
 
     def on_batch(seqs: int, tokens: int) -> None:
         done["seqs"] += seqs
         done["tokens"] += tokens
-        if bar is not None:
-            dt = max(time.time() - t_compute, 1e-9)
-            bar.update(seqs)
-            bar.set_postfix_str(f"{done['seqs'] / dt:,.0f} seq/s, {done['tokens'] / dt:,.0f} tok/s", refresh=False)
+        bar.update(seqs, tokens)
 
     for k in mine:
         start, end = ranges[k]
@@ -215,8 +214,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         )
         save_npy(shard_path(out, k), scores)
         logger.debug("shard %d [%d, %d) written", k, start, end)
-    if bar is not None:
-        bar.close()
+    bar.close()
     compute_s = time.time() - t_compute
     totals = torch.tensor([done["seqs"], done["tokens"]], dtype=torch.float64, device=device)
     totals = dims.all_reduce(totals).cpu()
@@ -279,13 +277,3 @@ def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
     save_npy(out / "scores.npy", scores)
     summary = {k: float(getattr(scores, k)()) if len(scores) else None for k in ("mean", "std", "min", "max")}
     return {"num_sequences": n, "shard_size": shard_size, **summary}
-
-
-def _progress_bar(total: int, enabled: bool, world: int):
-    """Rank 0's bar: its own share of the sequences and its own rates (the others run alike)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    desc = "scoring" if world == 1 else f"scoring (rank 0 of {world})"
-    return tqdm(total=total, unit="seq", unit_scale=True, desc=desc, dynamic_ncols=True, disable=None)

@@ -40,7 +40,7 @@ def default_max_tokens(device: torch.device) -> int:
 def length_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int) -> list[np.ndarray]:
     """Positions into ``lengths`` grouped into batches, longest first (see the module docstring)."""
     if max_tokens < 1 or max_batch_size < 1:
-        raise LQSError(f"--max-tokens and --max-batch-size must be >= 1 (got {max_tokens}, {max_batch_size})")
+        raise LQSError(f"--max-tokens and --micro-batch-size must be >= 1 (got {max_tokens}, {max_batch_size})")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     batches, i, n = [], 0, len(order)

@@ -2,7 +2,7 @@
 
 Each sequence is one example (cut to ``L + 1`` tokens, inputs ``x[:-1]``, labels ``x[1:]``;
 :func:`lqs_megatron.data.batching.pad_examples`), its loss the mean token cross-entropy over
-its real positions, and the reported ``loss`` the mean over examples (``LQS_ALGORITHM.md``).
+its real positions, and the reported ``loss`` the mean over examples (``docs/algorithm.md``).
 Examples are split over the data-parallel ranks and batched by length (less padding); the
 sums are all-reduced, so the result does not depend on the world size.
 """
@@ -39,7 +39,7 @@ def evaluate_dataset(
     """``{"loss", "examples", "tokens"}``: mean per-example loss, example count, predicted positions."""
     dims = dims or ParallelDims()
     if max_length < 1 or batch_size < 1:
-        raise LQSError(f"--max-length and --batch-size must be >= 1 (got {max_length}, {batch_size})")
+        raise LQSError(f"--max-length and --micro-batch-size must be >= 1 (got {max_length}, {batch_size})")
     ds = IndexedDataset(prefix)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:

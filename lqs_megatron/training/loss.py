@@ -1,7 +1,7 @@
 """The language-model loss of a (possibly tensor-parallel) decoder: one mean CE per example.
 
 ``per_example_lm_loss(model, input_ids, labels, loss_mask) -> [B]`` is
-``l(x) = sum_t m_t CE_t / sum_t m_t`` (``LQS_ALGORITHM.md``), computed by the fused,
+``l(x) = sum_t m_t CE_t / sum_t m_t`` (``docs/algorithm.md``), computed by the fused,
 chunked, vocab-parallel kernel ``lqs_megatron.kernels.per_example_loss`` without ever
 holding ``B x T x V`` logits. The hidden states enter the tensor-parallel region
 (``copy_to_region``) so their gradient is all-reduced over the tp group; padded vocabulary

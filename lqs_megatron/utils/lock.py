@@ -77,7 +77,7 @@ def _read(fd: int) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +119,7 @@ def _acquire(path: str, command: str | None) -> int:
                 os.close(fd)
                 raise OutputLocked(path, holder)
             pid = holder.get("pid")
-            if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+            if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
                 os.close(fd)
                 raise OutputLocked(path, holder)
             logger.warning(
@@ -168,7 +168,7 @@ def check_unlocked(out: str | os.PathLike) -> None:
     finally:
         os.close(fd)
     pid = holder.get("pid")
-    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         raise OutputLocked(path, holder)
 
 
