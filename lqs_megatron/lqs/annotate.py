@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.progress import MetricsLog, Progress
 from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
@@ -264,6 +264,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         log.warning("annotate: %s", w["message"])
     if dims.is_main:
         _write_outputs(out, raw, own, record)
+        _write_metrics(out, record)
         if not cfg.keep_checkpoints:
             shutil.rmtree(out / "state", ignore_errors=True)
             shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
@@ -331,6 +332,25 @@ def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe) -> di
     if probe is not None:
         record["lr_probe"] = probe
     return record
+
+
+def _write_metrics(out: Path, record: dict) -> None:
+    """The replay's curves as ``OUT/metrics.jsonl`` (one record per step: ``annotate/train_loss`` of the SGD
+    step, ``annotate/target_loss`` of theta_i, ``annotate/cos_*`` of a scoring step), TensorBoard scalars
+    under ``OUT/tb`` when installed and ``OUT/loss.png`` (data/progress.py), the phase timings last: the
+    numbers of ``annotate.json``, for the tools that read training runs."""
+    steps: dict[int, dict] = {}
+    for row in record["train_loss_curve"]:
+        steps.setdefault(row["step"], {})["annotate/train_loss"] = row["loss"]
+    for row in record["target_loss_curve"]:
+        steps.setdefault(row["step"], {})["annotate/target_loss"] = row["loss"]
+    for row in record["cos_stats"]:
+        steps.setdefault(row["step"], {}).update({f"annotate/cos_{k}": v for k, v in row.items() if k != "step"})
+    timings = {f"annotate/time_{k}_s": v for k, v in record["timings_s"].items()}
+    with MetricsLog(out) as metrics:
+        for i in sorted(steps):
+            metrics.write({"step": i, **steps[i]})
+        metrics.write({"step": max(steps, default=0), **timings})
 
 
 def _write_outputs(out: Path, raw: np.ndarray, own: np.ndarray, record: dict) -> None:

@@ -94,6 +94,15 @@ def test_cli_matches_contract_reference(setup, cli_runs, method):
     assert len(rec["train_loss_curve"]) == 5 and rec["checkpoint_interval"] == 3
     assert {"forward", "recompute", "scoring", "hvp", "target_grad"} <= set(rec["timings_s"])
     assert not (out / "trajectory").exists() and not (out / "state").exists()  # cleaned up after success
+    # the same curves for the tools that read training runs: metrics.jsonl (+ TensorBoard when installed), loss.png
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    target = {m["step"]: m["annotate/target_loss"] for m in metrics if "annotate/target_loss" in m}
+    train = {m["step"]: m["annotate/train_loss"] for m in metrics if "annotate/train_loss" in m}
+    assert target == {p["step"]: p["loss"] for p in rec["target_loss_curve"]}
+    assert train == {p["step"]: p["loss"] for p in rec["train_loss_curve"]}
+    cos_key = "annotate/cos_" + sorted(rec["cos_stats"][0].keys() - {"step"})[0]
+    assert sorted(m["step"] for m in metrics if cos_key in m) == [0, 2, 4]
+    assert "annotate/time_forward_s" in metrics[-1] and (out / "loss.png").is_file()
 
 
 def _annotate_in_process(rank, world, paths, out, precision, tp):
