@@ -70,14 +70,13 @@ from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep
 from lqs_megatron.utils.atomic import atomic_dir
+from lqs_megatron.utils.checkpoint_format import validate_step_dir
 from lqs_megatron.utils.integrity import (
-    CorruptFile,
     check_finite,
     digest_files,
     disk_errors,
     files_under,
     torch_load,
-    verify_dir,
     write_manifest,
 )
 from lqs_megatron.utils.lock import output_lock_on_main
@@ -130,14 +129,7 @@ def evaluate(
 
 def _validate_scorer_step(d: Path, crc: bool = True) -> dict:
     """A scorer checkpoint directory is usable for --resume: every file checks out; returns trainer.json."""
-    for name in ("scorer.json", "trainer.json", "model.safetensors", "optimizer.pt"):
-        if not (d / name).is_file():
-            raise CorruptFile(d / name, "missing")
-    verify_dir(d, crc=crc)
-    try:
-        return json.loads((d / "trainer.json").read_text())
-    except ValueError as e:
-        raise CorruptFile(d / "trainer.json", f"unreadable ({e})") from None
+    return validate_step_dir(d, crc, required=("scorer.json", "trainer.json", "model.safetensors", "optimizer.pt"))
 
 
 def _resume_source(out: Path, resume: bool, dims) -> Path | None:

@@ -105,12 +105,15 @@ def step_dirs(root: str | os.PathLike) -> list[Path]:
     return [p for s, p in sorted((s, p) for s, p in found if s is not None)[::-1]]
 
 
-def validate_step_dir(step_dir: str | os.PathLike, crc: bool = True) -> dict:
-    """Check a step directory before trusting it: config, trainer state, every file's size and checksum
-    (when recorded), safetensors headers, complete torch archives. Returns ``trainer.json``;
-    raises :class:`~lqs_megatron.utils.integrity.CorruptFile` / :class:`LQSError` naming the file."""
+def validate_step_dir(
+    step_dir: str | os.PathLike, crc: bool = True, required: tuple[str, ...] = ("config.json", "trainer.json")
+) -> dict:
+    """Check a step directory before trusting it: the ``required`` files (a language model's config and
+    trainer state by default; the scorer names its own), every file's size and checksum (when recorded),
+    safetensors headers, complete torch archives. Returns ``trainer.json``; raises
+    :class:`~lqs_megatron.utils.integrity.CorruptFile` / :class:`LQSError` naming the file."""
     d = Path(step_dir)
-    for name in ("config.json", "trainer.json"):
+    for name in required:
         if not (d / name).is_file():
             raise CorruptFile(d / name, "missing")
     verify_dir(d, crc=crc)
