@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality_corpus import PACKAGES, build_corpus, sources
 
 from lqs_megatron.data.meta import read_meta
-from lqs_megatron.pipeline.report import auc
 from lqs_megatron.pipeline.runner import Runner, Step
+from lqs_megatron.utils.correlation import auc
 
 FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=5, lr="auto", B=16, L=128,
             scorer_epochs=5, scorer_bs=16, scorer_lr=5e-4, steps=300, plr=3e-3, gbs=16, seq=128,

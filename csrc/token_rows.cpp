@@ -35,17 +35,6 @@ void append_ids(std::vector<int32_t>& tokens, const uint32_t* src, size_t n) {
   if (any > static_cast<uint32_t>(INT32_MAX)) throw std::invalid_argument("a token id is out of the int32 range");
 }
 
-// (tokens int32 array owning the vector, lengths int64 array, truncated, dropped).
-py::tuple to_result(std::unique_ptr<std::vector<int32_t>> tokens, const std::vector<int64_t>& lengths,
-                    int64_t truncated, int64_t dropped) {
-  std::vector<int32_t>* raw = tokens.release();
-  py::capsule owner(raw, [](void* p) { delete static_cast<std::vector<int32_t>*>(p); });
-  py::array_t<int32_t> tok_arr({static_cast<py::ssize_t>(raw->size())}, {sizeof(int32_t)}, raw->data(), owner);
-  py::array_t<int64_t> len_arr(static_cast<py::ssize_t>(lengths.size()));
-  if (!lengths.empty()) std::memcpy(len_arr.mutable_data(), lengths.data(), lengths.size() * sizeof(int64_t));
-  return py::make_tuple(tok_arr, len_arr, truncated, dropped);
-}
-
 py::tuple assemble_rows(const IdArray& ids, const OffsetArray& offsets, const std::vector<int32_t>& prefix,
                         const std::vector<int32_t>& suffix, int64_t eos, int64_t max_length) {
   if (ids.ndim() != 1 || offsets.ndim() != 1 || offsets.shape(0) < 1)
@@ -69,7 +58,7 @@ py::tuple assemble_rows(const IdArray& ids, const OffsetArray& offsets, const st
       lengths[r] = finish_row(*tokens, start, suffix, eos, max_length, truncated, dropped);
     }
   }
-  return to_result(std::move(tokens), lengths, truncated, dropped);
+  return rows_result(std::move(tokens), lengths, truncated, dropped);
 }
 
 // The same from one array per row (what gigatoken's per-text encode returns): no concatenation first.
@@ -96,7 +85,7 @@ py::tuple assemble_arrays(const py::sequence& rows, const std::vector<int32_t>& 
       lengths[r] = finish_row(*tokens, start, suffix, eos, max_length, truncated, dropped);
     }
   }
-  return to_result(std::move(tokens), lengths, truncated, dropped);
+  return rows_result(std::move(tokens), lengths, truncated, dropped);
 }
 
 }  // namespace

@@ -200,12 +200,7 @@ class WordCache {
       }
     }
     if (missing) throw std::logic_error("WordCache.assemble: a segment was not filled (call misses and fill first)");
-    std::vector<int32_t>* raw = tokens.release();
-    py::capsule owner(raw, [](void* p) { delete static_cast<std::vector<int32_t>*>(p); });
-    py::array_t<int32_t> tok_arr({static_cast<py::ssize_t>(raw->size())}, {sizeof(int32_t)}, raw->data(), owner);
-    py::array_t<int64_t> len_arr(static_cast<py::ssize_t>(lengths.size()));
-    if (!lengths.empty()) std::memcpy(len_arr.mutable_data(), lengths.data(), lengths.size() * sizeof(int64_t));
-    return py::make_tuple(tok_arr, len_arr, truncated, dropped);
+    return rows_result(std::move(tokens), lengths, truncated, dropped);
   }
 
   void clear() {

@@ -22,7 +22,8 @@ DEFAULT_PROBE_STEPS = 10
 """``P``: steps of the replay run at each rate of the ``--lr auto`` probe (at most ``T``)."""
 
 
-def _positive(x) -> bool:
+def positive_number(x) -> bool:
+    """A finite number above 0 (not a bool): what --lr and the --lr-grid rates must be."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and math.isfinite(x)
 
 
@@ -106,9 +107,9 @@ class AnnotateConfig:
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.interval >= 1, f"--interval must be >= 1, got {self.interval}"),
             (self.steps >= self.interval, f"--steps {self.steps} is smaller than --interval {self.interval} (T < K)"),
-            (self.lr == "auto" or _positive(self.lr), f"--lr must be a positive number or auto, got {self.lr}"),
+            (self.lr == "auto" or positive_number(self.lr), f"--lr must be a positive number or auto, got {self.lr}"),
             (
-                len(self.lr_grid) > 0 and all(_positive(r) for r in self.lr_grid),
+                len(self.lr_grid) > 0 and all(positive_number(r) for r in self.lr_grid),
                 f"--lr-grid must hold positive numbers, got {self.lr_grid}",
             ),
             (self.lr_probe_steps >= 1, f"--lr-probe-steps must be >= 1, got {self.lr_probe_steps}"),

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lqs_megatron.errors import LQSError
+from lqs_megatron.utils.correlation import spearman_or_nan
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +54,6 @@ class Thresholds:
     """Fraction of ``cos`` values of one sign that is reported."""
     correlation: float = 0.8
     """|Spearman| of the scores with length or own loss that is reported."""
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x``, ties averaged."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x), dtype=np.float64)
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    for a, b in zip(starts, ends):
-        r[order[a:b]] = (a + b + 1) / 2.0
-    return r
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation of ``x`` and ``y`` (NaN when either is constant or has < 2 values)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
 def step_ranges(steps: list[int]) -> str:
@@ -182,9 +157,9 @@ def replay_health(
                 f"{100 * max(pos, 1 - pos):.1f}% of the cos terms are {sign}: the quality term barely separates "
                 "the examples (the ranking then follows the gradient norms)",
             )
-    corr = {"length": spearman(raw, lengths)}
+    corr = {"length": spearman_or_nan(raw, lengths)}
     if own_losses is not None:
-        corr["own_loss"] = spearman(raw, own_losses)
+        corr["own_loss"] = spearman_or_nan(raw, own_losses)
     record["spearman"] = {k: (v if np.isfinite(v) else None) for k, v in corr.items()}
     for name, r in corr.items():
         if np.isfinite(r) and abs(r) > th.correlation:

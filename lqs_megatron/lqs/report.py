@@ -30,8 +30,8 @@ from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.meta import has_meta, iter_meta, meta_path, read_meta
 from lqs_megatron.data.scores import check_scores, read_scores
 from lqs_megatron.errors import LQSError
-from lqs_megatron.lqs.health import spearman
 from lqs_megatron.utils.atomic import atomic_file, save_json
+from lqs_megatron.utils.correlation import spearman_or_nan
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def build_report(
         names = sorted(set(groups), key=lambda k: -float(x[g == k].mean()))
         rep["groups"] = {k: _summary(x[g == k], median) for k in names}
     own = _own_losses(scores_path, losses, n)
-    corr = {"length": spearman(x, lengths)}
+    corr = {"length": spearman_or_nan(x, lengths)}
     if own is not None:
-        corr["own_loss"] = spearman(x, own)
+        corr["own_loss"] = spearman_or_nan(x, own)
     rep["spearman"] = {k: (v if np.isfinite(v) else None) for k, v in corr.items()}
     order = np.argsort(-x, kind="stable")
     k = min(top, n)

@@ -23,7 +23,7 @@ from lqs_megatron.curate.config import SELECT_METHODS
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.tokenize import TokenizeConfig
 from lqs_megatron.errors import LQSError
-from lqs_megatron.lqs.config import METHODS, AnnotateConfig
+from lqs_megatron.lqs.config import METHODS, AnnotateConfig, positive_number
 from lqs_megatron.options import check_mapping, derive, nested_type, option, section_values, settings
 from lqs_megatron.scorer.config import ScoreOptions, TrainScorerConfig
 from lqs_megatron.training.config import EvaluateConfig, PretrainConfig
@@ -208,7 +208,7 @@ class PipelineConfig:
         if not self.annotate.methods:
             raise LQSError("annotate.methods is empty")
         lr = self.annotate.lr
-        if lr != "auto" and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        if lr != "auto" and not positive_number(lr):
             raise LQSError(f"annotate.lr must be a positive number or auto, got {lr!r}")
         if self.annotate.train not in ("proxy", "corpus"):
             raise LQSError(f"annotate.train must be proxy or corpus, got {self.annotate.train!r}")

@@ -10,6 +10,16 @@ import pytest
 from tests.conftest import demo_texts
 
 
+def edited_tokenizer(tok_dir: str, dst, edit) -> str:
+    """A copy of tokenizer ``tok_dir`` at ``dst`` whose ``tokenizer.json`` spec went through ``edit(spec)``."""
+    shutil.copytree(tok_dir, dst)
+    path = dst / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    edit(spec)
+    path.write_text(json.dumps(spec))
+    return str(dst)
+
+
 def write_jsonl(path, rows) -> str:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:

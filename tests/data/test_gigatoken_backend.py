@@ -7,9 +7,7 @@ emoji and other non-BMP characters, control characters), with EOS and truncation
 applies them; texts with added tokens' strings take the backend; tokenizers it would mis-encode
 are refused when they load; and the corner strings catch a broken splitter."""
 
-import json
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from tests.conftest import demo_texts
 pytest.importorskip("gigatoken")
 
 from lqs_megatron.data.gigatoken_backend import PROBE_TEXTS, gigatoken_spec
+from tests.data.conftest import edited_tokenizer
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -126,15 +125,6 @@ def test_no_gigatoken_and_the_stats(tmp_path, corpus_jsonl, bytelevel_tokenizer)
         assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()
 
 
-def _edited(tok_dir: str, dst, edit) -> str:
-    shutil.copytree(tok_dir, dst)
-    path = dst / "tokenizer.json"
-    spec = json.loads(path.read_text())
-    edit(spec)
-    path.write_text(json.dumps(spec))
-    return str(dst)
-
-
 def _backend(tok_dir: str):
     enc = BatchEncoder(tok_dir, gigatoken=False)
     return enc.backend
@@ -158,7 +148,7 @@ def _backend(tok_dir: str):
     ],
 )
 def test_tokenizers_gigatoken_would_misencode_are_refused(bytelevel_tokenizer, tmp_path, edit):
-    tok_dir = _edited(bytelevel_tokenizer, tmp_path / "edited", edit)
+    tok_dir = edited_tokenizer(bytelevel_tokenizer, tmp_path / "edited", edit)
     assert gigatoken_spec(_backend(tok_dir)) is None
     assert BatchEncoder(tok_dir).encoding == "backend"
 
@@ -172,7 +162,7 @@ def test_tokenizers_gigatoken_would_misencode_are_refused(bytelevel_tokenizer, t
     ],
 )
 def test_llama3_shapes_gigatoken_would_misencode_are_refused(llama3_tokenizer, tmp_path, edit):
-    tok_dir = _edited(llama3_tokenizer, tmp_path / "edited", edit)
+    tok_dir = edited_tokenizer(llama3_tokenizer, tmp_path / "edited", edit)
     assert gigatoken_spec(_backend(tok_dir)) is None
 
 

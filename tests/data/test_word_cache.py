@@ -5,9 +5,7 @@ with and without the post-processor's special tokens, with EOS and truncation as
 appends them, after the cache is cleared under a tiny budget; and it applies only to tokenizers
 for which that holds."""
 
-import json
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from lqs_megatron.data.tokenize import flatten
 from lqs_megatron.data.tokenizer import BatchEncoder, load_tokenizer
 from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
 from tests.conftest import demo_texts
+from tests.data.conftest import edited_tokenizer
 
 ALPHABET = list("ab c▁é\n\t.-") + [" ", "  ", "   ", "▁▁", " ▁", "▁ ", "日本", "😀", "\u00a0", "\u2581x", "qz"]
 
@@ -92,15 +91,6 @@ def test_special_strings_and_empty_texts_take_the_backend(tiny_tokenizer):
     assert enc.encode(texts) == whole_text_ids(tiny_tokenizer, texts, True)
 
 
-def _edited(tok_dir: str, dst, edit) -> str:
-    shutil.copytree(tok_dir, dst)
-    path = dst / "tokenizer.json"
-    spec = json.loads(path.read_text())
-    edit(spec)
-    path.write_text(json.dumps(spec))
-    return str(dst)
-
-
 def test_bos_post_processor_becomes_the_prefix(tiny_tokenizer, tmp_path):
     def add_bos(spec):
         bos = next(t for t in spec["added_tokens"] if t["content"] == "<s>")
@@ -111,7 +101,7 @@ def test_bos_post_processor_becomes_the_prefix(tiny_tokenizer, tmp_path):
             "special_tokens": {"<s>": {"id": "<s>", "ids": [bos["id"]], "tokens": ["<s>"]}},
         }
 
-    tok_dir = _edited(tiny_tokenizer, tmp_path / "bos", add_bos)
+    tok_dir = edited_tokenizer(tiny_tokenizer, tmp_path / "bos", add_bos)
     enc = BatchEncoder(tok_dir, gigatoken=False)
     assert enc.word_cache is not None and len(enc.word_cache.prefix) == 1
     texts = demo_texts()[:10] + random_texts(100, seed=9)
@@ -124,7 +114,7 @@ def test_pieces_across_words_disqualify(tiny_tokenizer, tmp_path):
         vocab = spec["model"]["vocab"]
         vocab["e▁t"] = max(vocab.values()) + 1
 
-    tok_dir = _edited(tiny_tokenizer, tmp_path / "cross", add_cross_piece)
+    tok_dir = edited_tokenizer(tiny_tokenizer, tmp_path / "cross", add_cross_piece)
     assert BatchEncoder(tok_dir, gigatoken=False).word_cache is None
 
 

@@ -11,8 +11,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
-from lqs_megatron.lqs.health import Thresholds, replay_health, spearman, step_ranges
+from lqs_megatron.lqs.health import Thresholds, replay_health, step_ranges
 from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.utils.correlation import spearman_or_nan as spearman
 from tests.lqs.reference import example_loss, load_hf_params, read_examples, reference_target_curve
 from tests.utils import assert_close, run_lqs
 

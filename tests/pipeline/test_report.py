@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lqs_megatron.pipeline.report import auc
+from lqs_megatron.utils.correlation import auc
 
 
 def _auc_pairs(scores, pos):

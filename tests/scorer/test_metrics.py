@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from lqs_megatron.scorer.metrics import pearson, rankdata, regression_metrics, spearman
+from lqs_megatron.scorer.metrics import regression_metrics
+from lqs_megatron.utils.correlation import pearson, rankdata, spearman
 
 
 def test_rankdata_with_ties_matches_scipy():
