@@ -8,6 +8,9 @@ applies them; texts with added tokens' strings take the backend; tokenizers it w
 are refused when they load; and the corner strings catch a broken splitter."""
 
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -215,3 +218,62 @@ def test_the_corner_strings_catch_a_broken_splitter(llama3_tokenizer, old, new):
         want = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         differs = [t for t, g, w in zip(texts, encode(texts), want) if g != w]
         assert bool(differs) == (old != ""), differs[:3]
+
+
+class _Exclusive:
+    """A gigatoken tokenizer's backend whose ``encode`` fails when two threads are inside it at once,
+    as gigatoken's does now and then ("Already borrowed": its state stays borrowed while Python code
+    runs); made certain here by a wait inside every call."""
+
+    def __init__(self, backend):
+        self._backend, self._inside = backend, threading.Lock()
+
+    def encode(self, text):
+        if not self._inside.acquire(blocking=False):
+            raise RuntimeError("Already borrowed")
+        try:
+            time.sleep(0.001)
+            return self._backend.encode(text)
+        finally:
+            self._inside.release()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+class _Tokenizer:
+    def __init__(self, real):
+        self._real, self.backend = real, _Exclusive(real.backend)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_worker_threads_never_share_a_gigatoken_tokenizer(tiny_tokenizer, monkeypatch):
+    """`lqs tokenize` encodes with gigatoken in worker threads (seen failing with "Already borrowed" on a
+    loaded machine while they shared one tokenizer): four threads encoding through one encoder at the
+    same moment give the main thread's ids, with a tokenizer that fails on any overlap."""
+    import gigatoken
+
+    from lqs_megatron.data.tokenizer import _load_paths
+
+    from_json = gigatoken.Tokenizer.from_json
+    monkeypatch.setattr(gigatoken.Tokenizer, "from_json", staticmethod(lambda js: _Tokenizer(from_json(js))))
+    _load_paths.cache_clear()  # the encoders are built again, on the stand-in
+    try:
+        enc = BatchEncoder(tiny_tokenizer)
+        assert enc.encoding == "gigatoken"
+        batches = [demo_texts()[i::4][:6] for i in range(4)]
+        want = [enc.encode_flat(b, 2, None) for b in batches]  # the main thread: gigatoken's thread pool
+        start = threading.Barrier(4)
+
+        def work(batch):
+            start.wait()
+            return enc.encode_flat(batch, 2, None)
+
+        with ThreadPoolExecutor(4) as pool:
+            for g, w in zip(pool.map(work, batches), want):
+                np.testing.assert_array_equal(g[0], w[0])
+                np.testing.assert_array_equal(g[1], w[1])
+    finally:
+        _load_paths.cache_clear()
