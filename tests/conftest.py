@@ -22,6 +22,24 @@ import numpy as np
 import pytest
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Under pytest-xdist (the README's `-n auto`) the workers share the cores: each gets its share of
+# torch's threads, and the `lqs` subprocesses it starts inherit the same OMP_NUM_THREADS.
+# A thread count set by the caller (OMP_NUM_THREADS) is kept.
+if os.environ.get("PYTEST_XDIST_WORKER") and torch is not None and not os.environ.get("OMP_NUM_THREADS"):
+    _threads = max(1, _cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 8 (each imports torch; distributed tests spawn more)."""
+    return max(1, min(_cores(), 8))
+
+
 def _runs_triton_on_the_cpu(item) -> bool:
     params = getattr(getattr(item, "callspec", None), "params", {})
     return params.get("backend") == "triton" or "_triton_" in f"_{getattr(item, 'originalname', item.name)}_"

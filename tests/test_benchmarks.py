@@ -2,7 +2,8 @@
 as ``python benchmarks/X.py`` (the way users run them, where benchmarks/tokenize.py could shadow the
 standard library), and every one runs at a tiny size: the GPU-path ones through
 ``scripts/gpu_check.sh --dry-run`` (the same steps the GPU check runs, on the CPU), the others here
-with their ``--tiny`` flag (a script without one is reported, not run)."""
+with their ``--tiny`` flag (a script without one is reported, not run), ``tokenize.py`` in
+``tests/data/test_tokenize_benchmark.py`` (which also checks its table)."""
 
 import glob
 import os
@@ -17,7 +18,8 @@ from tests.utils import REPO
 GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
 # the shared harness (run by every script); quality.py's corpus builder (run by quality.py --tiny)
 NOT_BENCHMARKS = {"_harness.py", "quality_corpus.py"}
-CPU_ONLY = ["bench_curate.py", "tokenize.py", "tokenize_scale.py", "quality.py"]  # no GPU figure: tiny runs here
+CPU_ONLY = ["bench_curate.py", "tokenize_scale.py", "quality.py"]  # no GPU figure: tiny runs here
+TINY_ELSEWHERE = {"tokenize.py": "tests/data/test_tokenize_benchmark.py"}
 
 
 def _scripts() -> list[str]:
@@ -44,8 +46,17 @@ def test_benchmark_scripts_start():
 
 def test_every_benchmark_has_a_tiny_run():
     """A benchmark added later must join the GPU check or the CPU-only tiny runs below."""
-    covered = _gpu_check_scripts() | set(CPU_ONLY) | NOT_BENCHMARKS
+    covered = _gpu_check_scripts() | set(CPU_ONLY) | set(TINY_ELSEWHERE) | NOT_BENCHMARKS
+    assert all(os.path.exists(os.path.join(REPO, t)) for t in TINY_ELSEWHERE.values())
     assert not set(_scripts()) - covered, f"benchmarks without a tiny run: {sorted(set(_scripts()) - covered)}"
+
+
+def test_make_bench_runs_every_benchmark():
+    """``make bench`` names every benchmark (quality.py with its work directory), and nothing else."""
+    text = open(os.path.join(REPO, "Makefile")).read().replace("\\\n", " ")
+    listed = {f"{b}.py" for b in re.search(r"^BENCHMARKS = (.*)$", text, re.M).group(1).split()}
+    assert "python benchmarks/quality.py --work" in text
+    assert listed | {"quality.py", "gpu_table.py"} | NOT_BENCHMARKS == set(_scripts()), sorted(listed)
 
 
 @pytest.mark.slow
@@ -69,11 +80,6 @@ def test_gpu_check_dry_run(tmp_path):
 @pytest.mark.parametrize("script", CPU_ONLY)
 def test_cpu_benchmark_tiny(script, tmp_path):
     path = os.path.join(REPO, "benchmarks", script)
-    if not os.path.exists(path):
-        pytest.skip(f"benchmarks/{script} does not exist on this branch")
-    helptext = subprocess.run([sys.executable, path, "--help"], cwd=REPO, capture_output=True, text=True).stdout
-    if "--tiny" not in helptext:
-        pytest.skip(f"benchmarks/{script} has no --tiny mode yet")
     if script == "quality.py":
         sys.path.insert(0, os.path.join(REPO, "benchmarks"))
         try:
@@ -82,6 +88,7 @@ def test_cpu_benchmark_tiny(script, tmp_path):
             sys.path.pop(0)
         if not all(paths for paths, _ in sources().values()):
             pytest.skip(f"quality.py reads Debian documentation: apt-get install {' '.join(PACKAGES)}")
-    proc = subprocess.run([sys.executable, path, "--tiny"], cwd=tmp_path, capture_output=True, text=True,
+    extra = ["--threads", "1", "--seeds", "2"] if script == "quality.py" else []  # its steps: one thread each
+    proc = subprocess.run([sys.executable, path, "--tiny", *extra], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
