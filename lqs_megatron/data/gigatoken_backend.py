@@ -110,9 +110,10 @@ def _affixes(bt) -> tuple[list[int], list[int]] | None:
 
 
 def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], list[int], str] | None:
-    """``(gigatoken Tokenizer, prefix ids, suffix ids, tokenizer.json text)`` when gigatoken gives exactly the ids of the
-    ``tokenizers.Tokenizer`` ``bt`` (truncation and padding off); ``None`` when it does not apply
-    (gigatoken missing, a component it does not implement, a probe string that differs).
+    """``(gigatoken Tokenizer, prefix ids, suffix ids, tokenizer.json text)`` when gigatoken gives
+    exactly the ids of the ``tokenizers.Tokenizer`` ``bt`` (truncation and padding off); ``None``
+    when it does not apply (gigatoken missing, a component it does not implement, a probe string
+    that differs).
     ``spec``: the parsed ``tokenizer.json`` (or the parts of it :func:`_structure_ok` reads), when
     the caller has it."""
     if not gigatoken_available():
