@@ -19,12 +19,13 @@ encode to the same ids. The post-processor's fixed tokens become a prefix and a 
 
 :class:`GigatokenEncoder` then encodes batches with gigatoken (on its thread pool from the main
 thread; one ``encode`` per text on a worker thread or in a worker process, which keeps
-gigatoken's word cache across batches; each worker thread has its own ``gigatoken.Tokenizer``:
-one tokenizer's ``encode`` holds its cache borrowed while it runs without the GIL, so two threads
-calling it at once fail with "Already borrowed") and assembles them natively (``_C.assemble_arrays`` /
-``_C.assemble_rows``: prefix/suffix, EOS, truncation, as the word cache does). Callers
-(``BatchEncoder``) hand it only *plain* texts: not empty, holding no added token's string (the
-backend splits those out first, gigatoken does not); the others take the backend.
+gigatoken's word cache across batches; threads take turns under a lock: a gigatoken tokenizer
+used by two threads at once fails with "Already borrowed", and its ``encode`` holds the GIL, so
+the lock costs no parallelism, where a tokenizer per thread cost its load and a cold cache
+each) and assembles them natively (``_C.assemble_arrays`` / ``_C.assemble_rows``: prefix/suffix,
+EOS, truncation, as the word cache does). Callers (``BatchEncoder``) hand it only *plain* texts:
+not empty, holding no added token's string (the backend splits those out first, gigatoken does
+not); the others take the backend.
 """
 
 from __future__ import annotations
@@ -109,11 +110,10 @@ def _affixes(bt) -> tuple[list[int], list[int]] | None:
     return found
 
 
-def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], list[int], str] | None:
-    """``(gigatoken Tokenizer, prefix ids, suffix ids, tokenizer.json text)`` when gigatoken gives
-    exactly the ids of the ``tokenizers.Tokenizer`` ``bt`` (truncation and padding off); ``None``
-    when it does not apply (gigatoken missing, a component it does not implement, a probe string
-    that differs).
+def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], list[int]] | None:
+    """``(gigatoken Tokenizer, prefix ids, suffix ids)`` when gigatoken gives exactly the ids of the
+    ``tokenizers.Tokenizer`` ``bt`` (truncation and padding off); ``None`` when it does not apply
+    (gigatoken missing, a component it does not implement, a probe string that differs).
     ``spec``: the parsed ``tokenizer.json`` (or the parts of it :func:`_structure_ok` reads), when
     the caller has it."""
     if not gigatoken_available():
@@ -137,7 +137,7 @@ def gigatoken_spec(bt, spec: dict | None = None) -> tuple[object, list[int], lis
     affixes = _affixes(bt)
     if affixes is None:
         return None
-    return gtok, *affixes, spec_str
+    return gtok, *affixes
 
 
 def _flat(rows) -> tuple[np.ndarray, np.ndarray]:
@@ -159,25 +159,14 @@ class GigatokenEncoder:
     """Encodes batches of plain texts with gigatoken (see the module docstring).
 
     ``tok`` is the ``gigatoken.Tokenizer``; ``prefix``/``suffix`` the ids the post-processor adds
-    and ``spec_json`` the ``tokenizer.json`` text (from :func:`gigatoken_spec`). gigatoken encodes
-    on its own thread pool in the main process and on the calling thread inside worker processes
-    (it detects those itself); every other thread gets a tokenizer of its own from ``spec_json``.
+    (from :func:`gigatoken_spec`). gigatoken encodes on its own thread pool in the main process
+    and on the calling thread inside worker processes (it detects those itself); one thread at a
+    time (``_lock``).
     """
 
-    def __init__(self, tok, prefix: list[int], suffix: list[int], spec_json: str):
-        self._tok, self.prefix, self.suffix, self._json = tok, list(prefix), list(suffix), spec_json
-        self._local = threading.local()
-
-    def _thread_tok(self):
-        """This thread's ``gigatoken.Tokenizer``: the shared one on the main thread, else its own."""
-        if threading.current_thread() is threading.main_thread():
-            return self._tok
-        tok = getattr(self._local, "tok", None)
-        if tok is None:
-            import gigatoken
-
-            tok = self._local.tok = gigatoken.Tokenizer.from_json(self._json)
-        return tok
+    def __init__(self, tok, prefix: list[int], suffix: list[int]):
+        self._tok, self.prefix, self.suffix = tok, list(prefix), list(suffix)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _parallel() -> bool:
@@ -196,10 +185,11 @@ class GigatokenEncoder:
         ``encode`` per text keeps gigatoken's word cache across calls (its serial ``encode_batch``
         does not: 3x the time on 256-document batches of sentencepiece-style text); else
         ``(ids, row offsets)`` from ``encode_batch`` on gigatoken's thread pool."""
-        if self._parallel():
-            return _flat(self._tok.encode_batch(list(texts), parallel=True))
-        encode = self._thread_tok().backend.encode
-        return [encode(t) for t in texts]
+        with self._lock:
+            if self._parallel():
+                return _flat(self._tok.encode_batch(list(texts), parallel=True))
+            encode = self._tok.backend.encode
+            return [encode(t) for t in texts]
 
     def encode_flat(
         self, texts: list[str], add_special_tokens: bool = True, eos: int = -1, max_length: int = 0

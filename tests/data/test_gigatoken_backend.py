@@ -251,8 +251,8 @@ class _Tokenizer:
 
 def test_worker_threads_never_share_a_gigatoken_tokenizer(tiny_tokenizer, monkeypatch):
     """`lqs tokenize` encodes with gigatoken in worker threads (seen failing with "Already borrowed" on a
-    loaded machine while they shared one tokenizer): four threads encoding through one encoder at the
-    same moment give the main thread's ids, with a tokenizer that fails on any overlap."""
+    loaded machine when two entered one tokenizer at once): four threads encoding through one encoder
+    at the same moment give the main thread's ids, with a tokenizer that fails on any overlap."""
     import gigatoken
 
     from lqs_megatron.data.tokenizer import _load_paths
