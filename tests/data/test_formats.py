@@ -145,9 +145,13 @@ def test_real_datasets_save_to_disk(tmp_path, tiny_tokenizer):
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "starts with bytes 89 50 4e 47"),
         (b"PK\x03\x04\x14\x00\x00\x00", "starts with bytes 50 4b 03 04"),
-        (gzip.compress(b"PAR1 not text"), "gzip-compressed; the decompressed data starts with bytes 50 41 52 31"),
+        (
+            gzip.compress(b"PAR1 not text", mtime=0),
+            "gzip-compressed; the decompressed data starts with bytes 50 41 52 31",
+        ),
         (b"text,source\nhello,x\n", "starts with bytes 74 65 78 74 2c"),
     ],
+    ids=["png", "zip", "gzip-parquet", "csv"],  # the same names in every process (pytest -n collects in each)
 )
 def test_unsupported_or_mislabelled_files_are_named(tmp_path, tiny_tokenizer, content, where, capsys):
     bad = tmp_path / "data.jsonl"
