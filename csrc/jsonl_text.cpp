@@ -216,25 +216,35 @@ class Parser {
       return true;
     }
     for (;;) {
-      if (close == '}') {
-        if (!string(nullptr)) return false;
-        ws();
-        if (p_ >= end_ || *p_ != ':') return false;
-        ++p_;
-        ws();
-      }
+      if (close == '}' && !(string(nullptr) && colon())) return false;
       if (!value(depth)) return false;
-      ws();
-      if (p_ >= end_) return false;
-      if (*p_ == ',') {
-        ++p_;
-        ws();
-        continue;
-      }
-      if (*p_ != static_cast<unsigned char>(close)) return false;
-      ++p_;
-      return true;
+      const int next = next_or_close(close);
+      if (next <= 0) return next == 0;
     }
+  }
+
+  // The ':' after an object's key, and the whitespace around it.
+  bool colon() {
+    ws();
+    if (p_ >= end_ || *p_ != ':') return false;
+    ++p_;
+    ws();
+    return true;
+  }
+
+  // After a member or element: 1 when a ',' follows (another comes), 0 at the closing bracket
+  // (consumed), -1 for anything else.
+  int next_or_close(char close) {
+    ws();
+    if (p_ >= end_) return -1;
+    if (*p_ == ',') {
+      ++p_;
+      ws();
+      return 1;
+    }
+    if (*p_ != static_cast<unsigned char>(close)) return -1;
+    ++p_;
+    return 0;
   }
 
   bool object_with_field(std::string_view field, std::string& text, bool& found, bool& is_string) {
@@ -248,11 +258,7 @@ class Parser {
     std::string key;
     for (;;) {
       key.clear();
-      if (!string(&key)) return false;
-      ws();
-      if (p_ >= end_ || *p_ != ':') return false;
-      ++p_;
-      ws();
+      if (!string(&key) || !colon()) return false;
       if (key == field) {
         found = true;
         is_string = p_ < end_ && *p_ == '"';
@@ -261,16 +267,8 @@ class Parser {
       } else if (!value(1)) {
         return false;
       }
-      ws();
-      if (p_ >= end_) return false;
-      if (*p_ == ',') {
-        ++p_;
-        ws();
-        continue;
-      }
-      if (*p_ != '}') return false;
-      ++p_;
-      return true;
+      const int next = next_or_close('}');
+      if (next <= 0) return next == 0;
     }
   }
 
