@@ -10,7 +10,9 @@ tokenize-target, pretrain + export-hf the annotation model, sample-proxy, annota
 PDS), prepare-scorer-data, train-scorer, score, select top-50%, order, pretrain every arm from
 scratch at equal tokens, evaluate on the held-out target items. Arms: FULL (the whole corpus,
 shuffled), RANDOM (a random half, shuffled; ``--seeds`` seeds), PDS+folding, LQS+shuffle,
-LQS+folding. Prints the table of docs/quality.md and writes ``WORK/results.json``.
+LQS+folding, and the DELT follow-up's orderings of the same LQS half: LQS+stair, LQS+saw and
+LQS+folding+jitter (``--jitter`` positions per window). Prints the table of docs/quality.md and
+writes ``WORK/results.json``.
 
     python benchmarks/quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
     python benchmarks/quality.py --tiny                           # smoke test, about a minute
@@ -38,8 +40,22 @@ from lqs_megatron.utils.correlation import auc
 
 FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=5, lr="auto", B=16, L=128,
             scorer_epochs=5, scorer_bs=16, scorer_lr=5e-4, steps=300, plr=3e-3, gbs=16, seq=128,
-            target_num=0)  # fmt: skip
+            target_num=0, jitter=256)  # fmt: skip
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)
+TINY["jitter"] = 32
+
+
+def order_arms(c: dict) -> dict[str, tuple[str, list[str]]]:
+    """The scored arms: name -> (the scores' method, the ``lqs order`` flags of its top half)."""
+    folding = ["--method", "folding", "--layers", "3"]
+    return {
+        "pds-folding": ("pds", folding),
+        "lqs-shuffle": ("lqs", ["--method", "shuffle", "--seed", "1"]),
+        "lqs-folding": ("lqs", folding),
+        "lqs-stair": ("lqs", ["--method", "stair"]),  # the follow-up's configs: 3 layers, 2 sections, 0.225
+        "lqs-saw": ("lqs", ["--method", "saw"]),  # 2 layers, 3 sections, 0.075
+        "lqs-folding-jitter": ("lqs", [*folding, "--jitter", str(c["jitter"]), "--seed", "1"]),
+    }
 
 
 def _ds(prefix: Path) -> list[str]:
@@ -121,17 +137,15 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
             Step(f"score-{m}", ["score", "--scorer", str(ck), "--data", str(data / "corpus"), "--out", str(sc),
                                 "--no-progress"], outputs=[str(sc / "scores.npy")], after=[f"train-scorer-{m}"]),
         ]  # fmt: skip
-    arms = {"pds-folding": ("pds", "folding"), "lqs-shuffle": ("lqs", "shuffle"), "lqs-folding": ("lqs", "folding")}
+    arms: dict = order_arms(c)
     for m in ("lqs", "pds"):
         sel = w / "curated" / m / "selected"
         s.append(Step(f"select-{m}", ["select", "--data", str(data / "corpus"), "--scores",
                                       str(w / "scores" / m / "scores.npy"), "--method", "top-r", "--r", "0.5",
                                       "--out", str(sel)], outputs=_ds(sel), after=[f"score-{m}"]))  # fmt: skip
-    for arm, (m, order) in arms.items():
+    for arm, (m, how) in arms.items():
         sel, ordered = w / "curated" / m / "selected", w / "curated" / arm / "ordered"
-        extra = ["--layers", "3"] if order == "folding" else ["--seed", "1"]
-        argv = ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", "--method", order, *extra,
-                "--out", str(ordered)]  # fmt: skip
+        argv = ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", *how, "--out", str(ordered)]
         s.append(Step(f"order-{arm}", argv, outputs=_ds(ordered), after=[f"select-{m}"]))
     for seed in seeds:
         arm = f"random-{seed}"
@@ -262,7 +276,7 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
                 json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"]
             )
     rnd = [res["loss"][f"random-{s}"] for s in seeds if f"random-{s}" in res["loss"]]
-    if len(rnd) < len(seeds) or len(res["loss"]) < len(seeds) + 4:  # a run of some arms only (--arms)
+    if len(rnd) < len(seeds) or len(res["loss"]) < len(seeds) + 1 + len(order_arms(c)):  # some arms only (--arms)
         res["loss"] = {}
         return res
     res["random_mean"], res["random_std"] = float(np.mean(rnd)), float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0
@@ -299,7 +313,7 @@ def table(res: dict) -> str:
         lines.append(
             f"| RANDOM ({len([k for k in res['loss'] if k.startswith('random')])} seeds) | {r:.4f} +- {sd:.4f} | |"
         )
-        for arm in ("full", "pds-folding", "lqs-shuffle", "lqs-folding"):
+        for arm in ("full", *order_arms(res["config"])):
             v = res["loss"][arm]
             lines.append(f"| {arm.upper()} | {v:.4f} | {v - r:+.4f} ({(v - r) / sd if sd else float('nan'):+.1f}) |")
     return "\n".join(lines)
@@ -321,8 +335,8 @@ def main() -> None:
     p.add_argument(
         "--arms",
         default=None,
-        help="pretrain and evaluate only these arms (comma-separated: full, "
-        "random-1.., pds-folding, lqs-shuffle, lqs-folding), e.g. to run arms in parallel processes",
+        help="pretrain and evaluate only these arms (comma-separated: full, random-1.., "
+        f"{', '.join(order_arms(FULL))}), e.g. to run arms in parallel processes",
     )
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every step (1 on a loaded machine)")

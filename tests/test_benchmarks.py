@@ -92,3 +92,35 @@ def test_cpu_benchmark_tiny(script, tmp_path):
     proc = subprocess.run([sys.executable, path, "--tiny", *extra], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_quality_order_arms(tmp_path):
+    """quality.py's scored arms (stair, saw and folding+jitter beside folding, docs/quality.md) are ``lqs order``
+    command lines the CLI accepts, on the LQS half, each pretrained and evaluated."""
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
+    from lqs_megatron.curate.ordering import check_params
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.pop(0)
+    for c, window in ((quality.FULL, 256), (quality.TINY, 32)):
+        steps = {s.name: s for s in quality.plan(tmp_path, dict(c, methods=["lqs", "pds"], arms=None), [1, 2], False)}
+        expected = {
+            "lqs-folding": ("folding", None, {"layers": 3}),
+            "lqs-stair": ("stair", None, {}),
+            "lqs-saw": ("saw", None, {}),
+            "lqs-folding-jitter": ("folding", window, {"layers": 3, "seed": 1}),
+        }
+        for arm, (method, jitter, params) in expected.items():
+            step = steps[f"order-{arm}"]
+            cfg = build(OrderConfig, build_parser().parse_args(step.argv))
+            given = {k: getattr(cfg, k) for k in ORDER_PARAMS if getattr(cfg, k) is not None}
+            check_params(cfg.method, given, cfg.jitter)
+            assert (cfg.method, cfg.jitter, given) == (method, jitter, params), arm
+            assert step.after == ["select-lqs"] and f"/curated/{arm}/ordered" in step.argv[-1]
+            assert steps[f"pretrain-{arm}"].argv[steps[f"pretrain-{arm}"].argv.index("--data") + 1] == step.argv[-1]
+            assert f"evaluate-{arm}" in steps

@@ -36,11 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = new_command(
         sub,
         "order",
-        help="order sequences by score (folding, sorting, shuffle, zigzag, stair, saw)",
+        help="order sequences by score (folding, sorting, shuffle, zigzag, stair, saw, segment; --jitter)",
         description="Reorder all sequences. folding (DELT): sort by score ascending, then L passes, pass l "
         "taking every L-th sequence from position l. sorting: ascending (--descending). shuffle: seeded "
         "permutation. zigzag: folding with odd passes reversed. stair/saw: sorted with folded/zigzagged "
-        "transition regions around sections-1 split points. Equal scores keep index order. " + _IO_HELP,
+        "transition regions around sections-1 split points. segment: a front and a back segment from the low or "
+        "high scores, the rest in the middle, each shuffled. --jitter W (any method): then shuffle within "
+        "consecutive windows of W positions. Equal scores keep index order. " + _IO_HELP,
         setup=flags("lqs_megatron.curate.config", "OrderConfig"),
     )
     p.set_defaults(func=_order)
@@ -77,20 +79,10 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _order(args: argparse.Namespace) -> int:
-    import inspect
-
     from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
-    from lqs_megatron.curate.ordering import ORDERINGS, order
-    from lqs_megatron.errors import LQSError
+    from lqs_megatron.curate.ordering import check_params, order
 
     cfg = build(OrderConfig, args)
-    accepted = set(inspect.signature(ORDERINGS[cfg.method]).parameters) - {"scores"}
-    params = {}
-    for name in ORDER_PARAMS:
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if name not in accepted:
-            raise LQSError(f"--{name.replace('_', '-')} does not apply to --method {cfg.method}")
-        params[name] = value
-    return _run(cfg, lambda scores: order(scores, cfg.method, **params))
+    params = {name: getattr(cfg, name) for name in ORDER_PARAMS if getattr(cfg, name) is not None}
+    check_params(cfg.method, params, cfg.jitter)  # before any file is read
+    return _run(cfg, lambda scores: order(scores, cfg.method, cfg.jitter, **params))

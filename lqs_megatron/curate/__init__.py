@@ -2,7 +2,7 @@
 
 - :mod:`lqs_megatron.curate.selection`: ``top-r``, ``top-k``, ``threshold`` -> sorted indices;
 - :mod:`lqs_megatron.curate.ordering`: ``folding``, ``sorting``, ``shuffle`` and DELT's later
-  ``zigzag``, ``stair``, ``saw`` -> a permutation;
+  ``zigzag``, ``stair``, ``saw``, ``segment`` -> a permutation, optionally jittered (window shuffle);
 - :mod:`lqs_megatron.curate.apply`: apply either to an indexed dataset or a scored jsonl file.
 
 Definitions, tie-breaking and rounding rules are in ``docs/curation.md``.

@@ -9,9 +9,19 @@ from lqs_megatron.options import option
 SELECT_METHODS = ("top-r", "top-k", "threshold")
 #: the setting each selection method needs
 SELECT_PARAMS = {"top-r": "r", "top-k": "k", "threshold": "threshold"}
-ORDER_METHODS = ("folding", "sorting", "shuffle", "zigzag", "stair", "saw")
-#: the settings an ordering may take (each method accepts the ones its function names)
-ORDER_PARAMS = ("layers", "sections", "transition_ratio", "descending", "seed")
+ORDER_METHODS = ("folding", "sorting", "shuffle", "zigzag", "stair", "saw", "segment")
+#: the settings an ordering may take (each method accepts the ones its function names; --jitter is not one)
+ORDER_PARAMS = (
+    "layers",
+    "sections",
+    "transition_ratio",
+    "descending",
+    "front_ratio",
+    "back_ratio",
+    "front_from",
+    "back_from",
+    "seed",
+)
 
 
 @dataclass(kw_only=True)
@@ -55,6 +65,17 @@ class OrderConfig(CurateIO):
     transition_ratio: float | None = None
     """stair/saw: region radius / N (default: 0.225, 0.075)."""
     descending: bool | None = None
-    """Score-based methods: high scores first."""
+    """sorting/folding/zigzag/stair/saw: high scores first."""
+    front_ratio: float | None = None
+    """segment: the share of the sequences in the front segment, in [0, 1] (default: 0.1)."""
+    back_ratio: float | None = None
+    """segment: the share of the sequences in the back segment, in [0, 1] (default: 0.1)."""
+    front_from: str | None = option(None, choices=("low", "high"))
+    """segment: the end of the score range the front segment is taken from (default: low)."""
+    back_from: str | None = option(None, choices=("low", "high"))
+    """segment: the end of the score range the back segment is taken from (default: high)."""
+    jitter: int | None = option(None, metavar="W")
+    """Any method: then shuffle the order within consecutive windows of W positions, seeded by --seed (0, 1: no
+    change)."""
     seed: int | None = None
-    """shuffle: random seed (default: 0)."""
+    """shuffle, segment, --jitter: random seed (default: 0)."""

@@ -24,23 +24,45 @@ sort). With ``S = sorted list`` and ``L`` layers:
   folded (``stair``) or zigzagged (``saw``) with ``L`` layers, and ``c`` moves to the
   region's end; ``S[c:]`` closes the order. ``sections = 1`` or ``transition_ratio = 0``
   gives ``S``.
+- ``segment`` (SEG, the follow-up's boundary sharpening): a front, a middle and a back
+  segment. ``F = floor(front_ratio * N)`` and ``B = floor(back_ratio * N)`` sequences
+  (on the decimals as written, as ``top-r``) are taken from the ``low`` or ``high`` end of
+  ``S`` (``low``: ``S[:k]``, ``high``: ``S[N-k:]``). Different ends: the front from its end,
+  the back from its end of what is left. The same end: the ``F + B`` sequences at that end
+  in a random order, the first ``F`` the front, the rest the back. The middle is every
+  other sequence. Each segment is emitted in a random order of its own (front, middle,
+  back, drawn in that order from ``numpy.random.default_rng(seed)``).
 - ``shuffle``: ``numpy.random.default_rng(seed).permutation(N)``; scores are not used.
 
+**Jittering** (JIT, the follow-up's local diversity), on top of any ordering (``jitter=W``
+in :func:`order`): the order is cut into consecutive windows of ``W`` positions
+(``[0, W), [W, 2W), ...``, the last one shorter) and each window's sequences are put in a
+random order of their own, from a stream of ``seed`` of its own
+(``numpy.random.SeedSequence(seed, spawn_key=(1,))``). Every sequence stays in its window,
+so it moves fewer than ``W`` positions; ``W = 0`` or ``1`` changes nothing.
+
 Defaults follow the configs of the released DELT / data-efficacy code: folding 3 layers
-(DELT's ``folding.yaml``), zigzag 5, stair 3 layers / 2 sections / ratio 0.225, saw 2
-layers / 3 sections / ratio 0.075.
+(DELT's ``folding.yaml``; data-efficacy's now says 5), zigzag 5, stair 3 layers / 2
+sections / ratio 0.225, saw 2 layers / 3 sections / ratio 0.075, segment 10% low in front
+and 10% high at the back.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from types import MappingProxyType
 
 import numpy as np
 
+from lqs_megatron.curate.selection import top_r_count
 from lqs_megatron.data.scores import check_scores
 from lqs_megatron.errors import LQSError
+
+ENDS = ("low", "high")
+"""The ends of the sorted list a ``segment`` boundary segment comes from."""
 
 
 def _int_param(value, name: str, low: int) -> int:
@@ -117,23 +139,91 @@ def saw(
     return _transitions(scores, layers, sections, transition_ratio, descending, reverse_odd=True)
 
 
+def segment(
+    scores,
+    front_ratio: float = 0.1,
+    back_ratio: float = 0.1,
+    front_from: str = "low",
+    back_from: str = "high",
+    seed: int = 0,
+) -> np.ndarray:
+    """Front and back segments from the ends of the sorted list, the rest in the middle, each shuffled (SEG)."""
+    s = sorted_positions(scores)
+    n_front, n_back = top_r_count(len(s), front_ratio, "front-ratio"), top_r_count(len(s), back_ratio, "back-ratio")
+    if Fraction(repr(float(front_ratio))) + Fraction(repr(float(back_ratio))) > 1:
+        raise LQSError(f"--front-ratio + --back-ratio must be <= 1, got {front_ratio} + {back_ratio}")
+    for name, end in (("front-from", front_from), ("back-from", back_from)):
+        if end not in ENDS:
+            raise LQSError(f"--{name} must be low or high, got {end!r}")
+    rng = np.random.default_rng(_int_param(seed, "seed", 0))
+
+    def take(pool: np.ndarray, k: int, end: str) -> tuple[np.ndarray, np.ndarray]:
+        cut = k if end == "low" else len(pool) - k
+        return (pool[:cut], pool[cut:]) if end == "low" else (pool[cut:], pool[:cut])
+
+    if front_from == back_from:
+        block, middle = take(s, n_front + n_back, front_from)
+        block = rng.permutation(block)
+        front, back = block[:n_front], block[n_front:]
+    else:
+        front, rest = take(s, n_front, front_from)
+        back, middle = take(rest, n_back, back_from)
+    return np.concatenate([rng.permutation(front), rng.permutation(middle), rng.permutation(back)])
+
+
 def shuffle(scores, seed: int = 0) -> np.ndarray:
     """A seeded uniform permutation (the scores only give the length; they are still validated)."""
     s = check_scores(scores)
     return np.random.default_rng(_int_param(seed, "seed", 0)).permutation(len(s)).astype(np.int64)
 
 
+def jittering(perm, window: int, seed: int = 0) -> np.ndarray:
+    """``perm`` with each window of ``window`` consecutive positions in a seeded random order (JIT)."""
+    window = _int_param(window, "jitter", 0)
+    perm = np.asarray(perm, dtype=np.int64)
+    if window <= 1:
+        return perm.copy()
+    rng = np.random.default_rng(np.random.SeedSequence(_int_param(seed, "seed", 0), spawn_key=(1,)))
+    positions = np.arange(len(perm))
+    return perm[np.lexsort((rng.random(len(perm)), positions // window))]  # by window, then a random key
+
+
 ORDERINGS: Mapping[str, Callable[..., np.ndarray]] = MappingProxyType(
-    {"folding": folding, "sorting": sorting, "shuffle": shuffle, "zigzag": zigzag, "stair": stair, "saw": saw}
+    {
+        "folding": folding,
+        "sorting": sorting,
+        "shuffle": shuffle,
+        "zigzag": zigzag,
+        "stair": stair,
+        "saw": saw,
+        "segment": segment,
+    }
 )
 """Method name (as ``lqs order --method`` spells it) -> ``fn(scores, **params) -> permutation``."""
 
 
-def order(scores, method: str, **params) -> np.ndarray:
-    """Run ordering ``method`` (a key of :data:`ORDERINGS`) and check that it returned a permutation."""
+def check_params(method: str, params, jitter: int | None = None) -> None:
+    """:class:`LQSError` unless ``method`` is known and takes every setting in ``params`` (``seed`` also
+    seeds ``jitter``, so it is accepted by any method when ``jitter`` is given) and ``jitter`` is valid."""
     if method not in ORDERINGS:
         raise LQSError(f"unknown ordering method {method!r} (choose from {', '.join(ORDERINGS)})")
-    perm = np.asarray(ORDERINGS[method](scores, **params), dtype=np.int64)
+    if jitter is not None:
+        _int_param(jitter, "jitter", 0)
+    accepted = set(inspect.signature(ORDERINGS[method]).parameters) - {"scores"}
+    for name in params:
+        if name not in accepted and not (name == "seed" and jitter is not None):
+            raise LQSError(f"--{name.replace('_', '-')} does not apply to --method {method}")
+
+
+def order(scores, method: str, jitter: int | None = None, **params) -> np.ndarray:
+    """Run ordering ``method`` (a key of :data:`ORDERINGS`), then ``jitter`` windows of that many positions
+    (seeded by ``params["seed"]``, default 0), and check that the result is a permutation."""
+    check_params(method, params, jitter)
+    fn = ORDERINGS[method]
+    accepted = inspect.signature(fn).parameters
+    perm = np.asarray(fn(scores, **{k: v for k, v in params.items() if k in accepted}), dtype=np.int64)
+    if jitter is not None:
+        perm = jittering(perm, jitter, params.get("seed", 0))
     n = len(np.asarray(scores))
     if len(perm) != n or not np.array_equal(np.sort(perm), np.arange(n)):
         raise AssertionError(f"ordering {method!r} did not return a permutation of {n} positions")  # a bug, not input

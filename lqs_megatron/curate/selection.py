@@ -31,11 +31,11 @@ from lqs_megatron.data.scores import check_scores
 from lqs_megatron.errors import LQSError
 
 
-def top_r_count(n: int, r: float) -> int:
-    """``floor(r * n)`` on the decimal ``r`` as written; :class:`LQSError` unless ``0 <= r <= 1``."""
+def top_r_count(n: int, r: float, name: str = "r") -> int:
+    """``floor(r * n)`` on the decimal ``r`` as written; :class:`LQSError` naming ``--name`` unless ``0 <= r <= 1``."""
     r = float(r)
     if not math.isfinite(r) or not 0.0 <= r <= 1.0:
-        raise LQSError(f"--r must be in [0, 1], got {r}")
+        raise LQSError(f"--{name} must be in [0, 1], got {r}")
     return math.floor(Fraction(repr(r)) * n)
 
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from lqs_megatron.curate.ordering import order
 from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
 from tests.curate.test_ordering import ref_passes, ref_sorted
 from tests.curate.test_selection import ref_top_k, ref_top_r
@@ -113,6 +114,18 @@ def test_other_methods(corpus):
         (("order", "--method", "sorting", "--descending"), ref_sorted(lst, True)),
         (("order", "--method", "shuffle", "--seed", "3"), np.random.default_rng(3).permutation(n).tolist()),
         (("order", "--method", "zigzag", "--layers", "2"), ref_passes(ref_sorted(lst), 2, True)),
+        (
+            tuple(
+                "order --method segment --front-ratio 0.2 --back-ratio 0.3 --front-from high --back-from low "
+                "--seed 4".split()
+            ),
+            order(scores, "segment", front_ratio=0.2, back_ratio=0.3, front_from="high", back_from="low", seed=4),
+        ),
+        (
+            ("order", "--method", "folding", "--layers", "2", "--jitter", "3", "--seed", "5"),
+            order(scores, "folding", jitter=3, layers=2, seed=5),
+        ),
+        (("order", "--method", "folding", "--layers", "2", "--jitter", "1"), ref_passes(ref_sorted(lst), 2, False)),
     ):
         out = d / f"out_{args[2]}_{args[-1]}"
         run_lqs(*args[:1], "--data", d / "corpus", "--scores", d / "scores.npy", *args[1:], "--out", out)
@@ -162,6 +175,9 @@ def test_jsonl_in_and_out(tmp_path):
         ("k_high", "--k must be in [0,"),
         ("no_scores", "--scores FILE.npy is required"),
         ("wrong_flag", "--layers does not apply to --method sorting"),
+        ("seed_without_jitter", "--seed does not apply to --method folding"),
+        ("bad_jitter", "--jitter must be an integer >= 0, got -2"),
+        ("bad_segment", "--front-ratio + --back-ratio must be <= 1, got 0.7 + 0.4"),
         ("select_wrong_flag", "--k is for --method top-k"),
         ("missing_param", "--method threshold needs --threshold"),
         ("jsonl_out", "is a jsonl file but --data is an indexed dataset"),
@@ -219,6 +235,9 @@ def test_bad_inputs(corpus, case, message):
         "k_high": ["select", *base, "--method", "top-k", "--k", str(n + 1)],
         "no_scores": ["select", "--data", d / "corpus", "--method", "top-k", "--k", "1", "--out", d / "out"],
         "wrong_flag": ["order", *base, "--method", "sorting", "--layers", "3"],
+        "seed_without_jitter": ["order", *base, "--method", "folding", "--seed", "3"],
+        "bad_jitter": ["order", *base, "--method", "stair", "--jitter", "-2"],
+        "bad_segment": ["order", *base, "--method", "segment", "--front-ratio", "0.7", "--back-ratio", "0.4"],
         "select_wrong_flag": ["select", *base, "--method", "top-r", "--r", "0.5", "--k", "3"],
         "missing_param": ["select", *base, "--method", "threshold"],
         "jsonl_out": [
