@@ -105,6 +105,15 @@ def internal(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any:
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"internal": True})
 
 
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    """A seed is an integer in [0, 2**63 - 1] (what numpy's and torch's generators all take); None passes."""
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise LQSError(f"{flag} must be an integer in [0, 2**63 - 1], got {seed}")
+
+
 def is_setting(f: dataclasses.Field) -> bool:
     return f.init and not f.metadata.get("internal", False)
 

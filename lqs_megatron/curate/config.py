@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lqs_megatron.options import option
+from lqs_megatron.options import check_seed, option
 
 SELECT_METHODS = ("top-r", "top-k", "threshold")
 #: the setting each selection method needs
@@ -58,3 +58,6 @@ class OrderConfig(CurateIO):
     """Score-based methods: high scores first."""
     seed: int | None = None
     """shuffle: random seed (default: 0)."""
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)

@@ -167,6 +167,7 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
         if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
             raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
     model = load_annotation_model(cfg.model, dims, master_dtype)
+    model.config.check_max_length(cfg.max_length, f"--model {cfg.model!r}")
     vocab = model.config.vocab_size
     train = ExampleSet(cfg.train, "--train", cfg.max_length)
     target = ExampleSet(cfg.target, "--target", cfg.max_length)

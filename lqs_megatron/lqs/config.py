@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.scores import METHODS
-from lqs_megatron.options import Deprecated, option
+from lqs_megatron.options import Deprecated, check_seed, option
 
 #: --precision -> the compute dtype's name in lqs/annotate.py (fp64: master weights and compute in float64)
 PRECISIONS = {"fp32": "float32", "fp64": "float64", "bf16": "bf16"}
@@ -125,6 +125,7 @@ class AnnotateConfig:
         for ok, msg in checks:
             if not ok:
                 raise LQSError(msg)
+        check_seed(self.seed)
 
     @property
     def dtype(self) -> str:

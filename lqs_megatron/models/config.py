@@ -101,6 +101,14 @@ class ModelConfig:
         check_rope_scaling(self.rope_scaling)
         self.check_family()
 
+    def check_max_length(self, max_length: int, where: str) -> None:
+        """Refuse a ``--max-length`` beyond the positions this model was built for (``where`` names the model)."""
+        if max_length > self.max_position_embeddings:
+            raise LQSError(
+                f"--max-length {max_length} exceeds the {self.max_position_embeddings} positions of {where} "
+                "(max_position_embeddings); lower --max-length or use a model with a longer context"
+            )
+
     def check_family(self) -> None:
         """The combination must be one its HF family computes (so that the export means the same model)."""
         arch, biases = self.architecture, (self.qkv_bias, self.o_bias, self.mlp_bias)

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.options import Deprecated, internal, option
+from lqs_megatron.options import Deprecated, check_seed, internal, option
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
@@ -36,6 +36,9 @@ class PrepareScorerConfig:
     """Tokenizer of the scorer."""
     workers: int | None = None
     """Retokenization processes (default: one per core)."""
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 @dataclass
@@ -126,6 +129,7 @@ class TrainScorerConfig:
             "keep-last": self.keep_last is None or self.keep_last >= 0,
             "skip-nonfinite": self.skip_nonfinite >= 0,
         }
+        check_seed(self.seed)
         attrs = {"warmup-steps": "warmup", "global-batch-size": "batch_size"}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

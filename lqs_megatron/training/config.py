@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.options import Deprecated, internal, option
+from lqs_megatron.options import Deprecated, check_seed, internal, option
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class PretrainConfig:
                 raise LQSError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise LQSError(f"--lr must be > 0, got {self.lr}")
+        check_seed(self.seed)
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if not 0 <= self.min_lr <= self.lr:

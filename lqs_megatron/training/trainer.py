@@ -66,11 +66,7 @@ def resolve_model_config(cfg: PretrainConfig):
             mc.bos_token_id, mc.eos_token_id, mc.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     if mc.vocab_size < 1:
         raise LQSError(f"--tokenizer is required with --model-config ({where} sets no vocabulary)")
-    if cfg.max_length > mc.max_position_embeddings:
-        raise LQSError(
-            f"--max-length {cfg.max_length} exceeds the {mc.max_position_embeddings} positions of {where} "
-            "(max_position_embeddings); lower --max-length or use a model with a longer context"
-        )
+    mc.check_max_length(cfg.max_length, where)
     check_tp(mc, cfg.tp, name=where)
     return mc, tok
 
