@@ -61,36 +61,16 @@ def _run(cfg, choose) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from lqs_megatron.curate.config import SELECT_PARAMS, SelectConfig
+    from lqs_megatron.curate.config import SelectConfig
     from lqs_megatron.curate.selection import select
-    from lqs_megatron.errors import LQSError
 
-    cfg = build(SelectConfig, args)
-    needed = SELECT_PARAMS[cfg.method]
-    for method, name in SELECT_PARAMS.items():
-        if method != cfg.method and getattr(cfg, name) is not None:
-            raise LQSError(f"--{name} is for --method {method}, not {cfg.method}")
-    value = getattr(cfg, needed)
-    if value is None:
-        raise LQSError(f"--method {cfg.method} needs --{needed}")
-    return _run(cfg, lambda scores: select(scores, cfg.method, **{needed: value}))
+    cfg = build(SelectConfig, args)  # checks the method's parameter
+    return _run(cfg, lambda scores: select(scores, cfg.method, **cfg.params))
 
 
 def _order(args: argparse.Namespace) -> int:
-    import inspect
+    from lqs_megatron.curate.config import OrderConfig
+    from lqs_megatron.curate.ordering import order
 
-    from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
-    from lqs_megatron.curate.ordering import ORDERINGS, order
-    from lqs_megatron.errors import LQSError
-
-    cfg = build(OrderConfig, args)
-    accepted = set(inspect.signature(ORDERINGS[cfg.method]).parameters) - {"scores"}
-    params = {}
-    for name in ORDER_PARAMS:
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if name not in accepted:
-            raise LQSError(f"--{name.replace('_', '-')} does not apply to --method {cfg.method}")
-        params[name] = value
-    return _run(cfg, lambda scores: order(scores, cfg.method, **params))
+    cfg = build(OrderConfig, args)  # checks the parameters against the method
+    return _run(cfg, lambda scores: order(scores, cfg.method, **cfg.params))

@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from lqs_megatron.errors import LQSError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -179,7 +177,10 @@ def load_model_config(name_or_path: str | os.PathLike, **overrides) -> ModelConf
             raise LQSError(
                 f"unknown model config {str(name_or_path)!r}; named configs: {', '.join(available_model_configs())}"
             )
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    from lqs_megatron.options import read_yaml
+
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise LQSError(f"{path}: expected a mapping of model settings, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig.from_dict(data)
