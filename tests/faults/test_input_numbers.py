@@ -34,8 +34,9 @@ def error_line(proc) -> str:
 
 @pytest.mark.parametrize("seed", ["-1", str(2**64)])
 def test_sample_proxy_refuses_a_seed_out_of_range(inputs, tmp_path, seed):
-    proc = run_lqs("sample-proxy", "--data", inputs["data"], "--num", 3, "--seed", seed, "--out", tmp_path / "px",
-                   check=False)  # fmt: skip
+    proc = run_lqs(
+        "sample-proxy", "--data", inputs["data"], "--num", 3, "--seed", seed, "--out", tmp_path / "px", check=False
+    )
     assert f"--seed must be an integer in [0, 2**63 - 1], got {seed}" in error_line(proc)
     assert not list(tmp_path.iterdir())
 
@@ -54,7 +55,7 @@ def test_seed_rule_is_shared_by_every_step():
         lambda s: OrderConfig(data="d", out="o", method="shuffle", seed=s),
         lambda s: PretrainConfig(
             data=["d"], out="o", max_length=8, global_batch_size=1, steps=1, lr=1e-3, model_config="tiny", seed=s
-        ),  # fmt: skip
+        ),
     ]
     for make in makers:
         make(rng_seed())  # a valid seed passes
@@ -64,19 +65,60 @@ def test_seed_rule_is_shared_by_every_step():
 
 @pytest.mark.parametrize("max_length", [POSITIONS + 1, 10**12])
 def test_evaluate_refuses_max_length_beyond_the_positions(inputs, max_length):
-    proc = run_lqs("evaluate", "--model", inputs["model"], "--data", inputs["data"], "--max-length", max_length,
-                   "--device", "cpu", check=False)  # fmt: skip
+    proc = run_lqs(
+        "evaluate",
+        "--model",
+        inputs["model"],
+        "--data",
+        inputs["data"],
+        "--max-length",
+        max_length,
+        "--device",
+        "cpu",
+        check=False,
+    )
     line = error_line(proc)
     assert f"--max-length {max_length} exceeds the {POSITIONS} positions of model" in line
-    ok = run_lqs("evaluate", "--model", inputs["model"], "--data", inputs["data"], "--max-length", POSITIONS,
-                 "--device", "cpu", check=False)  # fmt: skip
+    ok = run_lqs(
+        "evaluate",
+        "--model",
+        inputs["model"],
+        "--data",
+        inputs["data"],
+        "--max-length",
+        POSITIONS,
+        "--device",
+        "cpu",
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
 
 
 def test_annotate_refuses_max_length_beyond_the_positions(inputs, tmp_path):
     data = inputs["data"]
-    proc = run_lqs("annotate", "--model", inputs["model"], "--train", data, "--target", data, "--proxy", data,
-                   "--out", tmp_path / "out", "--steps", 2, "--interval", 1, "--global-batch-size", 2,
-                   "--max-length", POSITIONS + 1, "--device", "cpu", check=False)  # fmt: skip
+    proc = run_lqs(
+        "annotate",
+        "--model",
+        inputs["model"],
+        "--train",
+        data,
+        "--target",
+        data,
+        "--proxy",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--steps",
+        2,
+        "--interval",
+        1,
+        "--global-batch-size",
+        2,
+        "--max-length",
+        POSITIONS + 1,
+        "--device",
+        "cpu",
+        check=False,
+    )
     assert f"--max-length {POSITIONS + 1} exceeds the {POSITIONS} positions of --model" in error_line(proc)
     assert not (tmp_path / "out" / "annotate.json").exists()

@@ -87,32 +87,82 @@ def error_line(proc) -> str:
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.__name__)
 def test_evaluate_names_the_damaged_file(good, tmp_path, fault):
     model, expected = fault(good, tmp_path / "model")
-    proc = run_lqs("evaluate", "--model", model, "--data", good["data"], "--max-length", 16, "--device", "cpu",
-                   check=False)  # fmt: skip
+    proc = run_lqs(
+        "evaluate", "--model", model, "--data", good["data"], "--max-length", 16, "--device", "cpu", check=False
+    )
     assert expected in error_line(proc)
 
 
 def test_the_intact_directories_load(good):
     for name in ("single", "sharded"):
-        proc = run_lqs("evaluate", "--model", good[name], "--data", good["data"], "--max-length", 16,
-                       "--device", "cpu", check=False)  # fmt: skip
+        proc = run_lqs(
+            "evaluate",
+            "--model",
+            good[name],
+            "--data",
+            good["data"],
+            "--max-length",
+            16,
+            "--device",
+            "cpu",
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_annotate_names_the_missing_shard(good, tmp_path):
     model, expected = missing_shard(good, tmp_path / "model")
     data = good["data"]
-    proc = run_lqs("annotate", "--model", model, "--train", data, "--target", data, "--proxy", data,
-                   "--out", tmp_path / "out", "--steps", 2, "--interval", 1, "--global-batch-size", 2,
-                   "--max-length", 16, "--device", "cpu", check=False)  # fmt: skip
+    proc = run_lqs(
+        "annotate",
+        "--model",
+        model,
+        "--train",
+        data,
+        "--target",
+        data,
+        "--proxy",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--steps",
+        2,
+        "--interval",
+        1,
+        "--global-batch-size",
+        2,
+        "--max-length",
+        16,
+        "--device",
+        "cpu",
+        check=False,
+    )
     assert expected in error_line(proc)
 
 
 def test_pretrain_init_from_names_the_truncated_file(good, tmp_path):
     model, expected = truncated(good, tmp_path / "model")
-    proc = run_lqs("pretrain", "--init-from", model, "--data", good["data"], "--max-length", 8,
-                   "--global-batch-size", 2, "--steps", 2, "--lr", "1e-3", "--out", tmp_path / "ck",
-                   "--no-tensorboard", "--device", "cpu", check=False)  # fmt: skip
+    proc = run_lqs(
+        "pretrain",
+        "--init-from",
+        model,
+        "--data",
+        good["data"],
+        "--max-length",
+        8,
+        "--global-batch-size",
+        2,
+        "--steps",
+        2,
+        "--lr",
+        "1e-3",
+        "--out",
+        tmp_path / "ck",
+        "--no-tensorboard",
+        "--device",
+        "cpu",
+        check=False,
+    )
     assert expected in error_line(proc)
     assert not (tmp_path / "ck" / "latest").exists()
 
