@@ -87,6 +87,10 @@ class AnnotateConfig:
     """Trajectory checkpoints (default: OUT/trajectory)."""
     resume: bool = False
     """Continue a killed run from OUT/state and the checkpoints."""
+    allow_changed_settings: bool = False
+    """With --resume: start afresh the parts of the killed run that a changed setting or input invalidates
+    (each change is logged and recorded in annotate.json); without it a change is refused (OUT/state/settings.json
+    holds the run's)."""
     keep_checkpoints: bool = False
     """Keep the trajectory checkpoints and the state after success."""
     seed: int = 0

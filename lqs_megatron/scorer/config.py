@@ -58,6 +58,11 @@ class TrainScorerRun:
     """Tokenizer (default with --base: the base's own)."""
     resume: bool = False
     """Continue from OUT's newest valid checkpoint."""
+    allow_changed_settings: bool = False
+    """With --resume: continue although --epochs, the learning rate, the schedule, --weight-decay, --clip-grad
+    or --precision differ from the run's (each change is logged and recorded in trainer.json); without it
+    such a change is refused. A change of the data order (--global-batch-size, --seed, --max-length,
+    --no-bos) or of the backbone is refused always."""
     device: str | None = option(None, choices=DEVICES)
     """cuda or cpu (default: cuda when available)."""
 
