@@ -1,6 +1,6 @@
 """Damaged Hugging Face model directories (issue 24): a missing shard, a truncated safetensors file, a
 config.json that does not match its weights, a config.json that is not JSON. Every command that loads
-one (evaluate, annotate, pretrain --init-from; all through models/loading.py) exits 1 with one line naming the
+one (evaluate, annotate, pretrain --init-from, train-scorer --base; models/hf.py) exits 1 with one line naming the
 file and what is wrong, never a traceback."""
 
 from __future__ import annotations
@@ -175,3 +175,13 @@ def test_load_model_names_the_mismatched_config(good, tmp_path):
     with pytest.raises(LQSError) as e:
         load_model(model)
     assert expected in str(e.value) and "the config implies" in str(e.value)
+
+
+def test_scorer_base_names_the_broken_config(good, tmp_path):
+    from lqs_megatron.errors import LQSError
+    from lqs_megatron.scorer.model import build_scorer
+
+    model, expected = broken_json(good, tmp_path / "model")
+    with pytest.raises(LQSError) as e:
+        build_scorer(str(model), None, None, 16, 0, True)
+    assert expected in str(e.value)
