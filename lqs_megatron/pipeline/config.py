@@ -34,7 +34,7 @@ from lqs_megatron.options import (
     section_values,
     settings,
 )
-from lqs_megatron.scorer.config import ScoreOptions, TrainScorerConfig
+from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreOptions, TrainScorerConfig
 from lqs_megatron.training.config import EvaluateConfig, PretrainConfig
 
 
@@ -280,6 +280,7 @@ def check_steps(cfg: PipelineConfig, where: str) -> None:
         step = getattr(type(section), "step", None)
         if step is not None:
             checks.append((f.name, step, section_values(section)))
+    checks.append(("scorer", PrepareScorerConfig, {"valid_num": cfg.scorer.valid_num}))  # the plan passes it on
     plan, sel = Plan(cfg), cfg.selection
     checks.append(("selection", SelectConfig, plan.select_settings(plan.methods[0], "-", sel.method)))
     if sel.order != "none":

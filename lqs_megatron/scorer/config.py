@@ -39,6 +39,8 @@ class PrepareScorerConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.valid_num is not None and self.valid_num < 1:
+            raise LQSError(f"--valid-num must be >= 1, got {self.valid_num}")
 
 
 @dataclass
