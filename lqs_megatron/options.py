@@ -122,10 +122,11 @@ def _yaml_loader():
                     key = self.construct_object(key_node, deep=True)
                     line = key_node.start_mark.line + 1
                     try:
-                        first = seen.setdefault(key, line)
+                        first = seen.get(key)
+                        seen.setdefault(key, line)
                     except TypeError:  # an unhashable key: construct_mapping's own error names it
                         continue
-                    if first != line:
+                    if first is not None:
                         raise LQSError(
                             f"{self.name}:{line}: duplicate key {key!r} (first at line {first}); "
                             "keep one (YAML would use the last silently)"

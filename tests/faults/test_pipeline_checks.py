@@ -101,6 +101,9 @@ def test_duplicate_top_level_key_and_demo_override(tmp_path):
     (tmp_path / "o.yaml").write_text("proxy:\n  num: 10\nproxy:\n  seed: 3\n")
     with pytest.raises(LQSError, match=r"o\.yaml:3: duplicate key 'proxy' \(first at line 1\)"):
         load_override(str(tmp_path / "o.yaml"))
+    (tmp_path / "f.yaml").write_text("workdir: run\nproxy: {num: 10, num: 20}\n")  # one line, flow style
+    with pytest.raises(LQSError, match=r"f\.yaml:2: duplicate key 'num' \(first at line 2\)"):
+        load_config(tmp_path / "f.yaml")
 
 
 def test_duplicate_model_config_key(tmp_path):
