@@ -282,9 +282,13 @@ def check_steps(cfg: PipelineConfig, where: str) -> None:
             checks.append((f.name, step, section_values(section)))
     checks.append(("scorer", PrepareScorerConfig, {"valid_num": cfg.scorer.valid_num}))  # the plan passes it on
     plan, sel = Plan(cfg), cfg.selection
-    checks.append(("selection", SelectConfig, plan.select_settings(plan.methods[0], "-", sel.method)))
-    if sel.order != "none":
-        checks.append(("selection", OrderConfig, plan.order_settings(plan.methods[0], sel.order)))
+    arms = [(plan.methods[0], sel.method, sel.order)]
+    if "random" in plan.arms:  # the baseline: its pick (seeded by selection.seed), then a shuffle
+        arms.append(("random", "random", "shuffle"))
+    for arm, method, order in arms:
+        checks.append(("selection", SelectConfig, plan.select_settings(arm, "-", method)))
+        if order != "none":
+            checks.append(("selection", OrderConfig, plan.order_settings(arm, order)))
     for name, step, values in checks:
         for g in settings(step):
             if g.name not in values and g.default is dataclasses.MISSING and g.default_factory is dataclasses.MISSING:

@@ -32,6 +32,10 @@ def bad_selection(case: str) -> tuple[dict, str]:
         "r_low": ({"r": -r}, r"selection\.r: --r must be in \[0, 1\]"),
         "k_negative": ({"method": "top-k", "k": k}, rf"selection\.k: --k must be an integer >= 0, got {k}"),
         "layers_zero": ({"layers": 0}, r"selection\.layers: --layers must be an integer >= 1"),
+        "baseline_seed_negative": (  # the random baseline's pick and shuffle take selection.seed
+            {"seed": k},
+            rf"selection\.seed: --seed must be an integer in \[0, 2\*\*63 - 1\], got {k}",
+        ),
         "seed_negative": (
             {"order": "shuffle", "seed": k},
             rf"selection\.seed: --seed must be an integer in \[0, 2\*\*63 - 1\], got {k}",
@@ -39,7 +43,9 @@ def bad_selection(case: str) -> tuple[dict, str]:
     }[case]
 
 
-@pytest.mark.parametrize("case", ["r_high", "r_low", "k_negative", "layers_zero", "seed_negative"])
+@pytest.mark.parametrize(
+    "case", ["r_high", "r_low", "k_negative", "layers_zero", "seed_negative", "baseline_seed_negative"]
+)
 def test_selection_values_are_checked_at_load_time(tmp_path, case):
     patch, match = bad_selection(case)
     with pytest.raises(LQSError, match=match):
