@@ -21,11 +21,13 @@ import ast
 import dataclasses
 import functools
 import inspect
+import os
 import textwrap
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
+from pathlib import Path
 from typing import Any
 
 from lqs_megatron.errors import LQSError
@@ -103,6 +105,64 @@ def option(
 def internal(default: Any = MISSING, *, default_factory: Any = MISSING) -> Any:
     """A dataclass field that is set by code, never by a flag or a YAML key."""
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"internal": True})
+
+
+@functools.cache
+def _yaml_loader():
+    """yaml's safe loader, refusing a mapping that repeats a key (yaml keeps the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                        seen.setdefault(key, line)
+                    except TypeError:  # an unhashable key: construct_mapping's own error names it
+                        continue
+                    if first is not None:
+                        raise LQSError(
+                            f"{self.name}:{line}: duplicate key {key!r} (first at line {first}); "
+                            "keep one (YAML would use the last silently)"
+                        )
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The contents of a YAML file (None when empty). A file that is not YAML, or that repeats a key in
+    a mapping, is an :class:`LQSError` naming the file (and the line of the repeated key). Every YAML
+    the project reads (pipeline and demo configs, model configs) goes through here."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LQSError(f"{path}: cannot read ({e})") from None
+    loader = _yaml_loader()(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise LQSError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+
+
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    """A seed is an integer in [0, 2**63 - 1] (what numpy's and torch's generators all take); None passes."""
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise LQSError(f"{flag} must be an integer in [0, 2**63 - 1], got {seed}")
 
 
 def is_setting(f: dataclasses.Field) -> bool:

@@ -63,26 +63,16 @@ def _run(cfg, choose) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from lqs_megatron.curate.config import SELECT_PARAMS, SelectConfig
+    from lqs_megatron.curate.config import SelectConfig
     from lqs_megatron.curate.selection import select
-    from lqs_megatron.errors import LQSError
 
-    cfg = build(SelectConfig, args)
-    needed = SELECT_PARAMS[cfg.method]
-    for method, name in SELECT_PARAMS.items():
-        if method != cfg.method and getattr(cfg, name) is not None:
-            raise LQSError(f"--{name} is for --method {method}, not {cfg.method}")
-    value = getattr(cfg, needed)
-    if value is None:
-        raise LQSError(f"--method {cfg.method} needs --{needed}")
-    return _run(cfg, lambda scores: select(scores, cfg.method, **{needed: value}))
+    cfg = build(SelectConfig, args)  # checks the method's parameter
+    return _run(cfg, lambda scores: select(scores, cfg.method, **cfg.params))
 
 
 def _order(args: argparse.Namespace) -> int:
-    from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
-    from lqs_megatron.curate.ordering import check_params, order
+    from lqs_megatron.curate.config import OrderConfig
+    from lqs_megatron.curate.ordering import order
 
-    cfg = build(OrderConfig, args)
-    params = {name: getattr(cfg, name) for name in ORDER_PARAMS if getattr(cfg, name) is not None}
-    check_params(cfg.method, params, cfg.jitter)  # before any file is read
-    return _run(cfg, lambda scores: order(scores, cfg.method, cfg.jitter, **params))
+    cfg = build(OrderConfig, args)  # checks the parameters against the method
+    return _run(cfg, lambda scores: order(scores, cfg.method, cfg.jitter, **cfg.params))

@@ -93,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
             tokenizer=run.tokenizer,
             resume=run.resume,
             dims=dims,
+            allow_changed_settings=run.allow_changed_settings,
         )
     finally:
         dims.close()

@@ -81,6 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     dims = init_distributed(cfg.tp, cfg.device)
     try:
         model = load_model(cfg.model, dims)
+        model.config.check_max_length(cfg.max_length, f"model {cfg.model!r}")
         res = evaluate_dataset(model, cfg.data, cfg.max_length, dims, cfg.micro_batch_size, cfg.precision, cfg.limit)
     finally:
         dims.close()

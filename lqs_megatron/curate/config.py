@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lqs_megatron.options import option
+from lqs_megatron.errors import LQSError
+from lqs_megatron.options import check_seed, option
 
 SELECT_METHODS = ("top-r", "top-k", "threshold")
 #: the setting each selection method needs
@@ -51,6 +52,24 @@ class SelectConfig(CurateIO):
     threshold: float | None = None
     """threshold: keep scores >= this (required with --method threshold)."""
 
+    def __post_init__(self) -> None:
+        """The method's parameter is given, the others not, and it passes the method's own check."""
+        from lqs_megatron.curate.selection import PARAM_CHECKS
+
+        for method, name in SELECT_PARAMS.items():
+            if method != self.method and getattr(self, name) is not None:
+                raise LQSError(f"--{name} is for --method {method}, not {self.method}")
+        needed = SELECT_PARAMS.get(self.method)
+        if needed is not None and getattr(self, needed) is None:
+            raise LQSError(f"--method {self.method} needs --{needed}")
+        if needed is not None:
+            PARAM_CHECKS[self.method](getattr(self, needed))
+
+    @property
+    def params(self) -> dict:
+        """``{parameter: value}`` of the method (what ``selection.select`` takes)."""
+        return {SELECT_PARAMS[self.method]: getattr(self, SELECT_PARAMS[self.method])}
+
 
 @dataclass(kw_only=True)
 class OrderConfig(CurateIO):
@@ -79,3 +98,20 @@ class OrderConfig(CurateIO):
     change)."""
     seed: int | None = None
     """shuffle, segment, --jitter: random seed (default: 0)."""
+
+    def __post_init__(self) -> None:
+        """The parameters apply to the method, and the ordering itself accepts them (run on one score)."""
+        import numpy as np
+
+        from lqs_megatron.curate.ordering import ORDERINGS, check_params, order
+
+        check_seed(self.seed)
+        if self.method not in ORDERINGS:
+            return  # argparse's choices name it; a library caller gets order()'s error
+        check_params(self.method, self.params, self.jitter)
+        order(np.zeros(1), self.method, self.jitter, **self.params)
+
+    @property
+    def params(self) -> dict:
+        """``{parameter: value}`` of the settings given (what ``ordering.order`` takes besides ``jitter``)."""
+        return {name: getattr(self, name) for name in ORDER_PARAMS if getattr(self, name) is not None}

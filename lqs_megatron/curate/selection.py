@@ -31,12 +31,38 @@ from lqs_megatron.data.scores import check_scores
 from lqs_megatron.errors import LQSError
 
 
-def top_r_count(n: int, r: float, name: str = "r") -> int:
-    """``floor(r * n)`` on the decimal ``r`` as written; :class:`LQSError` naming ``--name`` unless ``0 <= r <= 1``."""
+def check_r(r: float, name: str = "r") -> float:
+    """``--name`` (default ``--r``) as a float; :class:`LQSError` unless ``0 <= r <= 1``."""
     r = float(r)
     if not math.isfinite(r) or not 0.0 <= r <= 1.0:
         raise LQSError(f"--{name} must be in [0, 1], got {r}")
-    return math.floor(Fraction(repr(r)) * n)
+    return r
+
+
+def check_k(k) -> int:
+    """--k as an int; :class:`LQSError` unless an integer >= 0 (its upper bound is the data's size)."""
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise LQSError(f"--k must be an integer >= 0, got {k!r}")
+    return int(k)
+
+
+def check_threshold(threshold: float) -> float:
+    """--threshold as a float; :class:`LQSError` for NaN."""
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise LQSError("--threshold must be a number, got nan")
+    return threshold
+
+
+PARAM_CHECKS: Mapping[str, Callable] = MappingProxyType(
+    {"top-r": check_r, "top-k": check_k, "threshold": check_threshold}
+)
+"""Method -> the check of its parameter that needs no data (``SelectConfig`` and the functions below run it)."""
+
+
+def top_r_count(n: int, r: float, name: str = "r") -> int:
+    """``floor(r * n)`` on the decimal ``r`` as written; :class:`LQSError` naming ``--name`` unless ``0 <= r <= 1``."""
+    return math.floor(Fraction(repr(check_r(r, name))) * n)
 
 
 def _highest(scores: np.ndarray, k: int) -> np.ndarray:
@@ -51,7 +77,7 @@ def select_top_k(scores, k: int) -> np.ndarray:
     """The ``k`` highest-scoring positions (see the module docstring)."""
     s = check_scores(scores)
     if isinstance(k, bool) or int(k) != k:
-        raise LQSError(f"--k must be an integer, got {k!r}")
+        check_k(k)  # not an integer: its error
     k = int(k)
     if not 0 <= k <= len(s):
         raise LQSError(f"--k must be in [0, {len(s)}] (the number of sequences), got {k}")
@@ -67,9 +93,7 @@ def select_top_r(scores, r: float) -> np.ndarray:
 def select_threshold(scores, threshold: float) -> np.ndarray:
     """Every position whose score is ``>= threshold``, ascending."""
     s = check_scores(scores)
-    threshold = float(threshold)
-    if math.isnan(threshold):
-        raise LQSError("--threshold must be a number, got nan")
+    threshold = check_threshold(threshold)
     return np.flatnonzero(s >= threshold).astype(np.int64)
 
 

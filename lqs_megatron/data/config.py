@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lqs_megatron.data.jsonl import ON_ERROR
-from lqs_megatron.options import option
+from lqs_megatron.options import check_seed, option
 
 
 @dataclass
@@ -41,6 +41,9 @@ class SampleProxyConfig:
     """Output dataset prefix."""
     seed: int = 0
     """Random seed."""
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 @dataclass

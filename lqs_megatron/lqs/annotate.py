@@ -111,6 +111,54 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     return h(traj), h(sweep)
 
 
+#: the settings a --resume compares (OUT/state/settings.json): each enters the trajectory's, the sweep's or the
+#: probe's fingerprint, so a change silently restarted that part before
+RESUME_KEYS = tuple(
+    "model train target proxy steps lr lr_grid lr_probe_steps batch_size interval max_length method micro_batch_size "
+    "proxy_batch_size precision proxy_num ckpt_dir tp backend".split()
+)
+
+
+def _input_id(path: str, suffixes: tuple[str, ...]) -> str:
+    """A dataset prefix or a model directory as ``PATH (N bytes, modified T)``: what a resume must find unchanged."""
+    p = Path(path)
+    if suffixes:
+        files = [Path(f"{path}{s}") for s in suffixes]
+    else:
+        files = [f for f in p.iterdir() if f.suffix in (".json", ".safetensors", ".bin")]
+    stats = [f.stat() for f in sorted(files) if f.exists()]
+    newest = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(max((s.st_mtime for s in stats), default=0)))
+    return f"{p.resolve()} ({sum(s.st_size for s in stats)} bytes, modified {newest} UTC)"
+
+
+def _run_settings(cfg: AnnotateConfig) -> dict:
+    out = {k: getattr(cfg, k) for k in RESUME_KEYS}
+    out["model"] = _input_id(cfg.model, ())
+    for k in ("train", "target", "proxy"):
+        out[k] = _input_id(getattr(cfg, k), (".bin", ".idx"))
+    return out
+
+
+def _resume_settings(cfg: AnnotateConfig, dims: ParallelDims) -> list[dict]:
+    """With --resume, the settings and inputs that differ from the killed run's (``utils/resume.py``): refused
+    unless --allow-changed-settings (then returned, for annotate.json); saves this run's as OUT/state/settings.json."""
+    from lqs_megatron.utils.resume import changed_settings, check_resume
+
+    path = Path(cfg.out) / "state" / "settings.json"
+    changes: list[dict] = []
+    with dims.all_or_none():
+        if dims.is_main:
+            now = _run_settings(cfg)
+            if cfg.resume and path.is_file():
+                free = changed_settings(AnnotateConfig, json.loads(path.read_text()), now, RESUME_KEYS)
+                allowed = "start the parts they invalidate afresh"
+                allow = cfg.allow_changed_settings
+                changes = check_resume(cfg.out, [], free, allow, "", "annotate.json", allowed=allowed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_json(path, now)
+    return dims.broadcast_object(changes)
+
+
 def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid: list[float]) -> str:
     """What must match for a saved ``--lr auto`` probe to be reused."""
     key = {
@@ -167,6 +215,7 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
         if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
             raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
     model = load_annotation_model(cfg.model, dims, master_dtype)
+    model.config.check_max_length(cfg.max_length, f"--model {cfg.model!r}")
     vocab = model.config.vocab_size
     train = ExampleSet(cfg.train, "--train", cfg.max_length)
     target = ExampleSet(cfg.target, "--target", cfg.max_length)
@@ -217,6 +266,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         model, train, target, proxy = _load_sets(cfg, dims, master_dtype)
     if dims.is_main:  # the old outputs stay until the new ones are complete (written last, annotate.json last)
         out.mkdir(parents=True, exist_ok=True)
+    resume_changes = _resume_settings(cfg, dims)
     space = ParamSpace(model, dims)
     with timer("lr_probe"):
         cfg, probe = _choose_lr(cfg, dims, space, train, target, master_dtype, compute_dtype)
@@ -260,6 +310,8 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         own = _own_losses(sweep, N)
     record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe)
     record["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()}
+    if resume_changes:
+        record["resume_changes"] = resume_changes
     for w in record["health"]["warnings"]:
         log.warning("annotate: %s", w["message"])
     if dims.is_main:

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.scores import METHODS
-from lqs_megatron.options import Deprecated, option
+from lqs_megatron.options import Deprecated, check_seed, option
 
 #: --precision -> the compute dtype's name in lqs/annotate.py (fp64: master weights and compute in float64)
 PRECISIONS = {"fp32": "float32", "fp64": "float64", "bf16": "bf16"}
@@ -87,6 +87,10 @@ class AnnotateConfig:
     """Trajectory checkpoints (default: OUT/trajectory)."""
     resume: bool = False
     """Continue a killed run from OUT/state and the checkpoints."""
+    allow_changed_settings: bool = False
+    """With --resume: start afresh the parts of the killed run that a changed setting or input invalidates
+    (each change is logged and recorded in annotate.json); without it a change is refused (OUT/state/settings.json
+    holds the run's)."""
     keep_checkpoints: bool = False
     """Keep the trajectory checkpoints and the state after success."""
     seed: int = 0
@@ -125,6 +129,7 @@ class AnnotateConfig:
         for ok, msg in checks:
             if not ok:
                 raise LQSError(msg)
+        check_seed(self.seed)
 
     @property
     def dtype(self) -> str:

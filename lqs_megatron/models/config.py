@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from lqs_megatron.errors import LQSError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -101,6 +99,14 @@ class ModelConfig:
         check_rope_scaling(self.rope_scaling)
         self.check_family()
 
+    def check_max_length(self, max_length: int, where: str) -> None:
+        """Refuse a ``--max-length`` beyond the positions this model was built for (``where`` names the model)."""
+        if max_length > self.max_position_embeddings:
+            raise LQSError(
+                f"--max-length {max_length} exceeds the {self.max_position_embeddings} positions of {where} "
+                "(max_position_embeddings); lower --max-length or use a model with a longer context"
+            )
+
     def check_family(self) -> None:
         """The combination must be one its HF family computes (so that the export means the same model)."""
         arch, biases = self.architecture, (self.qkv_bias, self.o_bias, self.mlp_bias)
@@ -171,7 +177,10 @@ def load_model_config(name_or_path: str | os.PathLike, **overrides) -> ModelConf
             raise LQSError(
                 f"unknown model config {str(name_or_path)!r}; named configs: {', '.join(available_model_configs())}"
             )
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    from lqs_megatron.options import read_yaml
+
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise LQSError(f"{path}: expected a mapping of model settings, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig.from_dict(data)

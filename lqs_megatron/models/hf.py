@@ -82,8 +82,17 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         raise LQSError(f"model directory {str(path)!r} does not exist (a local HF directory is required)")
     if not cfg_file.is_file():
         raise LQSError(f"{path}: no config.json; not a Hugging Face model directory")
-    with open(cfg_file) as f:
-        return json.load(f)
+    return _read_json(cfg_file)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LQSError(f"{path}: not valid JSON ({e}); truncated or corrupt? copy it again") from None
+    if not isinstance(data, dict):
+        raise LQSError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _rope_from_hf(hf: dict, where: str) -> tuple[float, dict | None]:
@@ -249,19 +258,53 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of an HF directory (safetensors single/sharded, or pytorch_model.bin)."""
     from safetensors.torch import load_file
 
+    def read(file: Path, loader) -> dict[str, torch.Tensor]:
+        try:
+            return loader(file)
+        except Exception as e:  # safetensors, torch and zipfile each raise their own kind for a damaged file
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise LQSError(f"{file}: cannot read the weights ({reason}); truncated or corrupt? copy it again") from None
+
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
+        return read(path / "model.safetensors", load_file)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise LQSError(f"{index}: no weight_map (expected {{tensor name: shard file}})")
         out: dict[str, torch.Tensor] = {}
-        for f in files:
-            out.update(load_file(path / f))
+        for f in sorted(set(weight_map.values())):
+            if not (path / f).is_file():
+                n = sum(v == f for v in weight_map.values())
+                where = f"{path / f}: missing; {index.name} places {n} tensor(s) in it"
+                raise LQSError(f"{where} (copy the whole directory)")
+            shard = read(path / f, load_file)
+            lost = sorted(k for k, v in weight_map.items() if v == f and k not in shard)
+            if lost:
+                where = f"{path / f}: lacks {len(lost)} tensor(s) that {index.name} places there"
+                raise LQSError(f"{where} ({lost[0]}, ...)")
+            out.update(shard)
         return out
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return read(path / "pytorch_model.bin", lambda f: torch.load(f, map_location="cpu", weights_only=True))
     raise LQSError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def check_weights_match(sd: dict[str, torch.Tensor], model: Decoder, where: str) -> None:
+    """Every tensor of ``sd`` (our names) has the shape ``model`` (built from ``config.json``) expects."""
+    expected = model.state_dict()
+    for name, t in sd.items():
+        want = expected.get(name)
+        if want is None or tuple(t.shape) == tuple(want.shape):
+            continue
+        if name in ("tok_embeddings.weight", "output.weight") and t.shape[1:] == want.shape[1:]:
+            continue  # vocabulary rows: state_dict_from_hf checks them against vocab_size
+        raise LQSError(
+            f"{where}/config.json does not match the weights: {our_key_to_hf(name)} is {list(t.shape)}, "
+            f"the config implies {list(want.shape)} (hidden_size {model.config.hidden_size}, intermediate_size "
+            f"{model.config.intermediate_size}, heads {model.config.num_heads}/{model.config.num_kv_heads})"
+        )
 
 
 def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, padded_vocab_size: int | None = None):
@@ -280,6 +323,11 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, padded_
         out.pop("output.weight", None)
     pv = padded_vocab_size or cfg.vocab_size
     for name in ("tok_embeddings.weight", "output.weight"):
+        if name in out and out[name].shape[0] < cfg.vocab_size:
+            raise LQSError(
+                f"config.json does not match the weights: {our_key_to_hf(name)} has {out[name].shape[0]} rows, "
+                f"fewer than the config's vocab_size {cfg.vocab_size}"
+            )
         if name in out and out[name].shape[0] != pv:
             w = out[name]
             if w.shape[0] > pv:
@@ -306,7 +354,11 @@ def load_hf_model(
     """An HF Mistral/Llama/Qwen2 directory as our :class:`Decoder` (unsharded, on the CPU)."""
     cfg = config_from_hf(read_hf_config(path), where=f"{path}/config.json")
     model = Decoder(cfg, padded_vocab_size)
-    sd = state_dict_from_hf(read_hf_state_dict(path), cfg, model.padded_vocab_size)
+    try:
+        sd = state_dict_from_hf(read_hf_state_dict(path), cfg, model.padded_vocab_size)
+    except LQSError as e:
+        raise LQSError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    check_weights_match(sd, model, str(path))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "output.weight")]
     if missing or unexpected:

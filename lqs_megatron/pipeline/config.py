@@ -19,13 +19,22 @@ from pathlib import Path
 
 import yaml
 
-from lqs_megatron.curate.config import SELECT_METHODS
+from lqs_megatron.curate.config import SELECT_METHODS, OrderConfig, SelectConfig
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.tokenize import TokenizeConfig
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import METHODS, AnnotateConfig, positive_number
-from lqs_megatron.options import check_mapping, derive, nested_type, option, section_values, settings
-from lqs_megatron.scorer.config import ScoreOptions, TrainScorerConfig
+from lqs_megatron.options import (
+    check_mapping,
+    derive,
+    flag_name,
+    nested_type,
+    option,
+    read_yaml,
+    section_values,
+    settings,
+)
+from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreOptions, TrainScorerConfig
 from lqs_megatron.training.config import EvaluateConfig, PretrainConfig
 
 
@@ -249,23 +258,45 @@ def _placeholder(f: dataclasses.Field, step) -> object:
     return [value] if kind.is_list else value
 
 
+def _blame(where: str, section: str, step, error: LQSError) -> LQSError:
+    """``error`` of ``step`` (``--flag ...``) as ``FILE: section.key: --flag ...`` (the key of the flag it
+    starts with), or ``FILE: section: ...``."""
+    msg = str(error)
+    keys = {flag_name(g): g.name for g in settings(step)}
+    flag = msg.split()[0].rstrip(":,") if msg else ""
+    key = f"{section}.{keys[flag]}" if flag in keys else section
+    return LQSError(f"{where}: {key}: {msg}")
+
+
 def check_steps(cfg: PipelineConfig, where: str) -> None:
-    """Run each step's own checks (ranges, combinations) on its section's values, with placeholder
-    paths, so that a bad value fails now, naming its section, not when the step runs."""
+    """Run each step's own checks (ranges, combinations: its dataclass) on the values its section gives
+    it, with placeholder paths, so that a bad value fails now, naming the file and the key, not when the
+    step runs. The selection's steps get their settings from the plan, as when they run."""
+    from lqs_megatron.pipeline.plan import Plan  # the plan imports this module
+
+    checks = []
     for f in settings(PipelineConfig):
         section = getattr(cfg, f.name)
         step = getattr(type(section), "step", None)
-        if step is None:
-            continue
-        own = {g.name: g for g in settings(step)}
-        values = section_values(section)
-        for name, g in own.items():
-            if name not in values and g.default is dataclasses.MISSING and g.default_factory is dataclasses.MISSING:
-                values[name] = _placeholder(g, step)
+        if step is not None:
+            checks.append((f.name, step, section_values(section)))
+    checks.append(("scorer", PrepareScorerConfig, {"valid_num": cfg.scorer.valid_num}))  # the plan passes it on
+    plan, sel = Plan(cfg), cfg.selection
+    arms = [(plan.methods[0], sel.method, sel.order)]
+    if "random" in plan.arms:  # the baseline: its pick (seeded by selection.seed), then a shuffle
+        arms.append(("random", "random", "shuffle"))
+    for arm, method, order in arms:
+        checks.append(("selection", SelectConfig, plan.select_settings(arm, "-", method)))
+        if order != "none":
+            checks.append(("selection", OrderConfig, plan.order_settings(arm, order)))
+    for name, step, values in checks:
+        for g in settings(step):
+            if g.name not in values and g.default is dataclasses.MISSING and g.default_factory is dataclasses.MISSING:
+                values[g.name] = _placeholder(g, step)
         try:
             step(**values)
         except LQSError as e:
-            raise LQSError(f"{where}: {f.name}: {e}") from None
+            raise _blame(where, name, step, e) from None
 
 
 def _resolve(path: str | None, base: Path) -> str | None:
@@ -298,10 +329,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise LQSError(f"pipeline config {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise LQSError(f"{path}: invalid YAML: {e}") from None
+    data = read_yaml(path)
     return config_from_dict(data or {}, path.parent, where=str(path))
 
 

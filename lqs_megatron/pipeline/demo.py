@@ -14,10 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from lqs_megatron.errors import LQSError
-from lqs_megatron.options import check_mapping
+from lqs_megatron.options import check_mapping, read_yaml
 from lqs_megatron.pipeline.config import PipelineConfig, config_from_dict
 from lqs_megatron.pipeline.run import run_pipeline
 
@@ -51,10 +49,7 @@ def load_override(path: str) -> dict:
     so that a mistake is blamed on that file, not on the embedded demo.yaml."""
     if not os.path.isfile(path):
         raise LQSError(f"demo config override {path!r} does not exist")
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LQSError(f"{path}: invalid YAML: {e}") from None
+    data = read_yaml(path) or {}
     check_mapping(PipelineConfig, data, path)
     return data
 
@@ -64,7 +59,7 @@ def demo_config(workdir: str | os.PathLike, override_path: str | None = None) ->
     override = load_override(override_path) if override_path else {}  # a bad key fails before any work
     workdir = Path(workdir).resolve()
     inputs = build_demo_inputs(workdir / "corpus")
-    data = _merge(yaml.safe_load(DEMO_CONFIG.read_text()), override)
+    data = _merge(read_yaml(DEMO_CONFIG), override)
     data["workdir"] = str(workdir)
     data["data"] = {
         **data["data"],

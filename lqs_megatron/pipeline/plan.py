@@ -277,32 +277,39 @@ class Plan:
             ),
         ]
 
-    def _curate(self, arm: str, scores: str, after: list[str], method: str, order: str) -> list[Step]:
+    def select_settings(self, arm: str, scores: str, method: str) -> dict:
+        """The ``lqs select`` settings of ``arm`` (``method`` random: the pick file's threshold)."""
         sel = self.cfg.selection
-        selected = self.selected(arm)
-        io = {"data": str(self.corpus), "scores": scores, "out": selected}
+        io = {"data": str(self.corpus), "scores": scores, "out": self.selected(arm)}
         if method == "random":  # the pick file marks exactly the chosen sequences with 1
-            how = {"method": "threshold", "threshold": 0.5}
-        else:
-            how = {"method": method, SELECT_PARAMS[method]: getattr(sel, SELECT_PARAMS[method])}
+            return {**io, "method": "threshold", "threshold": 0.5}
+        return {**io, "method": method, SELECT_PARAMS[method]: getattr(sel, SELECT_PARAMS[method])}
+
+    def order_settings(self, arm: str, order: str) -> dict:
+        """The ``lqs order`` settings of ``arm`` (``order`` is not none)."""
+        sel, selected = self.cfg.selection, self.selected(arm)
+        params = {"layers": sel.layers} if order == "folding" else {}
+        params |= {"seed": sel.seed} if order == "shuffle" else {}
+        io = {"data": str(selected), "scores": f"{selected}.scores.npy", "method": order}
+        return {**io, "out": self.train_data(arm), **params}
+
+    def _curate(self, arm: str, scores: str, after: list[str], method: str, order: str) -> list[Step]:
+        selected = self.selected(arm)
         sidecars = [f"{selected}.scores.npy", f"{selected}.indices.npy"]
         steps = [
             Step(
                 f"select-{arm}",
-                command("select", (SelectConfig, {**io, **how})),
+                command("select", (SelectConfig, self.select_settings(arm, scores, method))),
                 outputs=[*_ds(selected), *sidecars],
                 after=[*after, "tokenize"],
             )
         ]
         if order != "none":
             ordered = self.train_data(arm)
-            params = {"layers": sel.layers} if order == "folding" else {}
-            params |= {"seed": sel.seed} if order == "shuffle" else {}
-            io = {"data": str(selected), "scores": sidecars[0], "method": order, "out": ordered}
             steps.append(
                 Step(
                     f"order-{arm}",
-                    command("order", (OrderConfig, {**io, **params})),
+                    command("order", (OrderConfig, self.order_settings(arm, order))),
                     outputs=[*_ds(ordered), f"{ordered}.scores.npy", f"{ordered}.indices.npy"],
                     after=[f"select-{arm}"],
                 )

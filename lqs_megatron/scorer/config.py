@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.options import Deprecated, internal, option
+from lqs_megatron.options import Deprecated, check_seed, internal, option
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
@@ -37,6 +37,11 @@ class PrepareScorerConfig:
     workers: int | None = None
     """Retokenization processes (default: one per core)."""
 
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if self.valid_num is not None and self.valid_num < 1:
+            raise LQSError(f"--valid-num must be >= 1, got {self.valid_num}")
+
 
 @dataclass
 class TrainScorerRun:
@@ -55,6 +60,11 @@ class TrainScorerRun:
     """Tokenizer (default with --base: the base's own)."""
     resume: bool = False
     """Continue from OUT's newest valid checkpoint."""
+    allow_changed_settings: bool = False
+    """With --resume: continue although --epochs, the learning rate, the schedule, --weight-decay, --clip-grad
+    or --precision differ from the run's (each change is logged and recorded in trainer.json); without it
+    such a change is refused. A change of the data order (--global-batch-size, --seed, --max-length,
+    --no-bos) or of the backbone is refused always."""
     device: str | None = option(None, choices=DEVICES)
     """cuda or cpu (default: cuda when available)."""
 
@@ -126,6 +136,7 @@ class TrainScorerConfig:
             "keep-last": self.keep_last is None or self.keep_last >= 0,
             "skip-nonfinite": self.skip_nonfinite >= 0,
         }
+        check_seed(self.seed)
         attrs = {"warmup-steps": "warmup", "global-batch-size": "batch_size"}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -151,7 +151,9 @@ def _base_kind(path: str) -> str:
         return "ours"
     if not (p / "config.json").is_file():
         raise LQSError(f"--base {path!r}: no config.json; not a Hugging Face model directory nor a lqs checkpoint")
-    return "ours" if fast_path_covers(json.loads((p / "config.json").read_text())) else "hf"
+    from lqs_megatron.models.hf import read_hf_config
+
+    return "ours" if fast_path_covers(read_hf_config(p)) else "hf"
 
 
 def fast_path_covers(hf_config: dict) -> bool:

@@ -80,6 +80,7 @@ from lqs_megatron.utils.integrity import (
     write_manifest,
 )
 from lqs_megatron.utils.lock import output_lock_on_main
+from lqs_megatron.utils.resume import changed_settings, check_resume
 
 logger = logging.getLogger(__name__)
 
@@ -154,15 +155,17 @@ def _resume_source(out: Path, resume: bool, dims) -> Path | None:
     return Path(dims.broadcast_object(choice))
 
 
-def _check_same_order(src: Path, saved: dict, cfg: TrainScorerConfig) -> None:
-    """A resumed run must keep the settings that define the data order and the sequences."""
-    for k in ("batch_size", "seed", "max_length"):
-        if k in saved and saved[k] != getattr(cfg, k):
-            flag = "--" + k.replace("_", "-")
-            raise LQSError(
-                f"--resume from {src}: {flag} was {saved[k]}, now {getattr(cfg, k)}; the data order would change "
-                "(keep the settings of the run, or start a new --out)"
-            )
+def _resume_changes(src: Path, saved: dict, cfg: TrainScorerConfig, source: str, allow: bool, warn: bool) -> list:
+    """The settings that differ from the run's (``utils/resume.py``): the data order, the sequences and the
+    backbone are refused; the optimisation unless ``allow`` (then the changes are returned, to be recorded)."""
+    now, args = dataclasses.asdict(cfg), saved.get("args", {})
+    fixed = changed_settings(TrainScorerConfig, args, now, ("batch_size", "seed", "max_length", "use_bos"))
+    if saved.get("source") not in (None, source):
+        fixed.append({"setting": "--base/--model-config", "was": saved["source"], "now": source})
+    keys = ("epochs", "lr", "min_lr", "weight_decay", "warmup", "clip_grad", "precision")
+    free = changed_settings(TrainScorerConfig, args, now, keys)
+    why = "the data order or the model would change"
+    return check_resume(str(src), fixed, free, allow, why, "trainer.json", warn)
 
 
 class ScorerTrainer(Trainer):
@@ -179,6 +182,7 @@ class ScorerTrainer(Trainer):
         resume: bool,
         dims: ParallelDims,
         progress: bool = True,
+        allow_changed_settings: bool = False,
     ):
         self.data_dir, out = data_dir, Path(out_dir)
         self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
@@ -198,7 +202,10 @@ class ScorerTrainer(Trainer):
             model, self.scfg, _ = load_scorer(src)
             self.tok_dir = str(src / "tokenizer")
             self.state = json.loads((src / "trainer.json").read_text())
-            _check_same_order(src, self.scfg.meta.get("args", {}), cfg)
+            source = os.path.abspath(base) if base is not None else f"config:{model_config}"
+            changed = _resume_changes(src, self.scfg.meta, cfg, source, allow_changed_settings, dims.is_main)
+            step = int(self.state.get("global_step", 0))
+            self.state["resume_changes"] = self.state.get("resume_changes", []) + [{"step": step, **c} for c in changed]
             logger.info("resuming from %s at epoch %d, step %d", src, self.state["epoch"], self.state["step_in_epoch"])
         else:
             model, self.scfg, self.tok_dir = build_scorer(
@@ -341,6 +348,7 @@ def train_scorer(
     resume: bool = False,
     dims=None,
     progress: bool = True,
+    allow_changed_settings: bool = False,
 ) -> dict:
     """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
@@ -349,5 +357,7 @@ def train_scorer(
     with output_lock_on_main(out_dir, dims):
         if dims.is_main:
             remove_leftovers(out_dir)
-        result = ScorerTrainer(data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress).run()
+        result = ScorerTrainer(
+            data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress, allow_changed_settings
+        ).run()
     return {**result, "seconds": round(time.time() - t0, 3)}

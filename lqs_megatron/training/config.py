@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.options import Deprecated, internal, option
+from lqs_megatron.options import Deprecated, check_seed, internal, option
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class PretrainConfig:
     """Checkpoint every N steps and after the last (0: only after the last)."""
     resume: bool = option(False, group=RUN)
     """Continue from --out's latest checkpoint if there is one."""
+    allow_changed_settings: bool = option(False, group=RUN)
+    """With --resume: continue although the learning rate, the schedule, the AdamW settings, --clip-grad or
+    --precision differ from the run's (each change is logged and recorded in trainer.json); without it
+    such a change is refused. A change of the data order or the model is refused always."""
     precision: str = option("auto", choices=PRECISIONS, group=RUN)
     """auto: bf16 autocast on CUDA, fp32 on the CPU; bf16; fp32."""
     compile: bool = option(False, group=RUN)
@@ -118,6 +122,7 @@ class PretrainConfig:
                 raise LQSError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise LQSError(f"--lr must be > 0, got {self.lr}")
+        check_seed(self.seed)
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if not 0 <= self.min_lr <= self.lr:
@@ -159,6 +164,22 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    #: settings --resume compares beyond the stream key: the model (refused always), the optimisation
+    #: (refused unless --allow-changed-settings)
+    RESUME_FIXED: ClassVar[tuple[str, ...]] = ("model_config", "init_from", "make_vocab_size_divisible_by")
+    RESUME_FREE: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "lr",
+        "min_lr",
+        "warmup_steps",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_eps",
+        "clip_grad",
+        "precision",
+    )
+
     def stream_key(self) -> dict:
         """The settings that define the sample stream; a resumed run must keep them."""
         keys = ["data", "data_weights", "max_length", "global_batch_size", "shuffle", "seed"]
@@ -183,14 +204,22 @@ def check_out_dir(cfg: PretrainConfig, crc: bool = False, warn: bool = False) ->
     step_dir, skipped = find_resume_dir(cfg.out, crc=crc)
     for line in skipped if warn else ():
         log.warning("--resume: skipping %s", line)
-    saved = json.loads((step_dir / "trainer.json").read_text())["stream"]
-    for k, v in json.loads(json.dumps(cfg.stream_key())).items():
-        if saved.get(k) != v:
-            raise LQSError(
-                f"--resume from {step_dir}: --{k.replace('_', '-')} was {saved.get(k)!r}, now {v!r}; "
-                "the data order would change (keep the settings of the run, or start a new --out)"
-            )
+    resume_changes(cfg, json.loads((step_dir / "trainer.json").read_text()), step_dir, warn=warn)
     return step_dir
+
+
+def resume_changes(cfg: PretrainConfig, trainer: dict, step_dir: Path, warn: bool = False) -> list[dict]:
+    """The settings that differ from the run's ``trainer.json`` (``utils/resume.py``): a change of the
+    data order (the stream key) or the model is refused; one of the optimisation unless
+    ``--allow-changed-settings`` (then it is returned, to be recorded)."""
+    from lqs_megatron.utils.resume import changed_settings, check_resume
+
+    stream, saved, now = cfg.stream_key(), trainer.get("config", {}), cfg.to_dict()
+    fixed = changed_settings(PretrainConfig, trainer["stream"], stream, stream)
+    fixed += changed_settings(PretrainConfig, saved, now, cfg.RESUME_FIXED)
+    free = changed_settings(PretrainConfig, saved, now, [k for k in cfg.RESUME_FREE if k not in stream])
+    why = "the data order or the model would change"
+    return check_resume(str(step_dir), fixed, free, cfg.allow_changed_settings, why, "trainer.json", warn)
 
 
 def choose_resume_dir(cfg: PretrainConfig, dims) -> Path | None:

@@ -27,7 +27,7 @@ from lqs_megatron.models.loading import build_model, load_model
 from lqs_megatron.models.parallelize import check_tp
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.checkpoint import load_training_state, remove_leftovers, save_checkpoint
-from lqs_megatron.training.config import PretrainConfig, choose_resume_dir
+from lqs_megatron.training.config import PretrainConfig, choose_resume_dir, resume_changes
 from lqs_megatron.training.data import PackedSamples, SampleStream, check_token_ids
 from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
 from lqs_megatron.training.loss import CausalLMLoss
@@ -66,11 +66,7 @@ def resolve_model_config(cfg: PretrainConfig):
             mc.bos_token_id, mc.eos_token_id, mc.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     if mc.vocab_size < 1:
         raise LQSError(f"--tokenizer is required with --model-config ({where} sets no vocabulary)")
-    if cfg.max_length > mc.max_position_embeddings:
-        raise LQSError(
-            f"--max-length {cfg.max_length} exceeds the {mc.max_position_embeddings} positions of {where} "
-            "(max_position_embeddings); lower --max-length or use a model with a longer context"
-        )
+    mc.check_max_length(cfg.max_length, where)
     check_tp(mc, cfg.tp, name=where)
     return mc, tok
 
@@ -119,6 +115,11 @@ class Pretrainer(Trainer):
             self._resumed = load_training_state(self.resume_dir, self.model, self.optimizer, dims)
             start = int(self._resumed["step"])
             log.info("resumed from %s at step %d", self.resume_dir, start)
+        # changes accepted with --allow-changed-settings (checked and logged by choose_resume_dir): trainer.json
+        self.resume_changes = list(self._resumed.get("resume_changes", []))
+        if self.resume_dir is not None:
+            changed = resume_changes(cfg, self._resumed, self.resume_dir)
+            self.resume_changes += [{"step": start, **c} for c in changed]
         loss_module = CausalLMLoss(torch.compile(self.model) if cfg.compile else self.model)
         amp = autocast_dtype(cfg.precision, dims.device)
         step_fn = TrainStep(loss_module, dims, self.optimizer, self.schedule, cfg.clip_grad, amp)
@@ -177,6 +178,7 @@ class Pretrainer(Trainer):
             "world_size": self.dims.world_size,
             "skipped_nonfinite": self.skipped,
             "config": self.cfg.to_dict(),
+            "resume_changes": self.resume_changes,
         }
         path = save_checkpoint(
             self.out, step, self.model, self.optimizer, self.dims, self.checkpoint_meta(step), state, self.tokenizer,

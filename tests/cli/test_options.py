@@ -48,6 +48,20 @@ SCORE = ["score", "--scorer", "s", "--data", "d", "--out", "o"]
 EVAL = ["evaluate", "--model", "m", "--data", "d", "--max-length", "8"]
 # settings that exclude each other: the round trip leaves the second one unset
 EXCLUSIVE = {PretrainConfig: "init_from", TrainScorerRun: "model_config", MergeConfig: "shards"}
+# settings a method does not take (the dataclass refuses them): the round trip leaves them unset
+UNSET_FOR_METHOD = {
+    SelectConfig: ("k", "threshold"),
+    OrderConfig: (
+        "layers",
+        "sections",
+        "transition_ratio",
+        "descending",
+        "front_ratio",
+        "back_ratio",
+        "front_from",
+        "back_from",
+    ),
+}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -58,7 +72,12 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 # settings whose values have a form of their own
 VALUES = {"shard": "1/3", "keep_fields": ["source", "url"]}
 # settings whose text is parsed (option(parse=...)): a valid value per class
-CLASS_VALUES = {(AnnotateConfig, "lr"): "auto", (ReportConfig, "chars"): 200}
+CLASS_VALUES = {
+    (AnnotateConfig, "lr"): "auto",
+    (ReportConfig, "chars"): 200,
+    (SelectConfig, "method"): "top-r",
+    (OrderConfig, "method"): "shuffle",
+}
 
 
 def _not_default(cls, f: dataclasses.Field):
@@ -80,6 +99,8 @@ def _instance(cls):
     values = {f.name: _not_default(cls, f) for f in settings(cls)}
     if cls in EXCLUSIVE:
         values[EXCLUSIVE[cls]] = None
+    for name in UNSET_FOR_METHOD.get(cls, ()):
+        values[name] = None
     return cls(**values)
 
 
@@ -108,6 +129,8 @@ def test_defaults_are_the_dataclass_defaults(command):
         req[PretrainConfig]["model_config"] = "tiny"
     if MergeConfig in req:
         req[MergeConfig]["data"] = ["a", "b"]
+    if SelectConfig in req:  # the method's parameter
+        req[SelectConfig]["r"] = 0.5
     argv = [a for cls in classes for a in to_argv(cls, req[cls], keep_defaults=True)]
     args = build_parser().parse_args([command, *argv])
     for cls in classes:  # a flag default stands in for a field that has none (library callers pass it)

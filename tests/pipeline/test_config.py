@@ -94,13 +94,16 @@ def test_distributed_steps_run_under_torchrun_on_one_node(tmp_path):
     [
         ({"proxy": {"num": "twenty"}}, r"p\.yaml: proxy\.num: expected an integer, got 'twenty'"),
         ({"annotate": {"methods": "lqs"}}, r"p\.yaml: annotate\.methods: expected a list of strings, got 'lqs'"),
-        ({"annotate": {"steps": 5, "interval": 10}}, r"p\.yaml: annotate: --steps 5 is smaller than --interval 10"),
+        (
+            {"annotate": {"steps": 5, "interval": 10}},
+            r"p\.yaml: annotate\.steps: --steps 5 is smaller than --interval 10",
+        ),
         ({"scorer": {"lr": 0}}, r"p\.yaml: scorer: invalid --lr"),
         ({"pretrain": {"precision": "fp16"}}, r"p\.yaml: pretrain\.precision: expected one of auto, bf16, fp32"),
         ({"evaluate": {"max_length": 1.5}}, r"p\.yaml: evaluate\.max_length: expected an integer"),
         (
             {"data": {"corpus": ["c"], "target": "t", "mode": "chunk"}},
-            r"p\.yaml: data: --mode chunk needs --max-length",
+            r"p\.yaml: data\.mode: --mode chunk needs --max-length",
         ),
     ],
 )

@@ -129,7 +129,7 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
-    with pytest.raises(LQSError, match="--batch-size was 32, now 16"):
+    with pytest.raises(LQSError, match="--global-batch-size was 32, now 16"):
         train_scorer(proxy / "data", tmp_path / "cut", dataclasses.replace(cfg, batch_size=16), resume=True, **kw)
     resumed = train_scorer(proxy / "data", tmp_path / "cut", cfg, resume=True, **kw)
     assert resumed["steps"] == full["steps"] == 20 and resumed["best_epoch"] == full["best_epoch"]
