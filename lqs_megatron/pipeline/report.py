@@ -37,6 +37,10 @@ def evaluate_result(stdout: str) -> dict:
     return json.loads(lines[-1])
 
 
+KEPT_ROWS = 12
+"""Groups of the kept-share lines printed (the largest; results.json holds all)."""
+
+
 def format_table(results: dict) -> str:
     """A plain-text table of ``results`` (as written to results.json)."""
     arms = results["arms"]
@@ -72,12 +76,14 @@ def format_summary(results: dict) -> list[str]:
     if kept:
         arms = list(kept["arms"])
         out += ["", f"Kept share by {kept['field']} (selected / documents of the {kept['field']}):"]
-        names = list(kept["documents"])
+        names = list(kept["documents"])[:KEPT_ROWS]
         w = max(len(kept["field"]), *(len(n) for n in names))
         out.append(f"  {kept['field']:<{w}}  {'documents':>9}  " + "  ".join(f"{a:>7}" for a in arms))
         for name in names:
             shares = "  ".join(f"{kept['arms'][a][name]:>7.1%}" for a in arms)
             out.append(f"  {name:<{w}}  {kept['documents'][name]:>9}  {shares}")
+        if len(kept["documents"]) > KEPT_ROWS:
+            out.append(f"  ({len(kept['documents']) - KEPT_ROWS} smaller groups in results.json)")
     out += ["", "Where to look:"]
     paths = results["paths"]
     for arm, p in paths["arms"].items():
@@ -106,13 +112,16 @@ def _annotation_summary(plan) -> dict:
     return methods
 
 
-def _kept_share(plan, field: str = "source") -> dict | None:
-    """Per arm, the share of each ``field`` value's corpus documents that its selection kept (None when the
-    corpus has no sidecar or the sidecar has no such field)."""
+def _kept_share(plan) -> dict | None:
+    """Per arm, the share of each group's corpus documents that its selection kept, grouped by ``source``
+    when the corpus sidecar (``data.keep_fields``) has it, else by its first field (as the score reports);
+    None without a sidecar."""
     n = len(np.load(plan.corpus_scores(plan.methods[0])))
     rows = read_meta(str(plan.corpus), expected=n)
-    if not rows or not any(field in r for r in rows):
+    fields = [f for f in plan.cfg.data.keep_fields or [] if any(f in r for r in rows or [])]
+    if not fields:
         return None
+    field = "source" if "source" in fields else fields[0]
     groups = ["(none)" if r.get(field) is None else str(r[field]) for r in rows]
     totals = Counter(groups)
     names = sorted(totals, key=lambda g: (-totals[g], g))

@@ -27,20 +27,20 @@ def test_auc_extremes():
     assert np.isnan(auc(s, np.ones(10, bool)))
 
 
-def _fake_run(tmp_path, rng):
+def _fake_run(tmp_path, rng, field="source"):
     """A finished run's files as the steps write them (annotate.json, scores, selections, the corpus sidecar)."""
     import json
 
     from lqs_megatron.pipeline.config import config_from_dict
     from lqs_megatron.pipeline.plan import Plan
 
-    data = {"workdir": "run", "data": {"corpus": ["c.parquet"], "target": "t.jsonl", "keep_fields": ["source"]}}
+    data = {"workdir": "run", "data": {"corpus": ["c.parquet"], "target": "t.jsonl", "keep_fields": [field]}}
     plan = Plan(config_from_dict(data, tmp_path))
     n = int(rng.integers(200, 400))
     sources = rng.choice(["wiki", "forum", "code"], size=n, p=[0.5, 0.3, 0.2])
     plan.corpus.parent.mkdir(parents=True)
     with open(f"{plan.corpus}.meta.jsonl", "w") as f:
-        f.writelines(json.dumps({"source": str(s)}) + "\n" for s in sources)
+        f.writelines(json.dumps({field: str(s)}) + "\n" for s in sources)
     lrs = {"lqs": float(rng.uniform(0.001, 0.1)), "pds": float(rng.uniform(0.001, 0.1))}
     for m in plan.methods:
         d = plan.annotate_dir(m)
@@ -102,3 +102,15 @@ def test_closing_summary_has_no_kept_share_without_a_source_field(tmp_path):
         f.writelines('{"url": "x"}\n' for _ in range(n))
     text = format_table(collect(plan, runner, None))
     assert "Kept share" not in text and "health ok" in text
+
+
+def test_kept_share_groups_by_the_first_kept_field_without_source(tmp_path):
+    """The demo keeps ``kind`` (clean or the degradation): its kept shares are by kind."""
+    from lqs_megatron.pipeline.report import collect, format_table
+
+    plan, runner, sources, kept, _ = _fake_run(tmp_path, np.random.default_rng(), field="kind")
+    res = collect(plan, runner, None)
+    assert "Kept share by kind (selected / documents of the kind):" in format_table(res)
+    for arm in plan.arms:
+        for name, share in res["kept_share"]["arms"][arm].items():
+            assert share == pytest.approx(np.isin(np.flatnonzero(sources == name), kept[arm]).mean())
