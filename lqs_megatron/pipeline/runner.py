@@ -8,8 +8,8 @@ consumes. On a rerun, a step whose marker matches and whose outputs all exist is
 any other step runs again — with its resume flag when it has one, so a step killed midway
 continues from its own last checkpoint; a step whose inputs or flags changed starts afresh
 (its old outputs are removed first). Each step's output goes to ``WORKDIR/logs/NAME.log``;
-its progress lines (``done/total units, RATE, ETA ...``, data/progress.py) are relayed to the
-console as ``[ k/N] NAME  ...``, at most one every ``RELAY_SECONDS``.
+its progress lines (``done/total units, RATE, ETA ...``, or ``done units, RATE`` where the total
+is not known, data/progress.py) are relayed to the console as ``[ k/N] NAME  ...``, at most one every ``RELAY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 RELAY_SECONDS = 10.0
 """Least seconds between two relayed progress lines of one step (and the steps' own log interval)."""
 _LOG_PREFIX = re.compile(r"^(\d\d:\d\d:\d\d )?(\[rank\d+\] )?[A-Z]+ [\w.]+: ")
+# Progress.status(): "12/20 steps, 1.6 s/step, ETA 0:13" or, without a total, "1200 docs, 45.1 docs/s"
+_PROGRESS = re.compile(r", ETA \d+:\d\d|: \d+ \w+, [\d,.]+ (\w+/s|s/\w+)")
 
 
 @dataclass
@@ -200,13 +202,13 @@ class Runner:
 
 
 def _copy_stderr(stream, out, lock: threading.Lock, relay: Callable[[str], None]) -> None:
-    """Copy a step's stderr into its log; relay its progress lines (those with an ETA), one per ``RELAY_SECONDS``."""
+    """Copy a step's stderr into its log; relay its progress lines, one per ``RELAY_SECONDS``."""
     last = -math.inf
     for line in stream:
         with lock:
             out.write(line)
             out.flush()
-        if ", ETA " in line and time.monotonic() - last >= RELAY_SECONDS:
+        if _PROGRESS.search(line) and time.monotonic() - last >= RELAY_SECONDS:
             last = time.monotonic()
             relay(_LOG_PREFIX.sub("", line.strip()))
 

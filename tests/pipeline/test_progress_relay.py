@@ -49,3 +49,24 @@ def test_a_step_longer_than_a_few_seconds_shows_progress_with_an_eta(tmp_path, m
     assert echoed[0].endswith("running ...") and "done in" in echoed[-1]
     assert "finished" in runner.stdout_of("slow-step")
     assert "slow phase" in (tmp_path / "logs" / "slow-step.log").read_text()  # the log keeps every line
+
+
+def test_a_step_without_a_known_total_shows_its_count_and_rate(tmp_path, monkeypatch):
+    """Tokenize counts documents without knowing how many there are: its lines (count and rate) are relayed too."""
+    import numpy as np
+
+    sleep = float(np.random.default_rng().uniform(0.2, 0.3))
+    monkeypatch.setenv("LQS_PROGRESS_SECONDS", "0.5")
+    monkeypatch.setattr(runner_mod, "RELAY_SECONDS", 1.0)
+    runner = Runner(tmp_path)
+    script = _SLOW_STEP.replace("total=STEPS", "unit='doc'").replace("STEPS", "12").replace("SLEEP", str(sleep))
+    script = script.replace('unit="step", ', "")
+    monkeypatch.setattr(runner, "command", lambda step, resume: [sys.executable, "-c", script])
+    echoed: list[str] = []
+    runner.run([Step("tokenize", ["tokenize"])], echo=echoed.append)
+    relayed = [ln for ln in echoed if "docs/s" in ln]
+    assert relayed, echoed
+    for ln in relayed:
+        m = re.fullmatch(r"\[ 1/1\] tokenize  slow phase: (\d+) docs, ([\d.]+) docs/s", ln)
+        assert m, ln
+        assert 0 < int(m.group(1)) < 12 and 0.5 / sleep < float(m.group(2)) < 1.05 / sleep
