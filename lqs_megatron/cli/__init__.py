@@ -50,10 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("LQS_LOG_LEVEL", "INFO"), help="logging level (default: INFO)"
     )
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="torch's intra-op threads on the CPU (default: OMP_NUM_THREADS if set, else the cores free now, "
+        "lqs_megatron/utils/threads.py); passed on to the steps of lqs pipeline / demo",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Command)
     for name in COMMAND_MODULES:
         importlib.import_module(f"lqs_megatron.cli.{name}").register(sub)
     return parser
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
 
 
 def _setup_logging(level: str) -> None:
@@ -73,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.log_level)
+    from lqs_megatron.utils.threads import configure_threads
+
+    configure_threads(args.threads)
     try:
         rc = args.func(args)
     except LQSError as e:

@@ -1,7 +1,10 @@
 """Progress and metrics of long jobs: the one facility every command uses.
 
-- :class:`Progress`: a tqdm bar on a terminal (counts, rate, a postfix such as tokens/s),
-  a log line every ``log_every_s`` seconds otherwise (batch jobs write no bars into logs).
+- :class:`Progress`: a tqdm bar on a terminal (counts, rate, ETA, a postfix such as tokens/s),
+  a log line every ``log_every_s`` seconds otherwise (batch jobs write no bars into logs):
+  ``DESC: done/total units, RATE, ETA h:mm:ss`` (:meth:`Progress.status`), the rate in
+  units/s or s/unit, whichever is at least 1 (never ``0.0/s``). ``LQS_PROGRESS_SECONDS``
+  overrides the interval (``lqs pipeline`` sets it for its steps and relays their lines).
   The data tools count documents and tokens with it, the trainers optimizer steps.
 - :class:`MetricsLog`: ``OUT/metrics.jsonl`` (one JSON object per record, each with a
   ``step``), TensorBoard scalars under ``OUT/tb`` when ``tensorboard`` is installed, a
@@ -37,6 +40,8 @@ from lqs_megatron.errors import LQSError
 log = logging.getLogger("lqs_megatron.data")
 
 METRICS_FILE = "metrics.jsonl"
+PROGRESS_SECONDS_ENV = "LQS_PROGRESS_SECONDS"
+"""Environment variable: seconds between progress log lines (overrides each job's own interval)."""
 PLOT_FILE = "loss.png"
 
 
@@ -61,7 +66,8 @@ class Progress:
         self.docs = self.tokens = 0
         self.start = time.perf_counter()
         self._last_log = self.start
-        self.log_every_s = log_every_s
+        self.log_every_s = _env_seconds(log_every_s) if log_every_s is not None else None
+        self.initial = initial
         self.enabled = enabled
         self._postfix = ""
         self._bar = None
@@ -93,6 +99,19 @@ class Progress:
         t = max(self.elapsed, 1e-9)
         return self.docs / t, self.tokens / t
 
+    def status(self) -> str:
+        """``done/total units, RATE, ETA h:mm:ss`` (no ETA without a total, no rate before the first item)."""
+        done = self.initial + self.docs
+        units = plural(self.unit)
+        head = f"{done}/{self.total} {units}" if self.total is not None else f"{done} {units}"
+        if not self.docs:
+            return head
+        per_s = self.docs / max(self.elapsed, 1e-9)
+        text = f"{head}, {format_rate(per_s, self.unit)}"
+        if self.total is not None:
+            text += f", ETA {format_duration(max(self.total - done, 0) / per_s)}"
+        return text
+
     def set_postfix(self, text: str) -> None:
         """Text after the bar (e.g. ``loss 2.31, 41k tok/s``); also ends the periodic log lines."""
         self._postfix = text
@@ -109,11 +128,10 @@ class Progress:
                 self._bar.set_postfix_str(f"{self.rates()[1]:,.0f} tok/s", refresh=False)
         elif self.enabled and self.log_every_s is not None and time.perf_counter() - self._last_log >= self.log_every_s:
             self._last_log = time.perf_counter()
-            ips, tps = self.rates()
-            of = f"/{self.total}" if self.total is not None else ""
-            extra = f", {self.tokens} tokens ({tps:.0f} tokens/s)" if self.tokens else ""
+            tps = self.rates()[1]
+            extra = f", {self.tokens} tokens ({format_rate(tps, 'token')})" if self.tokens else ""
             post = f" | {self._postfix}" if self._postfix else ""
-            log.info("%s: %d%s %ss (%.1f/s)%s%s", self.desc, self.docs, of, self.unit, ips, extra, post)
+            log.info("%s: %s%s%s", self.desc, self.status(), extra, post)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -125,6 +143,36 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _env_seconds(default: float) -> float:
+    """``LQS_PROGRESS_SECONDS`` when it holds a positive number, else ``default``."""
+    try:
+        value = float(os.environ.get(PROGRESS_SECONDS_ENV, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def plural(unit: str) -> str:
+    return unit if unit.endswith("s") or unit == "ex" else f"{unit}s"
+
+
+def format_rate(per_s: float, unit: str) -> str:
+    """``12.3 steps/s`` or ``4.5 s/step``: whichever number is at least 1, so no rate reads as 0.0."""
+    if per_s <= 0:
+        return f"0 {plural(unit)}/s"
+    if per_s >= 1:
+        return f"{per_s:,.0f} {plural(unit)}/s" if per_s >= 100 else f"{per_s:.1f} {plural(unit)}/s"
+    inv = 1.0 / per_s
+    return f"{inv:,.0f} s/{unit}" if inv >= 100 else f"{inv:.1f} s/{unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    s = int(round(seconds)) if math.isfinite(seconds) else 0
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def require_wandb() -> None:

@@ -8,6 +8,7 @@ special-token ids, from the tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,23 @@ def available_model_configs() -> list[str]:
 
 
 def load_model_config(name_or_path: str | os.PathLike, **overrides) -> ModelConfig:
-    """A named config (``tiny``, ``160M``, ...) or a YAML file path, with field overrides."""
+    """A named config (``tiny``, ``160M``, ...), a YAML file path, or a Hugging Face ``config.json`` (or the
+    model directory holding one: its architecture, for a model trained from scratch), with field overrides."""
     path = Path(name_or_path)
+    if path.is_dir() or path.suffix == ".json":
+        from lqs_megatron.models.hf import config_from_hf
+
+        cfg_file = path / "config.json" if path.is_dir() else path
+        if not cfg_file.is_file():
+            raise LQSError(f"model config {str(name_or_path)!r}: no {cfg_file} (expected a Hugging Face config.json)")
+        try:
+            hf = json.loads(cfg_file.read_text())
+        except ValueError as e:
+            raise LQSError(f"{cfg_file}: not valid JSON: {e}") from None
+        if not isinstance(hf, dict):
+            raise LQSError(f"{cfg_file}: expected a JSON object (a Hugging Face config.json)")
+        cfg = config_from_hf(hf, where=str(cfg_file))
+        return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if not path.is_file():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.is_file():

@@ -322,6 +322,9 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str =
     cfg.annotation_model.init_from = _resolve(cfg.annotation_model.init_from, base)
     if cfg.scorer.base not in (None, "annotation"):
         cfg.scorer.base = _resolve(cfg.scorer.base, base)
+    for section in (cfg.annotation_model, cfg.pretrain, cfg.scorer):  # a YAML or HF config path, or a name
+        if section.model_config and (base / section.model_config).exists():
+            section.model_config = str((base / section.model_config).resolve())
     return cfg
 
 

@@ -11,7 +11,7 @@ Layout under ``WORKDIR`` (every path of a run is here, so a run is one directory
     scorer/METHOD/data, ckpt         scorer training data and checkpoint
     scores/METHOD/scores.npy         the scorer's scores for the whole corpus
     curated/ARM/selected, ordered    selection and ordering (+ .scores.npy, .indices.npy)
-    final/ARM/ckpt                   the model pretrained on the arm's data
+    final/ARM/ckpt, hf               the model pretrained on the arm's data, and its HF export
     logs/STEP.log                    each step's command and output
     pipeline.yaml, results.json      the resolved config; the final table
 
@@ -100,6 +100,9 @@ class Plan:
     def final_ckpt(self, arm: str) -> Path:
         return self.w / "final" / arm / "ckpt"
 
+    def final_hf(self, arm: str) -> Path:
+        return self.w / "final" / arm / "hf"
+
     def steps(self) -> list[Step]:
         """The table of steps, in order: name, command line, outputs, the steps it reads."""
         s = self._data_steps() + [step for m in self.methods for step in self._annotate(m)]
@@ -127,6 +130,12 @@ class Plan:
             evaluate = {"model": ckpt, "data": self.target}
             s += [
                 self._pretrain(f"pretrain-{arm}", self.cfg.pretrain, [str(self.train_data(arm))], ckpt, [data_step]),
+                Step(
+                    f"export-{arm}",
+                    command("export-hf", (ExportHFConfig, {"checkpoint": ckpt, "out": self.final_hf(arm)})),
+                    outputs=[str(self.final_hf(arm))],
+                    after=[f"pretrain-{arm}"],
+                ),
                 Step(
                     f"evaluate-{arm}",
                     command("evaluate", (EvaluateConfig, evaluate), (EvaluateConfig, self.cfg.evaluate)),

@@ -1,13 +1,19 @@
-"""The pipeline's final table: target loss per arm, and how well scores separate clean from
-degraded documents (AUC), from the files a run wrote."""
+"""The pipeline's closing summary, from the files a run wrote: the table (target loss per arm, and how
+well scores separate clean from degraded documents, AUC), then per method the annotation's health
+verdict and learning rate, the share of each source's documents that each arm kept (when the corpus
+was tokenized with a ``source`` field, ``data.keep_fields``), and where the selections, the score
+reports and the arms' Hugging Face exports are."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
+from lqs_megatron.data.meta import read_meta
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.correlation import auc
 
@@ -31,6 +37,10 @@ def evaluate_result(stdout: str) -> dict:
     return json.loads(lines[-1])
 
 
+KEPT_ROWS = 12
+"""Groups of the kept-share lines printed (the largest; results.json holds all)."""
+
+
 def format_table(results: dict) -> str:
     """A plain-text table of ``results`` (as written to results.json)."""
     arms = results["arms"]
@@ -49,7 +59,93 @@ def format_table(results: dict) -> str:
         out.append("Clean vs degraded documents, AUC of the scores (1.0 = every clean document scores higher):")
         for name, v in results["auc"].items():
             out.append(f"  {name:<28} {v:.3f}")
+    if results.get("methods"):
+        out += ["", *format_summary(results)]
     return "\n".join(out)
+
+
+def format_summary(results: dict) -> list[str]:
+    """The lines after the table: health and lr per method, kept share per source, where the outputs are."""
+    out = ["Annotation, per method (docs/annotation.md, 'Health of the replay'):"]
+    width = max(len(m) for m in results["methods"])
+    for m, a in results["methods"].items():
+        verdict = "ok" if a["health_ok"] else "WARNING: " + "; ".join(a["warnings"])
+        lr = f"{a['lr']:g}" + (" (chosen by --lr auto)" if a["lr_auto"] else "")
+        out.append(f"  {m:<{width}}  health {verdict}; learning rate {lr}; {a['annotate_json']}")
+    kept = results.get("kept_share")
+    if kept:
+        arms = list(kept["arms"])
+        out += ["", f"Kept share by {kept['field']} (selected / documents of the {kept['field']}):"]
+        names = list(kept["documents"])[:KEPT_ROWS]
+        w = max(len(kept["field"]), *(len(n) for n in names))
+        out.append(f"  {kept['field']:<{w}}  {'documents':>9}  " + "  ".join(f"{a:>7}" for a in arms))
+        for name in names:
+            shares = "  ".join(f"{kept['arms'][a][name]:>7.1%}" for a in arms)
+            out.append(f"  {name:<{w}}  {kept['documents'][name]:>9}  {shares}")
+        if len(kept["documents"]) > KEPT_ROWS:
+            out.append(f"  ({len(kept['documents']) - KEPT_ROWS} smaller groups in results.json)")
+    out += ["", "Where to look:"]
+    paths = results["paths"]
+    for arm, p in paths["arms"].items():
+        out.append(f"  {arm}: selection {p['selection']}, trained on {p['train_data']}")
+        out.append(f"  {' ' * len(arm)}  model (Hugging Face) {p['hf']}")
+        for r in p.get("reports", []):
+            out.append(f"  {' ' * len(arm)}  report {r}")
+    out.append(f"  results {paths['results']}, logs {paths['logs']}")
+    return out
+
+
+def _annotation_summary(plan) -> dict:
+    """Per method: the health verdict and the learning rate of its ``annotate.json``."""
+    methods = {}
+    for m in plan.methods:
+        path = plan.annotate_dir(m) / "annotate.json"
+        rec = json.loads(path.read_text())
+        health = rec.get("health", {})
+        methods[m] = {
+            "health_ok": bool(health.get("ok", True)),
+            "warnings": [w.get("kind", "?") for w in health.get("warnings", [])],
+            "lr": float(rec["arguments"]["lr"]),
+            "lr_auto": "lr_probe" in rec,
+            "annotate_json": str(path),
+        }
+    return methods
+
+
+def _kept_share(plan) -> dict | None:
+    """Per arm, the share of each group's corpus documents that its selection kept, grouped by ``source``
+    when the corpus sidecar (``data.keep_fields``) has it, else by its first field (as the score reports);
+    None without a sidecar."""
+    n = len(np.load(plan.corpus_scores(plan.methods[0])))
+    rows = read_meta(str(plan.corpus), expected=n)
+    fields = [f for f in plan.cfg.data.keep_fields or [] if any(f in r for r in rows or [])]
+    if not fields:
+        return None
+    field = "source" if "source" in fields else fields[0]
+    groups = ["(none)" if r.get(field) is None else str(r[field]) for r in rows]
+    totals = Counter(groups)
+    names = sorted(totals, key=lambda g: (-totals[g], g))
+    arms = {}
+    for arm in plan.arms:
+        kept = Counter(groups[i] for i in np.load(f"{plan.selected(arm)}.indices.npy"))
+        arms[arm] = {g: kept[g] / totals[g] for g in names}
+    return {"field": field, "documents": {g: totals[g] for g in names}, "arms": arms}
+
+
+def _paths(plan) -> dict:
+    arms = {}
+    for arm in plan.arms:
+        reports = []
+        if arm in plan.methods:  # the score reports (lqs/report.py), written when the corpus has a sidecar
+            for out in (plan.corpus_scores(arm).parent / "report", plan.w / "scorer" / arm / "data" / "report"):
+                reports += [f"{out}.{ext}" for ext in ("txt", "png") if Path(f"{out}.{ext}").is_file()]
+        arms[arm] = {
+            "selection": str(plan.selected(arm)),
+            "train_data": str(plan.train_data(arm)),
+            "hf": str(plan.final_hf(arm)),
+            "reports": reports,
+        }
+    return {"arms": arms, "results": str(plan.w / "results.json"), "logs": str(plan.w / "logs")}
 
 
 def collect(plan, runner, labels_path: str | None) -> dict:
@@ -69,6 +165,9 @@ def collect(plan, runner, labels_path: str | None) -> dict:
             "train_tokens": tokens,
         }
     out = {"workdir": str(plan.w), "arms": arms, "auc": {}, "timings": runner.timings}
+    out["methods"] = _annotation_summary(plan)
+    out["kept_share"] = _kept_share(plan)
+    out["paths"] = _paths(plan)
     if labels_path:
         n = len(np.load(plan.corpus_scores(plan.methods[0])))
         labels = load_labels(labels_path, n)

@@ -7,7 +7,9 @@ step's *fingerprint*: a hash of its command and of the fingerprints of the steps
 consumes. On a rerun, a step whose marker matches and whose outputs all exist is reused;
 any other step runs again — with its resume flag when it has one, so a step killed midway
 continues from its own last checkpoint; a step whose inputs or flags changed starts afresh
-(its old outputs are removed first). Each step's output goes to ``WORKDIR/logs/NAME.log``.
+(its old outputs are removed first). Each step's output goes to ``WORKDIR/logs/NAME.log``;
+its progress lines (``done/total units, RATE, ETA ...``, or ``done units, RATE`` where the total
+is not known, data/progress.py) are relayed to the console as ``[ k/N] NAME  ...``, at most one every ``RELAY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -16,20 +18,30 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lqs_megatron.data.progress import PROGRESS_SECONDS_ENV
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import save_json
 
 log = logging.getLogger(__name__)
+
+RELAY_SECONDS = 10.0
+"""Least seconds between two relayed progress lines of one step (and the steps' own log interval)."""
+_LOG_PREFIX = re.compile(r"^(\d\d:\d\d:\d\d )?(\[rank\d+\] )?[A-Z]+ [\w.]+: ")
+# Progress.status(): "12/20 steps, 1.6 s/step, ETA 0:13" or, without a total, "1200 docs, 45.1 docs/s"
+_PROGRESS = re.compile(r", ETA \d+:\d\d|: \d+ \w+, [\d,.]+ (\w+/s|s/\w+)")
 
 
 @dataclass
@@ -129,7 +141,7 @@ class Runner:
                 (self.markers / f"{step.name}.json").unlink(missing_ok=True)
             echo(f"{head}  running ...")
             t0 = time.time()
-            self._execute(step, resume)
+            self._execute(step, resume, lambda line, head=head: echo(f"{head}  {line}"))
             seconds = time.time() - t0
             lost = [p for p in step.outputs if not os.path.exists(p)]
             if lost:
@@ -142,26 +154,41 @@ class Runner:
             echo(f"{head}  done in {seconds:.1f}s")
         return self.timings
 
-    def _execute(self, step: Step, resume: bool) -> None:
+    def _execute(self, step: Step, resume: bool, relay: Callable[[str], None] = lambda line: None) -> None:
         logfile = self.logs / f"{step.name}.log"
         if step.func is not None:
             step.func()
             logfile.write_text(f"in-process step {step.func_id}\n")
             return
         cmd = self.command(step, resume)
-        # progress bars go to the log file: refresh them rarely there
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "15")}
+        # progress bars go to the log file: refresh them rarely there; progress log lines as often as relayed
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "15"),
+            PROGRESS_SECONDS_ENV: os.environ.get(PROGRESS_SECONDS_ENV, str(RELAY_SECONDS)),
+        }
+        lock = threading.Lock()
         with open(logfile, "w") as out, open(self.logs / f"{step.name}.stdout", "w") as stdout:
             out.write("$ " + " ".join(cmd) + "\n")
             out.flush()
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=out, text=True, env=env, preexec_fn=_die_with_parent
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=_die_with_parent,
             )
+            errors = threading.Thread(target=_copy_stderr, args=(proc.stderr, out, lock, relay), daemon=True)
+            errors.start()
             try:
                 for line in proc.stdout:
                     stdout.write(line)
-                    out.write(line)
+                    with lock:
+                        out.write(line)
                 rc = proc.wait()
+                errors.join()
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -172,6 +199,18 @@ class Runner:
 
     def stdout_of(self, name: str) -> str:
         return (self.logs / f"{name}.stdout").read_text()
+
+
+def _copy_stderr(stream, out, lock: threading.Lock, relay: Callable[[str], None]) -> None:
+    """Copy a step's stderr into its log; relay its progress lines, one per ``RELAY_SECONDS``."""
+    last = -math.inf
+    for line in stream:
+        with lock:
+            out.write(line)
+            out.flush()
+        if _PROGRESS.search(line) and time.monotonic() - last >= RELAY_SECONDS:
+            last = time.monotonic()
+            relay(_LOG_PREFIX.sub("", line.strip()))
 
 
 def _remove(path: str) -> None:

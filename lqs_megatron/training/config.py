@@ -38,7 +38,8 @@ class PretrainConfig:
     lr: float = option(group=OPTIM)
     """Peak learning rate."""
     model_config: str | None = option(None, metavar="NAME", group=MODEL)
-    """Named config (tiny, 160M, 470M, 1B, 1.7B) or YAML path, random init; needs --tokenizer."""
+    """Named config (tiny, 160M, 470M, 1B, 1.7B), YAML path, or an HF model directory / config.json (its
+    architecture, e.g. Qwen2 or Llama); random init; needs --tokenizer (the vocabulary comes from it)."""
     tokenizer: str | None = option(None, group=MODEL)
     """Tokenizer directory: the vocabulary and special tokens (with --model-config)."""
     init_from: str | None = option(None, metavar="HF_DIR", group=MODEL)

@@ -135,12 +135,12 @@ class Trainer:
                 res = self.step_fn(batch.micro_batches, batch.n_local, step)
                 done = step + 1
                 window.add(res, time.perf_counter() - t0, batch.tokens)
+                progress.update(1)
                 if res.finite:
                     self.last = res
                     self._record(done, res, window, progress)
                 else:
                     self._nonfinite(done, res)
-                progress.update(1)
                 self.after_step(done)
         finally:
             progress.close()
@@ -158,8 +158,8 @@ class Trainer:
             if tps is not None:
                 rec["tokens_per_s"] = tps
             rate = f" | {tps:.0f} tok/s" if tps is not None else ""
-            log.info("step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s",
-                     done, s.steps, rec["loss"], res.lr, res.grad_norm, rate)  # fmt: skip
+            log.info("step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %s",
+                     done, s.steps, rec["loss"], res.lr, res.grad_norm, rate, progress.status())  # fmt: skip
             progress.set_postfix(f"loss {rec['loss']:.4f}" + (f", {tps:,.0f} tok/s" if tps is not None else ""))
         if s.metrics_every_step or due:
             self.metrics.write(rec)

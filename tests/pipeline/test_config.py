@@ -18,6 +18,22 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path):
     assert cfg.data.corpus == [str(tmp_path / "c.jsonl")] and cfg.data.target == str(tmp_path / "t.jsonl")
 
 
+def test_an_hf_model_config_of_the_arms_resolves_against_the_config_dir(tmp_path):
+    """pretrain.model_config: a model directory beside the YAML reaches every arm's pretrain command;
+    a named config stays a name."""
+    (tmp_path / "my_model").mkdir()
+    (tmp_path / "my_model" / "config.json").write_text("{}")
+    data = {**_minimal(tmp_path), "pretrain": {"model_config": "my_model"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    plan = Plan(load_config(tmp_path / "p.yaml"))
+    arms = [s for s in plan.steps() if s.name.startswith("pretrain-") and s.name != "pretrain-annotation-model"]
+    assert len(arms) == 3
+    for step in arms:
+        assert step.argv[step.argv.index("--model-config") + 1] == str(tmp_path / "my_model")
+    annotation = next(s for s in plan.steps() if s.name == "pretrain-annotation-model")
+    assert "tiny" in annotation.argv or "--model-config" not in annotation.argv
+
+
 @pytest.mark.parametrize(
     "patch,match",
     [

@@ -109,7 +109,7 @@ def test_rerun_reuses_every_step(uninterrupted, tmp_path):
     cfg = yaml.safe_load((work / "pipeline.yaml").read_text())
     out = _finish(_start(cfg, tmp_path / "p.yaml"))
     steps = _step_lines(out)
-    assert len(steps) == 20 and all("reused" in ln for ln in steps.values()), steps
+    assert len(steps) == 22 and all("reused" in ln for ln in steps.values()), steps
     assert _losses(work) == before
 
 

@@ -25,3 +25,92 @@ def test_auc_extremes():
     s = np.arange(10.0)
     assert auc(s, s >= 5) == 1.0 and auc(s, s < 5) == 0.0
     assert np.isnan(auc(s, np.ones(10, bool)))
+
+
+def _fake_run(tmp_path, rng, field="source"):
+    """A finished run's files as the steps write them (annotate.json, scores, selections, the corpus sidecar)."""
+    import json
+
+    from lqs_megatron.pipeline.config import config_from_dict
+    from lqs_megatron.pipeline.plan import Plan
+
+    data = {"workdir": "run", "data": {"corpus": ["c.parquet"], "target": "t.jsonl", "keep_fields": [field]}}
+    plan = Plan(config_from_dict(data, tmp_path))
+    n = int(rng.integers(200, 400))
+    sources = rng.choice(["wiki", "forum", "code"], size=n, p=[0.5, 0.3, 0.2])
+    plan.corpus.parent.mkdir(parents=True)
+    with open(f"{plan.corpus}.meta.jsonl", "w") as f:
+        f.writelines(json.dumps({field: str(s)}) + "\n" for s in sources)
+    lrs = {"lqs": float(rng.uniform(0.001, 0.1)), "pds": float(rng.uniform(0.001, 0.1))}
+    for m in plan.methods:
+        d = plan.annotate_dir(m)
+        d.mkdir(parents=True)
+        warnings = [] if m == "lqs" else [{"kind": "target_rise", "message": "rose"}]
+        rec = {"arguments": {"lr": lrs[m]}, "health": {"ok": m == "lqs", "warnings": warnings}}
+        if m == "lqs":
+            rec["lr_probe"] = {"chosen": lrs[m]}
+        (d / "annotate.json").write_text(json.dumps(rec))
+        plan.corpus_scores(m).parent.mkdir(parents=True)
+        np.save(plan.corpus_scores(m), rng.normal(size=n))
+    kept = {}
+    for arm in plan.arms:
+        kept[arm] = np.sort(rng.choice(n, size=n // 2, replace=False))
+        plan.selected(arm).parent.mkdir(parents=True)
+        np.save(f"{plan.selected(arm)}.indices.npy", kept[arm])
+    (plan.w / "scores" / "lqs" / "report.txt").write_text("report")
+
+    class Runner:
+        timings = {}
+
+        def stdout_of(self, name):
+            return json.dumps({"loss": float(rng.uniform(3, 5)), "examples": 8}) + "\n"
+
+    return plan, Runner(), sources, kept, lrs
+
+
+def test_closing_summary_names_health_lr_kept_shares_and_the_hf_exports(tmp_path):
+    from lqs_megatron.pipeline.report import collect, format_table
+
+    rng = np.random.default_rng()
+    plan, runner, sources, kept, lrs = _fake_run(tmp_path, rng)
+    text = format_table(collect(plan, runner, None))
+    lines = text.splitlines()
+    lqs = next(ln for ln in lines if ln.strip().startswith("lqs ") and "health" in ln)
+    pds = next(ln for ln in lines if ln.strip().startswith("pds ") and "health" in ln)
+    assert "health ok" in lqs and f"learning rate {lrs['lqs']:g} (chosen by --lr auto)" in lqs
+    assert "health WARNING: target_rise" in pds and f"learning rate {lrs['pds']:g};" in pds
+    for arm in ("lqs", "pds", "random"):
+        assert f"model (Hugging Face) {plan.w / 'final' / arm / 'hf'}" in text
+        assert f"{arm}: selection {plan.w / 'curated' / arm / 'selected'}" in text
+    assert f"report {plan.w / 'scores' / 'lqs' / 'report.txt'}" in text
+    head = lines.index(next(ln for ln in lines if ln.startswith("Kept share by source")))
+    assert lines[head + 1].split() == ["source", "documents", "lqs", "pds", "random"]
+    for row in lines[head + 2 : head + 5]:
+        name, docs, *shares = row.split()
+        assert int(docs) == (sources == name).sum()
+        for arm, share in zip(("lqs", "pds", "random"), shares):
+            expected = 100 * np.isin(np.flatnonzero(sources == name), kept[arm]).mean()
+            assert float(share.rstrip("%")) == pytest.approx(expected, abs=0.051)
+
+
+def test_closing_summary_has_no_kept_share_without_a_source_field(tmp_path):
+    from lqs_megatron.pipeline.report import collect, format_table
+
+    plan, runner, *_ = _fake_run(tmp_path, np.random.default_rng())
+    n = len(np.load(plan.corpus_scores("lqs")))
+    with open(f"{plan.corpus}.meta.jsonl", "w") as f:
+        f.writelines('{"url": "x"}\n' for _ in range(n))
+    text = format_table(collect(plan, runner, None))
+    assert "Kept share" not in text and "health ok" in text
+
+
+def test_kept_share_groups_by_the_first_kept_field_without_source(tmp_path):
+    """The demo keeps ``kind`` (clean or the degradation): its kept shares are by kind."""
+    from lqs_megatron.pipeline.report import collect, format_table
+
+    plan, runner, sources, kept, _ = _fake_run(tmp_path, np.random.default_rng(), field="kind")
+    res = collect(plan, runner, None)
+    assert "Kept share by kind (selected / documents of the kind):" in format_table(res)
+    for arm in plan.arms:
+        for name, share in res["kept_share"]["arms"][arm].items():
+            assert share == pytest.approx(np.isin(np.flatnonzero(sources == name), kept[arm]).mean())

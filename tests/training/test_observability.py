@@ -134,7 +134,46 @@ def test_progress_counts_and_logs_without_a_terminal(caplog):
         p.update(3, tokens=300)
     p.close()
     assert p.count == 3 and p.tokens == 300
-    assert any("steps: 3/10 steps" in r.getMessage() and "loss 1.5" in r.getMessage() for r in caplog.records)
+    assert any("steps: 5/10 steps" in r.getMessage() and "loss 1.5" in r.getMessage() for r in caplog.records)
+
+
+def test_progress_rates_read_well_and_never_as_zero():
+    """Rates over twelve decades (fresh random draws) print as units/s or s/unit, whichever is >= 1,
+    and read back within their rounding; no rate prints as 0.0."""
+    import re
+
+    from lqs_megatron.data.progress import format_rate
+
+    rng = np.random.default_rng()
+    for per_s in 10.0 ** rng.uniform(-6, 6, size=400):
+        text = format_rate(per_s, "step")
+        assert not re.search(r"(^|\D)0\.0\b", text), text
+        m = re.fullmatch(r"([\d,.]+) (steps/s|s/step)", text)
+        assert m, text
+        value = float(m.group(1).replace(",", ""))
+        assert value >= 1.0, text
+        back = value if m.group(2) == "steps/s" else 1.0 / value
+        assert abs(back - per_s) / per_s < 0.06, (text, per_s)
+
+
+def test_progress_log_line_has_done_total_rate_and_eta(caplog, monkeypatch):
+    """18 of 20 steps (2 of them before a resume) in 80 s of fake clock: 5.0 s/step and 10 s to go,
+    in the log line an annotation phase prints without a terminal (it printed ``(0.0/s)`` before)."""
+    import logging
+
+    import lqs_megatron.data.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    p = Progress("backward sweep", unit="step", total=20, initial=2, log_every_s=60.0)
+    with caplog.at_level(logging.INFO, logger="lqs_megatron.data"):
+        for _ in range(16):
+            clock[0] += 5.0
+            p.update(1)
+    p.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["backward sweep: 14/20 steps, 5.0 s/step, ETA 0:30"], lines
+    assert p.status() == "backward sweep: 18/20 steps, 5.0 s/step, ETA 0:10".split(": ", 1)[1]
 
 
 def test_pretrain_writes_tensorboard_and_loss_png(tmp_path, tiny_data):

@@ -217,3 +217,60 @@ def test_bad_inputs_are_clear_errors(run, tmp_path):
     fails("evaluate", "--model", bert, "--data", run["valid"], "--max-length", "8", match="unsupported architecture")
     fails("pretrain", "--init-from", bert, "--data", run["train"], "--steps", "2", "--out", out, *ARGS,
           match="unsupported architecture 'bert'")  # fmt: skip
+
+
+HF_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+HF_SHAPE_KEYS += ("tie_word_embeddings",)
+
+
+def _from_config(model_config, data, out) -> list:
+    """`lqs pretrain` arguments of a 2-step random-init run of ``model_config``."""
+    flags = f"--model-config {model_config} --tokenizer {data['tokenizer']} --data {data['train']} --steps 2"
+    return ["pretrain", *flags.split(), "--out", out, *ARGS]
+
+
+@pytest.mark.parametrize("family", ["qwen25", "smollm2"])
+def test_model_config_from_an_hf_config_json_trains_that_architecture_from_scratch(family, tiny_data, tmp_path):
+    """--model-config HF_DIR (only a config.json, as a user's model directory gives it): the run trains that
+    architecture (Qwen2 with q/k/v biases; a SmolLM2-style tied Llama) from a random init, with the
+    tokenizer's vocabulary, and exports to the same transformers class and shape."""
+    import transformers
+
+    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from tests.models.families import family_config
+
+    rng = np.random.default_rng()
+    theta = float(rng.choice([5e4, 2e5, 1e6]))
+    hf_cfg = family_config(
+        family,
+        vocab=5000,
+        hidden_size=48,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=int(rng.integers(40, 80)),
+        rope_theta=theta,
+    )
+    cfg_dir = tmp_path / "user_model"
+    hf_cfg.save_pretrained(cfg_dir)
+    assert not list(cfg_dir.glob("*.safetensors"))
+    out = tmp_path / "ckpt"
+    lqs(*_from_config(cfg_dir, tiny_data, out))
+    lqs("export-hf", "--checkpoint", out, "--out", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert type(hf).__name__ == type(transformers.AutoModelForCausalLM.from_config(hf_cfg)).__name__
+    c = hf.config
+    for key in HF_SHAPE_KEYS:
+        assert getattr(c, key) == getattr(hf_cfg, key), key
+    theta_out = c.rope_theta if getattr(c, "rope_theta", None) else c.rope_parameters["rope_theta"]
+    assert theta_out == theta
+    assert c.vocab_size == vocab_size(load_tokenizer(tiny_data["tokenizer"])) != hf_cfg.vocab_size
+    attn = hf.model.layers[0].self_attn
+    assert (attn.q_proj.bias is not None) == (family == "qwen25")
+    assert len(_losses(out)) == 2 and np.isfinite(_losses(out)).all()
+
+
+def test_model_config_directory_without_config_json_is_one_clear_error(tiny_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = lqs(*_from_config(tmp_path / "empty", tiny_data, tmp_path / "o"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "config.json" in proc.stderr.strip().splitlines()[-1] and not (tmp_path / "o").exists()
