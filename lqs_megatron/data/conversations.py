@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lqs_megatron.data.fingerprint import identity
 from lqs_megatron.data.indexed import optimal_dtype
 from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_field, iter_records
 from lqs_megatron.data.sharding import plan_inputs
@@ -186,6 +187,7 @@ def _tokenize_target(config: TargetConfig) -> dict:
         "dtype": np.dtype(dtype).name,
         "vocab_size": vocab,
         "eos_token_id": eos,
+        "tokenizer": identity(tok, config.tokenizer_dir),
         "files": files,
         "args": {k: v for k, v in asdict(config).items() if k != "progress"},
     }

@@ -166,6 +166,10 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
     for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
         if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
             raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
+    from lqs_megatron.data.fingerprint import check_data_tokenizer, model_tokenizer
+
+    sets = {f"--train {cfg.train}": cfg.train, f"--target {cfg.target}": cfg.target, f"--proxy {cfg.proxy}": cfg.proxy}
+    check_data_tokenizer(sets, model_tokenizer(cfg.model), f"--model {cfg.model}", cfg.allow_tokenizer_mismatch)
     model = load_annotation_model(cfg.model, dims, master_dtype)
     vocab = model.config.vocab_size
     train = ExampleSet(cfg.train, "--train", cfg.max_length)

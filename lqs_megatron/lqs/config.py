@@ -101,6 +101,8 @@ class AnnotateConfig:
     """Exit non-zero (after writing the outputs) when the health check warns: the replay's target loss
     rose or did not fall, the train loss diverged, or the scores follow length / own loss (annotate.json
     "health")."""
+    allow_tokenizer_mismatch: bool = False
+    """Use --train/--target/--proxy data whose recorded tokenizer differs from --model's anyway (a warning)."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -179,6 +179,7 @@ class ScorerTrainer(Trainer):
         resume: bool,
         dims: ParallelDims,
         progress: bool = True,
+        allow_tokenizer_mismatch: bool = False,
     ):
         self.data_dir, out = data_dir, Path(out_dir)
         self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
@@ -210,6 +211,7 @@ class ScorerTrainer(Trainer):
             f"scorer data {str(data_dir)!r}",
             "the scorer",
             hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
+            allow=allow_tokenizer_mismatch,
         )
         self.model = model.to(dims.device).train()
         # torch's AdamW defaults (PDS/DELT's scorer optimizer), through the shared builder
@@ -341,6 +343,7 @@ def train_scorer(
     resume: bool = False,
     dims=None,
     progress: bool = True,
+    allow_tokenizer_mismatch: bool = False,
 ) -> dict:
     """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
@@ -349,5 +352,7 @@ def train_scorer(
     with output_lock_on_main(out_dir, dims):
         if dims.is_main:
             remove_leftovers(out_dir)
-        result = ScorerTrainer(data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress).run()
+        result = ScorerTrainer(
+            data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress, allow_tokenizer_mismatch
+        ).run()
     return {**result, "seconds": round(time.time() - t0, 3)}
