@@ -262,7 +262,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     with timer("own_loss"):
         traj.load(0)
         own = _own_losses(sweep, N)
-    record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe)
+    record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, model.config.vocab_size)
     record["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()}
     for w in record["health"]["warnings"]:
         log.warning("annotate: %s", w["message"])
@@ -307,8 +307,17 @@ def _own_losses(sw: Sweep, n: int) -> np.ndarray:
     return gather(sw.dims, [local], sw.lo, n)[0]
 
 
-def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe) -> dict:
-    health = replay_health(state.target_losses, traj.train_losses, raw, proxy.lengths(), own, state.cos_stats)
+def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, vocab_size) -> dict:
+    health = replay_health(
+        state.target_losses,
+        traj.train_losses,
+        raw,
+        proxy.lengths(),
+        own,
+        state.cos_stats,
+        vocab_size=vocab_size,
+        probe=probe,
+    )
     if probe is not None and not probe["passed"]:
         health["warnings"].insert(0, {
             "kind": "lr_probe_failed",
