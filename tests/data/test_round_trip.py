@@ -10,11 +10,7 @@ import pytest
 
 from lqs_megatron.cli import main
 from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.tokenizer import load_tokenizer
-try:
-    from lqs_megatron.data.tokenizer import check_round_trip
-except ImportError:
-    check_round_trip = None
+from lqs_megatron.data.tokenizer import check_round_trip, load_tokenizer
 from lqs_megatron.errors import LQSError
 from tests.conftest import demo_texts
 from tests.data.conftest import edited_tokenizer, write_jsonl
