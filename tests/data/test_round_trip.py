@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
+from lqs_megatron.data.fingerprint import tokenizer_info
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.tokenizer import check_round_trip, load_tokenizer
 from lqs_megatron.errors import LQSError
@@ -99,7 +100,7 @@ def test_a_lossy_tokenizer_stops_tokenize_naming_the_text(tmp_path, tiny_tokeniz
     assert rc == 1 and "loses text" in _one_line(err) and f"{src}:1" in err
 
 
-def test_tokenize_target_stops_on_a_lossy_tokenizer(tmp_path, tiny_tokenizer, capsys):
+def test_tokenize_target_stops_on_a_lossy_tokenizer_and_records_its_own(tmp_path, tiny_tokenizer, capsys):
     rows = [{"conversations": ["The quick brown fox?", "It jumps over the lazy dog."]}]
     src = write_jsonl(tmp_path / "t.jsonl", rows)
     lossy = edited_tokenizer(
@@ -113,6 +114,26 @@ def test_tokenize_target_stops_on_a_lossy_tokenizer(tmp_path, tiny_tokenizer, ca
     line = _one_line(capsys.readouterr().err)
     assert rc == 1 and f"{src}:1" in line and "'Thequickbrownfox" in line, line
     assert not (tmp_path / "t.idx").exists()
+    # the tokenizer's own: written, with its identity and the round trip in the stats
+    assert (
+        main(
+            [
+                "tokenize-target",
+                "--input",
+                str(src),
+                "--tokenizer",
+                tiny_tokenizer,
+                "--out",
+                str(tmp_path / "t"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    stats = json.loads((tmp_path / "t.stats.json").read_text())
+    assert stats["round_trip"]["documents"] == stats["round_trip"]["exact"] == 1
+    assert stats["tokenizer"]["fingerprint"] == tokenizer_info(tiny_tokenizer)["fingerprint"]
 
 
 def test_train_tokenizer_checks_the_tokenizer_it_trained(tmp_path, monkeypatch):
