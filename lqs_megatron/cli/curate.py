@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(cfg, choose) -> int:
     from lqs_megatron.curate.apply import curate_dataset, curate_jsonl, is_jsonl
+    from lqs_megatron.curate.config import OrderConfig
     from lqs_megatron.errors import LQSError
 
     if is_jsonl(cfg.data):
@@ -57,7 +58,8 @@ def _run(cfg, choose) -> int:
     else:
         if cfg.scores is None:
             raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
-        info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose)
+        command = "order" if isinstance(cfg, OrderConfig) else "select"
+        info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose, command)
     print(json.dumps(info))
     return 0
 

@@ -91,7 +91,7 @@ def _merge(args: argparse.Namespace) -> int:
     if cfg.out is None:
         raise LQSError("--data needs --out PREFIX")
     with output_lock(cfg.out):
-        print(json.dumps(merge_datasets(cfg.data, cfg.out)))
+        print(json.dumps(merge_datasets(cfg.data, cfg.out, cfg.allow_tokenizer_mismatch)))
     return 0
 
 

@@ -94,6 +94,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=run.resume,
             dims=dims,
             allow_changed_settings=run.allow_changed_settings,
+            allow_tokenizer_mismatch=run.allow_tokenizer_mismatch,
         )
     finally:
         dims.close()
@@ -112,7 +113,9 @@ def _score(args: argparse.Namespace) -> int:
     shard = resolve_shard(run.shard, torch_ranks=False)  # under torchrun the ranks share one output
     dims = init_distributed(device=run.device)
     try:
-        stats = score_dataset(run.scorer, run.data, run.out, run.tokenizer, opts, dims, run.progress, shard)
+        stats = score_dataset(
+            run.scorer, run.data, run.out, run.tokenizer, opts, dims, run.progress, shard, run.allow_tokenizer_mismatch
+        )
     finally:
         dims.close()
     if dims.is_main:

@@ -72,12 +72,19 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.fingerprint import check_data_tokenizer, model_tokenizer
     from lqs_megatron.models.loading import load_model
     from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.training.config import EvaluateConfig
     from lqs_megatron.training.evaluate import evaluate_dataset
 
     cfg = build(EvaluateConfig, args)
+    check_data_tokenizer(
+        {f"--data {cfg.data}": cfg.data},
+        model_tokenizer(cfg.model),
+        f"--model {cfg.model}",
+        cfg.allow_tokenizer_mismatch,
+    )
     dims = init_distributed(cfg.tp, cfg.device)
     try:
         model = load_model(cfg.model, dims)

@@ -75,9 +75,14 @@ def _summary(kind: str, out: str, n_in: int, positions: np.ndarray, out_scores: 
 
 
 def curate_dataset(
-    data_prefix: str | os.PathLike, scores_path: str | os.PathLike, out_prefix: str | os.PathLike, choose: Chooser
+    data_prefix: str | os.PathLike,
+    scores_path: str | os.PathLike,
+    out_prefix: str | os.PathLike,
+    choose: Chooser,
+    command: str = "select",
 ) -> dict:
-    """Apply ``choose`` to an indexed dataset and its score file (see the module docstring)."""
+    """Apply ``choose`` to an indexed dataset and its score file (see the module docstring); ``command``
+    (``select`` / ``order``) is recorded in ``OUT.stats.json`` with the input's tokenizer."""
     if is_jsonl(out_prefix):
         raise LQSError(
             f"--out {str(out_prefix)!r} is a jsonl file but --data is an indexed dataset; "
@@ -88,7 +93,7 @@ def curate_dataset(
     scores = check_scores(raw, len(ds), name=str(scores_path))
     positions = np.asarray(choose(scores), dtype=np.int64)
     out_scores = raw[positions]
-    write_subset_with_sidecars(ds, positions, out_prefix, {"scores": out_scores, "indices": positions})
+    write_subset_with_sidecars(ds, positions, out_prefix, {"scores": out_scores, "indices": positions}, command)
     info = _summary("dataset", str(out_prefix), len(ds), positions, scores[positions])
     info.update(indices=sidecar_path(out_prefix, "indices"), scores=sidecar_path(out_prefix, "scores"))
     return info

@@ -59,6 +59,9 @@ class MergeConfig:
     wait: float = option(0.0, metavar="SECONDS")
     """With --shards: wait up to this long for unfinished shards (other nodes still running), checking every
     10 s."""
+    allow_tokenizer_mismatch: bool = False
+    """Merge datasets whose recorded tokenizers differ anyway (a warning; the output records a "mixed"
+    tokenizer, which no model matches)."""
 
 
 @dataclass

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from lqs_megatron.data.fingerprint import identity
 from lqs_megatron.data.indexed import optimal_dtype
 from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_field, iter_records
 from lqs_megatron.data.sharding import plan_inputs
 from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, write_batches
-from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
+from lqs_megatron.data.tokenizer import BatchEncoder, check_round_trip, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
 from lqs_megatron.utils.lock import output_lock
@@ -157,6 +158,17 @@ class EncodeConversations:
         return out
 
 
+def _first_rendered(config: TargetConfig, plan, conv: EncodeConversations):
+    """``(file:line, text)`` of the first well-formed conversations as they are encoded (for the round trip)."""
+    for path, nums, rows in plan.batches([config.field], config.batch_lines, 1 << 20):
+        for n, obj in iter_records(path, nums, rows, "skip", skip=lambda e: None):
+            try:
+                messages = parse_turns(get_field(obj, config.field, path, n), config.field, path, n)
+            except BadLine:
+                continue
+            yield f"{path}:{n}", conv.render(messages, path, n)
+
+
 def tokenize_target(config: TargetConfig) -> dict:
     """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``). The output is locked."""
     with output_lock(config.out_prefix):
@@ -171,6 +183,9 @@ def _tokenize_target(config: TargetConfig) -> dict:
     dtype = optimal_dtype(vocab)
     plan = plan_inputs(config.inputs, None)
     files = plan.files
+    round_trip = check_round_trip(
+        tok, _first_rendered(config, plan, EncodeConversations(config, dtype, eos)), config.tokenizer_dir
+    )
     counts, skipped = write_batches(
         EncodeConversations(config, dtype, eos),
         plan.batches([config.field], config.batch_lines, 1 << 20),
@@ -186,6 +201,8 @@ def _tokenize_target(config: TargetConfig) -> dict:
         "dtype": np.dtype(dtype).name,
         "vocab_size": vocab,
         "eos_token_id": eos,
+        "tokenizer": identity(tok, config.tokenizer_dir),
+        "round_trip": round_trip,
         "files": files,
         "args": {k: v for k, v in asdict(config).items() if k != "progress"},
     }

@@ -6,6 +6,11 @@ so on, with the inputs' document boundaries kept: the document indices of input
 Dropping that offset is the classic merge bug (document starts pointing into the
 first input); the tests compare with megatron-core's ``IndexedDatasetBuilder.add_index``.
 
+``OUT.stats.json`` records the inputs and their one tokenizer identity
+(:func:`~lqs_megatron.data.fingerprint.inputs_tokenizer`): inputs tokenized with different
+tokenizers are refused unless ``allow_tokenizer_mismatch`` (``--allow-tokenizer-mismatch``),
+and then the identity recorded is "mixed", which no model matches.
+
 A provenance sidecar ``PREFIX.meta.jsonl`` (:mod:`lqs_megatron.data.meta`) is merged the
 same way, its lines in the order of the sequences: all inputs have one, or none.
 
@@ -24,6 +29,7 @@ import os
 
 import numpy as np
 
+from lqs_megatron.data.fingerprint import inputs_tokenizer, write_dataset_identity
 from lqs_megatron.data.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
 from lqs_megatron.data.meta import concat_meta, has_meta, meta_path
 from lqs_megatron.errors import LQSError
@@ -62,8 +68,10 @@ def _is_packed(ds: IndexedDataset) -> bool:
     return bool(np.array_equal(expected, ds.sequence_pointers))
 
 
-def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathLike) -> dict:
-    """Merge the datasets at ``prefixes`` (in that order) into ``out_prefix``.
+def merge_datasets(
+    prefixes: list[str | os.PathLike], out_prefix: str | os.PathLike, allow_tokenizer_mismatch: bool = False
+) -> dict:
+    """Merge the datasets at ``prefixes`` (in that order) into ``out_prefix`` (+ ``out_prefix.stats.json``).
 
     Returns ``{"prefix", "dtype", "num_sequences", "num_documents", "num_tokens", "inputs"}``.
     """
@@ -79,6 +87,7 @@ def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathL
         if len(docs) == 0 or docs[0] != 0 or docs[-1] != len(ds) or np.any(np.diff(docs) < 0):
             raise LQSError(f"{idx_path(ds.prefix)}: malformed document indices (they must rise from 0 to {len(ds)})")
     dtype = merged_dtype([ds.dtype for ds in datasets])
+    tokenizer = inputs_tokenizer([ds.prefix for ds in datasets], allow_tokenizer_mismatch)
     if any(ds.dtype != dtype for ds in datasets):
         logger.warning("merging token dtypes %s: upcasting to %s", ", ".join(str(ds.dtype) for ds in datasets), dtype)
     lengths = np.concatenate([ds.sequence_lengths for ds in datasets]).astype(np.int32)
@@ -91,6 +100,8 @@ def merge_datasets(prefixes: list[str | os.PathLike], out_prefix: str | os.PathL
     # kill-safe: the old index goes first, then the sidecar (or a stale one), then the dataset (.idx last)
     if os.path.exists(idx_path(out_prefix)):
         os.unlink(idx_path(out_prefix))
+    inputs = [os.path.abspath(ds.prefix) for ds in datasets]
+    write_dataset_identity(out_prefix, "merge", tokenizer, inputs=inputs)
     has_sidecar = concat_meta([ds.prefix for ds in datasets], [len(ds) for ds in datasets], out_prefix)
     if not has_sidecar and has_meta(out_prefix):
         os.unlink(meta_path(out_prefix))

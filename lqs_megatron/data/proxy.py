@@ -44,7 +44,7 @@ def sample_proxy(data_prefix: str | os.PathLike, num: int, seed: int, out_prefix
     """
     ds = IndexedDataset(data_prefix)
     indices = sample_indices(len(ds), num, seed)
-    tokens = write_subset_with_sidecars(ds, indices, out_prefix, {"indices": indices})
+    tokens = write_subset_with_sidecars(ds, indices, out_prefix, {"indices": indices}, "sample-proxy")
     logger.info("proxy sample: %d of %d sequences, %d tokens -> %s", num, len(ds), tokens, out_prefix)
     return {
         "prefix": str(out_prefix),

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from lqs_megatron.data.fingerprint import dataset_tokenizer, write_dataset_identity
 from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path, write_index
 from lqs_megatron.data.meta import has_meta, meta_path, subset_meta
 from lqs_megatron.errors import LQSError
@@ -101,13 +102,16 @@ def write_subset_with_sidecars(
     indices,
     out_prefix: str | os.PathLike,
     sidecars: dict[str, np.ndarray],
+    command: str = "subset",
 ) -> int:
     """:func:`write_subset` plus ``out_prefix.<name>.npy`` for each array of ``sidecars``, kill-safe.
 
     Order of writes: remove an old ``out_prefix.idx`` (so an old output can never pair
     with new sidecars), write every sidecar atomically (and the metadata sidecar
     ``PREFIX.meta.jsonl`` gathered from the input's, when it has one:
-    :mod:`lqs_megatron.data.meta`), then the dataset, ``.idx`` last.
+    :mod:`lqs_megatron.data.meta`, and ``PREFIX.stats.json``: ``command``, the input's tokenizer
+    identity and the input prefix as ``source``, :mod:`lqs_megatron.data.fingerprint`), then the
+    dataset, ``.idx`` last.
     Returns the number of tokens written.
     """
     ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
@@ -118,6 +122,7 @@ def write_subset_with_sidecars(
     for name, array in sidecars.items():
         save_npy(sidecar_path(out_prefix, name), np.asarray(array))
     idx = check_indices(indices, len(ds))
+    write_dataset_identity(out_prefix, command, dataset_tokenizer(ds.prefix), source=os.path.abspath(ds.prefix))
     if not subset_meta(ds.prefix, idx, out_prefix, len(ds)) and has_meta(out_prefix):
         os.unlink(meta_path(out_prefix))  # an old run's provenance must not pair with this output
     return write_subset(ds, idx, out_prefix)

@@ -34,7 +34,7 @@ from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_text, iter_records, r
 from lqs_megatron.data.meta import meta_line, meta_path
 from lqs_megatron.data.sharding import Shard, parse_shard, plan_inputs, shard_output
 from lqs_megatron.data.sources import Columns
-from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
+from lqs_megatron.data.tokenizer import BatchEncoder, check_round_trip, vocab_size
 from lqs_megatron.data.writing import (
     BitStream,
     StreamFile,
@@ -342,6 +342,8 @@ def _tokenize(config: TokenizeConfig, out: str) -> dict:
         if done is not None:
             log.info("tokenize: shard %s is already finished in %s (same inputs and arguments)", config.shard, out)
             return done
+    first = ((f"{path}:{n}", text) for path, n, text in read_texts(plan.files, config.field, on_error="skip"))
+    round_trip = check_round_trip(tok, first, config.tokenizer_dir)
     encoding = encoder.encoding if config.mode == "document" else "backend"
     punkt = chunker = None
     hooks, files = (None, None), ()
@@ -376,6 +378,7 @@ def _tokenize(config: TokenizeConfig, out: str) -> dict:
         "vocab_size": vocab,
         "eos_token_id": eos,
         "encoding": encoding,
+        "round_trip": round_trip,
         **identity,
     }
     if chunker is not None:

@@ -3,12 +3,25 @@
 A ``TOKENIZER_DIR`` is anything ``transformers.AutoTokenizer.from_pretrained`` loads
 from a local path. Nothing is fetched from a hub: a missing path is an error, not a
 download.
+
+One exception to ``AutoTokenizer``: a directory whose ``tokenizer.json`` is described by no
+specific class (``tokenizer_config.json`` names ``PreTrainedTokenizerFast``,
+``TokenizersBackend`` or nothing) loads as exactly that ``tokenizer.json``. ``AutoTokenizer``
+would take the class from a ``config.json`` beside it (a model directory): under transformers
+5.x a ``tokenizer.json`` saved into a Qwen2 model directory loads as ``Qwen2Tokenizer``, which
+rebuilds its own pre-tokenizer and drops every space ("The quick brown fox" ->
+"Thequickbrownfox") while the vocabulary, and so the fingerprint, stays the same.
+
+:func:`check_round_trip` is the guard for whatever a tokenizer does to text: ``tokenize``,
+``tokenize-target`` and ``train-tokenizer`` decode the encoding of the first documents and
+stop at the first one that does not come back (up to the tokenizer's own normalisation).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -40,15 +53,34 @@ def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):
             f"vocab.json + merges.txt / vocab.txt with tokenizer_config.json; found: {found})"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    cls = PreTrainedTokenizerFast if _plain_tokenizer_json(path) else AutoTokenizer
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = cls.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises many types here
         raise LQSError(f"cannot load a tokenizer from {path!r}: {type(e).__name__}: {e}") from None
     if require_eos and tok.eos_token_id is None:
         raise LQSError(f"tokenizer {path!r} has no EOS token; documents need one (set eos_token in its config)")
     return tok
+
+
+_GENERIC_CLASSES = (None, "", "PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _plain_tokenizer_json(path: str) -> bool:
+    """True when ``path`` holds a ``tokenizer.json`` that no specific tokenizer class describes (see the module
+    docstring): it must load as itself, whatever model a ``config.json`` beside it names."""
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return False
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            cls = json.load(f).get("tokenizer_class")
+    except FileNotFoundError:
+        cls = None
+    except (ValueError, AttributeError):
+        return False  # let AutoTokenizer report the broken file
+    return cls in _GENERIC_CLASSES
 
 
 def vocab_size(tok) -> int:
@@ -178,6 +210,123 @@ class BatchEncoder:
         """``[tok.decode(s, skip_special_tokens=True) for s in seqs]``, batched."""
         lists = [s.tolist() if hasattr(s, "tolist") else list(s) for s in seqs]
         return list(self.tok.batch_decode(lists, skip_special_tokens=True))
+
+
+ROUND_TRIP_DOCUMENTS = 64
+"""Documents :func:`check_round_trip` checks at most (the first ones of the input)."""
+ROUND_TRIP_CHARS = 1 << 18
+"""Characters :func:`check_round_trip` checks at most."""
+
+_UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def _normaliser_steps(tok) -> list[str]:
+    """The documented text changes of a fast tokenizer's normaliser, pre-tokeniser and decoder, as step names:
+    a Unicode form, ``Lowercase``, ``StripAccents``, ``Strip``, ``Whitespace`` (runs collapsed and ends
+    stripped: sentencepiece's ``Precompiled`` rule, which also applies NFKC) and ``LeadingSpace``
+    (a sentencepiece ``Metaspace`` / ``Strip`` decoder drops the first space of a text)."""
+    bt = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if bt is None:
+        return []
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "Strip" and "content" in node:  # the decoder's: the first space(s) of a text
+                found.append("LeadingSpace")
+            elif kind in _UNICODE_FORMS or kind in ("Lowercase", "StripAccents", "Strip"):
+                found.append(kind)
+            elif kind == "Precompiled":
+                found.extend(["NFKC", "Whitespace"])
+            elif kind == "BertNormalizer":
+                found.extend(["Whitespace"] + (["Lowercase", "StripAccents"] if node.get("lowercase") else []))
+            elif kind == "Metaspace":
+                found.append("LeadingSpace")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for component in (bt.normalizer, bt.pre_tokenizer, bt.decoder):
+        if component is not None:
+            walk(json.loads(component.__getstate__()))
+    return list(dict.fromkeys(found))
+
+
+def _canonical(text: str, steps: list[str]) -> str:
+    import unicodedata
+
+    for step in steps:
+        if step in _UNICODE_FORMS:
+            text = unicodedata.normalize(step, text)
+        elif step == "Lowercase":
+            text = text.lower()
+        elif step == "StripAccents":
+            text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+        elif step == "Strip":
+            text = text.strip()
+        elif step == "Whitespace":
+            text = " ".join(text.split())
+        elif step == "LeadingSpace":
+            text = text.removeprefix(" ")
+    return text
+
+
+def _excerpt(before: str, after: str, width: int = 30) -> tuple[str, str]:
+    """The two texts around their first difference (``...`` where cut)."""
+    i = next((k for k, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+    lo = max(0, i - width // 2)
+
+    def cut(t: str) -> str:
+        return ("..." if lo else "") + t[lo : lo + width] + ("..." if lo + width < len(t) else "")
+
+    return cut(before), cut(after)
+
+
+def check_round_trip(tok, samples: Iterable[tuple[str, str]], tokenizer_dir: str | os.PathLike) -> dict:
+    """``decode(encode(text))`` against ``text`` for the first documents of ``samples`` (``(where, text)`` pairs,
+    at most :data:`ROUND_TRIP_DOCUMENTS` documents and :data:`ROUND_TRIP_CHARS` characters), special tokens
+    neither added nor skipped. A text that comes back changed beyond the tokenizer's documented normalisation
+    (:func:`_normaliser_steps`: a Unicode form, lower case, whitespace runs, a leading space) is an
+    :class:`LQSError` naming the tokenizer, where the text is and an excerpt before and after.
+
+    Returns the record for ``stats.json``: ``{"documents", "chars", "exact", "normalisation"}`` (``exact``:
+    documents that came back unchanged; ``normalisation``: the steps allowed)."""
+    import re
+
+    steps = _normaliser_steps(tok)
+    added = sorted({t.content for t in tok.added_tokens_decoder.values() if t.content}, key=len, reverse=True)
+    split = re.compile("|".join(map(re.escape, added))) if added else None
+    n = chars = exact = 0
+    for where, text in samples:
+        if n >= ROUND_TRIP_DOCUMENTS or chars >= ROUND_TRIP_CHARS:
+            break
+        text = text[: ROUND_TRIP_CHARS - chars]
+        same = True
+        # the text between added tokens' strings (a chat template's markers): the backend splits those out
+        # first and normalises each piece alone, so only the pieces are expected to come back
+        for piece in split.split(text) if split else [text]:
+            if not piece:
+                continue
+            back = tok.decode(
+                tok(piece, add_special_tokens=False)["input_ids"],
+                skip_special_tokens=False,
+                clean_up_tokenization_spaces=False,
+            )
+            same = same and back == piece
+            if back == piece or _canonical(back, steps) == _canonical(piece, steps):
+                continue
+            before, after = _excerpt(piece, back)
+            raise LQSError(
+                f"tokenizer {tokenizer_dir} loses text: {where} comes back changed from decode(encode(text)): "
+                f"{before!r} -> {after!r} (normalisation allowed: {', '.join(steps) or 'none'}); a lossy tokenizer "
+                "would corrupt the whole corpus (is it a tokenizer.json that a model directory's config.json "
+                "loads as another class?)"
+            )
+        n, chars, exact = n + 1, chars + len(text), exact + same
+    return {"documents": n, "chars": chars, "exact": exact, "normalisation": steps}
 
 
 _SENTENCEPIECE_NORMALIZER = {

@@ -12,18 +12,25 @@ adds no ``▁`` to a text that already starts with a space and strips one space 
 so ``" a"`` neither matches sentencepiece nor round-trips. We keep sentencepiece's own
 rule instead: the normaliser prepends ``▁`` and turns every space into ``▁``, then BPE.
 (U+2581 ``▁`` in the input is read as a space, as in sentencepiece.)
+
+Before the directory is published, the new tokenizer must give the first training documents
+back from ``decode(encode(text))`` (:func:`~lqs_megatron.data.tokenizer.check_round_trip`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from lqs_megatron.data.tokenizer import ROUND_TRIP_DOCUMENTS, check_round_trip, load_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_dir
+
+logger = logging.getLogger(__name__)
 
 SPECIAL = {"pad": ("<pad>", 0), "unk": ("<unk>", 1), "bos": ("<s>", 2), "eos": ("</s>", 3)}
 
@@ -43,11 +50,14 @@ def train_tokenizer(
         raise LQSError(f"--vocab-size must be at least 16, got {vocab_size}")
 
     failure: list[BaseException] = []
+    first: list[str] = []
 
     def nonempty() -> Iterator[str]:
         try:
             for t in texts:
                 if t:
+                    if len(first) < ROUND_TRIP_DOCUMENTS:
+                        first.append(t)
                     yield t
         except LQSError as e:  # bad input: stop feeding, re-raised below (not as a sentencepiece error)
             failure.append(e)
@@ -94,6 +104,13 @@ def train_tokenizer(
         (tmp / "tokenizer.model").write_bytes(model.getvalue())
         _write_tokenizer_json(tmp)
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        tok = load_tokenizer(str(tmp), require_eos=False)
+        round_trip = check_round_trip(tok, ((f"training document {i}", t) for i, t in enumerate(first)), out_dir)
+    logger.info(
+        "round trip: %d of the first %d training documents come back exactly",
+        round_trip["exact"],
+        round_trip["documents"],
+    )
     return Path(out_dir)
 
 

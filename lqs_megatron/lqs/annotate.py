@@ -214,6 +214,10 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
     for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
         if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
             raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
+    from lqs_megatron.data.fingerprint import check_data_tokenizer, model_tokenizer
+
+    sets = {f"--train {cfg.train}": cfg.train, f"--target {cfg.target}": cfg.target, f"--proxy {cfg.proxy}": cfg.proxy}
+    check_data_tokenizer(sets, model_tokenizer(cfg.model), f"--model {cfg.model}", cfg.allow_tokenizer_mismatch)
     model = load_annotation_model(cfg.model, dims, master_dtype)
     model.config.check_max_length(cfg.max_length, f"--model {cfg.model!r}")
     vocab = model.config.vocab_size
@@ -308,7 +312,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     with timer("own_loss"):
         traj.load(0)
         own = _own_losses(sweep, N)
-    record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe)
+    record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, model.config.vocab_size)
     record["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()}
     if resume_changes:
         record["resume_changes"] = resume_changes
@@ -355,8 +359,17 @@ def _own_losses(sw: Sweep, n: int) -> np.ndarray:
     return gather(sw.dims, [local], sw.lo, n)[0]
 
 
-def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe) -> dict:
-    health = replay_health(state.target_losses, traj.train_losses, raw, proxy.lengths(), own, state.cos_stats)
+def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, vocab_size) -> dict:
+    health = replay_health(
+        state.target_losses,
+        traj.train_losses,
+        raw,
+        proxy.lengths(),
+        own,
+        state.cos_stats,
+        vocab_size=vocab_size,
+        probe=probe,
+    )
     if probe is not None and not probe["passed"]:
         health["warnings"].insert(0, {
             "kind": "lr_probe_failed",

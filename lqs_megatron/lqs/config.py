@@ -102,9 +102,11 @@ class AnnotateConfig:
     device: str | None = option(None, choices=("cuda", "cpu"))
     """cuda or cpu (default: cuda when available)."""
     strict: bool = False
-    """Exit non-zero (after writing the outputs) when the health check warns: the replay's target loss
-    rose or did not fall, the train loss diverged, or the scores follow length / own loss (annotate.json
-    "health")."""
+    """Exit non-zero (after writing the outputs) when the health check finds the replay unfit: the target loss
+    rose or did not fall, the train loss diverged, a loss is not finite, or the --lr auto probe failed
+    (annotate.json "health" "ok": false; the other warnings are only logged)."""
+    allow_tokenizer_mismatch: bool = False
+    """Use --train/--target/--proxy data whose recorded tokenizer differs from --model's anyway (a warning)."""
 
     def __post_init__(self) -> None:
         checks = [

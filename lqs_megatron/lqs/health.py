@@ -15,10 +15,15 @@ verdict is computed from what the run already has:
   of one sign: the quality term no longer separates examples, only the norms do;
 - ``scores_vs_length`` / ``scores_vs_own_loss``: the raw scores' Spearman rank correlation with
   the example's length (tokens) or with its own loss at ``theta_0`` above ``correlation`` in
-  absolute value: the scores may be measuring the length or the loss, not usefulness.
+  absolute value: the scores may be measuring the length or the loss, not usefulness;
+- ``untrained_model``: the target loss at ``theta_0`` above ``untrained`` x ln(vocabulary size),
+  the loss of a uniform guess: the annotation model has not learned (a random or barely trained
+  model: its gradients say little about what the data teaches);
+- ``lr_at_grid_top``: ``--lr auto`` chose the largest rate of its grid: the best rate may lie
+  above it (extend ``--lr-grid``).
 
 Each warning says whether it is about the ``replay`` (the first four: the trajectory itself is
-unfit, its scores should not be used) or a sign in the scores (the last three: worth a look,
+unfit, its scores should not be used) or a sign in the scores (the others: worth a look,
 not proof of a problem: a weak annotation model gives mostly positive ``cos``, and some
 corpora do have their junk in their shortest documents). ``ok`` is false when a replay
 warning fired; ``lqs annotate --strict`` fails on any warning; ``lqs pipeline`` stops before
@@ -54,6 +59,9 @@ class Thresholds:
     """Fraction of ``cos`` values of one sign that is reported."""
     correlation: float = 0.8
     """|Spearman| of the scores with length or own loss that is reported."""
+    untrained: float = 0.9
+    """Fraction of ln(vocabulary size) that the target loss at theta_0 may reach before the model is reported as
+    not having learned."""
 
 
 def step_ranges(steps: list[int]) -> str:
@@ -132,8 +140,12 @@ def replay_health(
     own_losses: np.ndarray | None,
     cos_stats: dict[int, dict[str, float]],
     thresholds: Thresholds = Thresholds(),
+    vocab_size: int | None = None,
+    probe: dict | None = None,
 ) -> dict:
-    """The ``"health"`` record: ``ok``, ``warnings`` (``kind``, ``message``, details) and the figures behind them."""
+    """The ``"health"`` record: ``ok``, ``warnings`` (``kind``, ``message``, details) and the figures behind them.
+    ``vocab_size`` (the model's) enables ``untrained_model``, ``probe`` (the ``--lr auto`` record)
+    ``lr_at_grid_top``."""
     th = thresholds
     warnings: list[dict] = []
 
@@ -142,6 +154,26 @@ def replay_health(
         warnings.append({"kind": kind, "replay": replay, "message": message, **details})
 
     record: dict = {"target_loss": _target_checks(target_losses, th, warn)}
+    start = record["target_loss"]["start"]
+    if vocab_size is not None and vocab_size > 1 and np.isfinite(start):
+        uniform = float(np.log(vocab_size))
+        record["target_loss"]["uniform"] = uniform
+        if start > th.untrained * uniform:
+            warn(
+                "untrained_model",
+                f"the annotation model has not learned: its target loss at theta_0 is {start:.4f}, "
+                f"{100 * start / uniform:.0f}% of ln({vocab_size}) = {uniform:.4f} (a uniform guess); "
+                "annotate with a trained model (lqs pretrain, or --model of a trained checkpoint)",
+                loss=start,
+                uniform=uniform,
+            )
+    if probe is not None and probe.get("passed") and probe["chosen"] >= max(probe["grid"]):
+        warn(
+            "lr_at_grid_top",
+            f"--lr auto chose the largest rate of its grid ({probe['chosen']:g}): a larger rate may be better; "
+            "extend --lr-grid upwards",
+            lr=probe["chosen"],
+        )
     record["train_loss"] = _train_checks(train_losses, th, warn)
     raw = np.asarray(raw_scores, dtype=np.float64)
     if not np.all(np.isfinite(raw)):

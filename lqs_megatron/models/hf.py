@@ -398,9 +398,11 @@ def save_hf_model(
     out_dir: str | os.PathLike,
     dtype: torch.dtype | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
+    tokenizer_identity: dict | None = None,
 ) -> Path:
     """Write an HF directory atomically: config.json and generation_config.json (read alike by
-    transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`)."""
+    transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`);
+    ``tokenizer_identity`` (:mod:`lqs_megatron.data.fingerprint`) goes into config.json as ``lqs_tokenizer``."""
     from safetensors.torch import save_file
 
     hf_sd = state_dict_to_hf(state_dict, cfg)
@@ -408,7 +410,10 @@ def save_hf_model(
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
     dt = next(iter(hf_sd.values())).dtype
     with atomic_dir(out_dir) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg, dt), indent=2) + "\n")
+        hf_cfg = hf_config_dict(cfg, dt)
+        if tokenizer_identity is not None:
+            hf_cfg["lqs_tokenizer"] = tokenizer_identity
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(cfg), indent=2) + "\n")
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in hf_sd.items()},

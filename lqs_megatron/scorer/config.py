@@ -67,6 +67,8 @@ class TrainScorerRun:
     --no-bos) or of the backbone is refused always."""
     device: str | None = option(None, choices=DEVICES)
     """cuda or cpu (default: cuda when available)."""
+    allow_tokenizer_mismatch: bool = False
+    """Train on scorer data whose recorded tokenizer differs from the scorer's anyway (a warning)."""
 
     def __post_init__(self) -> None:
         if (self.base is None) == (self.model_config is None):
@@ -198,6 +200,8 @@ class ScoreRun:
     """Output directory."""
     tokenizer: str | None = None
     """The data's tokenizer, checked against the scorer's."""
+    allow_tokenizer_mismatch: bool = False
+    """Score --data whose recorded tokenizer differs from the scorer's anyway (a warning)."""
     device: str | None = option(None, choices=DEVICES)
     """cuda or cpu (default: cuda when available)."""
     progress: bool = option(True, flag="--no-progress", help="No progress bar.")

@@ -115,6 +115,7 @@ def score_dataset(
     dims=None,
     progress: bool = True,
     shard=None,
+    allow_tokenizer_mismatch: bool = False,
 ) -> dict:
     """Score every sequence of ``data`` with the scorer checkpoint; write ``out_dir/scores.npy``.
 
@@ -131,10 +132,14 @@ def score_dataset(
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out = shard_output(out_dir, shard)
     with output_lock(out, enabled=dims.is_main):
-        return _score_dataset(scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard)
+        return _score_dataset(
+            scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard, allow_tokenizer_mismatch
+        )
 
 
-def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard) -> dict:
+def _score_dataset(
+    scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard, allow_tokenizer_mismatch=False
+) -> dict:
     from lqs_megatron.data.sharding import split_range
 
     t0 = time.time()
@@ -154,6 +159,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         f"dataset {str(data)!r}",
         f"scorer {ckpt}",
         hint=" (pass --tokenizer DIR to check it)",
+        allow=allow_tokenizer_mismatch,
     )
     if cfg.bos_token_id is None and (ds.sequence_lengths == 0).any():
         raise LQSError(f"dataset {str(data)!r}: sequence {int(np.argmax(ds.sequence_lengths == 0))} is empty")

@@ -183,6 +183,7 @@ class ScorerTrainer(Trainer):
         dims: ParallelDims,
         progress: bool = True,
         allow_changed_settings: bool = False,
+        allow_tokenizer_mismatch: bool = False,
     ):
         self.data_dir, out = data_dir, Path(out_dir)
         self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
@@ -217,6 +218,7 @@ class ScorerTrainer(Trainer):
             f"scorer data {str(data_dir)!r}",
             "the scorer",
             hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
+            allow=allow_tokenizer_mismatch,
         )
         self.model = model.to(dims.device).train()
         # torch's AdamW defaults (PDS/DELT's scorer optimizer), through the shared builder
@@ -349,6 +351,7 @@ def train_scorer(
     dims=None,
     progress: bool = True,
     allow_changed_settings: bool = False,
+    allow_tokenizer_mismatch: bool = False,
 ) -> dict:
     """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
@@ -358,6 +361,16 @@ def train_scorer(
         if dims.is_main:
             remove_leftovers(out_dir)
         result = ScorerTrainer(
-            data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress, allow_changed_settings
+            data_dir,
+            out_dir,
+            cfg,
+            base,
+            model_config,
+            tokenizer,
+            resume,
+            dims,
+            progress,
+            allow_changed_settings=allow_changed_settings,
+            allow_tokenizer_mismatch=allow_tokenizer_mismatch,
         ).run()
     return {**result, "seconds": round(time.time() - t0, 3)}

@@ -44,6 +44,9 @@ class PretrainConfig:
     """Tokenizer directory: the vocabulary and special tokens (with --model-config)."""
     init_from: str | None = option(None, metavar="HF_DIR", group=MODEL)
     """Hugging Face Llama/Mistral/Qwen2 directory to start from instead."""
+    allow_tokenizer_mismatch: bool = option(False, group=DATA)
+    """Train on --data / --valid-data whose recorded tokenizer differs from --tokenizer's (or --init-from's)
+    anyway (a warning)."""
     data_weights: list[float] | None = option(None, metavar="W", group=DATA)
     """Blend weights, one per --data prefix (default: equal)."""
     valid_data: str | None = option(None, metavar="PREFIX", group=DATA)
@@ -273,6 +276,8 @@ class EvaluateConfig:
     """auto: bf16 autocast on CUDA, fp32 on the CPU; bf16; fp32."""
     device: str | None = option(None, choices=DEVICES)
     """cuda or cpu (default: cuda when available)."""
+    allow_tokenizer_mismatch: bool = False
+    """Evaluate on --data whose recorded tokenizer differs from --model's anyway (a warning)."""
 
     def __post_init__(self) -> None:
         for name in ("max_length", "micro_batch_size", "tp"):

@@ -3,7 +3,8 @@
 The tp shards are merged (:func:`~lqs_megatron.models.parallelize.merge_state_dicts`), the
 vocabulary padding rows dropped and the true ``vocab_size`` written to ``config.json``
 (:func:`~lqs_megatron.models.hf.save_hf_model`), with the tokenizer files stored in the
-checkpoint. ``transformers`` loads the result with no missing or unexpected keys.
+checkpoint, and the checkpoint's tokenizer identity in ``config.json`` (``lqs_tokenizer``,
+:mod:`lqs_megatron.data.fingerprint`). ``transformers`` loads the result with no missing or unexpected keys.
 """
 
 from __future__ import annotations
@@ -28,4 +29,11 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: 
     if cfg.tie_word_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     tok = step_dir / "tokenizer"
-    return save_hf_model(sd, cfg, out_dir, dtype=dtype, tokenizer_dir=tok if tok.is_dir() else None)
+    return save_hf_model(
+        sd,
+        cfg,
+        out_dir,
+        dtype=dtype,
+        tokenizer_dir=tok if tok.is_dir() else None,
+        tokenizer_identity=meta.get("tokenizer"),
+    )

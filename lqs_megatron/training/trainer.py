@@ -71,6 +71,24 @@ def resolve_model_config(cfg: PretrainConfig):
     return mc, tok
 
 
+def run_tokenizer(cfg: PretrainConfig, tok) -> dict | None:
+    """The tokenizer identity of the run (``--tokenizer``'s, or ``--init-from``'s), checked against every
+    dataset's (``--allow-tokenizer-mismatch`` makes a mismatch a warning); when the model side records
+    none, the data's: what the checkpoints record (``config.json``'s ``tokenizer``)."""
+    from lqs_megatron.data.fingerprint import check_data_tokenizer, dataset_tokenizer, identity, model_tokenizer
+
+    if tok is not None:
+        model_tok, name = identity(tok, tok.name_or_path), f"tokenizer {tok.name_or_path}"
+    else:
+        model_tok = model_tokenizer(cfg.init_from) if cfg.init_from is not None else None
+        name = f"--init-from {cfg.init_from}"
+    sets = {f"--data {p}": p for p in cfg.data}
+    if cfg.valid_data:
+        sets[f"--valid-data {cfg.valid_data}"] = cfg.valid_data
+    check_data_tokenizer(sets, model_tok, name, cfg.allow_tokenizer_mismatch)
+    return model_tok or next((t for p in cfg.data if (t := dataset_tokenizer(p)) is not None), None)
+
+
 def lm_micro_batches(tokens: torch.Tensor, micro_batch_size: int) -> list[tuple[torch.Tensor, ...]]:
     """Packed samples ``[n, L+1]`` -> ``(inputs, labels, loss mask)`` micro-batches of ``micro_batch_size``."""
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
@@ -95,6 +113,7 @@ class Pretrainer(Trainer):
         self._seed()
         # data: every rank opens the datasets and builds the same sample indices
         prefixes = [*cfg.data, *([cfg.valid_data] if cfg.valid_data else [])]
+        self.tokenizer_identity = run_tokenizer(cfg, self.tokenizer)
         check_token_ids(prefixes, self.model_config.vocab_size, dims)
         self.stream = SampleStream(
             cfg.data, cfg.max_length, cfg.steps * cfg.global_batch_size, cfg.data_weights, cfg.shuffle, cfg.seed
@@ -167,6 +186,7 @@ class Pretrainer(Trainer):
             "make_vocab_size_divisible_by": self.cfg.make_vocab_size_divisible_by,
             "step": step,
             "dtype": "float32",
+            "tokenizer": self.tokenizer_identity,
         }
 
     def save(self, step: int, loss: float | None) -> Path:

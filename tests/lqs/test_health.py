@@ -34,7 +34,9 @@ def _cli(fx, out, lr, *extra):
 def test_healthy_replay_is_ok(lang_fixture, tmp_path):
     rec = _run(lang_fixture, tmp_path / "out", lr=0.1)
     h = rec["health"]
-    assert h["ok"] is True and h["warnings"] == [], h["warnings"]
+    # the fixture's model is random (its target loss starts at ln(96), a uniform guess): flagged, not gating
+    assert h["ok"] is True and [w["kind"] for w in h["warnings"]] == ["untrained_model"], h["warnings"]
+    assert h["target_loss"]["uniform"] == pytest.approx(np.log(96)) and h["target_loss"]["start"] > 0.9 * np.log(96)
     curve = [p["loss"] for p in rec["target_loss_curve"]]
     assert curve[-1] < curve[0] and max(curve) <= curve[0]
     # the example's own loss at theta_0 (written beside the scores) is the reference's l(x; theta_0)
@@ -65,7 +67,8 @@ def test_rising_target_loss_warns_and_strict_fails(lang_fixture, tmp_path):
     assert f"+{max(curve) - curve[0]:.4f}" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["health"]["ok"] is False
     healthy = _cli(lang_fixture, tmp_path / "healthy", 0.1, "--strict")
-    assert healthy.returncode == 0, healthy.stderr[-2000:]
+    assert healthy.returncode == 0, healthy.stderr[-2000:]  # untrained_model is a sign, not a failed replay
+    assert "WARNING" in healthy.stderr and "annotation model has not learned" in healthy.stderr
     assert json.loads((tmp_path / "healthy" / "annotate.json").read_text())["health"]["ok"] is True
 
 
@@ -106,6 +109,13 @@ def test_lr_auto_picks_the_rules_choice(lang_fixture, tmp_path):
     assert rec["health"]["ok"] and "lr_probe" not in fixed
 
 
+def test_lr_auto_at_the_top_of_its_grid_is_flagged(lang_fixture, tmp_path):
+    rec = _run(lang_fixture, tmp_path / "out", lr="auto", lr_grid=(0.001, 0.01), lr_probe_steps=4)
+    assert rec["lr_probe"]["chosen"] == 0.01 == max(rec["lr_probe"]["grid"])  # both pass (see above)
+    top = [w for w in rec["health"]["warnings"] if w["kind"] == "lr_at_grid_top"]
+    assert len(top) == 1 and top[0]["lr"] == 0.01 and "extend --lr-grid" in top[0]["message"] and rec["health"]["ok"]
+
+
 def test_lr_auto_when_no_rate_passes(lang_fixture, tmp_path):
     rec = _run(lang_fixture, tmp_path / "out", lr="auto", lr_grid=(5.0, 20.0), lr_probe_steps=3)
     assert rec["arguments"]["lr"] == 5.0 and rec["lr_probe"]["passed"] == []
@@ -136,6 +146,29 @@ def test_health_rules_on_curves():
     assert kinds(h) == ["scores_vs_length", "scores_vs_own_loss"] and h["spearman"]["own_loss"] < -0.99
     h = replay_health(flat, train, rng.normal(size=n), lengths, None, cos, Thresholds(correlation=0.0))
     assert kinds(h) == ["scores_vs_length"] and h["ok"]
+
+
+def test_untrained_model_and_lr_at_the_top_of_the_grid():
+    rng = np.random.default_rng()
+    n, vocab = 20, int(rng.integers(100, 50_000))
+    uniform = np.log(vocab)
+    lengths, scores, train = np.arange(1, n + 1), rng.normal(size=n), {0: 3.0, 1: 2.9}
+    cos = {0: {"positive": 0.5, "mean": 0.0}}
+
+    def kinds(start, probe=None):
+        target = {0: start, 1: start * 0.99, 2: start * 0.98}
+        h = replay_health(target, train, scores, lengths, None, cos, vocab_size=vocab, probe=probe)
+        assert h["ok"], h["warnings"]  # signs, not a failed replay
+        return [w["kind"] for w in h["warnings"]]
+
+    assert kinds(uniform * rng.uniform(0.92, 1.05)) == ["untrained_model"]
+    assert kinds(uniform * rng.uniform(0.2, 0.85)) == []
+    grid = sorted(rng.uniform(1e-4, 1.0, size=4).tolist())
+    top = {"chosen": grid[-1], "grid": grid, "passed": grid}
+    mid = {"chosen": grid[1], "grid": grid, "passed": grid[:2]}
+    assert kinds(uniform * 0.5, top) == ["lr_at_grid_top"] and kinds(uniform * 0.5, mid) == []
+    # no rate passed: that is lr_probe_failed (annotate's), not this
+    assert kinds(uniform * 0.5, {"chosen": grid[0], "grid": grid[:1], "passed": []}) == []
 
 
 def test_spearman_and_ranges():

@@ -89,3 +89,43 @@ def test_prepare_scorer_data_writes_the_report_when_a_sidecar_exists(corpus, tmp
     rep = json.loads((tmp_path / "sd" / "report.json").read_text())
     assert rep["by"] == "source" and rep["groups"]["manual"]["count"] == 10 and rep["top"][0]["text"]
     assert (tmp_path / "sd" / "report.png").is_file() and (tmp_path / "sd" / "report.txt").is_file()
+
+
+def test_report_over_a_proxy_sample_decodes_without_tokenizer_flag(corpus, tmp_path, capsys):
+    """Issue 23 item 6: annotation scores are per proxy sequence; sample-proxy records its source's tokenizer."""
+    from lqs_megatron.cli import main
+    from lqs_megatron.data.indexed import IndexedDataset
+
+    d, rows, _ = corpus
+    seed = int(np.random.default_rng().integers(1 << 20))
+    assert (
+        main(
+            [
+                "sample-proxy",
+                "--data",
+                str(d / "corpus"),
+                "--num",
+                "12",
+                "--seed",
+                str(seed),
+                "--out",
+                str(tmp_path / "proxy"),
+            ]
+        )
+        == 0
+    )
+    indices = np.load(tmp_path / "proxy.indices.npy")
+    scores = np.random.default_rng().standard_normal(len(indices))
+    np.save(tmp_path / "raw_scores.npy", scores)
+    capsys.readouterr()
+    assert (
+        main(["report", "--scores", str(tmp_path / "raw_scores.npy"), "--data", str(tmp_path / "proxy"), "--top", "2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "no tokenizer known" not in out
+    rep = json.loads((tmp_path / "raw_scores.report.json").read_text())
+    best = int(np.argmax(scores))
+    assert rep["top"][0]["index"] == best and len(IndexedDataset(tmp_path / "proxy")) == 12
+    words = " ".join(rows[int(indices[best])]["text"].split())[:40]
+    assert rep["top"][0]["text"].startswith(words) and words in out

@@ -171,3 +171,8 @@ def test_bad_inputs_exit_1_without_scores(setup, tmp_path, tiny_tokenizer, other
         assert not (out / "scores.npy").exists() and not list(out.glob("shards/shard-*"))
     ok = score_dataset(d / "scorer", d / "corpus", tmp_path / "ok", tokenizer=tiny_tokenizer, progress=False)
     assert ok["num_sequences"] == N
+    # --allow-tokenizer-mismatch: the recorded mismatch becomes a warning
+    allowed = score_dataset(
+        d / "scorer", tmp_path / "tok", tmp_path / "allowed", progress=False, allow_tokenizer_mismatch=True
+    )
+    assert allowed["num_sequences"] == 1 and np.load(tmp_path / "allowed" / "scores.npy").shape == (1,)

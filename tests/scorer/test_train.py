@@ -201,5 +201,15 @@ def test_scorer_tokenizer_must_match_the_data(proxy, tiny_tokenizer, tmp_path):
         proxy / "proxy", proxy / "scores.npy", data, src_tokenizer=tiny_tokenizer, dst_tokenizer=tiny_tokenizer
     )
     cfg = TrainScorerConfig(epochs=1, batch_size=32, micro_batch_size=16, max_length=32)
-    with pytest.raises(LQSError, match="retokenize the data for the scorer"):
+    with pytest.raises(LQSError, match="retokenize the data for the scorer.*--allow-tokenizer-mismatch"):
         train_scorer(data, tmp_path / "ckpt", cfg, model_config="tiny", tokenizer=str(other), progress=False)
+    out = train_scorer(
+        data,
+        tmp_path / "ckpt",
+        cfg,
+        model_config="tiny",
+        tokenizer=str(other),
+        progress=False,
+        allow_tokenizer_mismatch=True,
+    )
+    assert out["steps"] >= 1 and (tmp_path / "ckpt" / "latest").is_file()
