@@ -127,7 +127,7 @@ def run(args) -> None:
         bos = json.loads((scorer / "scorer.json").read_text())["bos_token_id"]
         write_corpus(str(d / "corpus"), lengths, args.vocab)
         opts = ScoreOptions(
-            max_tokens=args.max_tokens, shard_size=max(n // 4, 1), precision="bf16", compile=args.compile
+            max_tokens=args.max_tokens, part_size=max(n // 4, 1), precision="bf16", compile=args.compile
         )
 
         # warm-up (allocator, kernels), both sides, on a small slice

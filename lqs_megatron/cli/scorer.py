@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score",
         help="score every sequence of an indexed dataset with a trained scorer",
         description="Write OUT/scores.npy (float32, one score per sequence, dataset order). Length-bucketed "
-        "batches under a token budget, data parallel under torchrun, output in shards OUT/shards/shard-XXXXX.npy "
-        "written atomically; rerunning the same command after an interruption computes only the missing shards.",
+        "batches under a token budget, data parallel under torchrun, output in parts OUT/parts/part-XXXXX.npy "
+        "written atomically; rerunning the same command after an interruption computes only the missing parts.",
         setup=flags("lqs_megatron.scorer.config", "ScoreRun", "ScoreOptions"),
     )
     p.set_defaults(func=_score)
@@ -115,6 +115,6 @@ def _score(args: argparse.Namespace) -> int:
     finally:
         dims.close()
     if dims.is_main:
-        keys = ("num_sequences", "shards_computed", "shards_skipped", "sequences_per_s", "tokens_per_s")
+        keys = ("num_sequences", "parts_computed", "parts_skipped", "sequences_per_s", "tokens_per_s")
         print(json.dumps({k: stats[k] for k in keys}))
     return 0

@@ -192,21 +192,21 @@ class ScoreRun:
     progress: bool = option(True, flag="--no-progress", help="No progress bar.")
     """Show a progress bar."""
     shard: str | None = option(None, metavar="I/N")
-    """Score sequences [I*n/N, (I+1)*n/N) only (whole --shard-size units), into OUT.shard-IIIII-of-NNNNN; join
+    """Score sequences [I*n/N, (I+1)*n/N) only (whole --part-size units), into OUT.shard-IIIII-of-NNNNN; join
     with `lqs merge --shards OUT`. Default: from a Slurm job array (torchrun ranks stay data parallel within a
     shard); 'none': everything."""
 
 
 @dataclass
 class ScoreOptions:
-    """How ``lqs score`` batches, shards and runs."""
+    """How ``lqs score`` batches, cuts its work into parts and runs."""
 
     max_tokens: int | None = None
     """Token budget of a batch, rows x longest row, padding included (default: 4096 on the CPU, 32768 on CUDA)."""
     max_batch_size: int = option(512, flag="--micro-batch-size", deprecated=("--max-batch-size",))
     """Most sequences in one forward pass per rank (fewer when --max-tokens binds)."""
-    shard_size: int = 100_000
-    """Sequences per output shard (the unit of restart)."""
+    part_size: int = option(100_000, deprecated=("--shard-size",))
+    """Sequences per part, the unit of restart (OUT/parts/part-XXXXX.npy): a rerun computes only the missing parts."""
     precision: str = option("auto", choices=PRECISIONS, deprecated=(_NO_BF16,))
     """auto or bf16: the backbone in bf16 on CUDA (the CPU always runs fp32); fp32."""
     compile: bool = False
@@ -218,8 +218,8 @@ class ScoreOptions:
         for name, flag in (("max_tokens", "max-tokens"), ("max_batch_size", "micro-batch-size")):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LQSError(f"--{flag} must be >= 1, got {getattr(self, name)}")
-        if self.shard_size < 1:
-            raise LQSError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.part_size < 1:
+            raise LQSError(f"--part-size must be >= 1, got {self.part_size}")
         if self.precision not in PRECISIONS:
             raise LQSError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision}")
 

@@ -1,25 +1,29 @@
 """Corpus scoring (``lqs score``): every sequence of an indexed dataset, data parallel, resumable.
 
-Work is cut into **shards**: shard ``k`` covers the fixed index range
-``[k * shard_size, min((k + 1) * shard_size, N))`` whatever the number of ranks. Rank 0
-lists the shards not yet on disk and broadcasts the list; rank ``r`` computes the
-unfinished shards ``r, r + world, r + 2 world, ...`` of that list. Each finished shard is
-written atomically to ``OUT/shards/shard-XXXXX.npy`` (float32, the scores of its range in
-dataset order), so a killed job loses at most the shards in flight; a restart with the
-same arguments skips every shard already written and computes only the rest. When all
-shards exist, rank 0 merges them into ``OUT/scores.npy`` (float32, dataset order,
-atomic) and writes ``OUT/score_stats.json``.
+Work is cut into **parts** (the units of restart): part ``k`` covers the fixed index range
+``[k * part_size, min((k + 1) * part_size, N))`` whatever the number of ranks. Rank 0
+lists the parts not yet on disk and broadcasts the list; rank ``r`` computes the
+unfinished parts ``r, r + world, r + 2 world, ...`` of that list. Each finished part is
+written atomically to ``OUT/parts/part-XXXXX.npy`` (float32, the scores of its range in
+dataset order), so a killed job loses at most the parts in flight; a restart with the
+same arguments skips every part already written and computes only the rest. When all
+parts exist, rank 0 merges them into ``OUT/scores.npy`` (float32, dataset order,
+atomic) and writes ``OUT/score_stats.json``. (A *shard* is something else: one of the
+independent ``--shard I/N`` runs that ``lqs merge --shards`` joins, :mod:`lqs_megatron.data.sharding`.)
 
-A shard is always computed the same way (its own length-bucketed batches, see
+A part is always computed the same way (its own length-bucketed batches, see
 :mod:`lqs_megatron.scorer.predict`), so the output does not depend on the number of
-ranks. ``OUT/shards/meta.json`` records the dataset, the scorer and the shard size; a
-restart against other data, another scorer or another shard size is refused rather than
-mixing results. The output directory must be on a filesystem every rank sees (multi-node).
+ranks. ``OUT/parts/meta.json`` records the dataset, the scorer and the part size; a
+restart against other data, another scorer or another part size is refused rather than
+mixing results. An output directory of a release that called parts shards
+(``OUT/shards/shard-XXXXX.npy``) is renamed to this layout and resumes. The output
+directory must be on a filesystem every rank sees (multi-node).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -41,12 +45,12 @@ from lqs_megatron.utils.atomic import save_json, save_npy
 logger = logging.getLogger(__name__)
 
 
-def shard_path(out_dir: str | os.PathLike, k: int) -> Path:
-    return Path(out_dir) / "shards" / f"shard-{k:05d}.npy"
+def part_path(out_dir: str | os.PathLike, k: int) -> Path:
+    return Path(out_dir) / "parts" / f"part-{k:05d}.npy"
 
 
-def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+def part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
 
 
 def _file_digest(path: Path) -> str:
@@ -54,14 +58,14 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def run_meta(ds: IndexedDataset, ckpt: Path, shard_size: int) -> dict:
-    """What a shard's content depends on; compared on restart."""
+def run_meta(ds: IndexedDataset, ckpt: Path, part_size: int) -> dict:
+    """What a part's content depends on; compared on restart."""
     return {
         "num_sequences": len(ds),
         "num_tokens": ds.num_tokens,
         "index_digest": _file_digest(Path(idx_path(ds.prefix))),
         "scorer_digest": _file_digest(ckpt / "model.safetensors") + _file_digest(ckpt / "scorer.json"),
-        "shard_size": shard_size,
+        "part_size": part_size,
     }
 
 
@@ -86,22 +90,41 @@ def prepare_for_inference(
     return model, amp
 
 
-def _check_meta(shard_dir: Path, meta: dict) -> str | None:
-    """Error message when ``shard_dir`` holds shards of another run; else write the meta (first run)."""
-    import json
+def _adopt_old_layout(out: Path) -> None:
+    """Rename the restart units of a run written when they were called shards (``OUT/shards/shard-XXXXX.npy``,
+    ``shard_size`` in its meta.json) to ``OUT/parts/part-XXXXX.npy``, so that the run resumes. Every step can be
+    redone, so a run killed in the middle of this finishes it on its next start."""
+    old, new = out / "shards", out / "parts"
+    if not old.is_dir():
+        return
+    if new.exists():
+        raise LQSError(f"{out} holds both shards/ (an older lqs score's) and parts/; delete one of them")
+    for p in old.glob("shard-*.npy"):
+        p.rename(old / ("part-" + p.name.removeprefix("shard-")))
+    meta = old / "meta.json"
+    if meta.is_file():
+        values = json.loads(meta.read_text())
+        if "shard_size" in values:
+            values["part_size"] = values.pop("shard_size")
+            save_json(meta, values)
+    old.rename(new)
+    logger.info("%s: renamed to %s (the restart units are now called parts)", old, new)
 
-    path = shard_dir / "meta.json"
+
+def _check_meta(part_dir: Path, meta: dict) -> str | None:
+    """Error message when ``part_dir`` holds parts of another run; else write the meta (first run)."""
+    path = part_dir / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
         diff = [k for k in meta if old.get(k) != meta[k]]
         if diff:
             return (
-                f"{shard_dir} holds shards of another run ({', '.join(diff)} differ); "
+                f"{part_dir} holds parts of another run ({', '.join(diff)} differ); "
                 "use a fresh --out or delete that directory"
             )
         return None
-    if any(shard_dir.glob("shard-*.npy")):
-        return f"{shard_dir} holds shards but no meta.json; use a fresh --out or delete that directory"
+    if any(part_dir.glob("part-*.npy")):
+        return f"{part_dir} holds parts but no meta.json; use a fresh --out or delete that directory"
     save_json(path, meta)
     return None
 
@@ -141,12 +164,12 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     ds = IndexedDataset(data)
     if len(ds) == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
-    # the whole dataset unless sharded; a shard is whole restart units, so every score is computed in the
+    # the whole dataset unless sharded; a shard is whole parts, so every score is computed in the
     # same batch as in one run (bucketed batches decide the last bits of a score)
-    begin, stop = split_range(len(ds), shard, opts.shard_size)
+    begin, stop = split_range(len(ds), shard, opts.part_size)
     n = stop - begin
     if shard is not None and n == 0:
-        logger.warning("shard %s of %d sequences in units of --shard-size %d is empty", shard, len(ds), opts.shard_size)
+        logger.warning("shard %s of %d sequences in units of --part-size %d is empty", shard, len(ds), opts.part_size)
     model, cfg, ckpt = load_scorer(scorer)
     check_same_tokenizer(
         cfg.tokenizer,
@@ -159,16 +182,17 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         raise LQSError(f"dataset {str(data)!r}: sequence {int(np.argmax(ds.sequence_lengths == 0))} is empty")
 
     out = Path(out_dir)
-    shard_dir = out / "shards"
-    ranges = shard_ranges(n, opts.shard_size)  # relative to ``begin``
+    part_dir = out / "parts"
+    ranges = part_ranges(n, opts.part_size)  # relative to ``begin``
     plan = None
     if dims.is_main:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        for stale in shard_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
+        _adopt_old_layout(out)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        for stale in part_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
             stale.unlink(missing_ok=True)
         sharded = {"range": [begin, stop]} if shard is not None else {}
-        err = _check_meta(shard_dir, {**run_meta(ds, ckpt, opts.shard_size), **sharded})
-        todo = [k for k in range(len(ranges)) if not shard_path(out, k).is_file()]
+        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded})
+        todo = [k for k in range(len(ranges)) if not part_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
     plan = dims.broadcast_object(plan)
     if plan["error"]:
@@ -176,7 +200,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     todo = plan["todo"]
     mine = todo[dims.rank :: dims.world_size]
     logger.info(
-        "%d sequences in %d shard(s): %d already done, %d to compute on %d rank(s)",
+        "%d sequences in %d part(s): %d already done, %d to compute on %d rank(s)",
         n,
         len(ranges),
         len(ranges) - len(todo),
@@ -212,8 +236,8 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
             on_batch=on_batch,
             autocast=amp,
         )
-        save_npy(shard_path(out, k), scores)
-        logger.debug("shard %d [%d, %d) written", k, start, end)
+        save_npy(part_path(out, k), scores)
+        logger.debug("part %d [%d, %d) written", k, start, end)
     bar.close()
     compute_s = time.time() - t_compute
     totals = torch.tensor([done["seqs"], done["tokens"]], dtype=torch.float64, device=device)
@@ -221,7 +245,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     stats = None
     dims.barrier()
     if dims.is_main:
-        stats = merge_shards(out, n, opts.shard_size)
+        stats = merge_parts(out, n, opts.part_size)
         if opts.parquet:
             from lqs_megatron.data.scores import write_scores_parquet
 
@@ -229,9 +253,9 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         if shard is not None:
             stats.update(shard={"index": shard.index, "count": shard.count, "range": [begin, stop]})
         stats.update(
-            num_shards=len(ranges),
-            shards_skipped=len(ranges) - len(todo),
-            shards_computed=len(todo),
+            num_parts=len(ranges),
+            parts_skipped=len(ranges) - len(todo),
+            parts_computed=len(todo),
             world_size=dims.world_size,
             sequences_computed=int(totals[0]),
             tokens_computed=int(totals[1]),
@@ -261,12 +285,12 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     return stats
 
 
-def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
-    """Concatenate every shard into ``out_dir/scores.npy`` (atomic); return summary statistics."""
+def merge_parts(out_dir: str | os.PathLike, n: int, part_size: int) -> dict:
+    """Concatenate every part into ``out_dir/scores.npy`` (atomic); return summary statistics."""
     out = Path(out_dir)
     parts = []
-    for k, (start, end) in enumerate(shard_ranges(n, shard_size)):
-        p = shard_path(out, k)
+    for k, (start, end) in enumerate(part_ranges(n, part_size)):
+        p = part_path(out, k)
         if not p.is_file():
             raise LQSError(f"{p} is missing; rerun the same command to compute it")
         a = np.load(p)
@@ -276,4 +300,4 @@ def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
     scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)  # none: an empty --shard
     save_npy(out / "scores.npy", scores)
     summary = {k: float(getattr(scores, k)()) if len(scores) else None for k in ("mean", "std", "min", "max")}
-    return {"num_sequences": n, "shard_size": shard_size, **summary}
+    return {"num_sequences": n, "part_size": part_size, **summary}

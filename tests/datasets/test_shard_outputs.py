@@ -37,7 +37,7 @@ def scored(tmp_path_factory, tiny_tokenizer):
     rng = np.random.default_rng(3)
     write_token_dataset(d / "corpus", [rng.integers(4, 512, size=int(n)) for n in rng.integers(1, 60, size=N)])
     write_meta(d / "corpus", [{"url": f"u{i}", "lang": ["en", "fr"][i % 2]} for i in range(N)])
-    opts = ScoreOptions(shard_size=7, parquet=True)
+    opts = ScoreOptions(part_size=7, parquet=True)
     score_dataset(d / "scorer", d / "corpus", d / "one", options=opts, progress=False)
     for i in range(3):
         score_dataset(d / "scorer", d / "corpus", d / "sh", options=opts, progress=False, shard=Shard(i, 3))
@@ -67,7 +67,7 @@ def test_score_shard_from_slurm_array_and_missing_shards(scored, monkeypatch, tm
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
     args = ["score", "--scorer", str(d / "scorer"), "--data", str(d / "corpus"), "--out", str(tmp_path / "s")]
-    assert main([*args, "--no-progress", "--device", "cpu", "--shard-size", "7"]) == 0
+    assert main([*args, "--no-progress", "--device", "cpu", "--part-size", "7"]) == 0
     part = np.load(tmp_path / "s.shard-00001-of-00004" / "scores.npy")
     assert np.array_equal(part, np.load(d / "one" / "scores.npy")[14:28])  # 8 units of 7: shard 1 of 4 holds 2
     with pytest.raises(LQSError, match=r"3 of 4 shards .* missing or unfinished \(shards 0, 2, 3"):
