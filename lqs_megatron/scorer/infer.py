@@ -22,7 +22,6 @@ directory must be on a filesystem every rank sees (multi-node).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,8 +32,9 @@ import numpy as np
 import torch
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
-from lqs_megatron.data.indexed import IndexedDataset, idx_path
+from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path
 from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.writing import file_digest
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import ScoreOptions
@@ -53,18 +53,15 @@ def part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
 def run_meta(ds: IndexedDataset, ckpt: Path, part_size: int) -> dict:
     """What a part's content depends on; compared on restart."""
     return {
         "num_sequences": len(ds),
         "num_tokens": ds.num_tokens,
-        "index_digest": _file_digest(Path(idx_path(ds.prefix))),
-        "scorer_digest": _file_digest(ckpt / "model.safetensors") + _file_digest(ckpt / "scorer.json"),
+        "index_digest": file_digest(idx_path(ds.prefix)),
+        "data_size": os.path.getsize(bin_path(ds.prefix)),
+        "data_digest": file_digest(bin_path(ds.prefix), sampled=True),  # a .bin rewritten in place
+        "scorer_digest": file_digest(ckpt / "model.safetensors") + file_digest(ckpt / "scorer.json"),
         "part_size": part_size,
     }
 
@@ -111,17 +108,28 @@ def _adopt_old_layout(out: Path) -> None:
     logger.info("%s: renamed to %s (the restart units are now called parts)", old, new)
 
 
-def _check_meta(part_dir: Path, meta: dict) -> str | None:
+#: meta.json keys that runs of an older release did not record: their absence is no difference (they are added)
+_LATER_KEYS = ("data_size", "data_digest")
+
+
+def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:
     """Error message when ``part_dir`` holds parts of another run; else write the meta (first run)."""
     path = part_dir / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = [k for k in meta if old.get(k) != meta[k]]
+        diff = [k for k in meta if old.get(k) != meta[k] and not (k in _LATER_KEYS and k not in old)]
+        if diff and set(diff) <= {"data_size", "data_digest"}:
+            return (
+                f"{bin_path(data)} changed since the parts in {part_dir} were scored (its size or content differs); "
+                "use a fresh --out or delete that directory"
+            )
         if diff:
             return (
                 f"{part_dir} holds parts of another run ({', '.join(diff)} differ); "
                 "use a fresh --out or delete that directory"
             )
+        if any(k not in old for k in meta):
+            save_json(path, {**old, **meta})
         return None
     if any(part_dir.glob("part-*.npy")):
         return f"{part_dir} holds parts but no meta.json; use a fresh --out or delete that directory"
@@ -191,7 +199,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         for stale in part_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
             stale.unlink(missing_ok=True)
         sharded = {"range": [begin, stop]} if shard is not None else {}
-        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded})
+        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded}, str(data))
         todo = [k for k in range(len(ranges)) if not part_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
     plan = dims.broadcast_object(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,7 @@ def test_output_of_before_the_rename_resumes(setup, tmp_path):
         p.rename(p.with_name("shard-" + p.name.removeprefix("part-")))
     meta = json.loads((out / "shards" / "meta.json").read_text())
     meta["shard_size"] = meta.pop("part_size")
+    recorded = {k: meta.pop(k) for k in ("data_size", "data_digest")}  # not recorded then
     (out / "shards" / "meta.json").write_text(json.dumps(meta))
     for name in ("shards/shard-00003.npy", "scores.npy", "score_stats.json"):
         (out / name).unlink()
@@ -156,6 +158,52 @@ def test_output_of_before_the_rename_resumes(setup, tmp_path):
     assert not (out / "shards").exists()
     assert sorted(p.name for p in (out / "parts").iterdir()) == ["meta.json"] + [f"part-{k:05d}.npy" for k in range(6)]
     assert np.array_equal(np.load(out / "scores.npy"), ref)
+    assert json.loads((out / "parts" / "meta.json").read_text()).items() >= recorded.items()  # recorded now
+
+
+def test_resume_after_the_bin_was_rewritten_in_place_is_refused(setup, tmp_path):
+    d, _ = setup
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(f"{d / 'corpus'}{ext}", tmp_path / f"corpus{ext}")
+    data, out = tmp_path / "corpus", tmp_path / "out"
+    opts = ScoreOptions(part_size=PART)
+    score_dataset(d / "scorer", data, out, options=opts, progress=False)
+    (out / "parts" / "part-00005.npy").unlink()  # an interrupted run: the last part is missing
+    bin_file = tmp_path / "corpus.bin"
+    tokens = np.fromfile(bin_file, dtype=np.uint16)
+    rng = np.random.default_rng(11)
+    fresh = rng.integers(4, 512, size=tokens.size, dtype=np.uint16)
+    with open(bin_file, "r+b") as f:  # same size, same .idx, other tokens
+        f.write(fresh.tobytes())
+    with pytest.raises(LQSError, match=r"corpus\.bin changed since the parts in .* were scored"):
+        score_dataset(d / "scorer", data, out, options=opts, progress=False)
+    with open(bin_file, "ab") as f:  # the same tokens and more after them
+        f.write(fresh[:5].tobytes())
+    with pytest.raises(LQSError, match=r"corpus\.bin changed since"):
+        score_dataset(d / "scorer", data, out, options=opts, progress=False)
+
+
+def test_sampled_file_digest_sees_size_and_sampled_blocks(tmp_path, monkeypatch):
+    import lqs_megatron.data.writing as writing
+
+    monkeypatch.setattr(writing, "_SAMPLE_BLOCKS", 4)
+    monkeypatch.setattr(writing, "_SAMPLE_BYTES", 16)
+    rng = np.random.default_rng(5)
+    blob = rng.integers(0, 256, size=1000, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(blob)
+    ref = writing.file_digest(path, sampled=True)
+    assert ref != writing.file_digest(path)  # the size and 4 blocks, not the whole file
+    # blocks at 0, 328, 656, 984: a byte inside one changes the digest, a byte between them does not
+    for pos, seen in ((0, True), (330, True), (999, True), (100, False)):
+        changed = bytearray(blob)
+        changed[pos] ^= 0xFF
+        path.write_bytes(bytes(changed))
+        assert (writing.file_digest(path, sampled=True) != ref) == seen, pos
+    path.write_bytes(blob + b"x")
+    assert writing.file_digest(path, sampled=True) != ref
+    path.write_bytes(blob[:60])  # no larger than the blocks: the whole file
+    assert writing.file_digest(path, sampled=True) == writing.file_digest(path)
 
 
 def test_help_and_yaml_name_the_restart_units_parts():
