@@ -57,17 +57,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from lqs_megatron.scorer.data import prepare_scorer_data
 
     cfg = build(PrepareScorerConfig, args)
-    stats = prepare_scorer_data(
-        cfg.proxy,
-        cfg.scores,
-        cfg.out,
-        valid_num=cfg.valid_num,
-        seed=cfg.seed,
-        src_tokenizer=cfg.src_tokenizer,
-        dst_tokenizer=cfg.dst_tokenizer,
-        args={k: v for k, v in vars(args).items() if k != "func"},
-        workers=cfg.workers,
-    )
+    stats = prepare_scorer_data(cfg, args={k: v for k, v in vars(args).items() if k != "func"})
     print(json.dumps({k: stats[k] for k in ("num_train", "num_valid", "raw_mean", "raw_std", "clipped")}))
     return 0
 
@@ -84,16 +74,7 @@ def _train(args: argparse.Namespace) -> int:
         require_wandb()
     dims = init_distributed(device=run.device)
     try:
-        result = train_scorer(
-            run.data,
-            run.out,
-            cfg,
-            base=run.base,
-            model_config=run.model_config,
-            tokenizer=run.tokenizer,
-            resume=run.resume,
-            dims=dims,
-        )
+        result = train_scorer(run, cfg, dims)
     finally:
         dims.close()
     if dims.is_main:
@@ -107,11 +88,12 @@ def _score(args: argparse.Namespace) -> int:
     from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset
 
-    run, opts = build(ScoreRun, args), build(ScoreOptions, args)
-    shard = resolve_shard(run.shard, torch_ranks=False)  # under torchrun the ranks share one output
+    # under torchrun the ranks share one output: only --shard or a Slurm job array picks a shard
+    run = build(ScoreRun, args, shard=resolve_shard(args.shard, torch_ranks=False))
+    opts = build(ScoreOptions, args)
     dims = init_distributed(device=run.device)
     try:
-        stats = score_dataset(run.scorer, run.data, run.out, run.tokenizer, opts, dims, run.progress, shard)
+        stats = score_dataset(run, opts, dims)
     finally:
         dims.close()
     if dims.is_main:

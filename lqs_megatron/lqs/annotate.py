@@ -196,8 +196,18 @@ def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, co
         log.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
         probe = saved["probe"]
     else:
-        traj = Trajectory(space, train, steps, 1.0, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, "",
-                          master_dtype, compute_dtype)  # fmt: skip
+        traj = Trajectory(
+            space=space,
+            train=train,
+            steps=steps,
+            lr=1.0,
+            batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            ckpt_dir=cfg.checkpoint_dir,
+            fingerprint="",
+            master_dtype=master_dtype,
+            compute_dtype=compute_dtype,
+        )
         costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
         probe = probe_learning_rate(traj, costate, grid, steps).to_dict()
         if dims.is_main:
@@ -224,18 +234,34 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         timer.totals.pop("lr_probe")
     traj_fp, sweep_fp = _fingerprints(cfg, dims)
     traj = Trajectory(
-        space, train, cfg.steps, cfg.lr, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, traj_fp,
-        master_dtype, compute_dtype,
-    )  # fmt: skip
+        space=space,
+        train=train,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        ckpt_dir=cfg.checkpoint_dir,
+        fingerprint=traj_fp,
+        master_dtype=master_dtype,
+        compute_dtype=compute_dtype,
+    )
     costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
     store = StateStore(out / "state", dims, sweep_fp)
     N = len(proxy)
     lo, hi = rank_slice(N, dims.dp, dims.dp_rank)
     sweep = Sweep(
-        space, traj, costate, ExampleStats(model, dims, cfg.backend), proxy,
-        micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size), lo, hi, cfg.interval, cfg.method,
-        compute_dtype,
-    )  # fmt: skip
+        space=space,
+        trajectory=traj,
+        costate=costate,
+        stats=ExampleStats(model, dims, cfg.backend),
+        proxy=proxy,
+        proxy_plan=micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size),
+        lo=lo,
+        hi=hi,
+        interval=cfg.interval,
+        method=cfg.method,
+        compute_dtype=compute_dtype,
+    )
     log.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
         cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.batch_size, cfg.max_length, N, len(target), len(train),

@@ -37,7 +37,7 @@ def no_timer(phase: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Sweep:
     """What the backward sweep works on: the model's parameter space, the trajectory, the costate,
     the statistics pass, and this rank's share ``[lo, hi)`` of the proxy set in micro-batches."""

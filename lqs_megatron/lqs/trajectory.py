@@ -50,6 +50,7 @@ class Trajectory:
 
     def __init__(
         self,
+        *,
         space: ParamSpace,
         train: ExampleSet,
         steps: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from lqs_megatron.data.sharding import Shard, parse_shard
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, internal, option
 
@@ -191,10 +192,16 @@ class ScoreRun:
     """cuda or cpu (default: cuda when available)."""
     progress: bool = option(True, flag="--no-progress", help="No progress bar.")
     """Show a progress bar."""
-    shard: str | None = option(None, metavar="I/N")
+    shard: Shard | str | None = option(None, metavar="I/N")
     """Score sequences [I*n/N, (I+1)*n/N) only (whole --part-size units), into OUT.shard-IIIII-of-NNNNN; join
     with `lqs merge --shards OUT`. Default: from a Slurm job array (torchrun ranks stay data parallel within a
     shard); 'none': everything."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shard, str):  # the library's text; the command line resolves --shard and Slurm's array
+            self.shard = None if self.shard.strip().lower() == "none" else parse_shard(self.shard)
+        if self.shard is not None and self.shard.count == 1:
+            self.shard = None
 
 
 @dataclass

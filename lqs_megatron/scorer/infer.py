@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ from lqs_megatron.data.progress import Progress
 from lqs_megatron.data.writing import file_digest
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
-from lqs_megatron.scorer.config import ScoreOptions
-from lqs_megatron.scorer.model import Scorer, load_scorer
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.model import Scorer, ScorerConfig, load_scorer
 from lqs_megatron.scorer.predict import predict
 from lqs_megatron.utils.atomic import save_json, save_npy
 
@@ -137,21 +138,12 @@ def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:
     return None
 
 
-def score_dataset(
-    scorer: str | os.PathLike,
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    tokenizer: str | os.PathLike | None = None,
-    options: ScoreOptions | None = None,
-    dims=None,
-    progress: bool = True,
-    shard=None,
-) -> dict:
-    """Score every sequence of ``data`` with the scorer checkpoint; write ``out_dir/scores.npy``.
+def score_dataset(run: ScoreRun, options: ScoreOptions | None = None, dims=None) -> dict:
+    """Score every sequence of ``run.data`` with the scorer checkpoint ``run.scorer``; write ``run.out/scores.npy``.
 
     ``dims``: a :class:`lqs_megatron.parallel.dims.ParallelDims` (default: one process on the
-    best device). ``shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
-    ``[I*n/N, (I+1)*n/N)`` only, into ``out_dir.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
+    best device). ``run.shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
+    ``[I*n/N, (I+1)*n/N)`` only, into ``run.out.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
     joins them). Rank 0 holds the output's lock. Returns the run's statistics (also written to
     ``score_stats.json``).
     """
@@ -160,28 +152,50 @@ def score_dataset(
     from lqs_megatron.utils.lock import output_lock
 
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    out = shard_output(out_dir, shard)
+    out = Path(shard_output(run.out, run.shard))
     with output_lock(out, enabled=dims.is_main):
-        return _score_dataset(scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard)
+        job = _plan(run, options or ScoreOptions(), out, dims)
+        totals = _compute(job, dims, run.progress)
+        return _finish(job, totals, dims)
 
 
-def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard) -> dict:
+@dataclass
+class _Job:
+    """What :func:`_plan` decided: the data, the scorer, this run's range and the parts every rank computes."""
+
+    run: ScoreRun
+    opts: ScoreOptions
+    out: Path
+    ds: IndexedDataset
+    model: Scorer
+    cfg: ScorerConfig
+    ckpt: Path
+    begin: int  # this run's sequences [begin, stop): all of them unless it is a shard
+    stop: int
+    ranges: list[tuple[int, int]]  # the parts, relative to ``begin``
+    todo: list[int]  # the parts not on disk yet
+    t0: float
+
+
+def _plan(run: ScoreRun, opts: ScoreOptions, out: Path, dims) -> _Job:
+    """Check the data against the scorer; rank 0 lists the parts still to compute (after checking that the parts
+    on disk belong to this run) and every rank gets the list."""
     from lqs_megatron.data.sharding import split_range
 
     t0 = time.time()
+    data, shard = run.data, run.shard
     ds = IndexedDataset(data)
     if len(ds) == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
     # the whole dataset unless sharded; a shard is whole parts, so every score is computed in the
     # same batch as in one run (bucketed batches decide the last bits of a score)
     begin, stop = split_range(len(ds), shard, opts.part_size)
-    n = stop - begin
-    if shard is not None and n == 0:
+    if shard is not None and stop == begin:
         logger.warning("shard %s of %d sequences in units of --part-size %d is empty", shard, len(ds), opts.part_size)
-    model, cfg, ckpt = load_scorer(scorer)
+    model, cfg, ckpt = load_scorer(run.scorer)
     check_same_tokenizer(
         cfg.tokenizer,
-        dataset_tokenizer(data, tokenizer),
+        dataset_tokenizer(data, run.tokenizer),
         f"dataset {str(data)!r}",
         f"scorer {ckpt}",
         hint=" (pass --tokenizer DIR to check it)",
@@ -189,9 +203,8 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     if cfg.bos_token_id is None and (ds.sequence_lengths == 0).any():
         raise LQSError(f"dataset {str(data)!r}: sequence {int(np.argmax(ds.sequence_lengths == 0))} is empty")
 
-    out = Path(out_dir)
     part_dir = out / "parts"
-    ranges = part_ranges(n, opts.part_size)  # relative to ``begin``
+    ranges = part_ranges(stop - begin, opts.part_size)
     plan = None
     if dims.is_main:
         _adopt_old_layout(out)
@@ -206,20 +219,25 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
     if plan["error"]:
         raise LQSError(plan["error"])
     todo = plan["todo"]
-    mine = todo[dims.rank :: dims.world_size]
     logger.info(
         "%d sequences in %d part(s): %d already done, %d to compute on %d rank(s)",
-        n,
+        stop - begin,
         len(ranges),
         len(ranges) - len(todo),
         len(todo),
         dims.world_size,
     )
+    return _Job(run, opts, out, ds, model, cfg, ckpt, begin, stop, ranges, todo, t0)
 
-    device = dims.device
-    net, amp = prepare_for_inference(model, device, opts.bf16 and device.type == "cuda", opts.compile)
+
+def _compute(job: _Job, dims, progress: bool) -> dict:
+    """Score this rank's share of the missing parts (every ``world``-th), each written when done; return the
+    sequences and tokens computed over all ranks and this rank's compute time."""
+    opts, device = job.opts, dims.device
+    mine = job.todo[dims.rank :: dims.world_size]
+    net, amp = prepare_for_inference(job.model, device, opts.bf16 and device.type == "cuda", opts.compile)
     pad_multiple = 8 if device.type == "cuda" else 1
-    my_seqs = sum(ranges[k][1] - ranges[k][0] for k in mine)
+    my_seqs = sum(job.ranges[k][1] - job.ranges[k][0] for k in mine)
     done = {"seqs": 0, "tokens": 0}
     desc = "scoring" if dims.world_size == 1 else f"scoring (rank 0 of {dims.world_size})"  # its share, its rates
     bar = Progress(desc, enabled=progress and dims.is_main, unit="seq", total=my_seqs)
@@ -231,12 +249,12 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         bar.update(seqs, tokens)
 
     for k in mine:
-        start, end = ranges[k]
+        start, end = job.ranges[k]
         scores = predict(
             net,
-            cfg,
-            ds,
-            np.arange(begin + start, begin + end),
+            job.cfg,
+            job.ds,
+            np.arange(job.begin + start, job.begin + end),
             device,
             max_tokens=opts.max_tokens,
             max_batch_size=opts.max_batch_size,
@@ -244,12 +262,20 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
             on_batch=on_batch,
             autocast=amp,
         )
-        save_npy(part_path(out, k), scores)
+        save_npy(part_path(job.out, k), scores)
         logger.debug("part %d [%d, %d) written", k, start, end)
     bar.close()
     compute_s = time.time() - t_compute
     totals = torch.tensor([done["seqs"], done["tokens"]], dtype=torch.float64, device=device)
     totals = dims.all_reduce(totals).cpu()
+    return {"seqs": int(totals[0]), "tokens": int(totals[1]), "seconds": compute_s}
+
+
+def _finish(job: _Job, totals: dict, dims) -> dict:
+    """Once every rank is done, rank 0 merges the parts into ``scores.npy`` (and ``scores.parquet``), writes
+    ``score_stats.json`` and the report sidecar; every rank returns the statistics."""
+    run, opts, out, device = job.run, job.opts, job.out, dims.device
+    n, compute_s = job.stop - job.begin, totals["seconds"]
     stats = None
     dims.barrier()
     if dims.is_main:
@@ -257,29 +283,29 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
         if opts.parquet:
             from lqs_megatron.data.scores import write_scores_parquet
 
-            write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), data, begin)
-        if shard is not None:
-            stats.update(shard={"index": shard.index, "count": shard.count, "range": [begin, stop]})
+            write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), run.data, job.begin)
+        if run.shard is not None:
+            stats.update(shard={"index": run.shard.index, "count": run.shard.count, "range": [job.begin, job.stop]})
         stats.update(
-            num_parts=len(ranges),
-            parts_skipped=len(ranges) - len(todo),
-            parts_computed=len(todo),
+            num_parts=len(job.ranges),
+            parts_skipped=len(job.ranges) - len(job.todo),
+            parts_computed=len(job.todo),
             world_size=dims.world_size,
-            sequences_computed=int(totals[0]),
-            tokens_computed=int(totals[1]),
+            sequences_computed=totals["seqs"],
+            tokens_computed=totals["tokens"],
             compute_seconds=round(compute_s, 3),
-            sequences_per_s=round(float(totals[0]) / max(compute_s, 1e-9), 2),
-            tokens_per_s=round(float(totals[1]) / max(compute_s, 1e-9), 2),
-            seconds=round(time.time() - t0, 3),
-            scorer=str(ckpt),
-            data=str(data),
+            sequences_per_s=round(totals["seqs"] / max(compute_s, 1e-9), 2),
+            tokens_per_s=round(totals["tokens"] / max(compute_s, 1e-9), 2),
+            seconds=round(time.time() - job.t0, 3),
+            scorer=str(job.ckpt),
+            data=str(run.data),
             device=str(device),
             bf16=bool(opts.bf16 and device.type == "cuda"),
             compile=opts.compile,
             parquet=opts.parquet,
         )
         save_json(out / "score_stats.json", stats)
-        report_if_sidecar(out / "report", out / "scores.npy", str(data), tokenizer=tokenizer)  # lqs/report.py
+        report_if_sidecar(out / "report", out / "scores.npy", str(run.data), tokenizer=run.tokenizer)  # lqs/report.py
         logger.info(
             "scored %d sequences (%d computed, %.0f seq/s, %.0f tok/s over %d rank(s)) -> %s",
             n,
@@ -289,8 +315,7 @@ def _score_dataset(scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, p
             dims.world_size,
             out / "scores.npy",
         )
-    stats = dims.broadcast_object(stats)
-    return stats
+    return dims.broadcast_object(stats)
 
 
 def merge_parts(out_dir: str | os.PathLike, n: int, part_size: int) -> dict:

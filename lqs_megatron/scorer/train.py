@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from torch import nn
 from lqs_megatron.data.fingerprint import check_same_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
-from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig
+from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig, TrainScorerRun
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, save_scorer, unwrap
@@ -168,20 +167,9 @@ def _check_same_order(src: Path, saved: dict, cfg: TrainScorerConfig) -> None:
 class ScorerTrainer(Trainer):
     """One scorer training run on this rank: the scorer's pieces around the one loop."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        out_dir: str | os.PathLike,
-        cfg: TrainScorerConfig,
-        base: str | None,
-        model_config: str | None,
-        tokenizer: str | None,
-        resume: bool,
-        dims: ParallelDims,
-        progress: bool = True,
-    ):
-        self.data_dir, out = data_dir, Path(out_dir)
-        self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
+    def __init__(self, run: TrainScorerRun, cfg: TrainScorerConfig, dims: ParallelDims, progress: bool = True):
+        out = Path(run.out)
+        self.train, self.valid = load_split(run.data, "train"), load_split(run.data, "valid")
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
         self.steps_per_epoch = len(self.train.data) // cfg.batch_size
@@ -192,7 +180,7 @@ class ScorerTrainer(Trainer):
                 self.steps_per_epoch, len(self.train.data), cfg.batch_size,
             )  # fmt: skip
         total = self.steps_per_epoch * cfg.epochs
-        src = _resume_source(out, resume, dims)
+        src = _resume_source(out, run.resume, dims)
         self.state = {"best": None, "history": []}
         if src is not None:
             model, self.scfg, _ = load_scorer(src)
@@ -202,12 +190,12 @@ class ScorerTrainer(Trainer):
             logger.info("resuming from %s at epoch %d, step %d", src, self.state["epoch"], self.state["step_in_epoch"])
         else:
             model, self.scfg, self.tok_dir = build_scorer(
-                base, model_config, tokenizer, cfg.max_length, cfg.seed, cfg.use_bos
+                run.base, run.model_config, run.tokenizer, cfg.max_length, cfg.seed, cfg.use_bos
             )
         check_same_tokenizer(
             self.scfg.tokenizer,
-            load_stats(data_dir).get("tokenizer"),
-            f"scorer data {str(data_dir)!r}",
+            load_stats(run.data).get("tokenizer"),
+            f"scorer data {str(run.data)!r}",
             "the scorer",
             hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
         )
@@ -222,7 +210,7 @@ class ScorerTrainer(Trainer):
             ScorerLoss(self.model), dims, self.optimizer, schedule(cfg, total), cfg.clip_grad, self.amp,
             find_unused_parameters=self.scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
         )  # fmt: skip
-        self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(data_dir), "source": self.scfg.source}
+        self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(run.data), "source": self.scfg.source}
         settings = LoopSettings(
             steps=total,
             log_interval=cfg.log_interval,
@@ -331,23 +319,13 @@ class ScorerTrainer(Trainer):
         }
 
 
-def train_scorer(
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cfg: TrainScorerConfig | None = None,
-    base: str | None = None,
-    model_config: str | None = None,
-    tokenizer: str | None = None,
-    resume: bool = False,
-    dims=None,
-    progress: bool = True,
-) -> dict:
-    """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
+def train_scorer(run: TrainScorerRun, cfg: TrainScorerConfig | None = None, dims=None, progress: bool = True) -> dict:
+    """Train a scorer on ``run.data`` (``lqs prepare-scorer-data`` output) into ``run.out``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
-    with output_lock_on_main(out_dir, dims):
+    with output_lock_on_main(run.out, dims):
         if dims.is_main:
-            remove_leftovers(out_dir)
-        result = ScorerTrainer(data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress).run()
+            remove_leftovers(run.out)
+        result = ScorerTrainer(run, cfg, dims, progress).run()
     return {**result, "seconds": round(time.time() - t0, 3)}

@@ -17,7 +17,8 @@ from lqs_megatron.data.scores import read_scores
 from lqs_megatron.data.shard_merge import merge_shards
 from lqs_megatron.data.sharding import Shard
 from lqs_megatron.errors import LQSError
-from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
 from tests.datasets.test_export import write_corpus
 from tests.scorer.helpers import write_token_dataset
@@ -38,9 +39,9 @@ def scored(tmp_path_factory, tiny_tokenizer):
     write_token_dataset(d / "corpus", [rng.integers(4, 512, size=int(n)) for n in rng.integers(1, 60, size=N)])
     write_meta(d / "corpus", [{"url": f"u{i}", "lang": ["en", "fr"][i % 2]} for i in range(N)])
     opts = ScoreOptions(part_size=7, parquet=True)
-    score_dataset(d / "scorer", d / "corpus", d / "one", options=opts, progress=False)
+    score_dataset(ScoreRun(d / "scorer", d / "corpus", d / "one", progress=False), opts)
     for i in range(3):
-        score_dataset(d / "scorer", d / "corpus", d / "sh", options=opts, progress=False, shard=Shard(i, 3))
+        score_dataset(ScoreRun(d / "scorer", d / "corpus", d / "sh", progress=False, shard=Shard(i, 3)), opts)
     return d
 
 

@@ -251,3 +251,15 @@ def test_bad_inputs(setup, case):
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (out / "raw_scores.npy").exists() and not (out / "scores.npy").exists()
+
+
+def test_trajectory_and_sweep_take_keyword_arguments_only():
+    """Ten and eleven settings of like types (ints, dtypes): named at every call, never by position."""
+    import inspect
+
+    from lqs_megatron.lqs.sweep import Sweep
+    from lqs_megatron.lqs.trajectory import Trajectory
+
+    for cls in (Trajectory, Sweep):
+        params = list(inspect.signature(cls).parameters.values())
+        assert len(params) >= 10 and all(p.kind is p.KEYWORD_ONLY for p in params), cls.__name__

@@ -14,7 +14,8 @@ import pytest
 
 from lqs_megatron.data.train_tokenizer import train_tokenizer
 from lqs_megatron.errors import LQSError
-from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
 from tests.conftest import demo_texts
 from tests.scorer.helpers import write_token_dataset
@@ -68,7 +69,7 @@ def test_scores_are_the_same_whatever_the_bucketing(setup, tmp_path):
     d, ref = setup
     for i, (tokens, rows, part) in enumerate([(500, 3, PART), (100_000, 1000, N)]):
         opts = ScoreOptions(max_tokens=tokens, max_batch_size=rows, part_size=part)
-        got = score_dataset(d / "scorer", d / "corpus", tmp_path / f"o{i}", options=opts, progress=False)
+        got = score_dataset(ScoreRun(d / "scorer", d / "corpus", tmp_path / f"o{i}", progress=False), opts)
         assert got["num_sequences"] == N
         # float32 rounding differs with the batch shape (GEMM blocking), never more than a few ulps
         np.testing.assert_allclose(np.load(tmp_path / f"o{i}" / "scores.npy"), ref, rtol=1e-6, atol=1e-6)
@@ -121,14 +122,14 @@ def test_sigkill_then_restart_recomputes_only_missing_parts(setup, tmp_path):
     assert not list(parts.glob("*.tmp-*"))
     assert np.array_equal(np.load(out / "scores.npy"), ref)
 
-    again = score_dataset(d / "scorer", d / "corpus", out, options=ScoreOptions(part_size=PART), progress=False)
+    again = score_dataset(ScoreRun(d / "scorer", d / "corpus", out, progress=False), ScoreOptions(part_size=PART))
     assert again["parts_computed"] == 0 and again["parts_skipped"] == 6  # nothing left to do
 
 
 def test_restart_with_other_settings_is_refused(setup, tmp_path):
     d, _ = setup
     out = tmp_path / "out"
-    score_dataset(d / "scorer", d / "corpus", out, options=ScoreOptions(part_size=PART), progress=False)
+    score_dataset(ScoreRun(d / "scorer", d / "corpus", out, progress=False), ScoreOptions(part_size=PART))
     proc = run_lqs(
         "score", "--scorer", d / "scorer", "--data", d / "corpus", "--out", out, "--part-size", 50, check=False
     )
@@ -140,7 +141,7 @@ def test_output_of_before_the_rename_resumes(setup, tmp_path):
     meta.json) resumes under the old flag, which still parses with a deprecation note."""
     d, ref = setup
     out = tmp_path / "out"
-    score_dataset(d / "scorer", d / "corpus", out, options=ScoreOptions(part_size=PART), progress=False)
+    score_dataset(ScoreRun(d / "scorer", d / "corpus", out, progress=False), ScoreOptions(part_size=PART))
     (out / "parts").rename(out / "shards")
     for p in (out / "shards").glob("part-*.npy"):
         p.rename(p.with_name("shard-" + p.name.removeprefix("part-")))
@@ -167,7 +168,7 @@ def test_resume_after_the_bin_was_rewritten_in_place_is_refused(setup, tmp_path)
         shutil.copyfile(f"{d / 'corpus'}{ext}", tmp_path / f"corpus{ext}")
     data, out = tmp_path / "corpus", tmp_path / "out"
     opts = ScoreOptions(part_size=PART)
-    score_dataset(d / "scorer", data, out, options=opts, progress=False)
+    score_dataset(ScoreRun(d / "scorer", data, out, progress=False), opts)
     (out / "parts" / "part-00005.npy").unlink()  # an interrupted run: the last part is missing
     bin_file = tmp_path / "corpus.bin"
     tokens = np.fromfile(bin_file, dtype=np.uint16)
@@ -176,11 +177,11 @@ def test_resume_after_the_bin_was_rewritten_in_place_is_refused(setup, tmp_path)
     with open(bin_file, "r+b") as f:  # same size, same .idx, other tokens
         f.write(fresh.tobytes())
     with pytest.raises(LQSError, match=r"corpus\.bin changed since the parts in .* were scored"):
-        score_dataset(d / "scorer", data, out, options=opts, progress=False)
+        score_dataset(ScoreRun(d / "scorer", data, out, progress=False), opts)
     with open(bin_file, "ab") as f:  # the same tokens and more after them
         f.write(fresh[:5].tobytes())
     with pytest.raises(LQSError, match=r"corpus\.bin changed since"):
-        score_dataset(d / "scorer", data, out, options=opts, progress=False)
+        score_dataset(ScoreRun(d / "scorer", data, out, progress=False), opts)
 
 
 def test_sampled_file_digest_sees_size_and_sampled_blocks(tmp_path, monkeypatch):
@@ -248,7 +249,19 @@ def test_bad_inputs_exit_1_without_scores(setup, tmp_path, tiny_tokenizer, other
     for i, (data, scorer, message) in enumerate(lib_cases):
         out = tmp_path / f"lib{i}"
         with pytest.raises(LQSError, match=message):
-            score_dataset(scorer or d / "scorer", data, out, progress=False)
+            score_dataset(ScoreRun(scorer or d / "scorer", data, out, progress=False))
         assert not (out / "scores.npy").exists() and not list(out.glob("parts/part-*"))
-    ok = score_dataset(d / "scorer", d / "corpus", tmp_path / "ok", tokenizer=tiny_tokenizer, progress=False)
+    ok = score_dataset(ScoreRun(d / "scorer", d / "corpus", tmp_path / "ok", tokenizer=tiny_tokenizer, progress=False))
     assert ok["num_sequences"] == N
+
+
+def test_score_run_takes_the_shard_as_text_or_shard():
+    from lqs_megatron.data.sharding import Shard
+    from lqs_megatron.scorer.config import ScoreRun
+
+    assert ScoreRun("s", "d", "o", shard="1/4").shard == Shard(1, 4)
+    assert ScoreRun("s", "d", "o", shard=Shard(2, 3)).shard == Shard(2, 3)
+    for whole in ("none", "0/1", None):
+        assert ScoreRun("s", "d", "o", shard=whole).shard is None
+    with pytest.raises(LQSError, match="--shard takes I/N"):
+        ScoreRun("s", "d", "o", shard="half")
