@@ -38,7 +38,7 @@ from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
-from lqs_megatron.lqs.derivatives import autocast, example_losses
+from lqs_megatron.lqs.derivatives import example_losses
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches
 from lqs_megatron.lqs.health import replay_health
 from lqs_megatron.lqs.lr_probe import RULE, probe_learning_rate
@@ -48,6 +48,7 @@ from lqs_megatron.lqs.sweep import Sweep, backward_sweep, gather
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
+from lqs_megatron.training.step import autocast
 from lqs_megatron.utils.atomic import save_json, save_npy
 from lqs_megatron.utils.lock import output_lock
 
