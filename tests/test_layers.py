@@ -169,3 +169,16 @@ def test_no_module_only_re_exports_another():
         if body and not own:
             shims.append(str(path.relative_to(PACKAGE.parent)))
     assert not shims, f"modules that only re-export others' names: {shims}"
+
+
+def test_every_module_logger_is_named_logger():
+    """One name for a module's logger (``logger = logging.getLogger(__name__)``), so grep finds every log call."""
+    import re
+
+    other = [
+        f"{path.relative_to(PACKAGE.parent)}:{m.group(1)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for m in re.finditer(r"^(\w+) = logging\.getLogger\(", path.read_text(), re.MULTILINE)
+        if m.group(1) != "logger"
+    ]
+    assert not other, other

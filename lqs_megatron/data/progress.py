@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lqs_megatron.errors import LQSError
 
-log = logging.getLogger("lqs_megatron.data")
+logger = logging.getLogger("lqs_megatron.data")
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -113,7 +113,7 @@ class Progress:
             of = f"/{self.total}" if self.total is not None else ""
             extra = f", {self.tokens} tokens ({tps:.0f} tokens/s)" if self.tokens else ""
             post = f" | {self._postfix}" if self._postfix else ""
-            log.info("%s: %d%s %ss (%.1f/s)%s%s", self.desc, self.docs, of, self.unit, ips, extra, post)
+            logger.info("%s: %d%s %ss (%.1f/s)%s%s", self.desc, self.docs, of, self.unit, ips, extra, post)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -222,7 +222,7 @@ class MetricsLog:
                 try:
                     plot_metrics(self.out / METRICS_FILE, self.out / PLOT_FILE)
                 except Exception as e:  # a picture must never fail a finished run
-                    log.warning("could not draw %s: %s", self.out / PLOT_FILE, e)
+                    logger.warning("could not draw %s: %s", self.out / PLOT_FILE, e)
         if self.tb is not None:
             self.tb.close()
             self.tb = None

@@ -46,7 +46,7 @@ from lqs_megatron.data.writing import (
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.lock import output_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _BASE_KEYS = ("command", "output", "documents", "sequences", "tokens", "chars", "skipped", "truncated_documents",
               "truncated_tokens", *TIMING_KEYS)  # fmt: skip
@@ -131,7 +131,7 @@ def merge_dataset_shards(out: str, shards: list[str]) -> dict:
             extra["meta"] = meta_path(out)
         counts.update(sequences=seq, tokens=tok)
         merged = finish_stats(first["command"], out, counts, skipped, extra)
-    log.info("merged %d shards -> %s", len(shards), out)
+    logger.info("merged %d shards -> %s", len(shards), out)
     return merged
 
 
@@ -229,5 +229,5 @@ def merge_score_shards(out: str, shards: list[str]) -> dict:
             **{k: stats[0][k] for k in ("scorer", "data", "device", "bf16", "compile", "parquet") if k in stats[0]},
         }
         save_json(os.path.join(out, "score_stats.json"), summary)
-    log.info("merged %d score shards -> %s/scores.npy", len(shards), out)
+    logger.info("merged %d score shards -> %s/scores.npy", len(shards), out)
     return summary

@@ -31,7 +31,7 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.lock import pid_alive
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TIMING_KEYS = ("seconds", "docs_per_s", "tokens_per_s")
 """Stats that measure a run rather than describe its output (they differ between any two runs)."""
@@ -90,7 +90,7 @@ def clean_stale_temps(prefix: str) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed.append(path)
-            log.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
+            logger.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
     return removed
 
 
@@ -274,7 +274,7 @@ def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, 
         "idx_digest": file_digest(idx_path(out_prefix)),
     }
     save_json(f"{out_prefix}.stats.json", stats)
-    log.info(
+    logger.info(
         "%s: %d documents -> %d sequences, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s); skipped %d lines",
         command,
         stats["documents"],

@@ -52,7 +52,7 @@ from lqs_megatron.training.step import autocast
 from lqs_megatron.utils.atomic import save_json, save_npy
 from lqs_megatron.utils.lock import output_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}
 OUTPUTS = ("raw_scores.npy", "scores.npy", "example_loss.npy", "annotate.json")
@@ -194,7 +194,7 @@ def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, co
         saved = saved if saved.get("fingerprint") == key else None
     saved = dims.broadcast_object(saved)
     if saved is not None:
-        log.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
+        logger.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
         probe = saved["probe"]
     else:
         traj = Trajectory(
@@ -263,7 +263,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         method=cfg.method,
         compute_dtype=compute_dtype,
     )
-    log.info(
+    logger.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
         cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.batch_size, cfg.max_length, N, len(target), len(train),
         dims.dp, dims.tp,
@@ -275,7 +275,9 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
             with timer("state_save"):
                 st.timings = timer.totals
                 store.save(st)
-            log.info("annotate: scored step %d (L_tgt(theta_%d) = %.6f)", st.step, st.step, st.target_losses[st.step])
+            logger.info(
+                "annotate: scored step %d (L_tgt(theta_%d) = %.6f)", st.step, st.step, st.target_losses[st.step]
+            )
             for hook in on_scoring:
                 hook(st)
 
@@ -288,7 +290,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     record = _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe)
     record["timings_s"] = {k: round(v, 4) for k, v in timer.totals.items()}
     for w in record["health"]["warnings"]:
-        log.warning("annotate: %s", w["message"])
+        logger.warning("annotate: %s", w["message"])
     if dims.is_main:
         _write_outputs(out, raw, own, record)
         _write_metrics(out, record)
@@ -306,7 +308,7 @@ def _initial_state(cfg, dims, store: StateStore, traj: Trajectory, costate: Cost
         timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
         if dims.is_main:
             traj.read_train_losses()
-        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
+        logger.info("annotate: resuming the backward sweep at lambda_%d", state.step)
         return state
     store.clear()
     with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:

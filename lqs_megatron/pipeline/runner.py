@@ -29,7 +29,7 @@ from pathlib import Path
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import save_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import ClassVar
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, internal, option
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
@@ -182,7 +182,7 @@ def check_out_dir(cfg: PretrainConfig, crc: bool = False, warn: bool = False) ->
         raise LQSError(f"{cfg.out} already holds checkpoints; pass --resume to continue, or choose another --out")
     step_dir, skipped = find_resume_dir(cfg.out, crc=crc)
     for line in skipped if warn else ():
-        log.warning("--resume: skipping %s", line)
+        logger.warning("--resume: skipping %s", line)
     saved = json.loads((step_dir / "trainer.json").read_text())["stream"]
     for k, v in json.loads(json.dumps(cfg.stream_key())).items():
         if saved.get(k) != v:
