@@ -96,14 +96,16 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     traj = {
         "model": model_files,
         "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
-        **{k: getattr(cfg, k) for k in ("steps", "lr", "batch_size", "max_length", "micro_batch_size", "dtype")},
+        **{k: getattr(cfg, k) for k in ("steps", "lr", "max_length", "micro_batch_size", "dtype")},
+        "batch_size": cfg.global_batch_size,  # the fingerprint's names of before the rename: old runs resume
         "tp": dims.tp,
     }
     sweep = {
         "trajectory": traj,
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
         "proxy": _file_id(f"{cfg.proxy}.idx") + _file_id(f"{cfg.proxy}.bin"),
-        **{k: getattr(cfg, k) for k in ("interval", "method", "proxy_num", "proxy_batch_size", "backend")},
+        **{k: getattr(cfg, k) for k in ("interval", "method", "proxy_num", "proxy_batch_size")},
+        "backend": cfg.kernel_backend,
     }
 
     def h(x):
@@ -118,7 +120,8 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
         "model": sorted(_file_id(p) for p in Path(cfg.model).iterdir() if p.suffix in (".json", ".safetensors")),
         "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
-        **{k: getattr(cfg, k) for k in ("batch_size", "max_length", "micro_batch_size", "dtype")},
+        **{k: getattr(cfg, k) for k in ("max_length", "micro_batch_size", "dtype")},
+        "batch_size": cfg.global_batch_size,
         "steps": steps, "grid": grid, "tp": dims.tp, "rule": RULE,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -174,7 +177,7 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
     proxy = ExampleSet(cfg.proxy, "--proxy", cfg.max_length, limit=cfg.proxy_num)
     if len(proxy) == 0:
         raise LQSError(f"--proxy {cfg.proxy}: the proxy set is empty (no examples to score)")
-    train.validate(vocab, used=cfg.steps * cfg.batch_size)
+    train.validate(vocab, used=cfg.steps * cfg.global_batch_size)
     target.validate(vocab)
     proxy.validate(vocab)
     return model, train, target, proxy
@@ -202,7 +205,7 @@ def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, co
             train=train,
             steps=steps,
             lr=1.0,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.global_batch_size,
             micro_batch_size=cfg.micro_batch_size,
             ckpt_dir=cfg.checkpoint_dir,
             fingerprint="",
@@ -239,7 +242,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         train=train,
         steps=cfg.steps,
         lr=cfg.lr,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.global_batch_size,
         micro_batch_size=cfg.micro_batch_size,
         ckpt_dir=cfg.checkpoint_dir,
         fingerprint=traj_fp,
@@ -254,7 +257,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         space=space,
         trajectory=traj,
         costate=costate,
-        stats=ExampleStats(model, dims, cfg.backend),
+        stats=ExampleStats(model, dims, cfg.kernel_backend),
         proxy=proxy,
         proxy_plan=micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size),
         lo=lo,
@@ -265,7 +268,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     )
     logger.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
-        cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.batch_size, cfg.max_length, N, len(target), len(train),
+        cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.global_batch_size, cfg.max_length, N, len(target), len(train),
         dims.dp, dims.tp,
     )  # fmt: skip
 

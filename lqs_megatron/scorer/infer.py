@@ -257,7 +257,7 @@ def _compute(job: _Job, dims, progress: bool) -> dict:
             np.arange(job.begin + start, job.begin + end),
             device,
             max_tokens=opts.max_tokens,
-            max_batch_size=opts.max_batch_size,
+            max_batch_size=opts.micro_batch_size,
             pad_multiple=pad_multiple,
             on_batch=on_batch,
             autocast=amp,

@@ -24,7 +24,7 @@ are the pretraining ones) with the scorer's pieces:
   each epoch end holds the model, the optimizer, the position and the RNG: ``--resume``
   continues from it exactly where it stopped.
 
-Batch size: ``--batch-size`` (global); by default 512 (PDS/DELT), lowered to a power of
+Batch size: ``--global-batch-size``; by default 512 (PDS/DELT), lowered to a power of
 two that gives an epoch at least :data:`MIN_STEPS_PER_EPOCH` steps on a small split.
 
 Layout::
@@ -86,8 +86,9 @@ LEGACY_LAST = "last"
 
 
 def schedule(cfg: TrainScorerConfig, total_steps: int) -> WarmupCosine:
-    """Linear warmup over ``cfg.warmup`` steps to ``cfg.lr``, then cosine down to ``cfg.min_lr`` at the last step."""
-    return WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup, total_steps)
+    """Linear warmup over ``cfg.warmup_steps`` steps to ``cfg.lr``, then cosine down to ``cfg.min_lr`` at the last
+    step."""
+    return WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -154,8 +155,10 @@ def _resume_source(out: Path, resume: bool, dims) -> Path | None:
 
 
 def _check_same_order(src: Path, saved: dict, cfg: TrainScorerConfig) -> None:
-    """A resumed run must keep the settings that define the data order and the sequences."""
-    for k in ("batch_size", "seed", "max_length"):
+    """A resumed run must keep the settings that define the data order and the sequences (``saved``: the
+    settings recorded by the run; a run of an older release recorded the global batch as ``batch_size``)."""
+    saved = {("global_batch_size" if k == "batch_size" else k): v for k, v in saved.items()}
+    for k in ("global_batch_size", "seed", "max_length"):
         if k in saved and saved[k] != getattr(cfg, k):
             flag = "--" + k.replace("_", "-")
             raise LQSError(
@@ -172,12 +175,12 @@ class ScorerTrainer(Trainer):
         self.train, self.valid = load_split(run.data, "train"), load_split(run.data, "valid")
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
-        self.steps_per_epoch = len(self.train.data) // cfg.batch_size
+        self.steps_per_epoch = len(self.train.data) // cfg.global_batch_size
         if self.steps_per_epoch < MIN_STEPS_PER_EPOCH:
             logger.warning(
                 "an epoch is only %d optimizer step(s) (%d training sequences, --global-batch-size %d): the warm-up "
                 "and the per-epoch validation see very few updates; lower --global-batch-size or add data",
-                self.steps_per_epoch, len(self.train.data), cfg.batch_size,
+                self.steps_per_epoch, len(self.train.data), cfg.global_batch_size,
             )  # fmt: skip
         total = self.steps_per_epoch * cfg.epochs
         src = _resume_source(out, run.resume, dims)
@@ -217,7 +220,7 @@ class ScorerTrainer(Trainer):
             skip_nonfinite=cfg.skip_nonfinite,
             metrics_every_step=False,
             desc="train-scorer",
-            lr_hint=f"lower --lr (peak {cfg.lr:g}) or lengthen --warmup (now {cfg.warmup})",
+            lr_hint=f"lower --lr (peak {cfg.lr:g}) or lengthen --warmup-steps (now {cfg.warmup_steps})",
             progress=progress,
             tensorboard=cfg.tensorboard,
             wandb_project=cfg.wandb,
@@ -236,7 +239,7 @@ class ScorerTrainer(Trainer):
         epoch, s = divmod(step, self.steps_per_epoch)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, epoch_order(len(self.train.data), self.cfg.seed, epoch))
-        B = self.cfg.batch_size
+        B = self.cfg.global_batch_size
         batch = self._order[1][s * B : (s + 1) * B]
         dev = self.dims.device
         mbs = []
@@ -314,7 +317,7 @@ class ScorerTrainer(Trainer):
             "best_epoch": best["epoch"] if best else None,
             "best_valid": {k: best[f"valid_{k}"] for k in ("mse", "pearson", "spearman")} if best else None,
             "steps": end,
-            "batch_size": self.cfg.batch_size,
+            "global_batch_size": self.cfg.global_batch_size,
             "skipped_nonfinite": self.skipped,
         }
 

@@ -1,5 +1,8 @@
 """Settings of ``lqs pretrain``, ``lqs evaluate`` and ``lqs export-hf``: one dataclass per step,
-the single source of its flags and pipeline keys (:mod:`lqs_megatron.options`)."""
+the single source of its flags and pipeline keys (:mod:`lqs_megatron.options`).
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 

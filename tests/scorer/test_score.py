@@ -68,7 +68,7 @@ def test_two_ranks_give_the_same_scores(setup, tmp_path):
 def test_scores_are_the_same_whatever_the_bucketing(setup, tmp_path):
     d, ref = setup
     for i, (tokens, rows, part) in enumerate([(500, 3, PART), (100_000, 1000, N)]):
-        opts = ScoreOptions(max_tokens=tokens, max_batch_size=rows, part_size=part)
+        opts = ScoreOptions(max_tokens=tokens, micro_batch_size=rows, part_size=part)
         got = score_dataset(ScoreRun(d / "scorer", d / "corpus", tmp_path / f"o{i}", progress=False), opts)
         assert got["num_sequences"] == N
         # float32 rounding differs with the batch shape (GEMM blocking), never more than a few ulps

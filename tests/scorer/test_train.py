@@ -67,7 +67,7 @@ def test_scorer_ranks_heldout_data_by_its_true_quality(proxy, tiny_tokenizer):
 def _dp_worker(rank, world, data, out, tokenizer):
     from lqs_megatron.parallel.dims import init_distributed
 
-    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=4, max_length=64)
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup_steps=2, global_batch_size=16, micro_batch_size=4, max_length=64)
     run = TrainScorerRun(data, out, model_config="tiny", tokenizer=tokenizer)
     train_scorer(run, cfg, dims=init_distributed(), progress=False)
 
@@ -76,7 +76,7 @@ def _dp_worker(rank, world, data, out, tokenizer):
 def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_path):
     from tests.utils import spawn
 
-    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=8, max_length=64)
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup_steps=2, global_batch_size=16, micro_batch_size=8, max_length=64)
     one = TrainScorerRun(proxy / "data", tmp_path / "one", model_config="tiny", tokenizer=tiny_tokenizer)
     train_scorer(one, cfg, progress=False)
     spawn(_dp_worker, 2, str(proxy / "data"), str(tmp_path / "two"), tiny_tokenizer)
@@ -100,7 +100,7 @@ class _Killed(Exception):
 
 
 def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch, caplog):
-    cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup=3, batch_size=32, micro_batch_size=16, max_length=64)
+    cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup_steps=3, global_batch_size=32, micro_batch_size=16, max_length=64)
     cfg.save_interval = 4
 
     def run(out, resume=False):
@@ -128,6 +128,10 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     old = tmp_path / "old"  # the same state in the layout before step directories: OUT/last, no checksums
     shutil.copytree(latest(tmp_path / "cut"), old / "last")
     (old / "last" / "checksums.json").unlink()
+    saved = json.loads((old / "last" / "scorer.json").read_text())  # and its settings under their names of then
+    args = saved["meta"]["args"]
+    args["batch_size"], args["warmup"] = args.pop("global_batch_size"), args.pop("warmup_steps")
+    (old / "last" / "scorer.json").write_text(json.dumps(saved))
     corrupt = tmp_path / "corrupt"  # the newest checkpoint truncated: resume falls back to the one before (step 10)
     shutil.copytree(tmp_path / "cut", corrupt)
     weights = latest(corrupt) / "model.safetensors"
@@ -135,8 +139,8 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(run(tmp_path / "cut"), cfg, progress=False)
-    with pytest.raises(LQSError, match="--batch-size was 32, now 16"):
-        train_scorer(run(tmp_path / "cut", resume=True), dataclasses.replace(cfg, batch_size=16), progress=False)
+    with pytest.raises(LQSError, match="--global-batch-size was 32, now 16"):
+        train_scorer(run(tmp_path / "cut", resume=True), dataclasses.replace(cfg, global_batch_size=16), progress=False)
     resumed = train_scorer(run(tmp_path / "cut", resume=True), cfg, progress=False)
     assert resumed["steps"] == full["steps"] == 20 and resumed["best_epoch"] == full["best_epoch"]
     for k, v in full["best_valid"].items():
@@ -156,6 +160,8 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     # a run written before step directories still resumes
     with pytest.raises(LQSError, match="pass --resume"):
         train_scorer(run(old), cfg, progress=False)
+    with pytest.raises(LQSError, match="--global-batch-size was 32, now 16"):
+        train_scorer(run(old, resume=True), dataclasses.replace(cfg, global_batch_size=16), progress=False)
     legacy = train_scorer(run(old, resume=True), cfg, progress=False)
     assert legacy["steps"] == 20 and legacy["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
     assert latest(old).name == "step_00000020"
@@ -169,7 +175,9 @@ def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path)
         vocab_size=512, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=128
     )
     transformers.XGLMForCausalLM(cfg).save_pretrained(hf)
-    tcfg = TrainScorerConfig(epochs=1, lr=1e-3, warmup=2, batch_size=32, micro_batch_size=16, max_length=64)
+    tcfg = TrainScorerConfig(
+        epochs=1, lr=1e-3, warmup_steps=2, global_batch_size=32, micro_batch_size=16, max_length=64
+    )
     with pytest.raises(LQSError, match="no config.json"):
         train_scorer(TrainScorerRun(proxy / "data", tmp_path / "x", base=str(tmp_path), tokenizer=tiny_tokenizer), tcfg)
     run = TrainScorerRun(proxy / "data", tmp_path / "ckpt", base=str(hf), tokenizer=tiny_tokenizer)
@@ -185,9 +193,9 @@ def test_batch_flags_are_checked(proxy, tiny_tokenizer, tmp_path):
         return TrainScorerRun(proxy / "data", out, model_config="tiny", tokenizer=tiny_tokenizer)
 
     with pytest.raises(LQSError, match="larger than the training split"):
-        train_scorer(run(tmp_path / "a"), TrainScorerConfig(batch_size=1024, micro_batch_size=8), progress=False)
+        train_scorer(run(tmp_path / "a"), TrainScorerConfig(global_batch_size=1024, micro_batch_size=8), progress=False)
     with pytest.raises(LQSError, match="not a multiple"):
-        train_scorer(run(tmp_path / "b"), TrainScorerConfig(batch_size=20, micro_batch_size=8), progress=False)
+        train_scorer(run(tmp_path / "b"), TrainScorerConfig(global_batch_size=20, micro_batch_size=8), progress=False)
     with pytest.raises(LQSError, match="--lr"):
         TrainScorerConfig(lr=0)
     proc = subprocess.run(
@@ -211,7 +219,7 @@ def test_scorer_tokenizer_must_match_the_data(proxy, tiny_tokenizer, tmp_path):
             proxy / "proxy", proxy / "scores.npy", data, src_tokenizer=tiny_tokenizer, dst_tokenizer=tiny_tokenizer
         )
     )
-    cfg = TrainScorerConfig(epochs=1, batch_size=32, micro_batch_size=16, max_length=32)
+    cfg = TrainScorerConfig(epochs=1, global_batch_size=32, micro_batch_size=16, max_length=32)
     with pytest.raises(LQSError, match="retokenize the data for the scorer"):
         train_scorer(
             TrainScorerRun(data, tmp_path / "ckpt", model_config="tiny", tokenizer=str(other)), cfg, progress=False

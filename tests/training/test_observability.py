@@ -165,7 +165,7 @@ def test_train_scorer_writes_tensorboard_and_loss_png(tmp_path, tiny_tokenizer):
     write_dataset(tmp_path / "proxy", tiny_tokenizer, texts)
     np.save(tmp_path / "s.npy", scores)
     prepare_scorer_data(PrepareScorerConfig(tmp_path / "proxy", tmp_path / "s.npy", tmp_path / "data"))
-    cfg = TrainScorerConfig(epochs=2, lr=1e-3, warmup=1, batch_size=8, max_length=32, log_interval=2)
+    cfg = TrainScorerConfig(epochs=2, lr=1e-3, warmup_steps=1, global_batch_size=8, max_length=32, log_interval=2)
     res = train_scorer(
         TrainScorerRun(tmp_path / "data", tmp_path / "ck", model_config="tiny", tokenizer=tiny_tokenizer), cfg
     )
