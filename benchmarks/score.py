@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
-from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
 
 from _harness import machine, main_guard, parser, record, versions
@@ -127,12 +128,12 @@ def run(args) -> None:
         bos = json.loads((scorer / "scorer.json").read_text())["bos_token_id"]
         write_corpus(str(d / "corpus"), lengths, args.vocab)
         opts = ScoreOptions(
-            max_tokens=args.max_tokens, shard_size=max(n // 4, 1), precision="bf16", compile=args.compile
+            max_tokens=args.max_tokens, part_size=max(n // 4, 1), precision="bf16", compile=args.compile
         )
 
         # warm-up (allocator, kernels), both sides, on a small slice
         write_corpus(str(d / "warm"), lengths[:32], args.vocab)
-        score_dataset(scorer, d / "warm", d / "warm_out", options=opts, progress=False)
+        score_dataset(ScoreRun(scorer, d / "warm", d / "warm_out", progress=False), opts)
         baseline_scores(d / "hf", scorer, str(d / "warm"), args.baseline_batch_size, args.device, bos)
 
         def timed(fn):
@@ -152,7 +153,7 @@ def run(args) -> None:
             )
             t_base = min(t_base, t)
             out = d / f"out{r}"
-            t, stats = timed(lambda out=out: score_dataset(scorer, d / "corpus", out, options=opts, progress=False))
+            t, stats = timed(lambda out=out: score_dataset(ScoreRun(scorer, d / "corpus", out, progress=False), opts))
             t_ours = min(t_ours, t)
         ours = np.load(d / "out0" / "scores.npy")
 

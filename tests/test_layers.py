@@ -147,3 +147,38 @@ def test_function_level_imports_are_seen():
     found = {(a, b) for a, b, _ in imports()}
     assert ("lqs_megatron.lqs.report", "lqs_megatron.data.fingerprint") in found  # inside _tokenizer_dir
     assert ("lqs_megatron.data.indexed", "lqs_megatron._C") in found  # `from lqs_megatron import _C`, in a function
+
+
+def test_no_module_only_re_exports_another():
+    """A module whose whole body is a docstring, imports of ``lqs_megatron`` and ``__all__`` is a compatibility
+    shim: import the module that holds the names instead (packages' ``__init__.py`` may gather their modules')."""
+    shims = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        body = ast.parse(path.read_text()).body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        own = [
+            node
+            for node in body
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lqs_megatron"))
+            and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")
+            and not (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__all__"])
+        ]
+        if body and not own:
+            shims.append(str(path.relative_to(PACKAGE.parent)))
+    assert not shims, f"modules that only re-export others' names: {shims}"
+
+
+def test_every_module_logger_is_named_logger():
+    """One name for a module's logger (``logger = logging.getLogger(__name__)``), so grep finds every log call."""
+    import re
+
+    other = [
+        f"{path.relative_to(PACKAGE.parent)}:{m.group(1)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for m in re.finditer(r"^(\w+) = logging\.getLogger\(", path.read_text(), re.MULTILINE)
+        if m.group(1) != "logger"
+    ]
+    assert not other, other

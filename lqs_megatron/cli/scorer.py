@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score",
         help="score every sequence of an indexed dataset with a trained scorer",
         description="Write OUT/scores.npy (float32, one score per sequence, dataset order). Length-bucketed "
-        "batches under a token budget, data parallel under torchrun, output in shards OUT/shards/shard-XXXXX.npy "
-        "written atomically; rerunning the same command after an interruption computes only the missing shards.",
+        "batches under a token budget, data parallel under torchrun, output in parts OUT/parts/part-XXXXX.npy "
+        "written atomically; rerunning the same command after an interruption computes only the missing parts.",
         setup=flags("lqs_megatron.scorer.config", "ScoreRun", "ScoreOptions"),
     )
     p.set_defaults(func=_score)
@@ -57,17 +57,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from lqs_megatron.scorer.data import prepare_scorer_data
 
     cfg = build(PrepareScorerConfig, args)
-    stats = prepare_scorer_data(
-        cfg.proxy,
-        cfg.scores,
-        cfg.out,
-        valid_num=cfg.valid_num,
-        seed=cfg.seed,
-        src_tokenizer=cfg.src_tokenizer,
-        dst_tokenizer=cfg.dst_tokenizer,
-        args={k: v for k, v in vars(args).items() if k != "func"},
-        workers=cfg.workers,
-    )
+    stats = prepare_scorer_data(cfg, args={k: v for k, v in vars(args).items() if k != "func"})
     print(json.dumps({k: stats[k] for k in ("num_train", "num_valid", "raw_mean", "raw_std", "clipped")}))
     return 0
 
@@ -84,18 +74,7 @@ def _train(args: argparse.Namespace) -> int:
         require_wandb()
     dims = init_distributed(device=run.device)
     try:
-        result = train_scorer(
-            run.data,
-            run.out,
-            cfg,
-            base=run.base,
-            model_config=run.model_config,
-            tokenizer=run.tokenizer,
-            resume=run.resume,
-            dims=dims,
-            allow_changed_settings=run.allow_changed_settings,
-            allow_tokenizer_mismatch=run.allow_tokenizer_mismatch,
-        )
+        result = train_scorer(run, cfg, dims)
     finally:
         dims.close()
     if dims.is_main:
@@ -109,16 +88,15 @@ def _score(args: argparse.Namespace) -> int:
     from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset
 
-    run, opts = build(ScoreRun, args), build(ScoreOptions, args)
-    shard = resolve_shard(run.shard, torch_ranks=False)  # under torchrun the ranks share one output
+    # under torchrun the ranks share one output: only --shard or a Slurm job array picks a shard
+    run = build(ScoreRun, args, shard=resolve_shard(args.shard, torch_ranks=False))
+    opts = build(ScoreOptions, args)
     dims = init_distributed(device=run.device)
     try:
-        stats = score_dataset(
-            run.scorer, run.data, run.out, run.tokenizer, opts, dims, run.progress, shard, run.allow_tokenizer_mismatch
-        )
+        stats = score_dataset(run, opts, dims)
     finally:
         dims.close()
     if dims.is_main:
-        keys = ("num_sequences", "shards_computed", "shards_skipped", "sequences_per_s", "tokens_per_s")
+        keys = ("num_sequences", "parts_computed", "parts_skipped", "sequences_per_s", "tokens_per_s")
         print(json.dumps({k: stats[k] for k in keys}))
     return 0

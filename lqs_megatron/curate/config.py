@@ -1,4 +1,7 @@
-"""Settings of ``lqs select`` and ``lqs order`` (see :mod:`lqs_megatron.options`)."""
+"""Settings of ``lqs select`` and ``lqs order`` (see :mod:`lqs_megatron.options`).
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 

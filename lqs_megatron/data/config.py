@@ -2,7 +2,10 @@
 ``train-tokenizer``, ``sample-proxy``, ``merge``, ``export-jsonl``. (``tokenize``, ``tokenize-target``
 and ``retokenize`` are :class:`~lqs_megatron.data.tokenize.TokenizeConfig`,
 :class:`~lqs_megatron.data.conversations.TargetConfig` and
-:class:`~lqs_megatron.data.retokenize.RetokenizeConfig`.) See :mod:`lqs_megatron.options`."""
+:class:`~lqs_megatron.data.retokenize.RetokenizeConfig`.) See :mod:`lqs_megatron.options`.
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 

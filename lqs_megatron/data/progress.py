@@ -37,7 +37,7 @@ from pathlib import Path
 
 from lqs_megatron.errors import LQSError
 
-log = logging.getLogger("lqs_megatron.data")
+logger = logging.getLogger("lqs_megatron.data")
 
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_SECONDS_ENV = "LQS_PROGRESS_SECONDS"
@@ -131,7 +131,7 @@ class Progress:
             tps = self.rates()[1]
             extra = f", {self.tokens} tokens ({format_rate(tps, 'token')})" if self.tokens else ""
             post = f" | {self._postfix}" if self._postfix else ""
-            log.info("%s: %s%s%s", self.desc, self.status(), extra, post)
+            logger.info("%s: %s%s%s", self.desc, self.status(), extra, post)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -270,7 +270,7 @@ class MetricsLog:
                 try:
                     plot_metrics(self.out / METRICS_FILE, self.out / PLOT_FILE)
                 except Exception as e:  # a picture must never fail a finished run
-                    log.warning("could not draw %s: %s", self.out / PLOT_FILE, e)
+                    logger.warning("could not draw %s: %s", self.out / PLOT_FILE, e)
         if self.tb is not None:
             self.tb.close()
             self.tb = None

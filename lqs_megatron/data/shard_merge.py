@@ -46,7 +46,7 @@ from lqs_megatron.data.writing import (
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.lock import output_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _BASE_KEYS = ("command", "output", "documents", "sequences", "tokens", "chars", "skipped", "truncated_documents",
               "truncated_tokens", *TIMING_KEYS)  # fmt: skip
@@ -131,7 +131,7 @@ def merge_dataset_shards(out: str, shards: list[str]) -> dict:
             extra["meta"] = meta_path(out)
         counts.update(sequences=seq, tokens=tok)
         merged = finish_stats(first["command"], out, counts, skipped, extra)
-    log.info("merged %d shards -> %s", len(shards), out)
+    logger.info("merged %d shards -> %s", len(shards), out)
     return merged
 
 
@@ -196,8 +196,10 @@ def merge_score_shards(out: str, shards: list[str]) -> dict:
         info = s.get("shard") or {}
         if info.get("index") != i or info.get("count") != len(shards):
             raise LQSError(f"{path}/score_stats.json is not shard {i}/{len(shards)}; rerun that shard")
+        if "shard_size" in s:  # written when the restart units were called shards
+            s["part_size"] = s.pop("shard_size")
         stats.append(s)
-    for key in ("data", "scorer", "shard_size", "parquet"):
+    for key in ("data", "scorer", "part_size", "parquet"):
         if any(s.get(key) != stats[0].get(key) for s in stats):
             raise LQSError(f"the shards of {out} come from different runs ({key} differs); rerun them alike")
     ranges = [s["shard"]["range"] for s in stats]
@@ -217,7 +219,7 @@ def merge_score_shards(out: str, shards: list[str]) -> dict:
             write_scores_parquet(os.path.join(out, "scores.parquet"), scores, stats[0]["data"])
         summary = {
             "num_sequences": len(scores),
-            "shard_size": stats[0]["shard_size"],
+            "part_size": stats[0]["part_size"],
             "mean": float(scores.mean()),
             "std": float(scores.std()),
             "min": float(scores.min()),
@@ -227,5 +229,5 @@ def merge_score_shards(out: str, shards: list[str]) -> dict:
             **{k: stats[0][k] for k in ("scorer", "data", "device", "bf16", "compile", "parquet") if k in stats[0]},
         }
         save_json(os.path.join(out, "score_stats.json"), summary)
-    log.info("merged %d score shards -> %s/scores.npy", len(shards), out)
+    logger.info("merged %d score shards -> %s/scores.npy", len(shards), out)
     return summary

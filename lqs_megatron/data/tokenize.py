@@ -47,7 +47,7 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
 from lqs_megatron.utils.lock import output_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODES = ("document", "chunk")
 
@@ -340,7 +340,7 @@ def _tokenize(config: TokenizeConfig, out: str) -> dict:
         identity["shard"] = plan.describe()
         done = finished_shard(out, identity, ignore=("workers",))
         if done is not None:
-            log.info("tokenize: shard %s is already finished in %s (same inputs and arguments)", config.shard, out)
+            logger.info("tokenize: shard %s is already finished in %s (same inputs and arguments)", config.shard, out)
             return done
     first = ((f"{path}:{n}", text) for path, n, text in read_texts(plan.files, config.field, on_error="skip"))
     round_trip = check_round_trip(tok, first, config.tokenizer_dir)

@@ -31,7 +31,7 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.lock import pid_alive
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TIMING_KEYS = ("seconds", "docs_per_s", "tokens_per_s")
 """Stats that measure a run rather than describe its output (they differ between any two runs)."""
@@ -90,7 +90,7 @@ def clean_stale_temps(prefix: str) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed.append(path)
-            log.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
+            logger.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
     return removed
 
 
@@ -234,10 +234,24 @@ class BitStream:
             self._rest = self._rest[:0]
 
 
-def file_digest(path: str) -> str:
-    """SHA-256 (first 16 hex) of a file: what ties ``PREFIX.stats.json`` to its ``PREFIX.idx``."""
+#: ``file_digest(sampled=True)`` reads this many blocks of this many bytes, spread evenly over the file
+_SAMPLE_BLOCKS, _SAMPLE_BYTES = 64, 1 << 20
+
+
+def file_digest(path: str | os.PathLike, *, sampled: bool = False) -> str:
+    """SHA-256 (first 16 hex) of a file: what ties a record to the file it describes (``PREFIX.stats.json`` to its
+    ``.idx``, ``lqs score``'s parts to the dataset and the scorer). ``sampled``: of the file's size and 64 blocks
+    of 1 MiB spread evenly from its first byte to its last (the whole file when it is no larger), for a file too
+    large to read on every run (a corpus ``.bin``); a change that falls between the blocks goes unseen."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        size = os.fstat(f.fileno()).st_size
+        if not sampled or size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        h = hashlib.sha256(f"{size}:".encode())
+        for i in range(_SAMPLE_BLOCKS):
+            f.seek(i * (size - _SAMPLE_BYTES) // (_SAMPLE_BLOCKS - 1))
+            h.update(f.read(_SAMPLE_BYTES))
+        return h.hexdigest()[:16]
 
 
 def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, extra: dict) -> dict:
@@ -260,7 +274,7 @@ def finish_stats(command: str, out_prefix: str, counts: dict, skipped: SkipLog, 
         "idx_digest": file_digest(idx_path(out_prefix)),
     }
     save_json(f"{out_prefix}.stats.json", stats)
-    log.info(
+    logger.info(
         "%s: %d documents -> %d sequences, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s); skipped %d lines",
         command,
         stats["documents"],

@@ -38,7 +38,7 @@ from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
-from lqs_megatron.lqs.derivatives import autocast, example_losses
+from lqs_megatron.lqs.derivatives import example_losses
 from lqs_megatron.lqs.examples import ExampleSet, micro_batches
 from lqs_megatron.lqs.health import replay_health
 from lqs_megatron.lqs.lr_probe import RULE, probe_learning_rate
@@ -48,10 +48,11 @@ from lqs_megatron.lqs.sweep import Sweep, backward_sweep, gather
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
+from lqs_megatron.training.step import autocast
 from lqs_megatron.utils.atomic import save_json, save_npy
 from lqs_megatron.utils.lock import output_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bf16": torch.bfloat16}
 OUTPUTS = ("raw_scores.npy", "scores.npy", "example_loss.npy", "annotate.json")
@@ -95,14 +96,16 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     traj = {
         "model": model_files,
         "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
-        **{k: getattr(cfg, k) for k in ("steps", "lr", "batch_size", "max_length", "micro_batch_size", "dtype")},
+        **{k: getattr(cfg, k) for k in ("steps", "lr", "max_length", "micro_batch_size", "dtype")},
+        "batch_size": cfg.global_batch_size,  # the fingerprint's names of before the rename: old runs resume
         "tp": dims.tp,
     }
     sweep = {
         "trajectory": traj,
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
         "proxy": _file_id(f"{cfg.proxy}.idx") + _file_id(f"{cfg.proxy}.bin"),
-        **{k: getattr(cfg, k) for k in ("interval", "method", "proxy_num", "proxy_batch_size", "backend")},
+        **{k: getattr(cfg, k) for k in ("interval", "method", "proxy_num", "proxy_batch_size")},
+        "backend": cfg.kernel_backend,
     }
 
     def h(x):
@@ -114,8 +117,8 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
 #: the settings a --resume compares (OUT/state/settings.json): each enters the trajectory's, the sweep's or the
 #: probe's fingerprint, so a change silently restarted that part before
 RESUME_KEYS = tuple(
-    "model train target proxy steps lr lr_grid lr_probe_steps batch_size interval max_length method micro_batch_size "
-    "proxy_batch_size precision proxy_num ckpt_dir tp backend".split()
+    "model train target proxy steps lr lr_grid lr_probe_steps global_batch_size interval max_length method "
+    "micro_batch_size proxy_batch_size precision proxy_num ckpt_dir tp kernel_backend".split()
 )
 
 
@@ -165,7 +168,8 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
         "model": sorted(_file_id(p) for p in Path(cfg.model).iterdir() if p.suffix in (".json", ".safetensors")),
         "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
-        **{k: getattr(cfg, k) for k in ("batch_size", "max_length", "micro_batch_size", "dtype")},
+        **{k: getattr(cfg, k) for k in ("max_length", "micro_batch_size", "dtype")},
+        "batch_size": cfg.global_batch_size,
         "steps": steps, "grid": grid, "tp": dims.tp, "rule": RULE,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -226,7 +230,7 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
     proxy = ExampleSet(cfg.proxy, "--proxy", cfg.max_length, limit=cfg.proxy_num)
     if len(proxy) == 0:
         raise LQSError(f"--proxy {cfg.proxy}: the proxy set is empty (no examples to score)")
-    train.validate(vocab, used=cfg.steps * cfg.batch_size)
+    train.validate(vocab, used=cfg.steps * cfg.global_batch_size)
     target.validate(vocab)
     proxy.validate(vocab)
     return model, train, target, proxy
@@ -246,11 +250,21 @@ def _choose_lr(cfg: AnnotateConfig, dims, space, train, target, master_dtype, co
         saved = saved if saved.get("fingerprint") == key else None
     saved = dims.broadcast_object(saved)
     if saved is not None:
-        log.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
+        logger.info("annotate: --lr auto: reusing the probe of the interrupted run (eta=%g)", saved["chosen"])
         probe = saved["probe"]
     else:
-        traj = Trajectory(space, train, steps, 1.0, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, "",
-                          master_dtype, compute_dtype)  # fmt: skip
+        traj = Trajectory(
+            space=space,
+            train=train,
+            steps=steps,
+            lr=1.0,
+            batch_size=cfg.global_batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            ckpt_dir=cfg.checkpoint_dir,
+            fingerprint="",
+            master_dtype=master_dtype,
+            compute_dtype=compute_dtype,
+        )
         costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
         probe = probe_learning_rate(traj, costate, grid, steps).to_dict()
         if dims.is_main:
@@ -278,21 +292,37 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
         timer.totals.pop("lr_probe")
     traj_fp, sweep_fp = _fingerprints(cfg, dims)
     traj = Trajectory(
-        space, train, cfg.steps, cfg.lr, cfg.batch_size, cfg.micro_batch_size, cfg.checkpoint_dir, traj_fp,
-        master_dtype, compute_dtype,
-    )  # fmt: skip
+        space=space,
+        train=train,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.global_batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        ckpt_dir=cfg.checkpoint_dir,
+        fingerprint=traj_fp,
+        master_dtype=master_dtype,
+        compute_dtype=compute_dtype,
+    )
     costate = Costate(space, target, traj, cfg.micro_batch_size, master_dtype, compute_dtype)
     store = StateStore(out / "state", dims, sweep_fp)
     N = len(proxy)
     lo, hi = rank_slice(N, dims.dp, dims.dp_rank)
     sweep = Sweep(
-        space, traj, costate, ExampleStats(model, dims, cfg.backend), proxy,
-        micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size), lo, hi, cfg.interval, cfg.method,
-        compute_dtype,
-    )  # fmt: skip
-    log.info(
+        space=space,
+        trajectory=traj,
+        costate=costate,
+        stats=ExampleStats(model, dims, cfg.kernel_backend),
+        proxy=proxy,
+        proxy_plan=micro_batches(np.arange(lo, hi), proxy.lengths(), cfg.proxy_batch_size),
+        lo=lo,
+        hi=hi,
+        interval=cfg.interval,
+        method=cfg.method,
+        compute_dtype=compute_dtype,
+    )
+    logger.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
-        cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.batch_size, cfg.max_length, N, len(target), len(train),
+        cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.global_batch_size, cfg.max_length, N, len(target), len(train),
         dims.dp, dims.tp,
     )  # fmt: skip
 
@@ -302,7 +332,9 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
             with timer("state_save"):
                 st.timings = timer.totals
                 store.save(st)
-            log.info("annotate: scored step %d (L_tgt(theta_%d) = %.6f)", st.step, st.step, st.target_losses[st.step])
+            logger.info(
+                "annotate: scored step %d (L_tgt(theta_%d) = %.6f)", st.step, st.step, st.target_losses[st.step]
+            )
             for hook in on_scoring:
                 hook(st)
 
@@ -317,7 +349,7 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     if resume_changes:
         record["resume_changes"] = resume_changes
     for w in record["health"]["warnings"]:
-        log.warning("annotate: %s", w["message"])
+        logger.warning("annotate: %s", w["message"])
     if dims.is_main:
         _write_outputs(out, raw, own, record)
         _write_metrics(out, record)
@@ -335,7 +367,7 @@ def _initial_state(cfg, dims, store: StateStore, traj: Trajectory, costate: Cost
         timer.totals.update({k: v for k, v in state.timings.items() if k not in timer.totals})
         if dims.is_main:
             traj.read_train_losses()
-        log.info("annotate: resuming the backward sweep at lambda_%d", state.step)
+        logger.info("annotate: resuming the backward sweep at lambda_%d", state.step)
         return state
     store.clear()
     with timer("forward"), _progress(cfg.steps, "forward (SGD replay)", dims) as bar:

@@ -1,5 +1,8 @@
 """Settings of ``lqs annotate``: the single source of its flags, its pipeline keys and its defaults
-(the papers' T, eta, B, K, L). Free of torch, so ``lqs --help`` and the pipeline read it cheaply."""
+(the papers' T, eta, B, K, L). Free of torch, so ``lqs --help`` and the pipeline read it cheaply.
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class AnnotateConfig:
     """Rates tried by --lr auto (space-separated)."""
     lr_probe_steps: int = option(DEFAULT_PROBE_STEPS, metavar="P")
     """Replay steps per rate of --lr auto (at most T)."""
-    batch_size: int = option(16, flag="--global-batch-size", metavar="B", deprecated=("--batch-size",))
+    global_batch_size: int = option(16, deprecated=("--batch-size",))
     """Train examples per SGD step, over all data-parallel ranks."""
     interval: int = option(10, metavar="K")
     """Score at the steps i with i % K == 0."""
@@ -97,7 +100,7 @@ class AnnotateConfig:
     """Seed of torch's generators (the method draws no random numbers)."""
     tp: int = 1
     """Tensor-parallel size; data parallelism is the rest of the torchrun world."""
-    backend: str = option("auto", flag="--kernel-backend", choices=BACKENDS)
+    kernel_backend: str = option("auto", choices=BACKENDS, deprecated=("--backend",))
     """Kernels of the per-example statistics."""
     device: str | None = option(None, choices=("cuda", "cpu"))
     """cuda or cpu (default: cuda when available)."""
@@ -119,14 +122,14 @@ class AnnotateConfig:
                 f"--lr-grid must hold positive numbers, got {self.lr_grid}",
             ),
             (self.lr_probe_steps >= 1, f"--lr-probe-steps must be >= 1, got {self.lr_probe_steps}"),
-            (self.batch_size >= 1, f"--global-batch-size must be >= 1, got {self.batch_size}"),
+            (self.global_batch_size >= 1, f"--global-batch-size must be >= 1, got {self.global_batch_size}"),
             (self.max_length >= 1, f"--max-length must be >= 1, got {self.max_length}"),
             (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
             (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
             (self.proxy_batch_size >= 1, f"--proxy-batch-size must be >= 1, got {self.proxy_batch_size}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision}"),
             (self.proxy_num is None or self.proxy_num >= 1, f"--proxy-num must be >= 1, got {self.proxy_num}"),
-            (self.backend in BACKENDS, f"--kernel-backend: unknown backend {self.backend!r}"),
+            (self.kernel_backend in BACKENDS, f"--kernel-backend: unknown backend {self.kernel_backend!r}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from lqs_megatron.lqs.derivatives import autocast, example_losses, hvp, loss_grad
+from lqs_megatron.lqs.derivatives import example_losses, hvp, loss_grad
 from lqs_megatron.lqs.examples import ExampleSet, weighted_micro_batches
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace, Vector
 from lqs_megatron.parallel.dims import rank_slice
+from lqs_megatron.training.step import autocast
 
 
 class Costate:

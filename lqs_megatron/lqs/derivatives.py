@@ -27,6 +27,7 @@ from lqs_megatron.lqs.vectors import ParamSpace, Vector
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.parallel.mappings import reduce_from_region
 from lqs_megatron.training.loss import per_example_lm_loss
+from lqs_megatron.training.step import autocast
 
 
 def example_losses(model: Decoder, batch: Batch, twice_differentiable: bool = False) -> torch.Tensor:
@@ -55,13 +56,6 @@ def _no_silent_collectives(active: bool):
                 "conjugate autograd functions (parallel/mappings.py) for double backward"
             )
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast on ``device`` for ``dtype == bfloat16`` (``--precision bf16``), else nothing."""
-    if dtype == torch.bfloat16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _autocast(space: ParamSpace, dtype: torch.dtype):

@@ -42,7 +42,7 @@ import numpy as np
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.correlation import spearman_or_nan
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 REPLAY_KINDS = frozenset({"target_rise", "target_not_falling", "train_diverging", "non_finite", "lr_probe_failed"})
@@ -214,9 +214,9 @@ def require_healthy(annotate_dir: str, what: str = "annotation", allow: bool = F
         health = json.load(f).get("health") or {"ok": True}
     for w in health.get("warnings", []):
         if not w.get("replay", True):
-            log.warning("the %s in %s: %s", what, annotate_dir, w["message"])
+            logger.warning("the %s in %s: %s", what, annotate_dir, w["message"])
     if not health.get("ok", True) and allow:
-        log.warning("the %s in %s is unhealthy; continuing (annotate.allow_unhealthy)", what, annotate_dir)
+        logger.warning("the %s in %s is unhealthy; continuing (annotate.allow_unhealthy)", what, annotate_dir)
     elif not health.get("ok", True):
         lines = "\n".join(f"  - {w['message']}" for w in health.get("warnings", []) if w.get("replay", True))
         raise LQSError(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from lqs_megatron.lqs.costate import Costate
 from lqs_megatron.lqs.trajectory import Trajectory
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MIN_GAIN = 0.5
 """A rate passes when its P-step decrease is at least this share of the first-order prediction."""
@@ -110,7 +110,7 @@ def probe_learning_rate(traj: Trajectory, costate: Costate, grid, steps: int) ->
             space.load_into_model(theta0)
             gain, passed = judge(curve, lr, reference)
             result.curves.append({"lr": lr, "target_loss": curve, "gain": gain, "passed": passed})
-            log.info(
+            logger.info(
                 "lr probe: eta=%g %s (gain %s; L_tgt - L_0: %s)",
                 lr,
                 "passes" if passed else "fails",
@@ -125,11 +125,11 @@ def probe_learning_rate(traj: Trajectory, costate: Costate, grid, steps: int) ->
     finally:
         space.load_into_model(theta0)
     if not result.passed:
-        log.warning(
+        logger.warning(
             "lr probe: the target loss did not fall over %d steps even at eta=%g; using it (see the health check)",
             steps,
             grid[0],
         )
     result.seconds = time.perf_counter() - t0
-    log.info("lr probe: chose eta=%g in %.1fs", result.chosen, result.seconds)
+    logger.info("lr probe: chose eta=%g in %.1fs", result.chosen, result.seconds)
     return result

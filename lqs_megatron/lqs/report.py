@@ -33,7 +33,7 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.correlation import spearman_or_nan
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_GROUPS_PLOTTED = 8
 LOSS_FILE = "example_loss.npy"
@@ -74,7 +74,7 @@ def _tokenizer_dir(prefix: str, tokenizer: str | None) -> str | None:
     try:
         info = dataset_tokenizer(prefix)
     except Exception as e:
-        log.warning("the tokenizer recorded for %s cannot be loaded (%s); no text in the report", prefix, e)
+        logger.warning("the tokenizer recorded for %s cannot be loaded (%s); no text in the report", prefix, e)
         return None
     return info["path"] if info else None
 
@@ -257,7 +257,7 @@ def report_if_sidecar(out: str | os.PathLike, scores, data: str, tokenizer: str 
         by = "source" if "source" in first else next(iter(first), None)
         rep = write_report(out, scores, data, by=by, tokenizer=tokenizer)
     except (LQSError, OSError, ValueError) as e:
-        log.warning("no score report for %s: %s", data, e)
+        logger.warning("no score report for %s: %s", data, e)
         return None
-    log.info("score report by %s: %s", by, ", ".join(rep["files"]))
+    logger.info("score report by %s: %s", by, ", ".join(rep["files"]))
     return rep

@@ -13,8 +13,8 @@ How (for a batch of ``B`` examples):
    example, right padding), so the activation gradients of example ``n`` are those of
    ``l_n`` alone. When a layer's output gradient ``D`` arrives, its tensor hook computes
    that layer's per-example partial ``<G_n, Lambda>`` and ``|G_n|^2`` with the kernels of
-   ``lqs_megatron/kernels/grad_stats.py`` (linear: direct or ghost; embedding: repeated ids
-   exact; norm weights) and drops ``A``. The LM head's part is fused with the loss
+   ``lqs_megatron/kernels/`` ``linear_stats.py`` (direct or ghost), ``embedding_stats.py`` (repeated ids
+   exact) and ``norm_stats.py`` (norm weights) and drops ``A``. The LM head's part is fused with the loss
    (``kernels/lm_head_stats.py``: one logits GEMM per chunk of examples gives the losses, the gradient
    wrt the hidden states and the head's statistics; never ``B x T x V`` logits).
 3. Sums: ``|g_n|^2`` and ``<g_n, lambda>`` add over layers; under tensor parallelism each
@@ -40,8 +40,10 @@ import torch
 from torch import nn
 
 from lqs_megatron.errors import LQSError
-from lqs_megatron.kernels.grad_stats import grad_stats_embedding, grad_stats_linear, grad_stats_norm
+from lqs_megatron.kernels.embedding_stats import grad_stats_embedding
+from lqs_megatron.kernels.linear_stats import grad_stats_linear
 from lqs_megatron.kernels.lm_head_stats import lm_head_loss_and_stats
+from lqs_megatron.kernels.norm_stats import grad_stats_norm
 from lqs_megatron.lqs.examples import Batch
 from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm

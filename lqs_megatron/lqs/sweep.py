@@ -21,7 +21,6 @@ import torch
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.costate import Costate
-from lqs_megatron.lqs.derivatives import autocast
 from lqs_megatron.lqs.examples import ExampleSet
 from lqs_megatron.lqs.scores import score_update
 from lqs_megatron.lqs.state import SweepState
@@ -29,6 +28,7 @@ from lqs_megatron.lqs.stats import ExampleStats
 from lqs_megatron.lqs.trajectory import Trajectory
 from lqs_megatron.lqs.vectors import ParamSpace
 from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.training.step import autocast
 
 Timer = Callable[[str], contextlib.AbstractContextManager]
 
@@ -37,7 +37,7 @@ def no_timer(phase: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Sweep:
     """What the backward sweep works on: the model's parameter space, the trajectory, the costate,
     the statistics pass, and this rank's share ``[lo, hi)`` of the proxy set in micro-batches."""

@@ -36,7 +36,7 @@ from lqs_megatron.lqs.vectors import ParamSpace, Vector, load_vector, save_vecto
 from lqs_megatron.parallel.dims import rank_slice
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_interval(steps: int) -> int:
@@ -50,6 +50,7 @@ class Trajectory:
 
     def __init__(
         self,
+        *,
         space: ParamSpace,
         train: ExampleSet,
         steps: int,
@@ -172,7 +173,7 @@ class Trajectory:
             self.saved, self.train_losses = [], {}
             self._save(0)
         else:
-            log.info("trajectory: resuming the forward pass at step %d of %d", start, self.steps)
+            logger.info("trajectory: resuming the forward pass at step %d of %d", start, self.steps)
             self.load(start)
         for i in range(start, self.steps):
             self.train_losses[i] = self.sgd_step(i)

@@ -119,15 +119,6 @@ def tp_size_of(model: Decoder) -> int:
     return getattr(model.output, "tp_size", 1)
 
 
-def shard_state_dict(full: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
-    """This rank's slices of a full (dense, padded) state dict."""
-    out = {}
-    for k, v in full.items():
-        d = tp_dim_of(k)
-        out[k] = v if d is None or tp == 1 else v.chunk(tp, dim=d)[rank]
-    return out
-
-
 def merge_state_dicts(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The full state dict from every tp rank's shard (rank order); replicated tensors from rank 0."""
     out = {}

@@ -148,7 +148,7 @@ ScorerSection = derive(
         _key("score_extra_args", list[str], factory=list, doc="More flags of ``lqs score``, verbatim."),
     ),
     doc="``lqs prepare-scorer-data`` and ``lqs train-scorer``, once per method; keep epochs * N / "
-    "batch_size in the hundreds of steps at least (the papers: 512 over 163,840 proxy examples).",
+    "global_batch_size in the hundreds of steps at least (the papers: 512 over 163,840 proxy examples).",
 )
 
 ScoreSection = derive("ScoreSection", ScoreOptions, doc="``lqs score`` of the corpus, once per method.")

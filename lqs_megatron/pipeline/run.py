@@ -13,7 +13,7 @@ from lqs_megatron.pipeline.report import collect, format_table
 from lqs_megatron.pipeline.runner import Runner
 from lqs_megatron.utils.atomic import atomic_file, save_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> dict:

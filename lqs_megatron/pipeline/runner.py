@@ -35,7 +35,7 @@ from lqs_megatron.data.progress import PROGRESS_SECONDS_ENV
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import save_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RELAY_SECONDS = 10.0
 """Least seconds between two relayed progress lines of one step (and the steps' own log interval)."""

@@ -1,11 +1,15 @@
 """Settings of ``lqs prepare-scorer-data``, ``lqs train-scorer`` and ``lqs score``: the single source
-of their flags, pipeline keys and defaults (PDS/DELT's scorer recipe). Free of torch."""
+of their flags, pipeline keys and defaults (PDS/DELT's scorer recipe). Free of torch.
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from lqs_megatron.data.sharding import Shard, parse_shard
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, check_seed, internal, option
 
@@ -87,11 +91,11 @@ class TrainScorerConfig:
     """Learning rate at the end of the cosine."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices and embeddings."""
-    warmup: int = option(10, flag="--warmup-steps", deprecated=("--warmup",))
+    warmup_steps: int = option(10, deprecated=("--warmup",))
     """Linear warm-up steps."""
     clip_grad: float = 1.0
     """Clip the global gradient norm to this (0: off)."""
-    batch_size: int | None = option(None, flag="--global-batch-size", deprecated=("--batch-size",))
+    global_batch_size: int | None = option(None, deprecated=("--batch-size",))
     """Sequences per optimizer step over all ranks (default: 512, or the largest power of two that gives an
     epoch at least 8 steps on a smaller training split)."""
     micro_batch_size: int | None = None
@@ -126,9 +130,9 @@ class TrainScorerConfig:
             "lr": self.lr > 0,
             "min-lr": 0 <= self.min_lr <= self.lr,
             "weight-decay": self.weight_decay >= 0,
-            "warmup-steps": self.warmup >= 0,
+            "warmup-steps": self.warmup_steps >= 0,
             "clip-grad": self.clip_grad >= 0,
-            "global-batch-size": self.batch_size is None or self.batch_size >= 1,
+            "global-batch-size": self.global_batch_size is None or self.global_batch_size >= 1,
             "micro-batch-size": self.micro_batch_size is None or self.micro_batch_size >= 1,
             "eval-batch-tokens": self.eval_batch_tokens is None or self.eval_batch_tokens >= 1,
             "max-length": self.max_length >= 2,
@@ -139,10 +143,9 @@ class TrainScorerConfig:
             "skip-nonfinite": self.skip_nonfinite >= 0,
         }
         check_seed(self.seed)
-        attrs = {"warmup-steps": "warmup", "global-batch-size": "batch_size"}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise LQSError(f"invalid --{bad[0]}: {getattr(self, attrs.get(bad[0], bad[0].replace('-', '_')))}")
+            raise LQSError(f"invalid --{bad[0]}: {getattr(self, bad[0].replace('-', '_'))}")
 
     @property
     def bf16(self) -> bool:
@@ -150,42 +153,44 @@ class TrainScorerConfig:
         return self.precision != "fp32"
 
     def resolved(self, num_train: int, dp: int) -> TrainScorerConfig:
-        """This config with ``batch_size`` set (the given one, or the default that fits ``num_train``) and
+        """This config with ``global_batch_size`` set (the given one, or the default that fits ``num_train``) and
         ``keep_last`` 0 read as None (keep all)."""
         cfg = self if self.keep_last != 0 else dataclasses.replace(self, keep_last=None)
-        if cfg.batch_size is not None:
-            if num_train // cfg.batch_size == 0:
+        if cfg.global_batch_size is not None:
+            if num_train // cfg.global_batch_size == 0:
                 raise LQSError(
-                    f"--global-batch-size {cfg.batch_size} is larger than the training split ({num_train} sequences); "
-                    "lower it (or leave it out: the default adapts to the split)"
+                    f"--global-batch-size {cfg.global_batch_size} is larger than the training split "
+                    f"({num_train} sequences); lower it (or leave it out: the default adapts to the split)"
                 )
             return cfg
         b = DEFAULT_BATCH_SIZE
         while b > 1 and num_train // b < MIN_STEPS_PER_EPOCH:
             b //= 2
         b = max(dp, b - b % dp)
-        return dataclasses.replace(cfg, batch_size=b)
+        return dataclasses.replace(cfg, global_batch_size=b)
 
     def micro_batch(self, dp: int) -> int:
         """Sequences per rank per forward/backward: ``--micro-batch-size``, or by default the largest
-        divisor of ``batch_size / dp`` that is at most 16."""
-        if self.batch_size % dp:
-            raise LQSError(f"--global-batch-size {self.batch_size} is not a multiple of the {dp} data-parallel ranks")
+        divisor of ``global_batch_size / dp`` that is at most 16."""
+        if self.global_batch_size % dp:
+            raise LQSError(
+                f"--global-batch-size {self.global_batch_size} is not a multiple of the {dp} data-parallel ranks"
+            )
         if self.micro_batch_size is not None:
             return self.micro_batch_size
-        per_rank = self.batch_size // dp
+        per_rank = self.global_batch_size // dp
         return max(d for d in range(1, min(16, per_rank) + 1) if per_rank % d == 0)
 
     def accumulation(self, dp: int) -> int:
         """Micro-batches per rank per step; the global batch must split evenly."""
         mb = self.micro_batch(dp)
         per_step = dp * mb
-        if self.batch_size % per_step:
+        if self.global_batch_size % per_step:
             raise LQSError(
-                f"--global-batch-size {self.batch_size} is not a multiple of data-parallel ranks x "
+                f"--global-batch-size {self.global_batch_size} is not a multiple of data-parallel ranks x "
                 f"--micro-batch-size ({dp} x {mb} = {per_step})"
             )
-        return self.batch_size // per_step
+        return self.global_batch_size // per_step
 
 
 @dataclass
@@ -206,22 +211,28 @@ class ScoreRun:
     """cuda or cpu (default: cuda when available)."""
     progress: bool = option(True, flag="--no-progress", help="No progress bar.")
     """Show a progress bar."""
-    shard: str | None = option(None, metavar="I/N")
-    """Score sequences [I*n/N, (I+1)*n/N) only (whole --shard-size units), into OUT.shard-IIIII-of-NNNNN; join
+    shard: Shard | str | None = option(None, metavar="I/N")
+    """Score sequences [I*n/N, (I+1)*n/N) only (whole --part-size units), into OUT.shard-IIIII-of-NNNNN; join
     with `lqs merge --shards OUT`. Default: from a Slurm job array (torchrun ranks stay data parallel within a
     shard); 'none': everything."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shard, str):  # the library's text; the command line resolves --shard and Slurm's array
+            self.shard = None if self.shard.strip().lower() == "none" else parse_shard(self.shard)
+        if self.shard is not None and self.shard.count == 1:
+            self.shard = None
 
 
 @dataclass
 class ScoreOptions:
-    """How ``lqs score`` batches, shards and runs."""
+    """How ``lqs score`` batches, cuts its work into parts and runs."""
 
     max_tokens: int | None = None
     """Token budget of a batch, rows x longest row, padding included (default: 4096 on the CPU, 32768 on CUDA)."""
-    max_batch_size: int = option(512, flag="--micro-batch-size", deprecated=("--max-batch-size",))
+    micro_batch_size: int = option(512, deprecated=("--max-batch-size",))
     """Most sequences in one forward pass per rank (fewer when --max-tokens binds)."""
-    shard_size: int = 100_000
-    """Sequences per output shard (the unit of restart)."""
+    part_size: int = option(100_000, deprecated=("--shard-size",))
+    """Sequences per part, the unit of restart (OUT/parts/part-XXXXX.npy): a rerun computes only the missing parts."""
     precision: str = option("auto", choices=PRECISIONS, deprecated=(_NO_BF16,))
     """auto or bf16: the backbone in bf16 on CUDA (the CPU always runs fp32); fp32."""
     compile: bool = False
@@ -230,11 +241,11 @@ class ScoreOptions:
     """Also write OUT/scores.parquet: index, document, score and the dataset's PREFIX.meta.jsonl fields."""
 
     def __post_init__(self) -> None:
-        for name, flag in (("max_tokens", "max-tokens"), ("max_batch_size", "micro-batch-size")):
+        for name, flag in (("max_tokens", "max-tokens"), ("micro_batch_size", "micro-batch-size")):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LQSError(f"--{flag} must be >= 1, got {getattr(self, name)}")
-        if self.shard_size < 1:
-            raise LQSError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.part_size < 1:
+            raise LQSError(f"--part-size must be >= 1, got {self.part_size}")
         if self.precision not in PRECISIONS:
             raise LQSError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision}")
 

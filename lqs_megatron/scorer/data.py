@@ -43,6 +43,7 @@ from lqs_megatron.data.scores import CLIP, load_scores, normalize_scores
 from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
+from lqs_megatron.scorer.config import PrepareScorerConfig
 from lqs_megatron.utils.atomic import atomic_dir, save_json, save_npy
 
 logger = logging.getLogger(__name__)
@@ -110,47 +111,40 @@ def _retokenized(proxy, src_tokenizer: str, dst_tokenizer: str, tmp: Path, worke
     return source
 
 
-def prepare_scorer_data(
-    proxy: str | os.PathLike,
-    scores: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    valid_num: int | None = None,
-    seed: int = 0,
-    src_tokenizer: str | None = None,
-    dst_tokenizer: str | None = None,
-    args: dict | None = None,
-    workers: int | None = None,
-) -> dict:
-    """Write the scorer's train/valid data to ``out_dir`` (see the module docstring); return the stats.
+def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> dict:
+    """Write the scorer's train/valid data to ``cfg.out`` (see the module docstring); return the stats.
 
-    ``workers``: retokenization processes (None: one per core, 0: in this process).
+    ``cfg.workers``: retokenization processes (None: one per core, 0: in this process). ``args``: the command
+    line, recorded in ``stats.json``.
     """
     from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
-    if (src_tokenizer is None) != (dst_tokenizer is None):
+    if (cfg.src_tokenizer is None) != (cfg.dst_tokenizer is None):
         raise LQSError("--src-tokenizer and --dst-tokenizer go together (give both or neither)")
     t0 = time.time()
-    ds = IndexedDataset(proxy)
+    ds = IndexedDataset(cfg.proxy)
     _check_sequences(ds)
-    raw = load_scores(scores, expected_len=len(ds))
+    raw = load_scores(cfg.scores, expected_len=len(ds))
     n = len(ds)
-    valid_num = default_valid_num(n) if valid_num is None else valid_num
-    train_idx, valid_idx = split_indices(n, valid_num, seed)
+    valid_num = default_valid_num(n) if cfg.valid_num is None else cfg.valid_num
+    train_idx, valid_idx = split_indices(n, valid_num, cfg.seed)
     z = normalize_scores(raw)
     std = float(raw.std())
 
     tok_info = None
     retokenized = False
-    if src_tokenizer is not None:
-        src, dst = tokenizer_info(src_tokenizer), tokenizer_info(dst_tokenizer)
+    if cfg.src_tokenizer is not None:
+        src, dst = tokenizer_info(cfg.src_tokenizer), tokenizer_info(cfg.dst_tokenizer)
         retokenized = src["fingerprint"] != dst["fingerprint"]
         tok_info = dst
     else:
-        tok_info = dataset_tokenizer(proxy)
+        tok_info = dataset_tokenizer(cfg.proxy)
 
-    out_dir = Path(out_dir)
+    out_dir = Path(cfg.out)
     with atomic_dir(out_dir) as tmp:
-        source = _retokenized(proxy, src_tokenizer, dst_tokenizer, tmp, workers, n) if retokenized else ds
+        source = (
+            _retokenized(cfg.proxy, cfg.src_tokenizer, cfg.dst_tokenizer, tmp, cfg.workers, n) if retokenized else ds
+        )
         counts = {}
         for name, idx in zip(SPLITS, (train_idx, valid_idx)):
             counts[f"{name}_tokens"] = write_subset(source, idx, tmp / name)
@@ -161,7 +155,7 @@ def prepare_scorer_data(
                 (tmp / name).unlink(missing_ok=True)
         clipped = int(np.count_nonzero(np.abs((raw - raw.mean()) / std) > CLIP)) if std > 0 else 0
         plot_scores(
-            z, tmp / "scores.png", title=f"{Path(str(scores)).name}: {n} scores, {clipped} clipped at ±{CLIP:g}"
+            z, tmp / "scores.png", title=f"{Path(str(cfg.scores)).name}: {n} scores, {clipped} clipped at ±{CLIP:g}"
         )
         stats = {
             "num_sequences": n,
@@ -178,17 +172,17 @@ def prepare_scorer_data(
             "normalised_std": float(z.std()),
             "retokenized": retokenized,
             "tokenizer": tok_info,
-            "proxy": str(proxy),
-            "scores": str(scores),
-            "seed": seed,
+            "proxy": str(cfg.proxy),
+            "scores": str(cfg.scores),
+            "seed": cfg.seed,
             "valid_num": valid_num,
             "args": args or {},
             "seconds": round(time.time() - t0, 3),
         }
         save_json(tmp / "stats.json", stats)
         # where the scores come from, when the proxy set carries a provenance sidecar (lqs/report.py)
-        text_tok = src_tokenizer if src_tokenizer is not None else (tok_info or {}).get("path")
-        report_if_sidecar(tmp / "report", raw, str(proxy), tokenizer=text_tok)
+        text_tok = cfg.src_tokenizer if cfg.src_tokenizer is not None else (tok_info or {}).get("path")
+        report_if_sidecar(tmp / "report", raw, str(cfg.proxy), tokenizer=text_tok)
     logger.info(
         "scorer data: %d train + %d valid sequences, %d scores clipped -> %s",
         len(train_idx),

@@ -1,67 +1,69 @@
 """Corpus scoring (``lqs score``): every sequence of an indexed dataset, data parallel, resumable.
 
-Work is cut into **shards**: shard ``k`` covers the fixed index range
-``[k * shard_size, min((k + 1) * shard_size, N))`` whatever the number of ranks. Rank 0
-lists the shards not yet on disk and broadcasts the list; rank ``r`` computes the
-unfinished shards ``r, r + world, r + 2 world, ...`` of that list. Each finished shard is
-written atomically to ``OUT/shards/shard-XXXXX.npy`` (float32, the scores of its range in
-dataset order), so a killed job loses at most the shards in flight; a restart with the
-same arguments skips every shard already written and computes only the rest. When all
-shards exist, rank 0 merges them into ``OUT/scores.npy`` (float32, dataset order,
-atomic) and writes ``OUT/score_stats.json``.
+Work is cut into **parts** (the units of restart): part ``k`` covers the fixed index range
+``[k * part_size, min((k + 1) * part_size, N))`` whatever the number of ranks. Rank 0
+lists the parts not yet on disk and broadcasts the list; rank ``r`` computes the
+unfinished parts ``r, r + world, r + 2 world, ...`` of that list. Each finished part is
+written atomically to ``OUT/parts/part-XXXXX.npy`` (float32, the scores of its range in
+dataset order), so a killed job loses at most the parts in flight; a restart with the
+same arguments skips every part already written and computes only the rest. When all
+parts exist, rank 0 merges them into ``OUT/scores.npy`` (float32, dataset order,
+atomic) and writes ``OUT/score_stats.json``. (A *shard* is something else: one of the
+independent ``--shard I/N`` runs that ``lqs merge --shards`` joins, :mod:`lqs_megatron.data.sharding`.)
 
-A shard is always computed the same way (its own length-bucketed batches, see
+A part is always computed the same way (its own length-bucketed batches, see
 :mod:`lqs_megatron.scorer.predict`), so the output does not depend on the number of
-ranks. ``OUT/shards/meta.json`` records the dataset, the scorer and the shard size; a
-restart against other data, another scorer or another shard size is refused rather than
-mixing results. The output directory must be on a filesystem every rank sees (multi-node).
+ranks. ``OUT/parts/meta.json`` records the dataset, the scorer and the part size; a
+restart against other data, another scorer or another part size is refused rather than
+mixing results. An output directory of a release that called parts shards
+(``OUT/shards/shard-XXXXX.npy``) is renamed to this layout and resumes. The output
+directory must be on a filesystem every rank sees (multi-node).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
-from lqs_megatron.data.indexed import IndexedDataset, idx_path
+from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path
 from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.writing import file_digest
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
-from lqs_megatron.scorer.config import ScoreOptions
-from lqs_megatron.scorer.model import Scorer, load_scorer
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.model import Scorer, ScorerConfig, load_scorer
 from lqs_megatron.scorer.predict import predict
 from lqs_megatron.utils.atomic import save_json, save_npy
 
 logger = logging.getLogger(__name__)
 
 
-def shard_path(out_dir: str | os.PathLike, k: int) -> Path:
-    return Path(out_dir) / "shards" / f"shard-{k:05d}.npy"
+def part_path(out_dir: str | os.PathLike, k: int) -> Path:
+    return Path(out_dir) / "parts" / f"part-{k:05d}.npy"
 
 
-def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+def part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
-def run_meta(ds: IndexedDataset, ckpt: Path, shard_size: int) -> dict:
-    """What a shard's content depends on; compared on restart."""
+def run_meta(ds: IndexedDataset, ckpt: Path, part_size: int) -> dict:
+    """What a part's content depends on; compared on restart."""
     return {
         "num_sequences": len(ds),
         "num_tokens": ds.num_tokens,
-        "index_digest": _file_digest(Path(idx_path(ds.prefix))),
-        "scorer_digest": _file_digest(ckpt / "model.safetensors") + _file_digest(ckpt / "scorer.json"),
-        "shard_size": shard_size,
+        "index_digest": file_digest(idx_path(ds.prefix)),
+        "data_size": os.path.getsize(bin_path(ds.prefix)),
+        "data_digest": file_digest(bin_path(ds.prefix), sampled=True),  # a .bin rewritten in place
+        "scorer_digest": file_digest(ckpt / "model.safetensors") + file_digest(ckpt / "scorer.json"),
+        "part_size": part_size,
     }
 
 
@@ -86,42 +88,62 @@ def prepare_for_inference(
     return model, amp
 
 
-def _check_meta(shard_dir: Path, meta: dict) -> str | None:
-    """Error message when ``shard_dir`` holds shards of another run; else write the meta (first run)."""
-    import json
+def _adopt_old_layout(out: Path) -> None:
+    """Rename the restart units of a run written when they were called shards (``OUT/shards/shard-XXXXX.npy``,
+    ``shard_size`` in its meta.json) to ``OUT/parts/part-XXXXX.npy``, so that the run resumes. Every step can be
+    redone, so a run killed in the middle of this finishes it on its next start."""
+    old, new = out / "shards", out / "parts"
+    if not old.is_dir():
+        return
+    if new.exists():
+        raise LQSError(f"{out} holds both shards/ (an older lqs score's) and parts/; delete one of them")
+    for p in old.glob("shard-*.npy"):
+        p.rename(old / ("part-" + p.name.removeprefix("shard-")))
+    meta = old / "meta.json"
+    if meta.is_file():
+        values = json.loads(meta.read_text())
+        if "shard_size" in values:
+            values["part_size"] = values.pop("shard_size")
+            save_json(meta, values)
+    old.rename(new)
+    logger.info("%s: renamed to %s (the restart units are now called parts)", old, new)
 
-    path = shard_dir / "meta.json"
+
+#: meta.json keys that runs of an older release did not record: their absence is no difference (they are added)
+_LATER_KEYS = ("data_size", "data_digest")
+
+
+def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:
+    """Error message when ``part_dir`` holds parts of another run; else write the meta (first run)."""
+    path = part_dir / "meta.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = [k for k in meta if old.get(k) != meta[k]]
-        if diff:
+        diff = [k for k in meta if old.get(k) != meta[k] and not (k in _LATER_KEYS and k not in old)]
+        if diff and set(diff) <= {"data_size", "data_digest"}:
             return (
-                f"{shard_dir} holds shards of another run ({', '.join(diff)} differ); "
+                f"{bin_path(data)} changed since the parts in {part_dir} were scored (its size or content differs); "
                 "use a fresh --out or delete that directory"
             )
+        if diff:
+            return (
+                f"{part_dir} holds parts of another run ({', '.join(diff)} differ); "
+                "use a fresh --out or delete that directory"
+            )
+        if any(k not in old for k in meta):
+            save_json(path, {**old, **meta})
         return None
-    if any(shard_dir.glob("shard-*.npy")):
-        return f"{shard_dir} holds shards but no meta.json; use a fresh --out or delete that directory"
+    if any(part_dir.glob("part-*.npy")):
+        return f"{part_dir} holds parts but no meta.json; use a fresh --out or delete that directory"
     save_json(path, meta)
     return None
 
 
-def score_dataset(
-    scorer: str | os.PathLike,
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    tokenizer: str | os.PathLike | None = None,
-    options: ScoreOptions | None = None,
-    dims=None,
-    progress: bool = True,
-    shard=None,
-    allow_tokenizer_mismatch: bool = False,
-) -> dict:
-    """Score every sequence of ``data`` with the scorer checkpoint; write ``out_dir/scores.npy``.
+def score_dataset(run: ScoreRun, options: ScoreOptions | None = None, dims=None) -> dict:
+    """Score every sequence of ``run.data`` with the scorer checkpoint ``run.scorer``; write ``run.out/scores.npy``.
 
     ``dims``: a :class:`lqs_megatron.parallel.dims.ParallelDims` (default: one process on the
-    best device). ``shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
-    ``[I*n/N, (I+1)*n/N)`` only, into ``out_dir.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
+    best device). ``run.shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
+    ``[I*n/N, (I+1)*n/N)`` only, into ``run.out.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
     joins them). Rank 0 holds the output's lock. Returns the run's statistics (also written to
     ``score_stats.json``).
     """
@@ -130,70 +152,93 @@ def score_dataset(
     from lqs_megatron.utils.lock import output_lock
 
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    out = shard_output(out_dir, shard)
+    out = Path(shard_output(run.out, run.shard))
     with output_lock(out, enabled=dims.is_main):
-        return _score_dataset(
-            scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard, allow_tokenizer_mismatch
-        )
+        job = _plan(run, options or ScoreOptions(), out, dims)
+        totals = _compute(job, dims, run.progress)
+        return _finish(job, totals, dims)
 
 
-def _score_dataset(
-    scorer, data, out_dir, tokenizer, opts: ScoreOptions, dims, progress: bool, shard, allow_tokenizer_mismatch=False
-) -> dict:
+@dataclass
+class _Job:
+    """What :func:`_plan` decided: the data, the scorer, this run's range and the parts every rank computes."""
+
+    run: ScoreRun
+    opts: ScoreOptions
+    out: Path
+    ds: IndexedDataset
+    model: Scorer
+    cfg: ScorerConfig
+    ckpt: Path
+    begin: int  # this run's sequences [begin, stop): all of them unless it is a shard
+    stop: int
+    ranges: list[tuple[int, int]]  # the parts, relative to ``begin``
+    todo: list[int]  # the parts not on disk yet
+    t0: float
+
+
+def _plan(run: ScoreRun, opts: ScoreOptions, out: Path, dims) -> _Job:
+    """Check the data against the scorer; rank 0 lists the parts still to compute (after checking that the parts
+    on disk belong to this run) and every rank gets the list."""
     from lqs_megatron.data.sharding import split_range
 
     t0 = time.time()
+    data, shard = run.data, run.shard
     ds = IndexedDataset(data)
     if len(ds) == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
-    # the whole dataset unless sharded; a shard is whole restart units, so every score is computed in the
+    # the whole dataset unless sharded; a shard is whole parts, so every score is computed in the
     # same batch as in one run (bucketed batches decide the last bits of a score)
-    begin, stop = split_range(len(ds), shard, opts.shard_size)
-    n = stop - begin
-    if shard is not None and n == 0:
-        logger.warning("shard %s of %d sequences in units of --shard-size %d is empty", shard, len(ds), opts.shard_size)
-    model, cfg, ckpt = load_scorer(scorer)
+    begin, stop = split_range(len(ds), shard, opts.part_size)
+    if shard is not None and stop == begin:
+        logger.warning("shard %s of %d sequences in units of --part-size %d is empty", shard, len(ds), opts.part_size)
+    model, cfg, ckpt = load_scorer(run.scorer)
     check_same_tokenizer(
         cfg.tokenizer,
-        dataset_tokenizer(data, tokenizer),
+        dataset_tokenizer(data, run.tokenizer),
         f"dataset {str(data)!r}",
         f"scorer {ckpt}",
         hint=" (pass --tokenizer DIR to check it)",
-        allow=allow_tokenizer_mismatch,
+        allow=run.allow_tokenizer_mismatch,
     )
     if cfg.bos_token_id is None and (ds.sequence_lengths == 0).any():
         raise LQSError(f"dataset {str(data)!r}: sequence {int(np.argmax(ds.sequence_lengths == 0))} is empty")
 
-    out = Path(out_dir)
-    shard_dir = out / "shards"
-    ranges = shard_ranges(n, opts.shard_size)  # relative to ``begin``
+    part_dir = out / "parts"
+    ranges = part_ranges(stop - begin, opts.part_size)
     plan = None
     if dims.is_main:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        for stale in shard_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
+        _adopt_old_layout(out)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        for stale in part_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
             stale.unlink(missing_ok=True)
         sharded = {"range": [begin, stop]} if shard is not None else {}
-        err = _check_meta(shard_dir, {**run_meta(ds, ckpt, opts.shard_size), **sharded})
-        todo = [k for k in range(len(ranges)) if not shard_path(out, k).is_file()]
+        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded}, str(data))
+        todo = [k for k in range(len(ranges)) if not part_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
     plan = dims.broadcast_object(plan)
     if plan["error"]:
         raise LQSError(plan["error"])
     todo = plan["todo"]
-    mine = todo[dims.rank :: dims.world_size]
     logger.info(
-        "%d sequences in %d shard(s): %d already done, %d to compute on %d rank(s)",
-        n,
+        "%d sequences in %d part(s): %d already done, %d to compute on %d rank(s)",
+        stop - begin,
         len(ranges),
         len(ranges) - len(todo),
         len(todo),
         dims.world_size,
     )
+    return _Job(run, opts, out, ds, model, cfg, ckpt, begin, stop, ranges, todo, t0)
 
-    device = dims.device
-    net, amp = prepare_for_inference(model, device, opts.bf16 and device.type == "cuda", opts.compile)
+
+def _compute(job: _Job, dims, progress: bool) -> dict:
+    """Score this rank's share of the missing parts (every ``world``-th), each written when done; return the
+    sequences and tokens computed over all ranks and this rank's compute time."""
+    opts, device = job.opts, dims.device
+    mine = job.todo[dims.rank :: dims.world_size]
+    net, amp = prepare_for_inference(job.model, device, opts.bf16 and device.type == "cuda", opts.compile)
     pad_multiple = 8 if device.type == "cuda" else 1
-    my_seqs = sum(ranges[k][1] - ranges[k][0] for k in mine)
+    my_seqs = sum(job.ranges[k][1] - job.ranges[k][0] for k in mine)
     done = {"seqs": 0, "tokens": 0}
     desc = "scoring" if dims.world_size == 1 else f"scoring (rank 0 of {dims.world_size})"  # its share, its rates
     bar = Progress(desc, enabled=progress and dims.is_main, unit="seq", total=my_seqs)
@@ -205,55 +250,63 @@ def _score_dataset(
         bar.update(seqs, tokens)
 
     for k in mine:
-        start, end = ranges[k]
+        start, end = job.ranges[k]
         scores = predict(
             net,
-            cfg,
-            ds,
-            np.arange(begin + start, begin + end),
+            job.cfg,
+            job.ds,
+            np.arange(job.begin + start, job.begin + end),
             device,
             max_tokens=opts.max_tokens,
-            max_batch_size=opts.max_batch_size,
+            max_batch_size=opts.micro_batch_size,
             pad_multiple=pad_multiple,
             on_batch=on_batch,
             autocast=amp,
         )
-        save_npy(shard_path(out, k), scores)
-        logger.debug("shard %d [%d, %d) written", k, start, end)
+        save_npy(part_path(job.out, k), scores)
+        logger.debug("part %d [%d, %d) written", k, start, end)
     bar.close()
     compute_s = time.time() - t_compute
     totals = torch.tensor([done["seqs"], done["tokens"]], dtype=torch.float64, device=device)
     totals = dims.all_reduce(totals).cpu()
+    return {"seqs": int(totals[0]), "tokens": int(totals[1]), "seconds": compute_s}
+
+
+def _finish(job: _Job, totals: dict, dims) -> dict:
+    """Once every rank is done, rank 0 merges the parts into ``scores.npy`` (and ``scores.parquet``), writes
+    ``score_stats.json`` and the report sidecar; every rank returns the statistics."""
+    run, opts, out, device = job.run, job.opts, job.out, dims.device
+    n, compute_s = job.stop - job.begin, totals["seconds"]
     stats = None
     dims.barrier()
     if dims.is_main:
-        stats = merge_shards(out, n, opts.shard_size)
+        stats = merge_parts(out, n, opts.part_size)
         if opts.parquet:
             from lqs_megatron.data.scores import write_scores_parquet
 
-            write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), data, begin)
-        if shard is not None:
-            stats.update(shard={"index": shard.index, "count": shard.count, "range": [begin, stop]})
+            write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), run.data, job.begin)
+        if run.shard is not None:
+            stats.update(shard={"index": run.shard.index, "count": run.shard.count, "range": [job.begin, job.stop]})
         stats.update(
-            num_shards=len(ranges),
-            shards_skipped=len(ranges) - len(todo),
-            shards_computed=len(todo),
+            num_parts=len(job.ranges),
+            parts_skipped=len(job.ranges) - len(job.todo),
+            parts_computed=len(job.todo),
             world_size=dims.world_size,
-            sequences_computed=int(totals[0]),
-            tokens_computed=int(totals[1]),
+            sequences_computed=totals["seqs"],
+            tokens_computed=totals["tokens"],
             compute_seconds=round(compute_s, 3),
-            sequences_per_s=round(float(totals[0]) / max(compute_s, 1e-9), 2),
-            tokens_per_s=round(float(totals[1]) / max(compute_s, 1e-9), 2),
-            seconds=round(time.time() - t0, 3),
-            scorer=str(ckpt),
-            data=str(data),
+            sequences_per_s=round(totals["seqs"] / max(compute_s, 1e-9), 2),
+            tokens_per_s=round(totals["tokens"] / max(compute_s, 1e-9), 2),
+            seconds=round(time.time() - job.t0, 3),
+            scorer=str(job.ckpt),
+            data=str(run.data),
             device=str(device),
             bf16=bool(opts.bf16 and device.type == "cuda"),
             compile=opts.compile,
             parquet=opts.parquet,
         )
         save_json(out / "score_stats.json", stats)
-        report_if_sidecar(out / "report", out / "scores.npy", str(data), tokenizer=tokenizer)  # lqs/report.py
+        report_if_sidecar(out / "report", out / "scores.npy", str(run.data), tokenizer=run.tokenizer)  # lqs/report.py
         logger.info(
             "scored %d sequences (%d computed, %.0f seq/s, %.0f tok/s over %d rank(s)) -> %s",
             n,
@@ -263,16 +316,15 @@ def _score_dataset(
             dims.world_size,
             out / "scores.npy",
         )
-    stats = dims.broadcast_object(stats)
-    return stats
+    return dims.broadcast_object(stats)
 
 
-def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
-    """Concatenate every shard into ``out_dir/scores.npy`` (atomic); return summary statistics."""
+def merge_parts(out_dir: str | os.PathLike, n: int, part_size: int) -> dict:
+    """Concatenate every part into ``out_dir/scores.npy`` (atomic); return summary statistics."""
     out = Path(out_dir)
     parts = []
-    for k, (start, end) in enumerate(shard_ranges(n, shard_size)):
-        p = shard_path(out, k)
+    for k, (start, end) in enumerate(part_ranges(n, part_size)):
+        p = part_path(out, k)
         if not p.is_file():
             raise LQSError(f"{p} is missing; rerun the same command to compute it")
         a = np.load(p)
@@ -282,4 +334,4 @@ def merge_shards(out_dir: str | os.PathLike, n: int, shard_size: int) -> dict:
     scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)  # none: an empty --shard
     save_npy(out / "scores.npy", scores)
     summary = {k: float(getattr(scores, k)()) if len(scores) else None for k in ("mean", "std", "min", "max")}
-    return {"num_sequences": n, "shard_size": shard_size, **summary}
+    return {"num_sequences": n, "part_size": part_size, **summary}

@@ -29,6 +29,7 @@ import torch
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.model import Scorer, ScorerConfig
+from lqs_megatron.training.step import autocast as amp_context  # the name ``autocast`` is predict's parameter
 
 
 def default_max_tokens(device: torch.device) -> int:
@@ -125,7 +126,7 @@ def predict(
             if k + 1 < len(batches):
                 nxt = pool.submit(load, batches[k + 1])
             ids, lens, pos = (x.to(device, non_blocking=True) for x in (ids, lens, pos))
-            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            with amp_context(device, autocast):
                 out[pos] = model(ids, lens)
             if on_batch is not None:
                 on_batch(len(pos), int(eff[batches[k]].sum()))

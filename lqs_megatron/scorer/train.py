@@ -24,7 +24,7 @@ are the pretraining ones) with the scorer's pieces:
   each epoch end holds the model, the optimizer, the position and the RNG: ``--resume``
   continues from it exactly where it stopped.
 
-Batch size: ``--batch-size`` (global); by default 512 (PDS/DELT), lowered to a power of
+Batch size: ``--global-batch-size``; by default 512 (PDS/DELT), lowered to a power of
 two that gives an epoch at least :data:`MIN_STEPS_PER_EPOCH` steps on a small split.
 
 Layout::
@@ -54,7 +54,7 @@ from torch import nn
 from lqs_megatron.data.fingerprint import check_same_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
-from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig
+from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig, TrainScorerRun
 from lqs_megatron.scorer.data import load_split, load_stats
 from lqs_megatron.scorer.metrics import regression_metrics
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, build_scorer, load_scorer, save_scorer, unwrap
@@ -88,8 +88,9 @@ LEGACY_LAST = "last"
 
 
 def schedule(cfg: TrainScorerConfig, total_steps: int) -> WarmupCosine:
-    """Linear warmup over ``cfg.warmup`` steps to ``cfg.lr``, then cosine down to ``cfg.min_lr`` at the last step."""
-    return WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup, total_steps)
+    """Linear warmup over ``cfg.warmup_steps`` steps to ``cfg.lr``, then cosine down to ``cfg.min_lr`` at the last
+    step."""
+    return WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -158,11 +159,13 @@ def _resume_source(out: Path, resume: bool, dims) -> Path | None:
 def _resume_changes(src: Path, saved: dict, cfg: TrainScorerConfig, source: str, allow: bool, warn: bool) -> list:
     """The settings that differ from the run's (``utils/resume.py``): the data order, the sequences and the
     backbone are refused; the optimisation unless ``allow`` (then the changes are returned, to be recorded)."""
-    now, args = dataclasses.asdict(cfg), saved.get("args", {})
-    fixed = changed_settings(TrainScorerConfig, args, now, ("batch_size", "seed", "max_length", "use_bos"))
+    renamed = {"batch_size": "global_batch_size", "warmup": "warmup_steps"}  # as recorded before the rename
+    now = dataclasses.asdict(cfg)
+    args = {renamed.get(k, k): v for k, v in saved.get("args", {}).items()}
+    fixed = changed_settings(TrainScorerConfig, args, now, ("global_batch_size", "seed", "max_length", "use_bos"))
     if saved.get("source") not in (None, source):
         fixed.append({"setting": "--base/--model-config", "was": saved["source"], "now": source})
-    keys = ("epochs", "lr", "min_lr", "weight_decay", "warmup", "clip_grad", "precision")
+    keys = ("epochs", "lr", "min_lr", "weight_decay", "warmup_steps", "clip_grad", "precision")
     free = changed_settings(TrainScorerConfig, args, now, keys)
     why = "the data order or the model would change"
     return check_resume(str(src), fixed, free, allow, why, "trainer.json", warn)
@@ -171,54 +174,41 @@ def _resume_changes(src: Path, saved: dict, cfg: TrainScorerConfig, source: str,
 class ScorerTrainer(Trainer):
     """One scorer training run on this rank: the scorer's pieces around the one loop."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        out_dir: str | os.PathLike,
-        cfg: TrainScorerConfig,
-        base: str | None,
-        model_config: str | None,
-        tokenizer: str | None,
-        resume: bool,
-        dims: ParallelDims,
-        progress: bool = True,
-        allow_changed_settings: bool = False,
-        allow_tokenizer_mismatch: bool = False,
-    ):
-        self.data_dir, out = data_dir, Path(out_dir)
-        self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
+    def __init__(self, run: TrainScorerRun, cfg: TrainScorerConfig, dims: ParallelDims, progress: bool = True):
+        out = Path(run.out)
+        self.train, self.valid = load_split(run.data, "train"), load_split(run.data, "valid")
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
-        self.steps_per_epoch = len(self.train.data) // cfg.batch_size
+        self.steps_per_epoch = len(self.train.data) // cfg.global_batch_size
         if self.steps_per_epoch < MIN_STEPS_PER_EPOCH:
             logger.warning(
                 "an epoch is only %d optimizer step(s) (%d training sequences, --global-batch-size %d): the warm-up "
                 "and the per-epoch validation see very few updates; lower --global-batch-size or add data",
-                self.steps_per_epoch, len(self.train.data), cfg.batch_size,
+                self.steps_per_epoch, len(self.train.data), cfg.global_batch_size,
             )  # fmt: skip
         total = self.steps_per_epoch * cfg.epochs
-        src = _resume_source(out, resume, dims)
+        src = _resume_source(out, run.resume, dims)
         self.state = {"best": None, "history": []}
         if src is not None:
             model, self.scfg, _ = load_scorer(src)
             self.tok_dir = str(src / "tokenizer")
             self.state = json.loads((src / "trainer.json").read_text())
-            source = os.path.abspath(base) if base is not None else f"config:{model_config}"
-            changed = _resume_changes(src, self.scfg.meta, cfg, source, allow_changed_settings, dims.is_main)
+            source = os.path.abspath(run.base) if run.base is not None else f"config:{run.model_config}"
+            changed = _resume_changes(src, self.scfg.meta, cfg, source, run.allow_changed_settings, dims.is_main)
             step = int(self.state.get("global_step", 0))
             self.state["resume_changes"] = self.state.get("resume_changes", []) + [{"step": step, **c} for c in changed]
             logger.info("resuming from %s at epoch %d, step %d", src, self.state["epoch"], self.state["step_in_epoch"])
         else:
             model, self.scfg, self.tok_dir = build_scorer(
-                base, model_config, tokenizer, cfg.max_length, cfg.seed, cfg.use_bos
+                run.base, run.model_config, run.tokenizer, cfg.max_length, cfg.seed, cfg.use_bos
             )
         check_same_tokenizer(
             self.scfg.tokenizer,
-            load_stats(data_dir).get("tokenizer"),
-            f"scorer data {str(data_dir)!r}",
+            load_stats(run.data).get("tokenizer"),
+            f"scorer data {str(run.data)!r}",
             "the scorer",
             hint=" (prepare-scorer-data records it from --src/--dst-tokenizer or PREFIX.stats.json)",
-            allow=allow_tokenizer_mismatch,
+            allow=run.allow_tokenizer_mismatch,
         )
         self.model = model.to(dims.device).train()
         # torch's AdamW defaults (PDS/DELT's scorer optimizer), through the shared builder
@@ -231,14 +221,14 @@ class ScorerTrainer(Trainer):
             ScorerLoss(self.model), dims, self.optimizer, schedule(cfg, total), cfg.clip_grad, self.amp,
             find_unused_parameters=self.scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
         )  # fmt: skip
-        self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(data_dir), "source": self.scfg.source}
+        self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(run.data), "source": self.scfg.source}
         settings = LoopSettings(
             steps=total,
             log_interval=cfg.log_interval,
             skip_nonfinite=cfg.skip_nonfinite,
             metrics_every_step=False,
             desc="train-scorer",
-            lr_hint=f"lower --lr (peak {cfg.lr:g}) or lengthen --warmup (now {cfg.warmup})",
+            lr_hint=f"lower --lr (peak {cfg.lr:g}) or lengthen --warmup-steps (now {cfg.warmup_steps})",
             progress=progress,
             tensorboard=cfg.tensorboard,
             wandb_project=cfg.wandb,
@@ -257,7 +247,7 @@ class ScorerTrainer(Trainer):
         epoch, s = divmod(step, self.steps_per_epoch)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, epoch_order(len(self.train.data), self.cfg.seed, epoch))
-        B = self.cfg.batch_size
+        B = self.cfg.global_batch_size
         batch = self._order[1][s * B : (s + 1) * B]
         dev = self.dims.device
         mbs = []
@@ -335,42 +325,18 @@ class ScorerTrainer(Trainer):
             "best_epoch": best["epoch"] if best else None,
             "best_valid": {k: best[f"valid_{k}"] for k in ("mse", "pearson", "spearman")} if best else None,
             "steps": end,
-            "batch_size": self.cfg.batch_size,
+            "global_batch_size": self.cfg.global_batch_size,
             "skipped_nonfinite": self.skipped,
         }
 
 
-def train_scorer(
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cfg: TrainScorerConfig | None = None,
-    base: str | None = None,
-    model_config: str | None = None,
-    tokenizer: str | None = None,
-    resume: bool = False,
-    dims=None,
-    progress: bool = True,
-    allow_changed_settings: bool = False,
-    allow_tokenizer_mismatch: bool = False,
-) -> dict:
-    """Train a scorer on ``data_dir`` (``lqs prepare-scorer-data`` output) into ``out_dir``, holding its lock."""
+def train_scorer(run: TrainScorerRun, cfg: TrainScorerConfig | None = None, dims=None, progress: bool = True) -> dict:
+    """Train a scorer on ``run.data`` (``lqs prepare-scorer-data`` output) into ``run.out``, holding its lock."""
     cfg = cfg or TrainScorerConfig()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
-    with output_lock_on_main(out_dir, dims):
+    with output_lock_on_main(run.out, dims):
         if dims.is_main:
-            remove_leftovers(out_dir)
-        result = ScorerTrainer(
-            data_dir,
-            out_dir,
-            cfg,
-            base,
-            model_config,
-            tokenizer,
-            resume,
-            dims,
-            progress,
-            allow_changed_settings=allow_changed_settings,
-            allow_tokenizer_mismatch=allow_tokenizer_mismatch,
-        ).run()
+            remove_leftovers(run.out)
+        result = ScorerTrainer(run, cfg, dims, progress).run()
     return {**result, "seconds": round(time.time() - t0, 3)}

@@ -66,7 +66,7 @@ from lqs_megatron.utils.integrity import (
     write_manifest,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def rng_state() -> dict:
@@ -100,7 +100,7 @@ def remove_leftovers(root: str | os.PathLike) -> None:
     if root.is_dir():
         for p in root.iterdir():
             if p.is_dir() and (p.name.endswith(".tmp") or p.name.endswith(".old")) and p.name.startswith("step_"):
-                log.info("removing %s, left by an interrupted checkpoint", p)
+                logger.info("removing %s, left by an interrupted checkpoint", p)
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -166,7 +166,7 @@ def rotate(root: str | os.PathLike, keep_last: int) -> list[str]:
     for p in gone:
         shutil.rmtree(p, ignore_errors=True)
     if gone:
-        log.info("--keep-last %d: removed %s", keep_last, ", ".join(p.name for p in gone))
+        logger.info("--keep-last %d: removed %s", keep_last, ", ".join(p.name for p in gone))
     return [p.name for p in gone]
 
 

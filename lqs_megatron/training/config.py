@@ -1,5 +1,8 @@
 """Settings of ``lqs pretrain``, ``lqs evaluate`` and ``lqs export-hf``: one dataclass per step,
-the single source of its flags and pipeline keys (:mod:`lqs_megatron.options`)."""
+the single source of its flags and pipeline keys (:mod:`lqs_megatron.options`).
+
+A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import ClassVar
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, check_seed, internal, option
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
@@ -207,7 +210,7 @@ def check_out_dir(cfg: PretrainConfig, crc: bool = False, warn: bool = False) ->
         raise LQSError(f"{cfg.out} already holds checkpoints; pass --resume to continue, or choose another --out")
     step_dir, skipped = find_resume_dir(cfg.out, crc=crc)
     for line in skipped if warn else ():
-        log.warning("--resume: skipping %s", line)
+        logger.warning("--resume: skipping %s", line)
     resume_changes(cfg, json.loads((step_dir / "trainer.json").read_text()), step_dir, warn=warn)
     return step_dir
 

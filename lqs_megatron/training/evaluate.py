@@ -9,8 +9,6 @@ sums are all-reduced, so the result does not depend on the world size.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -22,7 +20,7 @@ from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.data import check_token_ids
 from lqs_megatron.training.loss import per_example_lm_loss
-from lqs_megatron.training.step import autocast_dtype
+from lqs_megatron.training.step import autocast, autocast_dtype
 
 
 @torch.no_grad()
@@ -49,7 +47,7 @@ def evaluate_dataset(
     lengths = np.minimum(np.asarray(ds.sequence_lengths[:n])[mine], max_length + 1)
     mine = mine[np.argsort(-lengths, kind="stable")]  # longest first: batches of similar length
     amp = autocast_dtype(precision, dims.device)
-    ctx = torch.autocast(dims.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    ctx = autocast(dims.device, amp)
     totals = torch.zeros(3, dtype=torch.float64, device=dims.device)  # loss sum, examples, tokens
     model.eval()
     bar = Progress("evaluate", progress and dims.is_main, unit="ex", total=n)

@@ -34,7 +34,7 @@ from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.step import StepResult, TrainStep
 from lqs_megatron.utils.checkpoint_format import step_dir_name
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(LQSError):
@@ -158,7 +158,7 @@ class Trainer:
             if tps is not None:
                 rec["tokens_per_s"] = tps
             rate = f" | {tps:.0f} tok/s" if tps is not None else ""
-            log.info("step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %s",
+            logger.info("step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %s",
                      done, s.steps, rec["loss"], res.lr, res.grad_norm, rate, progress.status())  # fmt: skip
             progress.set_postfix(f"loss {rec['loss']:.4f}" + (f", {tps:,.0f} tok/s" if tps is not None else ""))
         if s.metrics_every_step or due:
@@ -177,7 +177,7 @@ class Trainer:
             f"(loss {res.loss:.6g}, gradient norm {res.grad_norm:.6g}, learning rate {res.lr:.3g})"
         )
         if len(self.skipped) <= s.skip_nonfinite:
-            log.warning("%s: batch skipped, weights unchanged (%d of --skip-nonfinite %d)", what, len(self.skipped),
+            logger.warning("%s: batch skipped, weights unchanged (%d of --skip-nonfinite %d)", what, len(self.skipped),
                         s.skip_nonfinite)  # fmt: skip
             return
         ck = self.last_checkpoint()

@@ -36,8 +36,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
-    if dtype is None:
+    """``torch.autocast`` to a 16-bit ``dtype`` on ``device``'s type; nothing for None (``--precision fp32``, the
+    CPU) or a full-precision dtype (annotate's float32 / float64 compute). The one autocast of training, the LQS
+    derivatives, evaluation and the scorer's predictions."""
+    if dtype is None or dtype.itemsize > 2:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 

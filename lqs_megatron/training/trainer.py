@@ -36,7 +36,7 @@ from lqs_megatron.training.step import TrainStep, autocast_dtype
 from lqs_megatron.utils.checkpoint_format import step_dir_name
 from lqs_megatron.utils.lock import output_lock_on_main
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
@@ -133,7 +133,7 @@ class Pretrainer(Trainer):
         if self.resume_dir is not None:
             self._resumed = load_training_state(self.resume_dir, self.model, self.optimizer, dims)
             start = int(self._resumed["step"])
-            log.info("resumed from %s at step %d", self.resume_dir, start)
+            logger.info("resumed from %s at step %d", self.resume_dir, start)
         # changes accepted with --allow-changed-settings (checked and logged by choose_resume_dir): trainer.json
         self.resume_changes = list(self._resumed.get("resume_changes", []))
         if self.resume_dir is not None:
@@ -211,7 +211,7 @@ class Pretrainer(Trainer):
 
     def run(self) -> dict:
         dims = self.dims
-        log.info("model: %s | tp %d x dp %d | %s", model_summary(self.model_config), dims.tp, dims.dp, dims.device)
+        logger.info("model: %s | tp %d x dp %d | %s", model_summary(self.model_config), dims.tp, dims.dp, dims.device)
         return super().run()
 
     def batch(self, step: int) -> Batch:
@@ -230,7 +230,7 @@ class Pretrainer(Trainer):
         if self.valid is not None and ((cfg.eval_interval and done % cfg.eval_interval == 0) or final):
             self.valid_loss = self.evaluate()
             self.metrics.write({"step": done, "valid_loss": self.valid_loss})
-            log.info("step %d | validation loss %.4f", done, self.valid_loss)
+            logger.info("step %d | validation loss %.4f", done, self.valid_loss)
         if (cfg.save_interval and done % cfg.save_interval == 0) or final:
             self.save(done, self.last.loss if self.last else None)
 

@@ -12,7 +12,8 @@
 #            BATCH_SIZE=B (16, global), MAX_LENGTH=L (1024), MICRO_BATCH_SIZE (4, train/target per rank),
 #            PROXY_BATCH_SIZE (16, per rank), PRECISION (fp32 | bf16 | fp64; DTYPE float32 | bf16 | float64
 #            is still read), TP (1), CKPT_DIR (OUT/trajectory)
-# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29501)
+# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29501):
+#            scripts/_torchrun.sh
 # The run resumes by itself: relaunch the same command after a failure (--resume). Extra arguments go to
 # `lqs annotate` unchanged (later flags override these). Memory and time: docs/annotation.md.
 set -euo pipefail
@@ -34,11 +35,8 @@ if [[ -z "${PRECISION:-}" ]]; then
   case "${DTYPE:-float32}" in float64) PRECISION=fp64 ;; bf16) PRECISION=bf16 ;; *) PRECISION=fp32 ;; esac
 fi
 TP=${TP:-1}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29501}
+source "$(dirname "${BASH_SOURCE[0]}")/../_torchrun.sh"
 
 args=(
   --model "$MODEL" --train "$TRAIN" --target "$TARGET" --proxy "$PROXY" --out "$OUT"
@@ -50,7 +48,5 @@ if [[ -n "${CKPT_DIR:-}" ]]; then
   args+=(--ckpt-dir "$CKPT_DIR")
 fi
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-exec torchrun --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
-  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  -m lqs_megatron annotate "${args[@]}" "$@"
+set -x
+exec "${lqs_torchrun[@]}" annotate "${args[@]}" "$@"

@@ -11,7 +11,7 @@
 # Optional:  PROCS_PER_NODE (shards per node, default 8), WORKERS (encoding processes per shard, default
 #            cores / PROCS_PER_NODE), MERGE (1: node 0 merges after its shards, default 1), MERGE_WAIT
 #            (seconds node 0 waits for the other nodes' shards, default 86400).
-# torchrun:  NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500).
+# torchrun:  NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500): scripts/_torchrun.sh.
 # `lqs score` is data parallel under torchrun itself: use scripts/scorer/infer.sh (one output) or
 # scripts/data/slurm_array.sh (shards) for it.
 set -euo pipefail
@@ -25,21 +25,16 @@ case "$step" in
      exit 2 ;;
 esac
 PROCS_PER_NODE=${PROCS_PER_NODE:-8}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-29500}
 cores=$(nproc 2>/dev/null || echo 8)
 WORKERS=${WORKERS:-$(( cores / PROCS_PER_NODE > 1 ? cores / PROCS_PER_NODE : 1 ))}
 
 args=("$@")
 [[ "$step" != export-jsonl ]] && args+=(--workers "$WORKERS")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+GPUS_PER_NODE=$PROCS_PER_NODE
+source "$(dirname "${BASH_SOURCE[0]}")/../_torchrun.sh"
 set -x
-"${TORCHRUN:-torchrun}" \
-  --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$PROCS_PER_NODE" \
-  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  -m lqs_megatron "$step" "${args[@]}"
+"${lqs_torchrun[@]}" "$step" "${args[@]}"
 if [[ "$NODE_RANK" == 0 && "${MERGE:-1}" == 1 ]]; then
   ${LQS:-lqs} merge --shards "$OUT" --wait "${MERGE_WAIT:-86400}"
 fi

@@ -8,7 +8,8 @@
 #            GLOBAL_BATCH_SIZE (512), STEPS (100000), MAX_LENGTH (1024), SEED (10),
 #            WARMUP_STEPS (lqs pretrain's default: min(2000, STEPS / 10), so 2000 for the papers' 100k
 #            steps and a short test run such as STEPS=3 still works)
-# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)
+# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500):
+#            scripts/_torchrun.sh
 # Extra arguments are passed to `lqs pretrain` unchanged (later flags override these defaults).
 set -euo pipefail
 
@@ -23,11 +24,7 @@ MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-8}
 STEPS=${STEPS:-100000}
 MAX_LENGTH=${MAX_LENGTH:-1024}
 SEED=${SEED:-10}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-29500}
+source "$(dirname "${BASH_SOURCE[0]}")/../_torchrun.sh"
 
 # The papers' recipe (PDS/DELT "conventional pre-training"): 100k steps of 512 x 1024 tokens,
 # AdamW (0.9, 0.98, eps 1e-6, weight decay 0.01), 2000 warm-up steps (at most STEPS / 10), cosine to lr/10,
@@ -46,9 +43,5 @@ if [[ -n "${VALID_DATA:-}" ]]; then
   args+=(--valid-data "$VALID_DATA")
 fi
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 set -x
-exec "${TORCHRUN:-torchrun}" \
-  --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
-  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  -m lqs_megatron pretrain "${args[@]}" "$@"
+exec "${lqs_torchrun[@]}" pretrain "${args[@]}" "$@"

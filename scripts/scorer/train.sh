@@ -10,7 +10,8 @@
 #            MODEL_CONFIG  a named model config (random init) together with TOKENIZER
 # Optional:  TOKENIZER (with BASE: the base's own), OUT (checkpoints/scorer), EPOCHS (5), LR (1e-4),
 #            GLOBAL_BATCH_SIZE (512), MICRO_BATCH_SIZE (16), MAX_LENGTH (1024), WARMUP (10), SEED (10)
-# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)
+# torchrun:  GPUS_PER_NODE (8), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500):
+#            scripts/_torchrun.sh
 # Extra arguments are passed to `lqs train-scorer` unchanged (later flags override these defaults).
 # Rerunning the same command continues an interrupted run (--resume from the newest valid OUT/step_X).
 set -euo pipefail
@@ -24,11 +25,7 @@ MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-16}
 MAX_LENGTH=${MAX_LENGTH:-1024}
 WARMUP=${WARMUP:-10}
 SEED=${SEED:-10}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-29500}
+source "$(dirname "${BASH_SOURCE[0]}")/../_torchrun.sh"
 
 if [[ -n "${BASE:-}" ]]; then
   model=(--base "$BASE")
@@ -50,9 +47,5 @@ args=(
   --warmup-steps "$WARMUP" --weight-decay 0.01 --clip-grad 1.0 --seed "$SEED" --resume
 )
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 set -x
-exec "${TORCHRUN:-torchrun}" \
-  --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \
-  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  -m lqs_megatron train-scorer "${args[@]}" "$@"
+exec "${lqs_torchrun[@]}" train-scorer "${args[@]}" "$@"

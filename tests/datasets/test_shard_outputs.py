@@ -17,7 +17,8 @@ from lqs_megatron.data.scores import read_scores
 from lqs_megatron.data.shard_merge import merge_shards
 from lqs_megatron.data.sharding import Shard
 from lqs_megatron.errors import LQSError
-from lqs_megatron.scorer.infer import ScoreOptions, score_dataset
+from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
+from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
 from tests.datasets.test_export import write_corpus
 from tests.scorer.helpers import write_token_dataset
@@ -37,10 +38,10 @@ def scored(tmp_path_factory, tiny_tokenizer):
     rng = np.random.default_rng(3)
     write_token_dataset(d / "corpus", [rng.integers(4, 512, size=int(n)) for n in rng.integers(1, 60, size=N)])
     write_meta(d / "corpus", [{"url": f"u{i}", "lang": ["en", "fr"][i % 2]} for i in range(N)])
-    opts = ScoreOptions(shard_size=7, parquet=True)
-    score_dataset(d / "scorer", d / "corpus", d / "one", options=opts, progress=False)
+    opts = ScoreOptions(part_size=7, parquet=True)
+    score_dataset(ScoreRun(d / "scorer", d / "corpus", d / "one", progress=False), opts)
     for i in range(3):
-        score_dataset(d / "scorer", d / "corpus", d / "sh", options=opts, progress=False, shard=Shard(i, 3))
+        score_dataset(ScoreRun(d / "scorer", d / "corpus", d / "sh", progress=False, shard=Shard(i, 3)), opts)
     return d
 
 
@@ -67,7 +68,7 @@ def test_score_shard_from_slurm_array_and_missing_shards(scored, monkeypatch, tm
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
     args = ["score", "--scorer", str(d / "scorer"), "--data", str(d / "corpus"), "--out", str(tmp_path / "s")]
-    assert main([*args, "--no-progress", "--device", "cpu", "--shard-size", "7"]) == 0
+    assert main([*args, "--no-progress", "--device", "cpu", "--part-size", "7"]) == 0
     part = np.load(tmp_path / "s.shard-00001-of-00004" / "scores.npy")
     assert np.array_equal(part, np.load(d / "one" / "scores.npy")[14:28])  # 8 units of 7: shard 1 of 4 holds 2
     with pytest.raises(LQSError, match=r"3 of 4 shards .* missing or unfinished \(shards 0, 2, 3"):

@@ -404,10 +404,10 @@ def scorer_run(scorer_data, tmp_path_factory) -> Path:
 
 def test_train_scorer_default_batch_adapts_to_a_small_split(scorer_run):
     s = json.loads((scorer_run / "summary.json").read_text())
-    assert s["batch_size"] == 32 and s["steps"] == 3 * (360 // 32)
+    assert s["global_batch_size"] == 32 and s["steps"] == 3 * (360 // 32)
     assert "optimizer step(s)" not in (scorer_run / "stderr.txt").read_text()  # 11 steps per epoch: no warning
     meta = json.loads((scorer_run / "best" / "scorer.json").read_text())["meta"]
-    assert meta["args"]["batch_size"] == 32 and meta["best"]["epoch"] == s["best_epoch"]
+    assert meta["args"]["global_batch_size"] == 32 and meta["best"]["epoch"] == s["best_epoch"]
     assert latest(scorer_run) == "step_00000033" and (scorer_run / "loss.png").is_file()
 
 

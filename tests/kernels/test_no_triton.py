@@ -16,7 +16,7 @@ def blocked(name, *a, **k):
 builtins.__import__ = blocked
 import torch
 from lqs_megatron.kernels import per_example_loss
-from lqs_megatron.kernels.grad_stats import grad_stats_linear
+from lqs_megatron.kernels.linear_stats import grad_stats_linear
 import lqs_megatron.lqs.stats  # the engine imports too
 h, w = torch.randn(2, 5, 8), torch.randn(11, 8)
 loss = per_example_loss(h, w, torch.randint(0, 11, (2, 5)), torch.ones(2, 5))

@@ -19,7 +19,7 @@ from tests.utils import REPO, assert_close, run_lqs, spawn
 VOCAB = 96
 # T=5, K=2: scoring steps 4, 2, 0; checkpoints every ceil(sqrt(5)) = 3 steps, so the sweep recomputes
 # two segments; 5 steps of 3 examples over 7 train sequences wrap around the stream twice.
-ARGS = dict(steps=5, lr=0.5, batch_size=3, interval=2, max_length=12)
+ARGS = dict(steps=5, lr=0.5, global_batch_size=3, interval=2, max_length=12)
 
 
 def _write(prefix, seqs):
@@ -52,15 +52,15 @@ def setup(tmp_path_factory):
     for name, n in (("train", 7), ("target", 4), ("proxy", 9)):
         _write(d / name, _random_seqs(rng, n))
     paths = {k: str(d / k) for k in ("model", "train", "target", "proxy")}
-    ref = reference_scores(*paths.values(), ARGS["steps"], ARGS["lr"], ARGS["batch_size"], ARGS["interval"],
+    ref = reference_scores(*paths.values(), ARGS["steps"], ARGS["lr"], ARGS["global_batch_size"], ARGS["interval"],
                            ARGS["max_length"])  # fmt: skip
     return d, paths, ref
 
 
 def _cli_args(paths, out, method="lqs", **extra):
     args = ["annotate", "--model", paths["model"], "--train", paths["train"], "--target", paths["target"],
-            "--proxy", paths["proxy"], "--steps", ARGS["steps"], "--lr", ARGS["lr"], "--batch-size",
-            ARGS["batch_size"], "--interval", ARGS["interval"], "--max-length", ARGS["max_length"],
+            "--proxy", paths["proxy"], "--steps", ARGS["steps"], "--lr", ARGS["lr"], "--global-batch-size",
+            ARGS["global_batch_size"], "--interval", ARGS["interval"], "--max-length", ARGS["max_length"],
             "--method", method, "--out", out]  # fmt: skip
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])
@@ -142,7 +142,7 @@ def test_tied_embeddings_float64_equals_the_contract(tmp_path):
     for name, n in (("train", 5), ("target", 3), ("proxy", 6)):
         _write(tmp_path / name, _random_seqs(rng, n, 2, 12))
     paths = {k: str(tmp_path / k) for k in ("model", "train", "target", "proxy")}
-    args = dict(steps=3, lr=0.5, batch_size=2, interval=1, max_length=8)
+    args = dict(steps=3, lr=0.5, global_batch_size=2, interval=1, max_length=8)
     ref = reference_scores(*paths.values(), *args.values())
     from lqs_megatron.lqs.annotate import AnnotateConfig, annotate
     from lqs_megatron.parallel.dims import ParallelDims
@@ -251,3 +251,15 @@ def test_bad_inputs(setup, case):
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (out / "raw_scores.npy").exists() and not (out / "scores.npy").exists()
+
+
+def test_trajectory_and_sweep_take_keyword_arguments_only():
+    """Ten and eleven settings of like types (ints, dtypes): named at every call, never by position."""
+    import inspect
+
+    from lqs_megatron.lqs.sweep import Sweep
+    from lqs_megatron.lqs.trajectory import Trajectory
+
+    for cls in (Trajectory, Sweep):
+        params = list(inspect.signature(cls).parameters.values())
+        assert len(params) >= 10 and all(p.kind is p.KEYWORD_ONLY for p in params), cls.__name__

@@ -13,7 +13,7 @@ from tests.models.families import FAMILIES, padded_batch, save_family
 from tests.utils import assert_close, rel_err, spawn
 
 VOCAB = 61
-ARGS = dict(steps=3, lr=0.5, batch_size=2, interval=1, max_length=11)
+ARGS = dict(steps=3, lr=0.5, global_batch_size=2, interval=1, max_length=11)
 
 
 def _write(prefix, seqs):

@@ -17,7 +17,7 @@ from lqs_megatron.utils.correlation import spearman_or_nan as spearman
 from tests.lqs.reference import example_loss, load_hf_params, read_examples, reference_target_curve
 from tests.utils import assert_close, run_lqs
 
-ARGS = dict(steps=6, batch_size=6, interval=2, max_length=16)
+ARGS = dict(steps=6, global_batch_size=6, interval=2, max_length=16)
 
 
 def _run(fx, out, **kw):
@@ -88,8 +88,8 @@ def _rule(curves: dict[float, list[float]]) -> float:
 
 def test_lr_auto_picks_the_rules_choice(lang_fixture, tmp_path):
     grid, P = (5.0, 0.001, 0.01, 0.1), 4
-    ref = {lr: reference_target_curve(lang_fixture["model"], lang_fixture["train"], lang_fixture["target"], P, lr,
-                                      ARGS["batch_size"], ARGS["max_length"]) for lr in (0.001, 0.01, 0.1)}  # fmt: skip
+    fx, B, L = lang_fixture, ARGS["global_batch_size"], ARGS["max_length"]
+    ref = {lr: reference_target_curve(fx["model"], fx["train"], fx["target"], P, lr, B, L) for lr in (0.001, 0.01, 0.1)}
     # the answer is clear-cut on this fixture: G(0.01) = 0.79 and G(0.1) = 0.32, far from the 1/2 boundary
     gain = {r: (ref[r][0] - ref[r][-1]) / (r / 0.001 * (ref[0.001][0] - ref[0.001][-1])) for r in ref}
     assert gain[0.01] > 0.7 and gain[0.1] < 0.4 and all(np.diff(ref[0.001]) < 0)

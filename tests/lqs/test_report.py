@@ -82,10 +82,11 @@ def test_report_errors_and_the_hook(corpus, tmp_path):
 
 
 def test_prepare_scorer_data_writes_the_report_when_a_sidecar_exists(corpus, tmp_path):
+    from lqs_megatron.scorer.config import PrepareScorerConfig
     from lqs_megatron.scorer.data import prepare_scorer_data
 
     d, rows, scores = corpus
-    prepare_scorer_data(d / "corpus", d / "scores.npy", tmp_path / "sd", valid_num=5)
+    prepare_scorer_data(PrepareScorerConfig(d / "corpus", d / "scores.npy", tmp_path / "sd", valid_num=5))
     rep = json.loads((tmp_path / "sd" / "report.json").read_text())
     assert rep["by"] == "source" and rep["groups"]["manual"]["count"] == 10 and rep["top"][0]["text"]
     assert (tmp_path / "sd" / "report.png").is_file() and (tmp_path / "sd" / "report.txt").is_file()

@@ -141,11 +141,12 @@ def test_sections_take_their_defaults_from_the_steps(tmp_path):
 
     cfg = config_from_dict(_minimal(tmp_path), tmp_path)
     step = AnnotateConfig(model="m", train="t", target="t", proxy="p", out="o")
-    for key in ("steps", "batch_size", "interval", "max_length", "micro_batch_size", "precision", "lr_grid"):
+    for key in ("steps", "global_batch_size", "interval", "max_length", "micro_batch_size", "precision", "lr_grid"):
         assert getattr(cfg.annotate, key) == getattr(step, key), key
     # the one default the pipeline changes: the probe picks eta (docs/quality.md); the command keeps 0.008
     assert cfg.annotate.lr == "auto" and step.lr == 0.008
-    assert cfg.scorer.warmup == TrainScorerConfig().warmup and cfg.scorer.batch_size == TrainScorerConfig().batch_size
+    assert cfg.scorer.warmup_steps == TrainScorerConfig().warmup_steps
+    assert cfg.scorer.global_batch_size == TrainScorerConfig().global_batch_size
 
 
 def test_every_planned_command_parses_with_the_section_values(tmp_path):
@@ -164,7 +165,7 @@ def test_every_planned_command_parses_with_the_section_values(tmp_path):
     a = parsed["annotate-lqs"]
     assert (a["micro_batch_size"], a["precision"], a["steps"], a["interval"]) == (3, "fp64", 20, 2)
     t = parsed["train-scorer-lqs"]
-    assert (t["precision"], t["use_bos"], t["warmup"], t["batch_size"]) == ("fp32", False, 20, 16)
+    assert (t["precision"], t["use_bos"], t["warmup_steps"], t["global_batch_size"]) == ("fp32", False, 20, 16)
     p = parsed["pretrain-lqs"]
     assert (p["warmup_steps"], p["shuffle"], p["steps"], p["seed"]) == (7, True, 300, 2)
     assert parsed["prepare-scorer-data-lqs"]["src_tokenizer"] == str(tmp_path / "tokenizer")

@@ -12,6 +12,7 @@ import scipy.stats
 from lqs_megatron.data.indexed import IndexedDataset
 from lqs_megatron.data.scores import normalize_scores
 from lqs_megatron.errors import LQSError
+from lqs_megatron.scorer.config import PrepareScorerConfig
 from lqs_megatron.scorer.data import load_split, prepare_scorer_data, split_indices
 from tests.scorer.helpers import write_token_dataset
 from tests.utils import run_lqs
@@ -112,7 +113,7 @@ def test_prepare_failure_inside_the_write_leaves_no_directory(tmp_path, monkeypa
 
     monkeypatch.setattr("lqs_megatron.scorer.data.plot_scores", boom)
     with pytest.raises(RuntimeError):
-        prepare_scorer_data(prefix, tmp_path / "s.npy", tmp_path / "data", valid_num=3)
+        prepare_scorer_data(PrepareScorerConfig(prefix, tmp_path / "s.npy", tmp_path / "data", valid_num=3))
     assert not list(tmp_path.glob("data*"))
 
 
@@ -120,7 +121,7 @@ def test_prepare_records_the_tokenizer_of_the_proxy(tmp_path, tiny_tokenizer):
     prefix, _ = _proxy(tmp_path, 20)
     (tmp_path / "proxy.stats.json").write_text(json.dumps({"args": {"tokenizer_dir": tiny_tokenizer}}))
     np.save(tmp_path / "s.npy", np.arange(20.0))
-    stats = prepare_scorer_data(prefix, tmp_path / "s.npy", tmp_path / "data", valid_num=4)
+    stats = prepare_scorer_data(PrepareScorerConfig(prefix, tmp_path / "s.npy", tmp_path / "data", valid_num=4))
     assert stats["tokenizer"]["path"] == str(Path(tiny_tokenizer).resolve())
     assert stats["retokenized"] is False
     assert len(IndexedDataset(tmp_path / "data" / "valid")) == 4
@@ -139,9 +140,16 @@ def test_prepare_retokenizes_for_the_scorer_tokenizer(tmp_path, tiny_tokenizer, 
     np.save(tmp_path / "s.npy", scores)
     out = tmp_path / "data"
     stats = prepare_scorer_data(
-        tmp_path / "proxy", tmp_path / "s.npy", out, valid_num=5, src_tokenizer=tiny_tokenizer, dst_tokenizer=str(dst),
-        workers=0,
-    )  # fmt: skip
+        PrepareScorerConfig(
+            tmp_path / "proxy",
+            tmp_path / "s.npy",
+            out,
+            valid_num=5,
+            src_tokenizer=tiny_tokenizer,
+            dst_tokenizer=str(dst),
+            workers=0,
+        )
+    )
     assert stats["retokenized"] and stats["tokenizer"]["path"] == str(dst.resolve())
     tok = load_tokenizer(str(dst))
     for split in ("train", "valid"):
@@ -150,7 +158,13 @@ def test_prepare_retokenizes_for_the_scorer_tokenizer(tmp_path, tiny_tokenizer, 
             assert s.data[j].tolist() == tok(texts[i]).input_ids + [tok.eos_token_id]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("proxy")) == []
     same = prepare_scorer_data(
-        tmp_path / "proxy", tmp_path / "s.npy", tmp_path / "same", valid_num=5, src_tokenizer=tiny_tokenizer,
-        dst_tokenizer=tiny_tokenizer,
-    )  # fmt: skip
+        PrepareScorerConfig(
+            tmp_path / "proxy",
+            tmp_path / "s.npy",
+            tmp_path / "same",
+            valid_num=5,
+            src_tokenizer=tiny_tokenizer,
+            dst_tokenizer=tiny_tokenizer,
+        )
+    )
     assert not same["retokenized"]

@@ -14,6 +14,7 @@ import scipy.stats
 from safetensors.torch import load_file
 
 from lqs_megatron.errors import LQSError
+from lqs_megatron.scorer.config import PrepareScorerConfig, ScoreRun, TrainScorerRun
 from lqs_megatron.scorer.data import prepare_scorer_data
 from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.train import TrainScorerConfig, schedule, train_scorer
@@ -66,16 +67,18 @@ def test_scorer_ranks_heldout_data_by_its_true_quality(proxy, tiny_tokenizer):
 def _dp_worker(rank, world, data, out, tokenizer):
     from lqs_megatron.parallel.dims import init_distributed
 
-    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=4, max_length=64)
-    train_scorer(data, out, cfg, model_config="tiny", tokenizer=tokenizer, dims=init_distributed(), progress=False)
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup_steps=2, global_batch_size=16, micro_batch_size=4, max_length=64)
+    run = TrainScorerRun(data, out, model_config="tiny", tokenizer=tokenizer)
+    train_scorer(run, cfg, dims=init_distributed(), progress=False)
 
 
 @pytest.mark.distributed
 def test_two_data_parallel_ranks_match_one_process(proxy, tiny_tokenizer, tmp_path):
     from tests.utils import spawn
 
-    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup=2, batch_size=16, micro_batch_size=8, max_length=64)
-    train_scorer(proxy / "data", tmp_path / "one", cfg, model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
+    cfg = TrainScorerConfig(epochs=1, lr=3e-3, warmup_steps=2, global_batch_size=16, micro_batch_size=8, max_length=64)
+    one = TrainScorerRun(proxy / "data", tmp_path / "one", model_config="tiny", tokenizer=tiny_tokenizer)
+    train_scorer(one, cfg, progress=False)
     spawn(_dp_worker, 2, str(proxy / "data"), str(tmp_path / "two"), tiny_tokenizer)
     # the same global batches: the logged losses agree, and so do the weights (up to float32
     # summation order, which Adam amplifies only on near-zero gradient entries)
@@ -97,10 +100,13 @@ class _Killed(Exception):
 
 
 def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_path, monkeypatch, caplog):
-    cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup=3, batch_size=32, micro_batch_size=16, max_length=64)
+    cfg = TrainScorerConfig(epochs=2, lr=3e-3, warmup_steps=3, global_batch_size=32, micro_batch_size=16, max_length=64)
     cfg.save_interval = 4
-    kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
-    full = train_scorer(proxy / "data", tmp_path / "full", cfg, **kw)
+
+    def run(out, resume=False):
+        return TrainScorerRun(proxy / "data", out, model_config="tiny", tokenizer=tiny_tokenizer, resume=resume)
+
+    full = train_scorer(run(tmp_path / "full"), cfg, progress=False)
 
     def dying_schedule(c, total):
         lr_of = schedule(c, total)
@@ -114,7 +120,7 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
 
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", dying_schedule)
     with pytest.raises(_Killed):
-        train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
+        train_scorer(run(tmp_path / "cut"), cfg, progress=False)
     trainer = json.loads((latest(tmp_path / "cut") / "trainer.json").read_text())
     assert (trainer["epoch"], trainer["step_in_epoch"], trainer["global_step"]) == (1, 2, 12)
     import shutil
@@ -122,16 +128,20 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
     old = tmp_path / "old"  # the same state in the layout before step directories: OUT/last, no checksums
     shutil.copytree(latest(tmp_path / "cut"), old / "last")
     (old / "last" / "checksums.json").unlink()
+    saved = json.loads((old / "last" / "scorer.json").read_text())  # and its settings under their names of then
+    args = saved["meta"]["args"]
+    args["batch_size"], args["warmup"] = args.pop("global_batch_size"), args.pop("warmup_steps")
+    (old / "last" / "scorer.json").write_text(json.dumps(saved))
     corrupt = tmp_path / "corrupt"  # the newest checkpoint truncated: resume falls back to the one before (step 10)
     shutil.copytree(tmp_path / "cut", corrupt)
     weights = latest(corrupt) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     monkeypatch.setattr("lqs_megatron.scorer.train.schedule", schedule)
     with pytest.raises(LQSError, match="pass --resume"):
-        train_scorer(proxy / "data", tmp_path / "cut", cfg, **kw)
+        train_scorer(run(tmp_path / "cut"), cfg, progress=False)
     with pytest.raises(LQSError, match="--global-batch-size was 32, now 16"):
-        train_scorer(proxy / "data", tmp_path / "cut", dataclasses.replace(cfg, batch_size=16), resume=True, **kw)
-    resumed = train_scorer(proxy / "data", tmp_path / "cut", cfg, resume=True, **kw)
+        train_scorer(run(tmp_path / "cut", resume=True), dataclasses.replace(cfg, global_batch_size=16), progress=False)
+    resumed = train_scorer(run(tmp_path / "cut", resume=True), cfg, progress=False)
     assert resumed["steps"] == full["steps"] == 20 and resumed["best_epoch"] == full["best_epoch"]
     for k, v in full["best_valid"].items():
         assert resumed["best_valid"][k] == pytest.approx(v, rel=1e-5), k
@@ -143,14 +153,16 @@ def test_resume_continues_exactly_where_it_stopped(proxy, tiny_tokenizer, tmp_pa
         assert rel_err(b[k], a[k]) < 1e-5, k
 
     with caplog.at_level(logging.WARNING, logger="lqs_megatron.scorer.train"):
-        fell_back = train_scorer(proxy / "data", corrupt, cfg, resume=True, **kw)
+        fell_back = train_scorer(run(corrupt, resume=True), cfg, progress=False)
     assert any(f"skipping step_00000012: {weights}: " in r.getMessage() for r in caplog.records)
     assert fell_back["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
 
     # a run written before step directories still resumes
     with pytest.raises(LQSError, match="pass --resume"):
-        train_scorer(proxy / "data", old, cfg, **kw)
-    legacy = train_scorer(proxy / "data", old, cfg, resume=True, **kw)
+        train_scorer(run(old), cfg, progress=False)
+    with pytest.raises(LQSError, match="--global-batch-size was 32, now 16"):
+        train_scorer(run(old, resume=True), dataclasses.replace(cfg, global_batch_size=16), progress=False)
+    legacy = train_scorer(run(old, resume=True), cfg, progress=False)
     assert legacy["steps"] == 20 and legacy["best_valid"] == pytest.approx(resumed["best_valid"], rel=1e-5)
     assert latest(old).name == "step_00000020"
 
@@ -163,22 +175,27 @@ def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path)
         vocab_size=512, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=128
     )
     transformers.XGLMForCausalLM(cfg).save_pretrained(hf)
-    tcfg = TrainScorerConfig(epochs=1, lr=1e-3, warmup=2, batch_size=32, micro_batch_size=16, max_length=64)
+    tcfg = TrainScorerConfig(
+        epochs=1, lr=1e-3, warmup_steps=2, global_batch_size=32, micro_batch_size=16, max_length=64
+    )
     with pytest.raises(LQSError, match="no config.json"):
-        train_scorer(proxy / "data", tmp_path / "x", tcfg, base=str(tmp_path), tokenizer=tiny_tokenizer)
-    res = train_scorer(proxy / "data", tmp_path / "ckpt", tcfg, base=str(hf), tokenizer=tiny_tokenizer, progress=False)
+        train_scorer(TrainScorerRun(proxy / "data", tmp_path / "x", base=str(tmp_path), tokenizer=tiny_tokenizer), tcfg)
+    run = TrainScorerRun(proxy / "data", tmp_path / "ckpt", base=str(hf), tokenizer=tiny_tokenizer)
+    res = train_scorer(run, tcfg, progress=False)
     assert res["steps"] == 10
     assert json.loads((tmp_path / "ckpt" / "best" / "scorer.json").read_text())["backbone"] == "hf"
-    stats = score_dataset(tmp_path / "ckpt", proxy / "heldout", tmp_path / "scored", progress=False)
+    stats = score_dataset(ScoreRun(tmp_path / "ckpt", proxy / "heldout", tmp_path / "scored", progress=False))
     assert stats["num_sequences"] == 150 and np.isfinite(np.load(tmp_path / "scored" / "scores.npy")).all()
 
 
 def test_batch_flags_are_checked(proxy, tiny_tokenizer, tmp_path):
-    kw = dict(model_config="tiny", tokenizer=tiny_tokenizer, progress=False)
+    def run(out):
+        return TrainScorerRun(proxy / "data", out, model_config="tiny", tokenizer=tiny_tokenizer)
+
     with pytest.raises(LQSError, match="larger than the training split"):
-        train_scorer(proxy / "data", tmp_path / "a", TrainScorerConfig(batch_size=1024, micro_batch_size=8), **kw)
+        train_scorer(run(tmp_path / "a"), TrainScorerConfig(global_batch_size=1024, micro_batch_size=8), progress=False)
     with pytest.raises(LQSError, match="not a multiple"):
-        train_scorer(proxy / "data", tmp_path / "b", TrainScorerConfig(batch_size=20, micro_batch_size=8), **kw)
+        train_scorer(run(tmp_path / "b"), TrainScorerConfig(global_batch_size=20, micro_batch_size=8), progress=False)
     with pytest.raises(LQSError, match="--lr"):
         TrainScorerConfig(lr=0)
     proc = subprocess.run(
@@ -198,18 +215,20 @@ def test_scorer_tokenizer_must_match_the_data(proxy, tiny_tokenizer, tmp_path):
     train_tokenizer(demo_texts(), other, vocab_size=600, num_threads=1)
     data = tmp_path / "data"  # the same proxy, this time with its tokenizer recorded
     prepare_scorer_data(
-        proxy / "proxy", proxy / "scores.npy", data, src_tokenizer=tiny_tokenizer, dst_tokenizer=tiny_tokenizer
+        PrepareScorerConfig(
+            proxy / "proxy", proxy / "scores.npy", data, src_tokenizer=tiny_tokenizer, dst_tokenizer=tiny_tokenizer
+        )
     )
-    cfg = TrainScorerConfig(epochs=1, batch_size=32, micro_batch_size=16, max_length=32)
+    cfg = TrainScorerConfig(epochs=1, global_batch_size=32, micro_batch_size=16, max_length=32)
     with pytest.raises(LQSError, match="retokenize the data for the scorer.*--allow-tokenizer-mismatch"):
-        train_scorer(data, tmp_path / "ckpt", cfg, model_config="tiny", tokenizer=str(other), progress=False)
+        train_scorer(
+            TrainScorerRun(data, tmp_path / "ckpt", model_config="tiny", tokenizer=str(other)), cfg, progress=False
+        )
     out = train_scorer(
-        data,
-        tmp_path / "ckpt",
+        TrainScorerRun(
+            data, tmp_path / "ckpt", model_config="tiny", tokenizer=str(other), allow_tokenizer_mismatch=True
+        ),
         cfg,
-        model_config="tiny",
-        tokenizer=str(other),
         progress=False,
-        allow_tokenizer_mismatch=True,
     )
     assert out["steps"] >= 1 and (tmp_path / "ckpt" / "latest").is_file()

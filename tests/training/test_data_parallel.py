@@ -70,3 +70,28 @@ def test_clip_matches_torch_on_one_rank():
     assert_close(norm, ref, rtol=1e-6, name="norm")
     for p, q in zip(a, b):
         assert_close(p.grad, q.grad, rtol=1e-6, name="clipped grad")
+
+
+def test_one_autocast_for_training_annotation_evaluation_and_scoring():
+    """16-bit dtypes autocast; None, float32 and float64 (annotate's full-precision compute) run as they are."""
+    import lqs_megatron.lqs.costate
+    import lqs_megatron.lqs.derivatives
+    import lqs_megatron.lqs.sweep
+    import lqs_megatron.scorer.predict
+    import lqs_megatron.training.evaluate
+    from lqs_megatron.training.step import autocast
+
+    users = (
+        lqs_megatron.lqs.costate,
+        lqs_megatron.lqs.derivatives,
+        lqs_megatron.lqs.sweep,
+        lqs_megatron.training.evaluate,
+    )
+    assert all(m.autocast is autocast for m in users) and lqs_megatron.scorer.predict.amp_context is autocast
+    cpu = torch.device("cpu")
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with autocast(cpu, torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+    for dtype in (None, torch.float32, torch.float64):
+        with autocast(cpu, dtype):
+            assert (a @ b).dtype == torch.float32 and torch.equal(a @ b, torch.mm(a, b)), dtype

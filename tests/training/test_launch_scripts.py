@@ -66,3 +66,39 @@ def test_warmup_follows_the_steps(steps, warmup):
 def test_warmup_steps_from_the_environment():
     argv = _launch("160M_bsl.sh", STEPS="3", WARMUP_STEPS="2")
     assert argv[argv.index("--warmup-steps") + 1] == "2"
+
+
+LAUNCHERS = {  # script: (its required environment, the lqs subcommand, its default master port)
+    "annotation/160M.sh": ({"MODEL": "m", "TRAIN": "t", "TARGET": "g", "PROXY": "p"}, "annotate", "29501"),
+    "scorer/train.sh": ({"DATA": "sd", "BASE": "b"}, "train-scorer", "29500"),
+    "scorer/infer.sh": ({"SCORER": "s", "DATA": "d", "OUT": "o"}, "score", "29500"),
+    "pretrain/160M_bsl.sh": ({"DATA": "d", "TOKENIZER": "tok"}, "pretrain", "29500"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(LAUNCHERS))
+def test_every_launcher_runs_lqs_through_the_shared_torchrun(script):
+    required, subcommand, port = LAUNCHERS[script]
+    torchrun_vars = ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
+    env = {**env, "TORCHRUN": "echo", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "node0", **required}
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", script), "--extra"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = proc.stdout.split()
+    torchrun = ["--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "8", "--master-addr", "node0"]
+    assert argv[:12] == [*torchrun, "--master-port", port, "-m", "lqs_megatron"]
+    assert argv[12] == subcommand and argv[-1] == "--extra"
+
+
+def test_the_torchrun_command_is_written_once():
+    """The launchers source scripts/_torchrun.sh rather than each spelling torchrun's flags."""
+    scripts = os.path.join(REPO, "scripts")
+    spelled = sorted(
+        os.path.relpath(os.path.join(d, f), scripts)
+        for d, _, files in os.walk(scripts)
+        for f in files
+        if f.endswith(".sh") and "--master-addr" in open(os.path.join(d, f)).read()
+    )
+    assert spelled == ["_torchrun.sh"]

@@ -195,6 +195,7 @@ def test_pretrain_writes_tensorboard_and_loss_png(tmp_path, tiny_data):
 
 def test_train_scorer_writes_tensorboard_and_loss_png(tmp_path, tiny_tokenizer):
     pytest.importorskip("tensorboard")
+    from lqs_megatron.scorer.config import PrepareScorerConfig, TrainScorerRun
     from lqs_megatron.scorer.data import prepare_scorer_data
     from lqs_megatron.scorer.train import TrainScorerConfig, train_scorer
     from tests.scorer.helpers import degraded_docs, write_dataset
@@ -202,9 +203,11 @@ def test_train_scorer_writes_tensorboard_and_loss_png(tmp_path, tiny_tokenizer):
     texts, scores = degraded_docs(60, seed=0)
     write_dataset(tmp_path / "proxy", tiny_tokenizer, texts)
     np.save(tmp_path / "s.npy", scores)
-    prepare_scorer_data(tmp_path / "proxy", tmp_path / "s.npy", tmp_path / "data")
-    cfg = TrainScorerConfig(epochs=2, lr=1e-3, warmup=1, batch_size=8, max_length=32, log_interval=2)
-    res = train_scorer(tmp_path / "data", tmp_path / "ck", cfg, model_config="tiny", tokenizer=tiny_tokenizer)
+    prepare_scorer_data(PrepareScorerConfig(tmp_path / "proxy", tmp_path / "s.npy", tmp_path / "data"))
+    cfg = TrainScorerConfig(epochs=2, lr=1e-3, warmup_steps=1, global_batch_size=8, max_length=32, log_interval=2)
+    res = train_scorer(
+        TrainScorerRun(tmp_path / "data", tmp_path / "ck", model_config="tiny", tokenizer=tiny_tokenizer), cfg
+    )
     tb = tb_scalars(tmp_path / "ck" / "tb")
     assert res["steps"] == 12 and [s for s, _ in tb["train/loss"]] == [2, 4, 6, 8, 10, 12]
     assert [s for s, _ in tb["valid/valid_pearson"]] == [6, 12] and "train/epoch" in tb
