@@ -7,7 +7,8 @@
       step_00000100/
         config.json                   # format, model config, padded vocab, tp (see CHECKPOINT_FORMAT)
         model-tp00-of-02.safetensors  # this tp rank's shard (one file per tp rank)
-        optimizer-tp00-of-02.pt       # AdamW state of that shard (identical across dp ranks)
+        optimizer-tp00-of-02.pt       # AdamW state of that shard: the plain optimizer's state_dict (also
+                                      # with --distributed-optimizer, whose dp shards are gathered to write it)
         trainer.json                  # step, consumed samples, schedule, the run's settings
         rng-rank00000.pt              # torch / CUDA / numpy / python RNG of each rank
         tokenizer/                    # tokenizer files (export-hf writes them next to the model)
@@ -43,6 +44,7 @@ import torch
 
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.training.optim import optimizer_state_for_save
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.checkpoint_format import (  # the format's read side, below models
     CHECKPOINT_FORMAT,
@@ -215,6 +217,8 @@ def save_checkpoint(
     Weights holding NaN/Inf are refused (nothing is written)."""
     from safetensors.torch import save_file
 
+    opt_state = optimizer_state_for_save(optimizer, dims)  # collective for the distributed optimizer
+
     def write(tmp: Path) -> list[str]:
         tp, tpr = dims.tp, dims.tp_rank
         names = []
@@ -223,7 +227,7 @@ def save_checkpoint(
             check_finite(sd, f"refusing to write {tmp.name.removesuffix('.tmp')} (tp rank {tpr})")
             names += [shard_name("model", tpr, tp, "safetensors"), shard_name("optimizer", tpr, tp, "pt")]
             save_file(sd, tmp / names[0], {"format": "pt"})
-            torch.save(optimizer.state_dict(), tmp / names[1])
+            torch.save(opt_state, tmp / names[1])
         names.append(f"rng-rank{dims.rank:05d}.pt")
         torch.save(rng_state(), tmp / names[-1])
         if dims.is_main:
@@ -256,7 +260,7 @@ def load_training_state(
     if missing or unexpected:
         raise LQSError(f"{step_dir}: model shard does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
     opt_file = step_dir / shard_name("optimizer", dims.tp_rank, dims.tp, "pt")
-    optimizer.load_state_dict(torch_load(opt_file, map_location=dims.device))
+    optimizer.load_state_dict(torch_load(opt_file, map_location="cpu"))  # moved to each parameter's device
     rng = step_dir / f"rng-rank{dims.rank:05d}.pt"
     if rng.is_file():
         set_rng_state(torch_load(rng))
