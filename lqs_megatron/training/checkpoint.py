@@ -261,17 +261,26 @@ def load_training_state(
     step_dir = Path(step_dir)
     meta = read_config(step_dir)
     trainer = json.loads((step_dir / "trainer.json").read_text())
+    if meta["model"]["vocab_size"] != model.config.vocab_size:  # resharding would fit the rows silently
+        raise LQSError(
+            f"{step_dir} holds another model than this run's (vocabulary {meta['model']['vocab_size']}, "
+            f"this run's {model.config.vocab_size})"
+        )
     if meta["tp"] == dims.tp and meta["padded_vocab_size"] == model.padded_vocab_size:
         sd = read_model_shard(step_dir, dims.tp_rank, dims.tp)
         opt_sd = torch_load(step_dir / shard_name("optimizer", dims.tp_rank, dims.tp, "pt"), map_location="cpu")
     else:
         log.info("resharding %s from tp %d to tp %d", step_dir, meta["tp"], dims.tp)
         sd, opt_sd = _resharded(step_dir, meta["tp"], model, dims)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        optimizer.load_state_dict(opt_sd)
+    except (RuntimeError, ValueError) as e:  # shapes or parameter counts of another model
+        first = str(e).strip().splitlines()[-1].strip()
+        raise LQSError(f"{step_dir} holds another model than this run's ({first})") from None
     missing = [m for m in missing if not (model.config.tie_word_embeddings and m == "output.weight")]
     if missing or unexpected:
         raise LQSError(f"{step_dir}: model shard does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    optimizer.load_state_dict(opt_sd)
     # the RNG of the same rank; in another world size every rank takes rank 0's (no step draws from it today)
     rank = dims.rank if trainer.get("world_size", dims.world_size) == dims.world_size else 0
     rng = step_dir / f"rng-rank{rank:05d}.pt"

@@ -131,3 +131,30 @@ def test_old_checkpoint_resumes_resharded_and_exports(tmp_path, monkeypatch):
     ids = torch.randint(0, 512, (2, 11))
     with torch.no_grad():
         assert rel_err(hf(input_ids=ids).logits, model.logits(model(ids))) < 1e-5
+
+
+OTHER_MODELS = [(1, 12, 61), (2, 12, 512), (2, 8, 500)]  # (tp written, hidden, vocabulary of the resuming model)
+
+
+@pytest.mark.parametrize("tp_written,hidden,vocab", OTHER_MODELS, ids=["same-tp", "resharded", "resharded-vocab"])
+def test_another_model_is_one_clear_error(tmp_path, tp_written, hidden, vocab):
+    """Resuming into a model of another width or vocabulary (same tp, or through the resharding
+    path, which must not fit another vocabulary's rows) is an LQSError naming the step directory."""
+    from lqs_megatron.errors import LQSError
+    from lqs_megatron.models.config import ModelConfig
+    from lqs_megatron.models.loading import build_model
+    from lqs_megatron.training.checkpoint import load_training_state
+    from lqs_megatron.training.optim import build_optimizer
+
+    small = dict(intermediate_size=16, num_layers=1, num_heads=2, num_kv_heads=2)
+    step = OLD / "ckpt" / "step_00000003"  # hidden 8, vocab 512, tp2
+    if tp_written == 1:
+        from lqs_megatron.training.checkpoint import save_checkpoint
+
+        model = build_model(ModelConfig(hidden_size=8, vocab_size=61, **small), ParallelDims(), seed=3)
+        meta = {"model": model.config.to_dict(), "padded_vocab_size": 61, "tp": 1, "step": 1}
+        save_checkpoint(tmp_path, 1, model, build_optimizer(model, 1e-3), ParallelDims(), meta, {"world_size": 1})
+        step = tmp_path / "step_00000001"
+    other = build_model(ModelConfig(hidden_size=hidden, vocab_size=vocab, **small), ParallelDims(), seed=3)
+    with pytest.raises(LQSError, match=f"{step} holds another model than this run's"):
+        load_training_state(step, other, build_optimizer(other, 1e-3), ParallelDims())
