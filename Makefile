@@ -11,8 +11,8 @@ test-gpu:
 
 # Every benchmark at its default (CPU) size, one after another: hours on 2 cores. The GPU figures
 # come from scripts/gpu_check.sh; each script alone: python benchmarks/NAME.py --help.
-BENCHMARKS = annotate bench_curate bench_grad_stats bench_lm_head_stats bench_per_example_loss score \
-	threads tokenize tokenize_scale train
+BENCHMARKS = annotate bench_checkpoint bench_curate bench_distopt bench_grad_stats bench_lm_head_stats \
+	bench_per_example_loss score threads tokenize tokenize_scale train
 bench:
 	for b in $(BENCHMARKS); do python benchmarks/$$b.py || exit 1; done
 	python benchmarks/quality.py --work bench_out/quality

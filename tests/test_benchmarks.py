@@ -18,7 +18,15 @@ from tests.utils import REPO
 GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
 # the shared harness (run by every script); quality.py's corpus builder (run by quality.py --tiny)
 NOT_BENCHMARKS = {"_harness.py", "quality_corpus.py"}
-CPU_ONLY = ["bench_curate.py", "tokenize_scale.py", "quality.py", "threads.py"]  # no GPU figure: tiny runs here
+# no GPU figure: tiny runs here
+CPU_ONLY = [
+    "bench_checkpoint.py",
+    "bench_curate.py",
+    "bench_distopt.py",
+    "tokenize_scale.py",
+    "quality.py",
+    "threads.py",
+]
 TINY_ELSEWHERE = {"tokenize.py": "tests/data/test_tokenize_benchmark.py"}
 
 

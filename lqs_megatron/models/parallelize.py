@@ -66,6 +66,17 @@ def check_tp(config: ModelConfig, tp: int, name: str = "model") -> None:
             )
 
 
+VOCAB_ROWS = ("tok_embeddings.weight", "output.weight")
+"""The tensors with one row per (padded) vocabulary entry."""
+
+
+def fit_vocab_rows(t: torch.Tensor, vocab_size: int, rows: int) -> torch.Tensor:
+    """A full ``[padded, ...]`` vocabulary tensor with ``rows`` rows: its first ``vocab_size`` rows,
+    then zero rows (padded rows are zero in the weights and in their AdamW moments alike)."""
+    t = t[:vocab_size]
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+
 def resize_vocab(model: Decoder, rows: int) -> Decoder:
     """Give a dense model ``rows`` embedding/head rows: zero rows appended, or padding rows dropped."""
     if rows < model.config.vocab_size:
@@ -74,8 +85,7 @@ def resize_vocab(model: Decoder, rows: int) -> Decoder:
         return model
 
     def fit(w: torch.Tensor) -> nn.Parameter:
-        w = w.detach()[: model.config.vocab_size]
-        return nn.Parameter(torch.cat([w, w.new_zeros(rows - w.shape[0], w.shape[1])]))
+        return nn.Parameter(fit_vocab_rows(w.detach(), model.config.vocab_size, rows))
 
     model.tok_embeddings.weight = fit(model.tok_embeddings.weight)
     model.tok_embeddings.num_embeddings = rows
@@ -117,6 +127,15 @@ def parallelize(model: Decoder, dims: ParallelDims, make_vocab_size_divisible_by
 def tp_size_of(model: Decoder) -> int:
     """Tensor-parallel size a (parallelized or dense) model was built for."""
     return getattr(model.output, "tp_size", 1)
+
+
+def shard_state_dict(full: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+    """This rank's slices of a full (dense, padded) state dict (a resharding resume: training/checkpoint.py)."""
+    out = {}
+    for k, v in full.items():
+        d = tp_dim_of(k)
+        out[k] = v if d is None or tp == 1 else v.chunk(tp, dim=d)[rank]
+    return out
 
 
 def merge_state_dicts(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@
       step_00000100/
         config.json                   # format, model config, padded vocab, tp (see CHECKPOINT_FORMAT)
         model-tp00-of-02.safetensors  # this tp rank's shard (one file per tp rank)
-        optimizer-tp00-of-02.pt       # AdamW state of that shard (identical across dp ranks)
+        optimizer-tp00-of-02.pt       # AdamW state of that shard: the plain optimizer's state_dict (also
+                                      # with --distributed-optimizer, whose dp shards are gathered to write it)
         trainer.json                  # step, consumed samples, schedule, the run's settings
         rng-rank00000.pt              # torch / CUDA / numpy / python RNG of each rank
         tokenizer/                    # tokenizer files (export-hf writes them next to the model)
@@ -22,6 +23,12 @@ checksummed, and the directory is renamed when every rank has finished; only the
 complete; a failed write (full disk) removes it at once and fails on every rank. All
 ranks write into the same directory, so multi-node runs need ``OUT`` on a shared
 filesystem. ``keep_last`` rotates old step directories (never the one ``latest`` names).
+
+Resharding: the files do not depend on dp, and a run resumes under another ``--tp`` (and so
+another world size): :func:`load_training_state` merges the stored tp shards of the weights and
+of AdamW's moments (``models/parallelize.py``'s split tables), fits the vocabulary padding and
+keeps this rank's slice. Any reader of today's files reads them unchanged (``export-hf``,
+``evaluate``, ``--init-from``), and older checkpoints resume as they are.
 
 Loading validates first (:func:`validate_step_dir`: sizes, checksums, safetensors
 headers, complete ``torch.save`` archives) and names the file on failure; weights with
@@ -42,7 +49,9 @@ import numpy as np
 import torch
 
 from lqs_megatron.errors import LQSError
+from lqs_megatron.models.parallelize import VOCAB_ROWS, fit_vocab_rows, merge_state_dicts, shard_state_dict
 from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.training.optim import optimizer_param_names, optimizer_state_for_save
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.checkpoint_format import (  # the format's read side, below models
     CHECKPOINT_FORMAT,
@@ -215,6 +224,8 @@ def save_checkpoint(
     Weights holding NaN/Inf are refused (nothing is written)."""
     from safetensors.torch import save_file
 
+    opt_state = optimizer_state_for_save(optimizer, dims)  # collective for the distributed optimizer
+
     def write(tmp: Path) -> list[str]:
         tp, tpr = dims.tp, dims.tp_rank
         names = []
@@ -223,7 +234,7 @@ def save_checkpoint(
             check_finite(sd, f"refusing to write {tmp.name.removesuffix('.tmp')} (tp rank {tpr})")
             names += [shard_name("model", tpr, tp, "safetensors"), shard_name("optimizer", tpr, tp, "pt")]
             save_file(sd, tmp / names[0], {"format": "pt"})
-            torch.save(optimizer.state_dict(), tmp / names[1])
+            torch.save(opt_state, tmp / names[1])
         names.append(f"rng-rank{dims.rank:05d}.pt")
         torch.save(rng_state(), tmp / names[-1])
         if dims.is_main:
@@ -245,19 +256,63 @@ def load_training_state(
 ) -> dict:
     """Restore model shard, optimizer and this rank's RNG from ``step_dir``; return ``trainer.json``.
 
-    Every file is validated as it is read (a failure names it)."""
+    A checkpoint of another ``--tp`` or vocabulary padding is resharded (merged, fitted, sliced);
+    the data-parallel size may change freely. Every file is validated as it is read (a failure names it)."""
     step_dir = Path(step_dir)
     meta = read_config(step_dir)
-    if meta["tp"] != dims.tp:
-        raise LQSError(f"{step_dir} was written with --tp {meta['tp']}; resume with the same --tp (got {dims.tp})")
-    sd = read_model_shard(step_dir, dims.tp_rank, dims.tp)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    trainer = json.loads((step_dir / "trainer.json").read_text())
+    if meta["model"]["vocab_size"] != model.config.vocab_size:  # resharding would fit the rows silently
+        raise LQSError(
+            f"{step_dir} holds another model than this run's (vocabulary {meta['model']['vocab_size']}, "
+            f"this run's {model.config.vocab_size})"
+        )
+    if meta["tp"] == dims.tp and meta["padded_vocab_size"] == model.padded_vocab_size:
+        sd = read_model_shard(step_dir, dims.tp_rank, dims.tp)
+        opt_sd = torch_load(step_dir / shard_name("optimizer", dims.tp_rank, dims.tp, "pt"), map_location="cpu")
+    else:
+        logger.info("resharding %s from tp %d to tp %d", step_dir, meta["tp"], dims.tp)
+        sd, opt_sd = _resharded(step_dir, meta["tp"], model, dims)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        optimizer.load_state_dict(opt_sd)
+    except (RuntimeError, ValueError) as e:  # shapes or parameter counts of another model
+        first = str(e).strip().splitlines()[-1].strip()
+        raise LQSError(f"{step_dir} holds another model than this run's ({first})") from None
     missing = [m for m in missing if not (model.config.tie_word_embeddings and m == "output.weight")]
     if missing or unexpected:
         raise LQSError(f"{step_dir}: model shard does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    opt_file = step_dir / shard_name("optimizer", dims.tp_rank, dims.tp, "pt")
-    optimizer.load_state_dict(torch_load(opt_file, map_location=dims.device))
-    rng = step_dir / f"rng-rank{dims.rank:05d}.pt"
+    # the RNG of the same rank; in another world size every rank takes rank 0's (no step draws from it today)
+    rank = dims.rank if trainer.get("world_size", dims.world_size) == dims.world_size else 0
+    rng = step_dir / f"rng-rank{rank:05d}.pt"
     if rng.is_file():
         set_rng_state(torch_load(rng))
-    return json.loads((step_dir / "trainer.json").read_text())
+    return trainer
+
+
+def _resharded(step_dir: Path, tp: int, model: torch.nn.Module, dims: ParallelDims) -> tuple[dict, dict]:
+    """``(model shard, optimizer state dict)`` of this rank from a checkpoint written with ``tp`` ranks:
+    each weight and each AdamW moment merged over the stored shards (split like its parameter), its
+    vocabulary rows fitted to this model's padding, and sliced for ``dims``."""
+    vocab, rows = model.config.vocab_size, model.padded_vocab_size
+
+    def reshard(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        full = {k: fit_vocab_rows(v, vocab, rows) if k in VOCAB_ROWS else v for k, v in full.items()}
+        return {k: v.clone() for k, v in shard_state_dict(full, dims.tp, dims.tp_rank).items()}  # no views
+
+    sd = reshard(merge_state_dicts([read_model_shard(step_dir, r, tp) for r in range(tp)]))
+    opts = [torch_load(step_dir / shard_name("optimizer", r, tp, "pt"), map_location="cpu") for r in range(tp)]
+    names = optimizer_param_names(model)
+    n_stored = sum(len(g["params"]) for g in opts[0]["param_groups"])
+    if n_stored != len(names):
+        raise LQSError(f"{step_dir}: the optimizer state holds {n_stored} parameters, the model {len(names)}")
+    by_name = [{names[int(i)]: st for i, st in o["state"].items()} for o in opts]  # indices follow the groups
+    state = {}
+    for i, name in enumerate(names):
+        if name not in by_name[0]:
+            continue  # no update yet
+        st = dict(by_name[0][name])
+        for key, v in st.items():
+            if torch.is_tensor(v) and v.ndim > 0:  # the moments: shaped like the parameter's shard
+                st[key] = reshard(merge_state_dicts([{name: o[name][key]} for o in by_name]))[name]
+        state[i] = st
+    return sd, {"state": state, "param_groups": opts[0]["param_groups"]}

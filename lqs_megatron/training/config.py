@@ -80,6 +80,8 @@ class PretrainConfig:
     """Seeds the initial weights and --shuffle."""
     tp: int = option(1, group=RUN)
     """Tensor-parallel size; data parallelism is world size / tp."""
+    distributed_optimizer: bool = option(False, group=RUN)
+    """Shard the AdamW state over the data-parallel ranks (ZeRO-1: about 1/dp of it per rank); same updates."""
     make_vocab_size_divisible_by: int = option(128, group=RUN)
     """Pad the vocabulary to a multiple of this times tp."""
     save_interval: int = option(1000, group=RUN)

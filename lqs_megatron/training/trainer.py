@@ -125,8 +125,9 @@ class Pretrainer(Trainer):
             self.model_config = self.model.config
         else:
             self.model = build_model(self.model_config, dims, cfg.seed, cfg.make_vocab_size_divisible_by)
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
         self.optimizer = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps
+            self.model, cfg.lr, cfg.weight_decay, betas, cfg.adam_eps, dims=dims, distributed=cfg.distributed_optimizer
         )
         self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
         start, self._resumed = 0, {}

@@ -21,7 +21,7 @@ from typing import Any
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import flag_name, settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ALLOW_FLAG = "--allow-changed-settings"
 
@@ -72,5 +72,5 @@ def check_resume(
             f"recorded in {record}, or start a new --out)"
         )
     for c in free if warn else ():
-        log.warning("--resume with %s: %s was %r, now %r (recorded in %s)", ALLOW_FLAG, *c.values(), record)
+        logger.warning("--resume with %s: %s was %r, now %r (recorded in %s)", ALLOW_FLAG, *c.values(), record)
     return free

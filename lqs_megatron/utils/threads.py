@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OMP_ENV = "OMP_NUM_THREADS"
 LOADAVG = "/proc/loadavg"
@@ -70,7 +70,7 @@ def configure_threads(threads: int | None = None) -> int | None:
     else:
         user = os.environ.get(OMP_ENV)
         if user and os.environ.get(AUTO_ENV) != user:
-            log.debug("intra-op threads: %s (OMP_NUM_THREADS)", user)
+            logger.debug("intra-op threads: %s (OMP_NUM_THREADS)", user)
             return None
         threads = default_threads()
         os.environ[AUTO_ENV] = str(threads)
@@ -78,5 +78,5 @@ def configure_threads(threads: int | None = None) -> int | None:
     os.environ[OMP_ENV] = str(threads)
     if "torch" in sys.modules:  # imported already (lqs called in-process): too late for the variable
         sys.modules["torch"].set_num_threads(threads)
-    log.debug("intra-op threads: %d (%s)", threads, how)
+    logger.debug("intra-op threads: %d (%s)", threads, how)
     return threads

@@ -1,0 +1,109 @@
+"""``--distributed-optimizer`` against plain AdamW under DDP: optimizer state per rank and step time.
+
+``--world`` gloo processes on the CPU (data parallelism only, tp 1) each train the same small
+decoder on their share of a global batch with :class:`~lqs_megatron.training.step.TrainStep`, what
+``lqs pretrain`` runs per step, once with AdamW (every rank holds all the state) and once with
+torch's ``ZeroRedundancyOptimizer`` (each rank holds its part, then broadcasts its updated
+parameters). Per rank: the bytes of AdamW state it holds (:func:`optimizer_state_bytes`, after the
+first step) and the median step time over ``--reps`` steps after one warm-up step.
+
+    python benchmarks/bench_distopt.py             # d=256, 4 layers, V=8192, 2 ranks x 4 samples x 128 tokens
+    python benchmarks/bench_distopt.py --tiny
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
+import statistics
+import tempfile
+import time
+
+import torch
+
+from lqs_megatron.models.config import ModelConfig
+from lqs_megatron.models.loading import build_model
+from lqs_megatron.training.loss import CausalLMLoss
+from lqs_megatron.training.optim import WarmupCosine, build_optimizer, optimizer_state_bytes
+from lqs_megatron.training.step import TrainStep
+from lqs_megatron.training.trainer import lm_micro_batches
+
+from _harness import machine, main_guard, parser, record, versions
+
+CPU_MODEL = dict(vocab_size=8192, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=4)
+TINY_MODEL = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+def measure(dims, cfg: ModelConfig, distributed: bool, batch: int, seq: int, reps: int) -> tuple[int, float]:
+    """``(optimizer state bytes, median step seconds)`` of this rank."""
+    model = build_model(cfg, dims, seed=0)
+    opt = build_optimizer(model, 1e-4, dims=dims, distributed=distributed)
+    step_fn = TrainStep(CausalLMLoss(model), dims, opt, WarmupCosine(1e-4, 1e-5, 0, 10**6), 1.0)
+    gen = torch.Generator().manual_seed(dims.rank)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen)
+    micro = lm_micro_batches(tokens, batch)
+    step_fn(micro, batch, 0)  # warm-up; creates the moments
+    state = optimizer_state_bytes(opt)
+    times = []
+    for s in range(reps):
+        dims.barrier()
+        t = time.perf_counter()
+        step_fn(micro, batch, s + 1)
+        times.append(time.perf_counter() - t)
+    return state, statistics.median(times)
+
+
+def _worker(rank: int, world: int, init: str, cfg_dict: dict, batch: int, seq: int, reps: int, out: dict) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    from lqs_megatron.parallel.dims import init_distributed
+
+    dims = init_distributed(tp=1, device="cpu")
+    cfg = ModelConfig(**cfg_dict)
+    for name, distributed in (("DDP + AdamW", False), ("--distributed-optimizer", True)):
+        res = dims.all_gather_object(measure(dims, cfg, distributed, batch, seq, reps))
+        if rank == 0:
+            out[name] = res
+    dist.destroy_process_group()
+
+
+def run(args) -> None:
+    import torch.multiprocessing as mp
+
+    cfg_dict = TINY_MODEL if args.tiny else CPU_MODEL
+    batch, seq, reps = (2, 16, 2) if args.tiny else (args.batch, args.seq, args.reps)
+    cfg = ModelConfig(**cfg_dict)
+    n = cfg.num_parameters()
+    with tempfile.TemporaryDirectory() as tmp, mp.Manager() as manager:
+        out = manager.dict()
+        worker_args = (args.world, os.path.join(tmp, "init"), cfg_dict, batch, seq, reps, out)
+        mp.spawn(_worker, args=worker_args, nprocs=args.world, join=True)
+        results = dict(out)
+    title = f"Distributed optimizer: {n / 1e6:.2f}M parameters, dp {args.world} (gloo), {batch} x {seq} tokens per rank"
+    print(f"\n## {title}\n")
+    print(f"{machine('cpu')} | {versions()} | one torch thread per rank\n")
+    print("| optimizer | AdamW state per rank MB (max) | vs DDP | step ms (median, max over ranks) |")
+    print("|---|---|---|---|")
+    base = max(b for b, _ in results["DDP + AdamW"])
+    for name, per_rank in results.items():
+        mb, ms = max(b for b, _ in per_rank), max(t for _, t in per_rank) * 1e3
+        print(f"| {name} | {mb / 1e6:.2f} | {mb / base:.2f} | {ms:.1f} |")
+        key = "zero" if "distributed" in name else "ddp"
+        record(args, f"distopt.{key}.state_mb_per_rank", mb / 1e6, "MB", world=args.world, params=n)
+        record(args, f"distopt.{key}.step_ms", ms, "ms", world=args.world, params=n)
+
+
+if __name__ == "__main__":
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--world", type=int, default=2, help="gloo processes (data-parallel ranks)")
+    p.add_argument("--batch", type=int, default=4, help="samples per rank per step")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sample")
+    p.set_defaults(reps=10)
+    main_guard(run, p)
