@@ -67,6 +67,7 @@ def _prepare(args: argparse.Namespace) -> int:
         dst_tokenizer=cfg.dst_tokenizer,
         args={k: v for k, v in vars(args).items() if k != "func"},
         workers=cfg.workers,
+        allow_constant_scores=cfg.allow_constant_scores,
     )
     print(json.dumps({k: stats[k] for k in ("num_train", "num_valid", "raw_mean", "raw_std", "clipped")}))
     return 0

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.scores import CLIP, load_scores, normalize_scores
+from lqs_megatron.data.scores import CLIP, flat_scores, load_scores, normalize_scores
 from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
@@ -120,10 +120,12 @@ def prepare_scorer_data(
     dst_tokenizer: str | None = None,
     args: dict | None = None,
     workers: int | None = None,
+    allow_constant_scores: bool = False,
 ) -> dict:
     """Write the scorer's train/valid data to ``out_dir`` (see the module docstring); return the stats.
 
-    ``workers``: retokenization processes (None: one per core, 0: in this process).
+    ``workers``: retokenization processes (None: one per core, 0: in this process). Scores that are constant or
+    nearly so (:func:`lqs_megatron.data.scores.flat_scores`) are refused unless ``allow_constant_scores``.
     """
     from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
@@ -133,6 +135,15 @@ def prepare_scorer_data(
     ds = IndexedDataset(proxy)
     _check_sequences(ds)
     raw = load_scores(scores, expected_len=len(ds))
+    flat = flat_scores(raw)
+    if flat is not None:
+        msg = (
+            f"{scores}: the scores are {flat}: a scorer trained on them learns nothing (validation Pearson 0); "
+            "check the annotation (its health report)"
+        )
+        if not allow_constant_scores:
+            raise LQSError(msg + ", or pass --allow-constant-scores")
+        logger.warning(msg)
     n = len(ds)
     valid_num = default_valid_num(n) if valid_num is None else valid_num
     train_idx, valid_idx = split_indices(n, valid_num, seed)
@@ -172,6 +183,7 @@ def prepare_scorer_data(
             "raw_std": std,
             "raw_min": float(raw.min()),
             "raw_max": float(raw.max()),
+            "scores_flat": flat,
             "clip": CLIP,
             "clipped": clipped,
             "normalised_mean": float(z.mean()),

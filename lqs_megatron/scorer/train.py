@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer
+from lqs_megatron.data.scores import flat_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig
@@ -182,6 +183,14 @@ class ScorerTrainer(Trainer):
     ):
         self.data_dir, out = data_dir, Path(out_dir)
         self.train, self.valid = load_split(data_dir, "train"), load_split(data_dir, "valid")
+        flat = load_stats(data_dir).get("scores_flat") or flat_scores(self.train.scores)
+        if flat:
+            logger.warning(
+                "%s: the scores are %s: a scorer trained on them learns nothing (validation Pearson 0); check the "
+                "annotation (its health report)",
+                data_dir,
+                flat,
+            )
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
         self.steps_per_epoch = len(self.train.data) // cfg.batch_size
