@@ -65,6 +65,10 @@ def _spawn_entry(rank: int, fn: Callable, world_size: int, init_file: str, args:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        # Leave together: every rank past its last collective before any rank shuts its gloo pairs down
+        # (destroy_process_group) and exits; without it the first rank to return closed its connections
+        # while the other could still be completing the last collective on them.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -75,11 +75,19 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     from lqs_megatron.utils.lock import output_lock
 
     cfg = build(TrainTokenizerConfig, args)
-    skipped = SkipLog()
-    texts = (t for _, _, t in read_texts(cfg.inputs, cfg.field, on_error=cfg.on_error, skipped=skipped))
+
+    class Texts:  # re-readable: a vocabulary too small for every character takes a second pass
+        skipped = SkipLog()
+
+        def __iter__(self):
+            self.skipped = SkipLog()  # each pass counts the bad lines afresh
+            return (t for _, _, t in read_texts(cfg.inputs, cfg.field, on_error=cfg.on_error, skipped=self.skipped))
+
+    texts = Texts()
     with output_lock(cfg.out):
-        out = train_tokenizer(texts, cfg.out, vocab_size=cfg.vocab_size)
+        out = train_tokenizer(texts, cfg.out, vocab_size=cfg.vocab_size, character_coverage=cfg.character_coverage)
     msg = f"wrote tokenizer {out} ({cfg.vocab_size} pieces)"
+    skipped = texts.skipped
     if skipped.total:
         msg += f"; skipped {skipped.total} bad lines {skipped.counts}"
     print(msg)

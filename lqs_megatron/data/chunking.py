@@ -20,20 +20,60 @@ depend on batching or worker count):
 Sentences come from an nltk Punkt model *trained on the corpus itself*
 (:func:`train_sentence_splitter`, on the first ``sample_chars`` characters of valid
 texts): no nltk data package is needed.
+
+A document longer than :data:`BLOCK_CHARS` characters is split into blocks (after the last line
+break in the second half of each block, else after its last space, else at the block size: linear
+time) and Punkt runs on each block alone, in training and in splitting: Punkt's regular expressions
+run under nltk's wall-clock limit (``nltk.redos``), which a multi-MB text exceeds. A block that still
+hits the limit is logged and keeps only its line ends as boundaries: no splitter limit ends a run.
+Shorter documents are split exactly as before.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 MIN_FILL = 0.5
 """A chunk ends at a sentence boundary only if it keeps at least this fraction of ``max_length``."""
 
+BLOCK_CHARS = 1 << 16
+"""Punkt sees at most this many characters at once (see the module docstring)."""
+
 _NEWLINE = re.compile("\n")
+
+log = logging.getLogger(__name__)
+
+
+def blocks(text: str, size: int = BLOCK_CHARS) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive blocks of at most ``size`` characters covering ``text``: each ends after
+    the last line break in its second half, else after the last space there, else at ``size``."""
+    start, n = 0, len(text)
+    while n - start > size:
+        lo, hi = start + size // 2, start + size
+        stop = text.rfind("\n", lo, hi) + 1 or text.rfind(" ", lo, hi) + 1 or hi
+        yield start, stop
+        start = stop
+    yield start, n
+
+
+_warned: set[str] = set()
+
+
+def _timed_out(what: str, n: int) -> None:
+    """Log (once per process and kind) a block on which Punkt hit nltk's regex time limit."""
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(
+            "sentence splitter: nltk's regex time limit hit while %s a %d-character block; such blocks keep only "
+            "their line ends as chunk boundaries (logged once)",
+            what,
+            n,
+        )
 
 
 def train_sentence_splitter(texts: Iterable[str], sample_chars: int = 2_000_000):
@@ -43,7 +83,12 @@ def train_sentence_splitter(texts: Iterable[str], sample_chars: int = 2_000_000)
     trainer = PunktTrainer()
     seen = 0
     for text in texts:
-        trainer.train(text[: max(sample_chars - seen, 0)], finalize=False)
+        text = text[: max(sample_chars - seen, 0)]
+        for a, b in blocks(text):
+            try:
+                trainer.train(text[a:b], finalize=False)
+            except TimeoutError:
+                _timed_out("training on", b - a)
         seen += len(text)
         if seen >= sample_chars:
             break
@@ -60,24 +105,60 @@ class SentenceBoundaries:
         self.splitter = PunktSentenceTokenizer(punkt_params)
 
     def gaps(self, text: str) -> list[tuple[int, int]]:
-        """Character gaps ``(lo, hi)``: the whitespace between two sentences, and the point after each line break."""
-        spans = list(self.splitter.span_tokenize(text))
-        gaps = [(spans[k][1], spans[k + 1][0]) for k in range(len(spans) - 1)]
+        """Character gaps ``(lo, hi)``: the whitespace between two sentences (of one block), and the point after
+        each line break."""
+        gaps = []
+        for a, b in blocks(text):
+            try:
+                spans = list(self.splitter.span_tokenize(text[a:b]))
+            except TimeoutError:
+                _timed_out("splitting", b - a)
+                continue
+            gaps += [(a + spans[k][1], a + spans[k + 1][0]) for k in range(len(spans) - 1)]
         gaps += [(m.end(), m.end()) for m in _NEWLINE.finditer(text)]
         return gaps
 
     def flags(self, text: str, encoding) -> np.ndarray:
         """uint8 per token: 1 where a chunk may end after that token (a ``tokenizers.Encoding``)."""
         flags = np.zeros(len(encoding.ids), dtype=np.uint8)
-        for lo, hi in self.gaps(text):
-            # cut before the first token that starts inside the gap (so whitespace opens the next
-            # chunk), else before the token holding the next sentence's first character
-            for pos in (lo, hi) if lo < hi else (lo,):
-                j = encoding.char_to_token(pos)
-                if j is not None and j > 0 and encoding.token_to_chars(j)[0] >= lo:
-                    flags[j - 1] = 1  # token j holds nothing of the text before the gap
-                    break
+        gaps = np.asarray(self.gaps(text), dtype=np.int64).reshape(-1, 2)
+        if not gaps.size or not flags.size:
+            return flags
+        lo, hi = gaps[:, 0], gaps[:, 1]
+        starts, to_token = _char_to_token(encoding)
+        # cut before the first token that starts inside the gap (so whitespace opens the next chunk), else
+        # before the token holding the next sentence's first character; either only where that token holds
+        # nothing of the text before the gap
+        j_lo, j_hi = to_token(lo), to_token(hi)
+        ok_lo = (j_lo > 0) & (starts[np.maximum(j_lo, 0)] >= lo)
+        ok_hi = (lo < hi) & (j_hi > 0) & (starts[np.maximum(j_hi, 0)] >= lo)
+        flags[np.where(ok_lo, j_lo, j_hi)[ok_lo | ok_hi] - 1] = 1
         return flags
+
+
+def _char_to_token(encoding):
+    """``(starts, to_token)``: each token's first character, and a vectorised ``encoding.char_to_token`` (the first
+    token whose characters hold the position, -1 for none) for positions in an int64 array. Linear in the
+    document: ``char_to_token`` scans the tokens from the start on every call, quadratic over a long document."""
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = np.flatnonzero(ends > starts)  # a token with no characters holds no position
+    rs, re_ = starts[real], ends[real]
+    if np.all(rs[1:] >= rs[:-1]) and np.all(re_[1:] >= re_[:-1]):
+
+        def to_token(pos: np.ndarray) -> np.ndarray:
+            k = np.searchsorted(re_, pos, side="right")  # the first real token ending after pos
+            hit = k < len(real)
+            hit[hit] &= rs[k[hit]] <= pos[hit]
+            return np.where(hit, real[np.minimum(k, len(real) - 1)], -1) if len(real) else np.full(len(pos), -1)
+
+    else:  # offsets out of order (an unusual normaliser): the tokenizer's own lookup
+
+        def to_token(pos: np.ndarray) -> np.ndarray:
+            found = (encoding.char_to_token(int(p)) for p in pos)
+            return np.array([-1 if j is None else j for j in found], dtype=np.int64)
+
+    return starts, to_token
 
 
 class Chunker:

@@ -30,6 +30,11 @@ class TrainTokenizerConfig:
     """The JSON field (parquet/arrow: the column) holding the text."""
     on_error: str = option("fail", choices=ON_ERROR)
     """Bad input lines: fail, or skip and count them."""
+    character_coverage: float | None = option(None, metavar="FRACTION")
+    """Share of the characters (by count) that get a piece of their own, 0.98 to 1; the rarer ones are spelled
+    as UTF-8 bytes (still lossless). Default: 1 where --vocab-size has room for every distinct character, else
+    the largest share that fits (with a warning); a vocabulary too small for any is an error naming the
+    smallest that works."""
 
 
 @dataclass

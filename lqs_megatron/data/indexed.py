@@ -112,8 +112,12 @@ class IndexedDataset:
         _check_pointers(ipath, self.dtype, self.sequence_lengths, self.sequence_pointers)
         bsize = os.path.getsize(bpath)
         need = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n else 0
-        if bsize < need:
-            raise LQSError(f"{bpath}: truncated data file ({bsize} bytes, the index needs {need})")
+        if bsize != need:  # a Megatron .bin is exactly what its .idx describes, no more and no less
+            which = "truncated data file" if bsize < need else "data file longer than its index"
+            raise LQSError(
+                f"{bpath}: {which} ({bsize} bytes, {ipath} describes exactly {need}): the two files do not belong "
+                "together, most likely a copy or rsync interrupted between them; copy both again"
+            )
         self._bin = np.memmap(bpath, mode="r", dtype=np.uint8) if bsize else np.zeros(0, dtype=np.uint8)
 
     def __len__(self) -> int:

@@ -175,3 +175,26 @@ def normalize_scores(raw: np.ndarray, clip: float = CLIP) -> np.ndarray:
     if std == 0 or not np.isfinite(std):
         return np.zeros_like(s)
     return np.clip((s - s.mean()) / std, -clip, clip)
+
+
+FLAT_REL_STD = 1e-6
+"""Scores whose std is at most this fraction of their mean magnitude differ by rounding noise only."""
+FLAT_SHARE = 0.99
+"""Scores of which this share or more hold one value are nearly constant."""
+
+
+def flat_scores(raw: np.ndarray) -> str | None:
+    """Why ``raw`` cannot teach a scorer anything, or ``None``: constant, or nearly so (a std of rounding noise,
+    which normalisation would blow up to unit variance, or one value for at least :data:`FLAT_SHARE` of them)."""
+    s = np.asarray(raw, dtype=np.float64)
+    if s.size < 2:
+        return None
+    std, scale = float(s.std()), float(np.abs(s).mean())
+    if std == 0:
+        return f"constant (all {s[0]:g})"
+    if std <= FLAT_REL_STD * scale:
+        return f"nearly constant (std {std:.3g}, {std / scale:.1e} of their mean magnitude {scale:.3g}: rounding noise)"
+    values, counts = np.unique(s, return_counts=True)
+    if counts.max() >= FLAT_SHARE * s.size:
+        return f"nearly constant ({int(counts.max())} of {s.size} are {values[counts.argmax()]:g})"
+    return None

@@ -23,6 +23,8 @@ import io
 import json
 import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,6 +35,10 @@ from lqs_megatron.utils.atomic import atomic_dir
 logger = logging.getLogger(__name__)
 
 SPECIAL = {"pad": ("<pad>", 0), "unk": ("<unk>", 1), "bos": ("<s>", 2), "eos": ("</s>", 3)}
+FIXED_PIECES = len(SPECIAL) + 256
+"""The special pieces and byte fallback's 256 byte pieces: every vocabulary holds them besides its characters."""
+MIN_COVERAGE = 0.98
+"""sentencepiece's lowest ``character_coverage``."""
 
 
 def train_tokenizer(
@@ -42,12 +48,97 @@ def train_tokenizer(
     max_sentence_length: int = 1 << 20,
     input_sentence_size: int = 2_000_000,
     num_threads: int = os.cpu_count() or 1,
+    character_coverage: float | None = None,
 ) -> Path:
-    """Train on ``texts`` (each a document) and write the tokenizer directory atomically."""
-    import sentencepiece as spm
+    """Train on ``texts`` (each a document) and write the tokenizer directory atomically.
 
+    ``character_coverage``: the share of the characters (by count) that get a piece of their own; the rarer
+    ones are spelled in UTF-8 bytes (byte fallback: still lossless). ``None``: 1.0 where the vocabulary has
+    room for every distinct character, else (``texts`` re-iterable, e.g. a list) the largest coverage that
+    fits, with a warning. A vocabulary too small for any coverage is an error naming the smallest that works.
+    """
     if vocab_size < 16:
         raise LQSError(f"--vocab-size must be at least 16, got {vocab_size}")
+    if character_coverage is not None and not MIN_COVERAGE <= character_coverage <= 1:
+        raise LQSError(
+            f"--character-coverage must be between {MIN_COVERAGE} and 1 (sentencepiece's range), got "
+            f"{character_coverage}"
+        )
+    coverage = 1.0 if character_coverage is None else character_coverage
+    try:
+        model, first = _train(texts, vocab_size, coverage, max_sentence_length, input_sentence_size, num_threads)
+    except _TooSmall as e:
+        counts = None if isinstance(texts, Iterator) else _char_counts(texts)
+        if counts is None:
+            raise LQSError(
+                f"--vocab-size {vocab_size} is too small at --character-coverage {coverage:g}: this corpus needs "
+                f"{e.needed} pieces ({e.needed - FIXED_PIECES} characters, 256 byte pieces, {len(SPECIAL)} special "
+                f"ones); pass --vocab-size {e.needed} or a lower --character-coverage (down to {MIN_COVERAGE})"
+            ) from None
+        smallest = FIXED_PIECES + _required_chars(counts, MIN_COVERAGE)
+        fits = _coverage_fitting(counts, vocab_size - FIXED_PIECES)
+        fits_ok = fits >= MIN_COVERAGE
+        if character_coverage is not None or not fits_ok:
+            raise LQSError(
+                f"--vocab-size {vocab_size} is too small for this corpus at --character-coverage {coverage:g} "
+                f"({len(counts)} distinct characters; every vocabulary also holds 256 byte pieces and "
+                f"{len(SPECIAL)} special ones): the smallest vocabulary that works is {smallest} (with "
+                f"--character-coverage {MIN_COVERAGE}; {e.needed} with {coverage:g})"
+                + (f", or keep --vocab-size {vocab_size} with --character-coverage {fits:.6f}" if fits_ok else "")
+            ) from None
+        kept = _required_chars(counts, fits)
+        logger.warning(
+            "--vocab-size %d has no room for all %d distinct characters: the %d rarest (%.4f%% of the characters) "
+            "are spelled as UTF-8 bytes (--character-coverage %.6f; pass --vocab-size %d to give each a piece)",
+            vocab_size,
+            len(counts),
+            len(counts) - kept,
+            100 * (1 - fits),
+            fits,
+            FIXED_PIECES + len(counts),
+        )
+        try:
+            model, first = _train(texts, vocab_size, fits, max_sentence_length, input_sentence_size, num_threads)
+        except _TooSmall as e2:
+            raise LQSError(
+                f"--vocab-size {vocab_size} is too small for this corpus: sentencepiece needs {e2.needed} pieces at "
+                f"--character-coverage {fits:.6f}; the smallest vocabulary that works is about {smallest}"
+            ) from None
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": SPECIAL["bos"][0],
+        "eos_token": SPECIAL["eos"][0],
+        "unk_token": SPECIAL["unk"][0],
+        "pad_token": SPECIAL["pad"][0],
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000,
+    }
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "tokenizer.model").write_bytes(model)
+        _write_tokenizer_json(tmp)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        tok = load_tokenizer(str(tmp), require_eos=False)
+        round_trip = check_round_trip(tok, ((f"training document {i}", t) for i, t in enumerate(first)), out_dir)
+    logger.info(
+        "round trip: %d of the first %d training documents come back exactly",
+        round_trip["exact"],
+        round_trip["documents"],
+    )
+    return Path(out_dir)
+
+
+class _TooSmall(Exception):
+    """sentencepiece: the characters to keep (with the fixed pieces) do not fit into the vocabulary."""
+
+    def __init__(self, needed: int):
+        self.needed = needed
+
+
+def _train(
+    texts, vocab_size: int, coverage: float, max_sentence_length: int, input_sentence_size: int, num_threads: int
+) -> tuple[bytes, list[str]]:
+    """One sentencepiece training run; the model's bytes and the first documents (for the round-trip check)."""
+    import sentencepiece as spm
 
     failure: list[BaseException] = []
     first: list[str] = []
@@ -74,7 +165,7 @@ def train_tokenizer(
             bos_id=SPECIAL["bos"][1],
             eos_id=SPECIAL["eos"][1],
             byte_fallback=True,
-            character_coverage=1.0,
+            character_coverage=coverage,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
@@ -88,30 +179,43 @@ def train_tokenizer(
     except RuntimeError as e:
         if failure:
             raise failure[0] from None
+        small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if small:
+            raise _TooSmall(int(small.group(1))) from None
         raise LQSError(f"sentencepiece training failed: {e}") from None
     if failure:
         raise failure[0]
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": SPECIAL["bos"][0],
-        "eos_token": SPECIAL["eos"][0],
-        "unk_token": SPECIAL["unk"][0],
-        "pad_token": SPECIAL["pad"][0],
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000,
-    }
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "tokenizer.model").write_bytes(model.getvalue())
-        _write_tokenizer_json(tmp)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        tok = load_tokenizer(str(tmp), require_eos=False)
-        round_trip = check_round_trip(tok, ((f"training document {i}", t) for i, t in enumerate(first)), out_dir)
-    logger.info(
-        "round trip: %d of the first %d training documents come back exactly",
-        round_trip["exact"],
-        round_trip["documents"],
-    )
-    return Path(out_dir)
+    return model.getvalue(), first
+
+
+def _char_counts(texts: Iterable[str]) -> Counter:
+    """Characters as sentencepiece counts them: spaces as ``▁``, and one ``▁`` prepended to each text."""
+    counts: Counter = Counter()
+    n = 0
+    for t in texts:
+        if t:
+            counts.update(t)
+            n += 1
+    counts["▁"] += counts.pop(" ", 0) + n
+    return counts
+
+
+def _required_chars(counts: Counter, coverage: float) -> int:
+    """How many characters sentencepiece keeps: the most frequent first, until their share reaches ``coverage``."""
+    total, acc = sum(counts.values()), 0
+    for k, (_, c) in enumerate(counts.most_common()):
+        if acc / total >= coverage:
+            return k
+        acc += c
+    return len(counts)
+
+
+def _coverage_fitting(counts: Counter, room: int) -> float:
+    """The largest coverage at which sentencepiece keeps at most ``room`` characters (below 0.98: none fits)."""
+    if room <= 0:
+        return 0.0
+    freq = [c for _, c in counts.most_common()]
+    return sum(freq[:room]) / sum(freq) * (1 - 1e-6)  # just below: sentencepiece compares in float32
 
 
 def _write_tokenizer_json(directory: Path) -> None:

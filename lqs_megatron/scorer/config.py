@@ -40,6 +40,9 @@ class PrepareScorerConfig:
     """Tokenizer of the scorer."""
     workers: int | None = None
     """Retokenization processes (default: one per core)."""
+    allow_constant_scores: bool = False
+    """Go on, with a warning, when the scores are constant or nearly so (a scorer trained on them learns
+    nothing: validation Pearson 0); refused by default."""
 
     def __post_init__(self) -> None:
         check_seed(self.seed)

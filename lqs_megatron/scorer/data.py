@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.scores import CLIP, load_scores, normalize_scores
+from lqs_megatron.data.scores import CLIP, flat_scores, load_scores, normalize_scores
 from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
@@ -115,7 +115,9 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
     """Write the scorer's train/valid data to ``cfg.out`` (see the module docstring); return the stats.
 
     ``cfg.workers``: retokenization processes (None: one per core, 0: in this process). ``args``: the command
-    line, recorded in ``stats.json``.
+    line, recorded in ``stats.json``. Scores that are
+    constant or nearly so (:func:`lqs_megatron.data.scores.flat_scores`) are refused unless
+    ``cfg.allow_constant_scores``.
     """
     from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
@@ -125,6 +127,15 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
     ds = IndexedDataset(cfg.proxy)
     _check_sequences(ds)
     raw = load_scores(cfg.scores, expected_len=len(ds))
+    flat = flat_scores(raw)
+    if flat is not None:
+        msg = (
+            f"{cfg.scores}: the scores are {flat}: a scorer trained on them learns nothing (validation Pearson 0); "
+            "check the annotation (its health report)"
+        )
+        if not cfg.allow_constant_scores:
+            raise LQSError(msg + ", or pass --allow-constant-scores")
+        logger.warning(msg)
     n = len(ds)
     valid_num = default_valid_num(n) if cfg.valid_num is None else cfg.valid_num
     train_idx, valid_idx = split_indices(n, valid_num, cfg.seed)
@@ -166,6 +177,7 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
             "raw_std": std,
             "raw_min": float(raw.min()),
             "raw_max": float(raw.max()),
+            "scores_flat": flat,
             "clip": CLIP,
             "clipped": clipped,
             "normalised_mean": float(z.mean()),

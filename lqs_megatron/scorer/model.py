@@ -332,8 +332,14 @@ def load_scorer(path: str | os.PathLike) -> tuple[Scorer, ScorerConfig, Path]:
     if cfg.backbone == "decoder":
         from lqs_megatron.models.config import ModelConfig
         from lqs_megatron.models.decoder import Decoder
+        from lqs_megatron.models.parallelize import parallelize
+        from lqs_megatron.parallel.dims import ParallelDims
 
-        backbone = _strip_lm_head(Decoder(ModelConfig.from_dict(cfg.model), cfg.padded_vocab_size))
+        # the layers build_scorer's decoders have (parallelize at tp=1, as models.loading gives them): the same
+        # function, and the same tp_dim marks, which decide how the gradient clipping norm is summed; a plain
+        # Decoder here made a resumed train-scorer differ from an uninterrupted one in the last bits
+        decoder = Decoder(ModelConfig.from_dict(cfg.model), cfg.padded_vocab_size)
+        backbone = _strip_lm_head(parallelize(decoder, ParallelDims(), decoder.padded_vocab_size))
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoModel

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from lqs_megatron.data.fingerprint import check_same_tokenizer
+from lqs_megatron.data.scores import flat_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig, TrainScorerRun
@@ -177,6 +178,14 @@ class ScorerTrainer(Trainer):
     def __init__(self, run: TrainScorerRun, cfg: TrainScorerConfig, dims: ParallelDims, progress: bool = True):
         out = Path(run.out)
         self.train, self.valid = load_split(run.data, "train"), load_split(run.data, "valid")
+        flat = load_stats(run.data).get("scores_flat") or flat_scores(self.train.scores)
+        if flat:
+            logger.warning(
+                "%s: the scores are %s: a scorer trained on them learns nothing (validation Pearson 0); check the "
+                "annotation (its health report)",
+                run.data,
+                flat,
+            )
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
         self.steps_per_epoch = len(self.train.data) // cfg.global_batch_size

@@ -1,11 +1,15 @@
 """Chunker and sentence boundaries, on synthetic streams with known answers."""
 
+import json
 import math
+import re
+import time
 
 import numpy as np
 import pytest
 
-from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
+from lqs_megatron.cli import main
+from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, blocks, train_sentence_splitter
 from lqs_megatron.data.tokenizer import BatchEncoder
 from tests.conftest import demo_texts
 
@@ -77,3 +81,123 @@ def test_sentence_boundaries_mark_the_token_before_each_sentence(tiny_tokenizer)
         "The first sentence is here. A second one follows! Does a third? Yes.",
         "The first sentence is here. A second one follows! Does a third? Yes.\n",
     ]
+
+
+# ---------------------------------------------------------------- long documents (issue 24, serious 7)
+
+
+def _reference_flags(splitter, text, enc):
+    """The per-gap lookup through the tokenizer's own ``char_to_token`` (quadratic over a long document)."""
+    flags = np.zeros(len(enc.ids), dtype=np.uint8)
+    for lo, hi in splitter.gaps(text):
+        for pos in (lo, hi) if lo < hi else (lo,):
+            j = enc.char_to_token(pos)
+            if j is not None and j > 0 and enc.token_to_chars(j)[0] >= lo:
+                flags[j - 1] = 1
+                break
+    return flags
+
+
+@pytest.fixture(scope="module")
+def splitter():
+    return SentenceBoundaries(train_sentence_splitter(demo_texts(), sample_chars=200_000))
+
+
+def _long_text(chars: int, seed: int) -> str:
+    """Real sentences and line breaks, topics in a random order, with some non-ASCII."""
+    rng = np.random.default_rng(seed)
+    texts = demo_texts()
+    parts, n = [], 0
+    while n < chars:
+        t = texts[int(rng.integers(len(texts)))] + rng.choice([" Ünïcödé ✓. ", "\n\n", " 日本語の文。 "])
+        parts.append(t)
+        n += len(t)
+    return "".join(parts)[:chars]
+
+
+def test_flags_equal_the_tokenizers_char_to_token(tiny_tokenizer, splitter):
+    rng = np.random.default_rng(11)
+    big = _long_text(200_000, 3)
+    texts = ["", " ", "\n", "a. B. c.", "Tabs.\tA new one.\r\nCRLF. ✓✓ Done!  "]
+    texts += [big[a : a + int(rng.integers(1, 5000))] for a in rng.integers(0, len(big) - 5000, 40)]
+    texts.append(big)  # more than one block
+    encs = BatchEncoder(tiny_tokenizer).encode_with_offsets(texts)
+    for text, enc in zip(texts, encs):
+        np.testing.assert_array_equal(splitter.flags(text, enc), _reference_flags(splitter, text, enc), text[:40])
+
+    class Shuffled:  # offsets out of order: the tokenizer's own lookup is used
+        def __init__(self, enc):
+            self.ids, self.offsets = enc.ids, list(enc.offsets)
+            self.offsets[1], self.offsets[2] = self.offsets[2], self.offsets[1]
+
+        def char_to_token(self, pos):
+            return next((j for j, (s, e) in enumerate(self.offsets) if s <= pos < e), None)
+
+        def token_to_chars(self, j):
+            return self.offsets[j]
+
+    enc = Shuffled(encs[6])
+    np.testing.assert_array_equal(splitter.flags(texts[6], enc), _reference_flags(splitter, texts[6], enc))
+
+
+def test_blocks_cover_the_text_at_line_ends_or_spaces():
+    text = _long_text(500_000, 5) + "x" * 200_000  # the tail has no whitespace: cut at the block size
+    bounds = list(blocks(text, 1 << 12))
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(text)
+    assert all(b == c for (_, b), (c, _) in zip(bounds[:-1], bounds[1:]))
+    assert all(0 < b - a <= 1 << 12 for a, b in bounds)
+    ends = [text[b - 1] for _, b in bounds[:-1]]
+    assert ends.count("\n") > len(ends) // 2 and set(ends) <= {"\n", " ", "x"} and ends[-1] == "x"
+    assert list(blocks("short text")) == [(0, 10)]
+
+
+def test_splitting_time_is_linear_in_the_document(tiny_tokenizer, splitter):
+    """4x the characters take about 4x the CPU time (bound 7x; the per-gap char_to_token lookup took 12x)."""
+    enc = BatchEncoder(tiny_tokenizer)
+
+    def cpu(chars):
+        text = _long_text(chars, chars)
+        e = enc.encode_with_offsets([text])[0]
+        best = math.inf
+        for _ in range(2):
+            t = time.process_time()
+            splitter.flags(text, e)
+            best = min(best, time.process_time() - t)
+        return best
+
+    small, large = cpu(250_000), cpu(1_000_000)
+    assert large < 7 * small, (small, large)
+
+
+@pytest.mark.slow
+def test_a_multi_megabyte_document_in_chunk_mode(tmp_path, tiny_tokenizer, capsys):
+    doc = _long_text(3_000_000, 9)
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*demo_texts()[:20], doc, "The end."]))
+    out = tmp_path / "out"
+    t = time.process_time()
+    args = ["--mode", "chunk", "--max-length", "257", "--workers", "0", "--on-error", "skip"]
+    assert main(["tokenize", "--input", str(src), "--tokenizer", tiny_tokenizer, "--out", str(out), *args]) == 0
+    assert time.process_time() - t < 40  # ~16 s (10 s of it Punkt training on 2 MB); the per-gap lookup: ~90 s
+    stats = json.loads((tmp_path / "out.stats.json").read_text())
+    assert stats["documents"] == 22 and stats["chunking"]["sentence_cuts"] > 20 * stats["chunking"]["hard_cuts"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_splitters_time_limit_does_not_end_the_run(tmp_path, tiny_tokenizer, monkeypatch, caplog):
+    """nltk runs Punkt's regular expressions under a wall-clock limit; with a limit nothing can meet, every
+    block keeps only its line ends, and the run finishes."""
+    import nltk.redos
+
+    from lqs_megatron.data import chunking
+
+    monkeypatch.setattr(nltk.redos, "DEFAULT_TIMEOUT", 1e-9)
+    monkeypatch.setattr(chunking, "_warned", set())
+    texts = demo_texts()[:30]
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    args = ["--mode", "chunk", "--max-length", "129", "--workers", "0", "--out", str(tmp_path / "out")]
+    assert main(["tokenize", "--input", str(src), "--tokenizer", tiny_tokenizer, *args]) == 0
+    assert "regex time limit hit while training on" in caplog.text and "while splitting" in caplog.text
+    splitter = SentenceBoundaries(train_sentence_splitter(texts, 10_000))
+    assert splitter.gaps(texts[3]) == [(m.end(), m.end()) for m in re.finditer("\n", texts[3])]

@@ -178,9 +178,9 @@ def test_resume_after_the_bin_was_rewritten_in_place_is_refused(setup, tmp_path)
         f.write(fresh.tobytes())
     with pytest.raises(LQSError, match=r"corpus\.bin changed since the parts in .* were scored"):
         score_dataset(ScoreRun(d / "scorer", data, out, progress=False), opts)
-    with open(bin_file, "ab") as f:  # the same tokens and more after them
+    with open(bin_file, "ab") as f:  # the same tokens and more after them: the reader's size check sees it first
         f.write(fresh[:5].tobytes())
-    with pytest.raises(LQSError, match=r"corpus\.bin changed since"):
+    with pytest.raises(LQSError, match=r"corpus\.bin: data file longer than its index"):
         score_dataset(ScoreRun(d / "scorer", data, out, progress=False), opts)
 
 
