@@ -17,11 +17,12 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from lqs_megatron import __version__
 from lqs_megatron.cli.options import Command
-from lqs_megatron.errors import LQSError
+from lqs_megatron.errors import LQSError, Terminated
 
 # Order is the order of `lqs --help`: the pipeline, upstream first.
 COMMAND_MODULES = ("data", "datasets", "train", "annotate", "scorer", "curate", "pipeline")
@@ -66,6 +67,17 @@ def _setup_logging(level: str) -> None:
     )
 
 
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (tokenize, retokenize) dies as by default; its parent reports
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,14 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.log_level)
+    # SIGTERM (Slurm preemption or time limit) ends the run like Ctrl-C: cleanup runs, the output lock is released
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = args.func(args)
     except LQSError as e:
         print(f"lqs {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"lqs {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"lqs {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

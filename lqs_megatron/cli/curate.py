@@ -46,16 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_order)
 
 
-def _run(cfg, choose) -> int:
+def _run(cfg, choose, step: str) -> int:
     from lqs_megatron.curate.apply import curate_dataset, curate_jsonl, is_jsonl
     from lqs_megatron.errors import LQSError
+    from lqs_megatron.utils.lock import output_lock
 
-    if is_jsonl(cfg.data):
-        info = curate_jsonl(cfg.data, cfg.out, choose, cfg.scores, cfg.score_field)
-    else:
-        if cfg.scores is None:
-            raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
-        info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose)
+    if not is_jsonl(cfg.data) and cfg.scores is None:
+        raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
+    inputs = {"--data": cfg.data, "--scores": cfg.scores}
+    with output_lock(cfg.out, step=step, inputs=inputs, kind="file" if is_jsonl(cfg.out) else "prefix"):
+        if is_jsonl(cfg.data):
+            info = curate_jsonl(cfg.data, cfg.out, choose, cfg.scores, cfg.score_field)
+        else:
+            info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose)
     print(json.dumps(info))
     return 0
 
@@ -73,7 +76,7 @@ def _select(args: argparse.Namespace) -> int:
     value = getattr(cfg, needed)
     if value is None:
         raise LQSError(f"--method {cfg.method} needs --{needed}")
-    return _run(cfg, lambda scores: select(scores, cfg.method, **{needed: value}))
+    return _run(cfg, lambda scores: select(scores, cfg.method, **{needed: value}), "select")
 
 
 def _order(args: argparse.Namespace) -> int:
@@ -93,4 +96,4 @@ def _order(args: argparse.Namespace) -> int:
         if name not in accepted:
             raise LQSError(f"--{name.replace('_', '-')} does not apply to --method {cfg.method}")
         params[name] = value
-    return _run(cfg, lambda scores: order(scores, cfg.method, **params))
+    return _run(cfg, lambda scores: order(scores, cfg.method, **params), "order")

@@ -340,22 +340,29 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
             cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
+HF_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+"""The files :func:`save_hf_model` writes besides the tokenizer's."""
+
+
 def save_hf_model(
     state_dict: dict[str, torch.Tensor],
     cfg: ModelConfig,
     out_dir: str | os.PathLike,
     dtype: torch.dtype | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
+    command: str | None = None,
 ) -> Path:
     """Write an HF directory atomically: config.json and generation_config.json (read alike by
-    transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`)."""
+    transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`);
+    ``command`` (the ``lqs`` subcommand) is recorded in the directory (:func:`~lqs_megatron.utils.atomic.atomic_dir`).
+    """
     from safetensors.torch import save_file
 
     hf_sd = state_dict_to_hf(state_dict, cfg)
     if dtype is not None:
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
     dt = next(iter(hf_sd.values())).dtype
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, command=command) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg, dt), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(cfg), indent=2) + "\n")
         save_file(

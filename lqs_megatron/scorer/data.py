@@ -44,8 +44,22 @@ from lqs_megatron.data.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.utils.atomic import atomic_dir, save_json, save_npy
+from lqs_megatron.utils.lock import output_lock
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = (
+    "train.bin",
+    "train.idx",
+    "valid.bin",
+    "valid.idx",
+    "*_scores.npy",
+    "*_indices.npy",
+    "scores.png",
+    "stats.json",
+    "report.*",
+)
+"""The entries of an output directory (how one written before the marker existed is recognised)."""
 
 SPLITS = ("train", "valid")
 
@@ -123,8 +137,15 @@ def prepare_scorer_data(
 ) -> dict:
     """Write the scorer's train/valid data to ``out_dir`` (see the module docstring); return the stats.
 
-    ``workers``: retokenization processes (None: one per core, 0: in this process).
+    ``workers``: retokenization processes (None: one per core, 0: in this process). The output rule applies
+    (:func:`~lqs_megatron.utils.lock.output_lock`): ``out_dir`` replaces only an earlier output of this command.
     """
+    inputs = {"--proxy": proxy, "--scores": scores, "--src-tokenizer": src_tokenizer, "--dst-tokenizer": dst_tokenizer}
+    with output_lock(out_dir, step="prepare-scorer-data", inputs=inputs, kind="dir", known=OUTPUT_FILES):
+        return _prepare(proxy, scores, out_dir, valid_num, seed, src_tokenizer, dst_tokenizer, args, workers)
+
+
+def _prepare(proxy, scores, out_dir, valid_num, seed, src_tokenizer, dst_tokenizer, args, workers) -> dict:
     from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
     if (src_tokenizer is None) != (dst_tokenizer is None):
@@ -149,7 +170,7 @@ def prepare_scorer_data(
         tok_info = dataset_tokenizer(proxy)
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, command="prepare-scorer-data") as tmp:
         source = _retokenized(proxy, src_tokenizer, dst_tokenizer, tmp, workers, n) if retokenized else ds
         counts = {}
         for name, idx in zip(SPLITS, (train_idx, valid_idx)):

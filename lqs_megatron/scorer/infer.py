@@ -130,7 +130,8 @@ def score_dataset(
 
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out = shard_output(out_dir, shard)
-    with output_lock(out, enabled=dims.is_main):
+    inputs = {"--scorer": scorer, "--data": data, "--tokenizer": tokenizer}
+    with output_lock(out, enabled=dims.is_main, step="score", inputs=inputs, kind="dir"):
         return _score_dataset(scorer, data, out, tokenizer, options or ScoreOptions(), dims, progress, shard)
 
 

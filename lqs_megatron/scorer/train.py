@@ -346,7 +346,8 @@ def train_scorer(
     cfg = cfg or TrainScorerConfig()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
-    with output_lock_on_main(out_dir, dims):
+    inputs = {"--data": data_dir, "--base": base, "--tokenizer": tokenizer}
+    with output_lock_on_main(out_dir, dims, step="train-scorer", inputs=inputs, kind="dir"):
         if dims.is_main:
             remove_leftovers(out_dir)
         result = ScorerTrainer(data_dir, out_dir, cfg, base, model_config, tokenizer, resume, dims, progress).run()
