@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from lqs_megatron import __version__
 from lqs_megatron.cli.options import Command
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (Slurm preemption or time limit) ends the run like Ctrl-C: cleanup runs, the output lock is released
     global _MAIN_PID
     _MAIN_PID = os.getpid()
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         rc = args.func(args)
     except LQSError as e:
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lqs {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

@@ -303,6 +303,9 @@ class ScorerTrainer(Trainer):
         check_finite(unwrap(self.model).state_dict(), f"refusing to write {tmp.name}")
         save_scorer(self.model, scfg, self.tok_dir, tmp)
 
+    def save_now(self, done: int) -> None:
+        self.save(done)
+
     def save(self, done: int) -> Path:
         state = self.position(done)
 

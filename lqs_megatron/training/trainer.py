@@ -168,6 +168,9 @@ class Pretrainer(Trainer):
             "dtype": "float32",
         }
 
+    def save_now(self, done: int) -> None:
+        self.save(done, self.last.loss if self.last else None)
+
     def save(self, step: int, loss: float | None) -> Path:
         state = {
             "step": step,

@@ -375,6 +375,53 @@ def test_sigterm_releases_the_lock_and_says_so_in_one_line(work, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")], os.listdir(tmp_path)
 
 
+def test_sigterm_in_pretrain_checkpoints_the_step_and_resume_continues_there(work, tmp_path):
+    out = tmp_path / "ck"
+    args = [
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        work["tok"],
+        "--data",
+        work["data"],
+        "--out",
+        str(out),
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "32",
+        "--global-batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--no-tensorboard",
+        "--log-interval",
+        "1",
+        "--save-interval",
+        "100000",
+    ]
+    cmd = [sys.executable, "-m", "lqs_megatron", *args, "--steps", "5000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "lqs pretrain: terminated (SIGTERM)" and "Traceback" not in err, err
+    assert not os.path.exists(lock_path(out))
+    saved = (out / "latest").read_text().strip()  # the step the signal arrived in, checkpointed
+    step = int(saved.split("_")[-1])
+    assert step >= 3 and (out / saved).is_dir()
+    assert main([*args, "--steps", "5000", "--resume", "--stop-after", str(step + 1)]) == 0
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r][-1] == step + 1
+
+
 # --- weak: full and read-only disks, --out . ----------------------------------------------------------------------
 
 
