@@ -188,7 +188,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True, command: str | N
     With ``overwrite`` an existing ``path`` is moved aside and deleted only after the
     new one is in place. ``command`` (the ``lqs`` subcommand) is recorded in :data:`MARKER` inside.
     """
-    path = Path(os.path.abspath(path))
+    path = Path(os.path.realpath(path))  # a symlinked --out is replaced at its target, not the link itself
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     if tmp.exists():

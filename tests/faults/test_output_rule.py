@@ -175,6 +175,15 @@ def test_an_earlier_output_is_replaced_a_foreign_directory_is_not(work, tmp_path
     assert tree(tok) == before
 
 
+def test_a_symlinked_out_directory_is_written_at_its_target(work, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    for _ in range(2):  # the first export, then its replacement
+        assert main(["export-hf", "--checkpoint", str(work["ck"]), "--out", str(tmp_path / "alias")]) == 0
+        assert (tmp_path / "alias").is_symlink() and (tmp_path / "real" / "model.safetensors").is_file()
+        assert sorted(os.listdir(tmp_path)) == ["alias", "real"]
+
+
 # --- serious 2: an output that is one of the inputs ------------------------------------------------------------
 
 
