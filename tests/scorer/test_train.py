@@ -164,8 +164,9 @@ def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path)
     )
     transformers.XGLMForCausalLM(cfg).save_pretrained(hf)
     tcfg = TrainScorerConfig(epochs=1, lr=1e-3, warmup=2, batch_size=32, micro_batch_size=16, max_length=64)
+    (tmp_path / "empty").mkdir()  # (not tmp_path itself: --out inside --base is refused by the output rule)
     with pytest.raises(LQSError, match="no config.json"):
-        train_scorer(proxy / "data", tmp_path / "x", tcfg, base=str(tmp_path), tokenizer=tiny_tokenizer)
+        train_scorer(proxy / "data", tmp_path / "x", tcfg, base=str(tmp_path / "empty"), tokenizer=tiny_tokenizer)
     res = train_scorer(proxy / "data", tmp_path / "ckpt", tcfg, base=str(hf), tokenizer=tiny_tokenizer, progress=False)
     assert res["steps"] == 10
     assert json.loads((tmp_path / "ckpt" / "best" / "scorer.json").read_text())["backbone"] == "hf"
