@@ -12,6 +12,11 @@ class LQSError(Exception):
     """A user-facing error: the message says what is wrong and, where it can, how to fix it."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a Slurm preemption or time limit, ``kill``), raised in the main thread by the ``lqs`` command's
+    handler so that a run ends as on Ctrl-C: ``finally`` blocks run, the output lock is released."""
+
+
 class InputError(LQSError):
     """Bad input data, located at ``path:line`` when a line is known.
 

@@ -17,11 +17,13 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from lqs_megatron import __version__
 from lqs_megatron.cli.options import Command
-from lqs_megatron.errors import LQSError
+from lqs_megatron.errors import LQSError, Terminated
 
 # Order is the order of `lqs --help`: the pipeline, upstream first.
 COMMAND_MODULES = ("data", "datasets", "train", "annotate", "scorer", "curate", "pipeline")
@@ -84,6 +86,17 @@ def _setup_logging(level: str) -> None:
     )
 
 
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (tokenize, retokenize) dies as by default; its parent reports
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -94,14 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     from lqs_megatron.utils.threads import configure_threads
 
     configure_threads(args.threads)
+    # SIGTERM (Slurm preemption or time limit) ends the run like Ctrl-C: cleanup runs, the output lock is released
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         rc = args.func(args)
     except LQSError as e:
         print(f"lqs {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"lqs {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"lqs {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

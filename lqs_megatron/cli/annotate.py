@@ -70,12 +70,15 @@ def _annotate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from lqs_megatron.lqs.config import ReportConfig
     from lqs_megatron.lqs.report import format_report, write_report
+    from lqs_megatron.utils.lock import output_lock
 
     cfg = build(ReportConfig, args)
-    rep = write_report(
-        cfg.out_prefix, cfg.scores, cfg.data, by=cfg.by, tokenizer=cfg.tokenizer, losses=cfg.losses, top=cfg.top,
-        chars=cfg.chars,
-    )  # fmt: skip
+    inputs = {"--scores": cfg.scores, "--data": cfg.data, "--tokenizer": cfg.tokenizer, "--losses": cfg.losses}
+    with output_lock(cfg.out_prefix, step="report", inputs=inputs):
+        rep = write_report(
+            cfg.out_prefix, cfg.scores, cfg.data, by=cfg.by, tokenizer=cfg.tokenizer, losses=cfg.losses, top=cfg.top,
+            chars=cfg.chars,
+        )  # fmt: skip
     print(format_report(rep))
     print(f"\nwrote {', '.join(rep['files'])}")
     return 0

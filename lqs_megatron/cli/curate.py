@@ -48,18 +48,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_order)
 
 
-def _run(cfg, choose) -> int:
+def _run(cfg, choose, step: str) -> int:
     from lqs_megatron.curate.apply import curate_dataset, curate_jsonl, is_jsonl
-    from lqs_megatron.curate.config import OrderConfig
     from lqs_megatron.errors import LQSError
+    from lqs_megatron.utils.lock import output_lock
 
-    if is_jsonl(cfg.data):
-        info = curate_jsonl(cfg.data, cfg.out, choose, cfg.scores, cfg.score_field)
-    else:
-        if cfg.scores is None:
-            raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
-        command = "order" if isinstance(cfg, OrderConfig) else "select"
-        info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose, command)
+    if not is_jsonl(cfg.data) and cfg.scores is None:
+        raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
+    inputs = {"--data": cfg.data, "--scores": cfg.scores}
+    with output_lock(cfg.out, step=step, inputs=inputs, kind="file" if is_jsonl(cfg.out) else "prefix"):
+        if is_jsonl(cfg.data):
+            info = curate_jsonl(cfg.data, cfg.out, choose, cfg.scores, cfg.score_field)
+        else:
+            info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose, step)
     print(json.dumps(info))
     return 0
 
@@ -69,7 +70,7 @@ def _select(args: argparse.Namespace) -> int:
     from lqs_megatron.curate.selection import select
 
     cfg = build(SelectConfig, args)  # checks the method's parameter
-    return _run(cfg, lambda scores: select(scores, cfg.method, **cfg.params))
+    return _run(cfg, lambda scores: select(scores, cfg.method, **cfg.params), "select")
 
 
 def _order(args: argparse.Namespace) -> int:
@@ -77,4 +78,4 @@ def _order(args: argparse.Namespace) -> int:
     from lqs_megatron.curate.ordering import order
 
     cfg = build(OrderConfig, args)  # checks the parameters against the method
-    return _run(cfg, lambda scores: order(scores, cfg.method, cfg.jitter, **cfg.params))
+    return _run(cfg, lambda scores: order(scores, cfg.method, cfg.jitter, **cfg.params), "order")

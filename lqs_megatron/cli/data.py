@@ -71,6 +71,7 @@ def _report(stats: dict) -> None:
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import TrainTokenizerConfig
     from lqs_megatron.data.jsonl import SkipLog, read_texts
+    from lqs_megatron.data.tokenizer import TOKENIZER_DIR_FILES
     from lqs_megatron.data.train_tokenizer import train_tokenizer
     from lqs_megatron.utils.lock import output_lock
 
@@ -84,7 +85,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
             return (t for _, _, t in read_texts(cfg.inputs, cfg.field, on_error=cfg.on_error, skipped=self.skipped))
 
     texts = Texts()
-    with output_lock(cfg.out):
+    rule = {"inputs": {"--input": cfg.inputs}, "kind": "dir", "known": TOKENIZER_DIR_FILES}
+    with output_lock(cfg.out, step="train-tokenizer", **rule):
         out = train_tokenizer(texts, cfg.out, vocab_size=cfg.vocab_size, character_coverage=cfg.character_coverage)
     msg = f"wrote tokenizer {out} ({cfg.vocab_size} pieces)"
     skipped = texts.skipped

@@ -60,7 +60,7 @@ def _sample_proxy(args: argparse.Namespace) -> int:
     from lqs_megatron.utils.lock import output_lock
 
     cfg = build(SampleProxyConfig, args)
-    with output_lock(cfg.out):
+    with output_lock(cfg.out, step="sample-proxy", inputs={"--data": cfg.data}):
         print(json.dumps(sample_proxy(cfg.data, cfg.num, cfg.seed, cfg.out)))
     return 0
 
@@ -90,7 +90,7 @@ def _merge(args: argparse.Namespace) -> int:
 
     if cfg.out is None:
         raise LQSError("--data needs --out PREFIX")
-    with output_lock(cfg.out):
+    with output_lock(cfg.out, step="merge", inputs={"--data": cfg.data}):
         print(json.dumps(merge_datasets(cfg.data, cfg.out, cfg.allow_tokenizer_mismatch)))
     return 0
 

@@ -137,9 +137,7 @@ def curate_jsonl(
 ) -> dict:
     """Apply ``choose`` to the records of a jsonl file (see the module docstring)."""
     in_path, out_path = str(in_path), str(out_path)
-    base = _jsonl_base(out_path)
-    if os.path.abspath(in_path) == os.path.abspath(out_path):
-        raise LQSError(f"--out {out_path!r} is the input file; choose another --out")
+    base = _jsonl_base(out_path)  # --out equal to an input is refused by the output rule (utils/lock.py)
     if not os.path.isfile(in_path):
         raise LQSError(f"--data {in_path!r} does not exist")
     lines, where, field_scores = _read_records(in_path, None if scores_path is not None else score_field)

@@ -46,7 +46,7 @@ BLOCK_CHARS = 1 << 16
 
 _NEWLINE = re.compile("\n")
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def blocks(text: str, size: int = BLOCK_CHARS) -> Iterator[tuple[int, int]]:
@@ -68,7 +68,7 @@ def _timed_out(what: str, n: int) -> None:
     """Log (once per process and kind) a block on which Punkt hit nltk's regex time limit."""
     if what not in _warned:
         _warned.add(what)
-        log.warning(
+        logger.warning(
             "sentence splitter: nltk's regex time limit hit while %s a %d-character block; such blocks keep only "
             "their line ends as chunk boundaries (logged once)",
             what,

@@ -25,7 +25,8 @@ class TrainTokenizerConfig:
     vocab_size: int = option()
     """Number of pieces, special ones included."""
     out: str = option(metavar="TOKENIZER_DIR")
-    """Output directory (replaced atomically)."""
+    """Output directory (replaced atomically, only when absent, empty or an earlier output of this command:
+    docs/design.md, "Outputs")."""
     field: str = "text"
     """The JSON field (parquet/arrow: the column) holding the text."""
     on_error: str = option("fail", choices=ON_ERROR)

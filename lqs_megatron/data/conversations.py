@@ -171,7 +171,8 @@ def _first_rendered(config: TargetConfig, plan, conv: EncodeConversations):
 
 def tokenize_target(config: TargetConfig) -> dict:
     """Run ``lqs tokenize-target``; return the statistics (also in ``PREFIX.stats.json``). The output is locked."""
-    with output_lock(config.out_prefix):
+    inputs = {"--input": config.inputs, "--tokenizer": config.tokenizer_dir}
+    with output_lock(config.out_prefix, step="tokenize-target", inputs=inputs):
         return _tokenize_target(config)
 
 

@@ -111,8 +111,8 @@ def export_jsonl(
     n = len(ds)
     start, stop = split_range(n, shard)
     values = None
+    is_path = isinstance(scores, (str, os.PathLike))
     if scores is not None:
-        is_path = isinstance(scores, (str, os.PathLike))
         raw = read_scores(scores) if is_path else np.asarray(scores)
         check_scores(raw, n, name=str(scores) if is_path else "scores")
         values = raw[start:stop]
@@ -121,7 +121,8 @@ def export_jsonl(
     tok = load_tokenizer(str(tokenizer_dir))
     check_tokenizer(ds, str(tokenizer_dir), tok, start, stop)
     batches = _decoded(ds, tok, start, stop, batch_size)
-    with output_lock(out), atomic_file(out) as tmp:
+    inputs = {"--data": data_prefix, "--tokenizer": tokenizer_dir, "--scores": scores if is_path else None}
+    with output_lock(out, step="export-jsonl", inputs=inputs, kind="file"), atomic_file(out) as tmp:
         if fmt == "parquet":
             with ParquetRows(tmp, values.dtype if values is not None else None) as sink:
                 for lo, texts in batches:
@@ -208,7 +209,7 @@ def merge_exports(out: str, shards: list[str]) -> dict:
     if kinds - {"jsonl", "parquet"} or len(kinds) > 1:
         raise LQSError(f"the shards of {out} are not all jsonl or all parquet exports ({sorted(kinds)})")
     rows = 0
-    with output_lock(out), atomic_file(out) as tmp:
+    with output_lock(out, step="merge", kind="file"), atomic_file(out) as tmp:
         if kinds == {"parquet"}:
             import pyarrow.parquet as pq
 

@@ -77,10 +77,6 @@ def merge_datasets(
     """
     if not prefixes:
         raise LQSError("--data needs at least one dataset to merge")
-    out_abs = os.path.abspath(str(out_prefix))
-    for p in prefixes:
-        if os.path.abspath(str(p)) == out_abs:
-            raise LQSError(f"the output prefix {str(out_prefix)!r} is one of the inputs; choose another --out")
     datasets = [IndexedDataset(p) for p in prefixes]
     for ds in datasets:
         docs = ds.document_indices

@@ -161,7 +161,8 @@ def retokenize(config: RetokenizeConfig) -> dict:
     (``lqs merge --shards PREFIX`` joins them); a finished shard is not redone. The output is locked.
     """
     out = shard_output(config.out_prefix, config.shard)
-    with output_lock(out):
+    inputs = {"--data": config.data, "--src-tokenizer": config.src_tokenizer, "--dst-tokenizer": config.dst_tokenizer}
+    with output_lock(out, step="retokenize", inputs=inputs):
         return _retokenize(config, out)
 
 

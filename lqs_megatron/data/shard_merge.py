@@ -118,7 +118,7 @@ def merge_dataset_shards(out: str, shards: list[str]) -> dict:
     check_not_empty(counts["documents"], skipped)
     first = stats[0]
     extra = {k: v for k, v in first.items() if k not in _BASE_KEYS and k not in _SHARD_ONLY}
-    with output_lock(out):
+    with output_lock(out, step="merge"):
         if "chunk_boundaries" in first:
             chunking = _chunk_shards(out, shards, stats, "meta" in first)
             seq, tok = chunking["chunks"], int(IndexedDataset(out).num_tokens)
@@ -212,7 +212,7 @@ def merge_score_shards(out: str, shards: list[str]) -> dict:
             raise LQSError(f"{path}/scores.npy: expected {b - a} float32 scores, found {part.dtype} {part.shape}")
         parts.append(part)
     scores = np.concatenate(parts)
-    with output_lock(out):
+    with output_lock(out, step="merge", kind="dir"):
         os.makedirs(out, exist_ok=True)
         save_npy(os.path.join(out, "scores.npy"), scores)
         if stats[0].get("parquet"):

@@ -50,12 +50,11 @@ def write_subset(data: IndexedDataset | str | os.PathLike, indices, out_prefix: 
     """Write the sequences ``data[indices[0]], data[indices[1]], ...`` to ``out_prefix``.
 
     Returns the number of tokens written. Indices may repeat (the sequence is copied
-    each time). ``out_prefix`` must differ from the input's prefix.
+    each time). ``out_prefix`` must differ from the input's prefix: the commands check that with the output
+    rule (:func:`~lqs_megatron.utils.lock.output_lock`).
     """
     ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
     idx = check_indices(indices, len(ds))
-    if os.path.abspath(str(out_prefix)) == os.path.abspath(ds.prefix):
-        raise LQSError(f"the output prefix {str(out_prefix)!r} is the input dataset; choose another --out")
     itemsize = ds.dtype.itemsize
     lengths = ds.sequence_lengths[idx].astype(np.int64)
     starts = ds.sequence_pointers[idx].astype(np.int64)
@@ -115,8 +114,6 @@ def write_subset_with_sidecars(
     Returns the number of tokens written.
     """
     ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
-    if os.path.abspath(str(out_prefix)) == os.path.abspath(ds.prefix):
-        raise LQSError(f"the output prefix {str(out_prefix)!r} is the input dataset; choose another --out")
     if os.path.exists(idx_path(out_prefix)):
         os.unlink(idx_path(out_prefix))
     for name, array in sidecars.items():

@@ -296,7 +296,8 @@ def tokenize(config: TokenizeConfig) -> dict:
     The output is locked for the run (:func:`~lqs_megatron.utils.lock.output_lock`).
     """
     out = shard_output(config.out_prefix, config.shard)
-    with output_lock(out):
+    inputs = {"--input": config.inputs, "--tokenizer": config.tokenizer_dir}
+    with output_lock(out, step="tokenize", inputs=inputs):
         return _tokenize(config, out)
 
 

@@ -39,6 +39,9 @@ TOKENIZER_FILES = (
 )
 """A directory with none of these holds no tokenizer (checked before transformers guesses at it)."""
 
+TOKENIZER_DIR_FILES = (*TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json", "merges.txt", "*.jinja")
+"""Every file a saved tokenizer directory may hold (how an earlier tokenizer output is recognised)."""
+
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str | os.PathLike, require_eos: bool = True):

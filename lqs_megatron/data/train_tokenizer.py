@@ -113,7 +113,7 @@ def train_tokenizer(
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, command="train-tokenizer") as tmp:
         (tmp / "tokenizer.model").write_bytes(model)
         _write_tokenizer_json(tmp)
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

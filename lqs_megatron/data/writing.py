@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import glob
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -29,7 +27,7 @@ from lqs_megatron.data.parallel import ordered_map
 from lqs_megatron.data.progress import Progress
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
-from lqs_megatron.utils.lock import pid_alive
+from lqs_megatron.utils.atomic import clean_stale_temps as _clean_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +68,9 @@ _SIDECARS = ("", ".meta.jsonl", ".stats.json", ".chunk-boundaries.bin")
 
 def clean_stale_temps(prefix: str) -> list[str]:
     """Remove the temporary files a killed run left beside ``prefix`` (``PREFIX.tmp-PID.bin``,
-    ``PREFIX.meta.jsonl.tmp-PID``, ...) whose process is gone; a live pid's files are left alone.
-    Returns the removed paths (each also logged)."""
-    removed = []
-    ours = re.compile(
-        "^"
-        + re.escape(os.path.basename(prefix))
-        + "("
-        + "|".join(map(re.escape, _SIDECARS))
-        + r")\.tmp-(\d+)(\.bin|\.idx)?$"
-    )
-    for path in glob.glob(glob.escape(prefix) + "*.tmp-*"):
-        m = ours.match(os.path.basename(path))
-        if not m:
-            continue
-        pid = int(m.group(2))
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed.append(path)
-            logger.warning("removed %s, left by a run that was killed (pid %d is gone)", path, pid)
-    return removed
+    ``PREFIX.meta.jsonl.tmp-PID``, ...) whose process is gone; a live pid's files are left alone
+    (:func:`lqs_megatron.utils.atomic.clean_stale_temps`). Returns the removed paths (each also logged)."""
+    return _clean_stale_temps(prefix + s for s in _SIDECARS)
 
 
 def drop_stale(prefix: str, keep_meta: bool) -> None:

@@ -210,7 +210,8 @@ def annotate(
     (``SweepState``: the step, the scores so far, the target-loss curve); the place for a
     metrics/TensorBoard writer, and for the tests' fault injection (:func:`fault_hooks_from_env`).
     """
-    with output_lock(cfg.out, enabled=dims.is_main):
+    inputs = {"--model": cfg.model, "--train": cfg.train, "--target": cfg.target, "--proxy": cfg.proxy}
+    with output_lock(cfg.out, enabled=dims.is_main, step="annotate", inputs=inputs, kind="dir"):
         return _annotate(cfg, dims, list(on_scoring or []))
 
 

@@ -392,6 +392,10 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> None:
             cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
+HF_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
+"""The files :func:`save_hf_model` writes besides the tokenizer's."""
+
+
 def save_hf_model(
     state_dict: dict[str, torch.Tensor],
     cfg: ModelConfig,
@@ -399,17 +403,20 @@ def save_hf_model(
     dtype: torch.dtype | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
     tokenizer_identity: dict | None = None,
+    command: str | None = None,
 ) -> Path:
     """Write an HF directory atomically: config.json and generation_config.json (read alike by
     transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`);
-    ``tokenizer_identity`` (:mod:`lqs_megatron.data.fingerprint`) goes into config.json as ``lqs_tokenizer``."""
+    ``tokenizer_identity`` (:mod:`lqs_megatron.data.fingerprint`) goes into config.json as ``lqs_tokenizer``;
+    ``command`` (the ``lqs`` subcommand) is recorded in the directory (:func:`~lqs_megatron.utils.atomic.atomic_dir`).
+    """
     from safetensors.torch import save_file
 
     hf_sd = state_dict_to_hf(state_dict, cfg)
     if dtype is not None:
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
     dt = next(iter(hf_sd.values())).dtype
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, command=command) as tmp:
         hf_cfg = hf_config_dict(cfg, dt)
         if tokenizer_identity is not None:
             hf_cfg["lqs_tokenizer"] = tokenizer_identity

@@ -190,8 +190,12 @@ class Runner:
                 rc = proc.wait()
                 errors.join()
             except BaseException:
-                proc.kill()
-                proc.wait()
+                proc.terminate()  # the step ends as on SIGTERM: it releases its output lock (utils/lock.py)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 raise
         if rc != 0:
             tail = "".join(logfile.read_text().splitlines(keepends=True)[-25:])

@@ -29,7 +29,8 @@ class PrepareScorerConfig:
     scores: str = option(metavar="FILE.npy")
     """One score per proxy sequence (proxy order)."""
     out: str = option(metavar="DIR")
-    """Output directory."""
+    """Output directory (replaced atomically, only when absent, empty or an earlier output of this command:
+    docs/design.md, "Outputs")."""
     valid_num: int | None = option(None, metavar="M")
     """Validation sequences (default: 10% of the proxy set, at least 1)."""
     seed: int = 0

@@ -45,8 +45,22 @@ from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import PrepareScorerConfig
 from lqs_megatron.utils.atomic import atomic_dir, save_json, save_npy
+from lqs_megatron.utils.lock import output_lock
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = (
+    "train.bin",
+    "train.idx",
+    "valid.bin",
+    "valid.idx",
+    "*_scores.npy",
+    "*_indices.npy",
+    "scores.png",
+    "stats.json",
+    "report.*",
+)
+"""The entries of an output directory (how one written before the marker existed is recognised)."""
 
 SPLITS = ("train", "valid")
 
@@ -117,8 +131,20 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
     ``cfg.workers``: retokenization processes (None: one per core, 0: in this process). ``args``: the command
     line, recorded in ``stats.json``. Scores that are
     constant or nearly so (:func:`lqs_megatron.data.scores.flat_scores`) are refused unless
-    ``cfg.allow_constant_scores``.
+    ``cfg.allow_constant_scores``. The output rule applies
+    (:func:`~lqs_megatron.utils.lock.output_lock`): ``cfg.out`` replaces only an earlier output of this command.
     """
+    inputs = {
+        "--proxy": cfg.proxy,
+        "--scores": cfg.scores,
+        "--src-tokenizer": cfg.src_tokenizer,
+        "--dst-tokenizer": cfg.dst_tokenizer,
+    }
+    with output_lock(cfg.out, step="prepare-scorer-data", inputs=inputs, kind="dir", known=OUTPUT_FILES):
+        return _prepare(cfg, args)
+
+
+def _prepare(cfg: PrepareScorerConfig, args: dict | None) -> dict:
     from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
 
     if (cfg.src_tokenizer is None) != (cfg.dst_tokenizer is None):
@@ -152,7 +178,7 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
         tok_info = dataset_tokenizer(cfg.proxy)
 
     out_dir = Path(cfg.out)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, command="prepare-scorer-data") as tmp:
         source = (
             _retokenized(cfg.proxy, cfg.src_tokenizer, cfg.dst_tokenizer, tmp, cfg.workers, n) if retokenized else ds
         )

@@ -153,7 +153,8 @@ def score_dataset(run: ScoreRun, options: ScoreOptions | None = None, dims=None)
 
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(shard_output(run.out, run.shard))
-    with output_lock(out, enabled=dims.is_main):
+    inputs = {"--scorer": run.scorer, "--data": run.data, "--tokenizer": run.tokenizer}
+    with output_lock(out, enabled=dims.is_main, step="score", inputs=inputs, kind="dir"):
         job = _plan(run, options or ScoreOptions(), out, dims)
         totals = _compute(job, dims, run.progress)
         return _finish(job, totals, dims)

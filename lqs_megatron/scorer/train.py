@@ -311,6 +311,9 @@ class ScorerTrainer(Trainer):
         check_finite(unwrap(self.model).state_dict(), f"refusing to write {tmp.name}")
         save_scorer(self.model, scfg, self.tok_dir, tmp)
 
+    def save_now(self, done: int) -> None:
+        self.save(done)
+
     def save(self, done: int) -> Path:
         state = self.position(done)
 
@@ -344,7 +347,8 @@ def train_scorer(run: TrainScorerRun, cfg: TrainScorerConfig | None = None, dims
     cfg = cfg or TrainScorerConfig()
     dims = dims or ParallelDims(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
-    with output_lock_on_main(run.out, dims):
+    inputs = {"--data": run.data, "--base": run.base, "--tokenizer": run.tokenizer}
+    with output_lock_on_main(run.out, dims, step="train-scorer", inputs=inputs, kind="dir"):
         if dims.is_main:
             remove_leftovers(run.out)
         result = ScorerTrainer(run, cfg, dims, progress).run()

@@ -302,7 +302,8 @@ class ExportHFConfig:
     checkpoint: str = option(metavar="CKPT_DIR")
     """Checkpoint root (its latest step) or a step directory."""
     out: str = option(metavar="HF_DIR")
-    """Output directory (replaced atomically)."""
+    """Output directory (replaced atomically, only when absent, empty or an earlier output of this command:
+    docs/design.md, "Outputs")."""
     precision: str = option(
         "fp32",
         choices=tuple(EXPORT_PRECISIONS),

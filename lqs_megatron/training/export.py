@@ -14,26 +14,34 @@ from pathlib import Path
 
 import torch
 
+from lqs_megatron.data.tokenizer import TOKENIZER_DIR_FILES
 from lqs_megatron.models.config import ModelConfig
-from lqs_megatron.models.hf import save_hf_model
+from lqs_megatron.models.hf import HF_MODEL_FILES, save_hf_model
 from lqs_megatron.models.loading import read_full_state_dict
 from lqs_megatron.utils.checkpoint_format import read_config, resolve_checkpoint
+from lqs_megatron.utils.lock import output_lock
 
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """Write ``out_dir`` (atomically) from ``checkpoint`` (a root with ``latest`` or a step directory)."""
-    step_dir = resolve_checkpoint(checkpoint)
-    meta = read_config(step_dir)
-    cfg = ModelConfig.from_dict(meta["model"])
-    sd = read_full_state_dict(step_dir)
-    if cfg.tie_word_embeddings:
-        sd["output.weight"] = sd["tok_embeddings.weight"]
-    tok = step_dir / "tokenizer"
-    return save_hf_model(
-        sd,
-        cfg,
-        out_dir,
-        dtype=dtype,
-        tokenizer_dir=tok if tok.is_dir() else None,
-        tokenizer_identity=meta.get("tokenizer"),
-    )
+    """Write ``out_dir`` (atomically) from ``checkpoint`` (a root with ``latest`` or a step directory), under
+    the output rule (:func:`~lqs_megatron.utils.lock.output_lock`: ``out_dir`` may replace only an earlier
+    export)."""
+    known = (*HF_MODEL_FILES, *TOKENIZER_DIR_FILES)
+    with output_lock(out_dir, step="export-hf", inputs={"--checkpoint": checkpoint}, kind="dir", known=known):
+        step_dir = resolve_checkpoint(checkpoint)
+        meta = read_config(step_dir)
+        cfg = ModelConfig.from_dict(meta["model"])
+        sd = read_full_state_dict(step_dir)
+        if cfg.tie_word_embeddings:
+            sd["output.weight"] = sd["tok_embeddings.weight"]
+        tok = step_dir / "tokenizer"
+        tok_dir = tok if tok.is_dir() else None
+        return save_hf_model(
+            sd,
+            cfg,
+            out_dir,
+            dtype=dtype,
+            tokenizer_dir=tok_dir,
+            tokenizer_identity=meta.get("tokenizer"),
+            command="export-hf",
+        )

@@ -9,7 +9,12 @@ micro-batching, autocast, clipping and the finite check happen) and provides thr
 - :meth:`Trainer.after_step` — evaluation and checkpoints when due (pretraining: every
   ``--eval-interval`` / ``--save-interval`` steps; the scorer: at epoch ends, keeping the
   best epoch by validation Pearson);
-- :meth:`Trainer.summary` — the result the command prints.
+- :meth:`Trainer.summary` — the result the command prints;
+- :meth:`Trainer.save_now` — a checkpoint after the current step when the run is stopped by
+  SIGTERM (a Slurm preemption or time limit): the signal is held during a step, every rank
+  learns of it after the step, the checkpoint is written and the run ends as
+  :class:`~lqs_megatron.errors.Terminated` (exit 143, the output lock released; ``--resume``
+  continues from there). A second SIGTERM ends the run at once.
 
 The loop itself owns what every run needs alike: the step counter from ``start_step``
 (resume) to the end (or ``stop_after``), ``metrics.jsonl`` + TensorBoard + wandb + the loss
@@ -22,14 +27,17 @@ written before it holds finite weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lqs_megatron.data.progress import MetricsLog, Progress
-from lqs_megatron.errors import LQSError
+from lqs_megatron.errors import LQSError, Terminated
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.step import StepResult, TrainStep
 from lqs_megatron.utils.checkpoint_format import step_dir_name
@@ -108,6 +116,9 @@ class Trainer:
     def after_step(self, done: int) -> None:
         """Evaluate and save when due, after update ``done`` (1-based) was applied or skipped."""
 
+    def save_now(self, done: int) -> None:
+        """Write a checkpoint after update ``done`` (collective), when SIGTERM stops the run; default: none."""
+
     def last_checkpoint(self) -> str | None:
         """Name of the newest checkpoint (``last_saved``, set by the use's save hook), for messages."""
         return step_dir_name(self.last_saved) if self.last_saved else None
@@ -128,6 +139,7 @@ class Trainer:
             s.desc, dims.is_main and s.progress, log_every_s=None, unit="step", total=s.steps, initial=self.start_step
         )
         window = _Window()
+        term = _HeldSigterm()
         try:
             for step in range(self.start_step, end):
                 t0 = time.perf_counter()
@@ -142,7 +154,13 @@ class Trainer:
                 else:
                     self._nonfinite(done, res)
                 self.after_step(done)
+                if term.requested(dims):
+                    if getattr(self, "last_saved", None) != done:
+                        self.save_now(done)
+                    logger.warning("SIGTERM: stopped after step %d (checkpoint %s)", done, self.last_checkpoint())
+                    raise Terminated()
         finally:
+            term.close()
             progress.close()
             self.metrics.close()
         return self.summary(end)
@@ -188,6 +206,36 @@ class Trainer:
             else "--skip-nonfinite N skips up to N such batches"
         )
         raise NonFiniteError(f"{what}; stopped without applying this update ({kept}). Hint: {s.lr_hint}; {allow}")
+
+
+class _HeldSigterm:
+    """While the loop runs (main thread only): SIGTERM sets a flag instead of ending the step midway; a second
+    one raises :class:`Terminated` at once. :meth:`requested` tells every rank whether any rank got it."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        if self.flag:
+            raise Terminated()
+        self.flag = True
+
+    def requested(self, dims: ParallelDims) -> bool:
+        if not dims.distributed:
+            return self.flag
+        import torch
+
+        t = torch.tensor([1.0 if self.flag else 0.0])
+        return bool(dims.all_reduce(t, op="max").item())
+
+    def close(self) -> None:
+        if self.previous is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 class _Window:

@@ -190,6 +190,9 @@ class Pretrainer(Trainer):
             "tokenizer": self.tokenizer_identity,
         }
 
+    def save_now(self, done: int) -> None:
+        self.save(done, self.last.loss if self.last else None)
+
     def save(self, step: int, loss: float | None) -> Path:
         state = {
             "step": step,
@@ -269,7 +272,8 @@ class Pretrainer(Trainer):
 
 def pretrain(cfg: PretrainConfig, dims: ParallelDims) -> dict:
     """Run (or resume) a pretraining run on this rank, holding ``--out``'s lock; returns the final step's summary."""
-    with output_lock_on_main(cfg.out, dims):
+    inputs = {"--data": cfg.data, "--tokenizer": cfg.tokenizer, "--init-from": cfg.init_from}
+    with output_lock_on_main(cfg.out, dims, step="pretrain", inputs=inputs, kind="dir"):
         if dims.is_main:
             remove_leftovers(cfg.out)
         return Pretrainer(cfg, dims).run()

@@ -26,10 +26,12 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lqs_megatron.errors import LQSError
+
+if TYPE_CHECKING:  # torch is imported where used: the output rule (utils/lock.py) uses this module too
+    import torch
 
 MANIFEST = "checksums.json"
 _CHUNK = 16 << 20
@@ -138,6 +140,8 @@ def check_safetensors_header(path: str | os.PathLike, size: int | None = None) -
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
     """Raise :class:`CorruptFile` naming the first floating tensor of ``tensors`` that holds NaN or Inf."""
+    import torch
+
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
@@ -172,6 +176,8 @@ def load_safetensors(
 
 def torch_load(path: str | os.PathLike, map_location=None, crc: bool = True):
     """A validated ``torch.load`` (``weights_only=False``: our own optimizer and RNG files)."""
+    import torch
+
     path = Path(path)
     verify_file(path, _entry(path), crc=crc)
     try:
@@ -220,4 +226,9 @@ def disk_errors(where: str | os.PathLike, what: str = "the checkpoint") -> Itera
             ) from None
         if isinstance(e, OSError) and e.errno == errno.EROFS:
             raise LQSError(f"{where} is read-only: cannot write {what}") from None
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            raise LQSError(
+                f"no permission to write {what} in {where} ({e.filename or e}); fix the permissions or choose "
+                "another --out"
+            ) from None
         raise

@@ -68,5 +68,5 @@ def test_merge_errors(tmp_path):
     proc = run_lqs("merge", "--data", tmp_path / "a", tmp_path / "missing", "--out", tmp_path / "m", check=False)
     assert proc.returncode == 1 and "missing" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_lqs("merge", "--data", tmp_path / "a", tmp_path / "a", "--out", tmp_path / "a", check=False)
-    assert proc.returncode == 1 and "is one of the inputs" in proc.stderr
+    assert proc.returncode == 1 and "is the input dataset of --data" in proc.stderr
     assert not [p for p in os.listdir(tmp_path) if p.startswith("m")]

@@ -188,8 +188,10 @@ def test_hf_fallback_backbone_trains_and_scores(proxy, tiny_tokenizer, tmp_path)
     tcfg = TrainScorerConfig(
         epochs=1, lr=1e-3, warmup_steps=2, global_batch_size=32, micro_batch_size=16, max_length=64
     )
+    (tmp_path / "empty").mkdir()  # (not tmp_path itself: --out inside --base is refused by the output rule)
     with pytest.raises(LQSError, match="no config.json"):
-        train_scorer(TrainScorerRun(proxy / "data", tmp_path / "x", base=str(tmp_path), tokenizer=tiny_tokenizer), tcfg)
+        empty = str(tmp_path / "empty")
+        train_scorer(TrainScorerRun(proxy / "data", tmp_path / "x", base=empty, tokenizer=tiny_tokenizer), tcfg)
     run = TrainScorerRun(proxy / "data", tmp_path / "ckpt", base=str(hf), tokenizer=tiny_tokenizer)
     res = train_scorer(run, tcfg, progress=False)
     assert res["steps"] == 10
