@@ -11,14 +11,14 @@ test-gpu:
 
 # Every benchmark at its default (CPU) size, one after another: hours on 2 cores. The GPU figures
 # come from scripts/gpu_check.sh; each script alone: python benchmarks/NAME.py --help.
-BENCHMARKS = annotate bench_checkpoint bench_curate bench_distopt bench_grad_stats bench_lm_head_stats \
-	bench_per_example_loss score threads tokenize tokenize_scale train
+BENCHMARKS = bench_annotate bench_checkpoint bench_curate bench_distopt bench_grad_stats bench_lm_head_stats \
+	bench_per_example_loss bench_score bench_threads bench_tokenize bench_tokenize_scale bench_train
 bench:
 	for b in $(BENCHMARKS); do python benchmarks/$$b.py || exit 1; done
-	python benchmarks/quality.py --work bench_out/quality
+	python benchmarks/bench_quality.py --work bench_out/quality
 
 lint:
-	ruff check lqs_megatron tests benchmarks && ruff format --check lqs_megatron tests benchmarks
+	ruff check . && ruff format --check .
 
 format:
-	ruff format lqs_megatron tests benchmarks && ruff check --fix lqs_megatron tests benchmarks
+	ruff format . && ruff check --fix .

@@ -39,8 +39,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--reps", type=int, default=10, help="timed runs per measurement on the CPU")
-    p.add_argument("--stat", choices=["median", "min"], default="median",
-                   help="CPU statistic of the timed runs (min is steadier on a loaded machine)")  # fmt: skip
+    p.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="CPU statistic of the timed runs (min is steadier on a loaded machine)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also append the rows and headline figures as JSON lines to this file")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes: seconds on a CPU (gpu_check.sh --dry-run)")
@@ -228,8 +232,14 @@ def largest_batch(
 def record(args: argparse.Namespace, figure: str, value: float, unit: str = "", **context) -> None:
     """Append one headline figure (``figure`` id, ``value``, ``unit``, context) to ``--json`` if given."""
     if getattr(args, "json", None):
-        rec = {"figure": figure, "value": value, "unit": unit, "machine": machine(args.device),
-               "versions": versions(), **context}  # fmt: skip
+        rec = {
+            "figure": figure,
+            "value": value,
+            "unit": unit,
+            "machine": machine(args.device),
+            "versions": versions(),
+            **context,
+        }
         with open(args.json, "a") as f:
             f.write(json.dumps(rec) + "\n")
 

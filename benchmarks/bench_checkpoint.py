@@ -20,11 +20,6 @@ cache warm from the previous run: these are CPU costs, not disk bandwidth).
 from __future__ import annotations
 
 import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import shutil
 import statistics
 import tempfile

@@ -14,16 +14,9 @@ the ratio is baseline time / our time.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize module (imported by inspect, numpy, torch): move it to the end
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -35,7 +28,7 @@ import numpy as np
 from lqs_megatron.curate.apply import curate_dataset, curate_jsonl
 from lqs_megatron.curate.ordering import folding
 from lqs_megatron.curate.selection import select_top_r
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 
 
 def baseline_select_top_r(in_path: str, out_path: str, r: float, field: str = "score") -> None:

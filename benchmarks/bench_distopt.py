@@ -14,11 +14,6 @@ first step) and the median step time over ``--reps`` steps after one warm-up ste
 from __future__ import annotations
 
 import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import statistics
 import tempfile
 import time
@@ -29,8 +24,8 @@ from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.loading import build_model
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer, optimizer_state_bytes
+from lqs_megatron.training.pretrainer import lm_micro_batches
 from lqs_megatron.training.step import TrainStep
-from lqs_megatron.training.trainer import lm_micro_batches
 
 from _harness import machine, main_guard, parser, record, versions
 

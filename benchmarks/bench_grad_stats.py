@@ -21,13 +21,6 @@ on CUDA the kernel.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# this folder goes last on the path: a script here must never shadow a stdlib module
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import torch
 
 from lqs_megatron.kernels import choose_method, grad_stats_embedding, grad_stats_linear, grad_stats_norm
@@ -36,8 +29,13 @@ from _harness import Table, main_guard, parser, record, shapes
 
 TINY_SHAPES = [(2, 16, 24, 40)]
 CPU_SHAPES = [(8, 64, 256, 256), (8, 128, 512, 512), (4, 256, 256, 256), (4, 512, 256, 256), (4, 128, 768, 3072)]
-GPU_SHAPES = [(16, 1024, 768, 768), (16, 1024, 768, 3072), (16, 1024, 3072, 768), (64, 128, 2048, 2048),
-              (8, 2048, 4096, 4096)]  # fmt: skip
+GPU_SHAPES = [
+    (16, 1024, 768, 768),
+    (16, 1024, 768, 3072),
+    (16, 1024, 3072, 768),
+    (64, 128, 2048, 2048),
+    (8, 2048, 4096, 4096),
+]
 
 
 def materialised(A, D, lam):
@@ -59,10 +57,22 @@ def bench_shape(table: Table, dev: torch.device, dtype: torch.dtype, B: int, T: 
     ctx = dict(shape=case, dtype=str(dtype))
     for m in ("direct", "ghost"):
         fast = rows.get(f"triton {m}") or rows[f"torch {m}"]
-        record(table.args, f"kernels.linear.{m}.speedup_vs_reference", rows[f"torch {m}"].ms / fast.ms,
-               "x torch reference", backend=fast.name.split()[0], **ctx)  # fmt: skip
-        record(table.args, f"kernels.linear.{m}.vs_wgrad_gemm", fast.ms / rows["wgrad GEMM (budget)"].ms,
-               "x wgrad GEMM", backend=fast.name.split()[0], **ctx)  # fmt: skip
+        record(
+            table.args,
+            f"kernels.linear.{m}.speedup_vs_reference",
+            rows[f"torch {m}"].ms / fast.ms,
+            "x torch reference",
+            backend=fast.name.split()[0],
+            **ctx,
+        )
+        record(
+            table.args,
+            f"kernels.linear.{m}.vs_wgrad_gemm",
+            fast.ms / rows["wgrad GEMM (budget)"].ms,
+            "x wgrad GEMM",
+            backend=fast.name.split()[0],
+            **ctx,
+        )
 
 
 def bench_embedding_and_norm(table: Table, dev: torch.device, dtype: torch.dtype, B: int, T: int, V: int, d: int):

@@ -15,13 +15,6 @@ Per shape ``(B, T, d, V)`` (vocabulary ``V``, hidden size ``d``), time and peak 
 
 from __future__ import annotations
 
-import os
-import sys
-
-# this folder goes last on the path: a script here must never shadow a stdlib module
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import torch
 import torch.nn.functional as F
 
@@ -67,8 +60,13 @@ def bench_shape(table: Table, dev: torch.device, dtype: torch.dtype, B: int, T: 
     ctx = dict(shape=case, dtype=str(dtype), backend=ours.name.split()[-1])
     record(table.args, "kernels.lm_head.time_vs_fwd_bwd", ours.ms / base.ms, "x materialised fwd+bwd", **ctx)
     if base.peak_mib:
-        record(table.args, "kernels.lm_head.memory_vs_fwd_bwd", ours.peak_mib / base.peak_mib,
-               "x materialised fwd+bwd", **ctx)  # fmt: skip
+        record(
+            table.args,
+            "kernels.lm_head.memory_vs_fwd_bwd",
+            ours.peak_mib / base.peak_mib,
+            "x materialised fwd+bwd",
+            **ctx,
+        )
 
 
 def run(args):

@@ -13,13 +13,6 @@ Per shape ``(B, T, d, V)``, forward+backward (gradients wrt hidden states and he
 
 from __future__ import annotations
 
-import os
-import sys
-
-# this folder goes last on the path: a script here must never shadow a stdlib module
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import torch
 import torch.nn.functional as F
 

@@ -1,4 +1,4 @@
-"""The real-text corpus of benchmarks/quality.py, built from Debian documentation packages.
+"""The real-text corpus of benchmarks/bench_quality.py, built from Debian documentation packages.
 
 Installed at benchmark time (``apt-get install perl-doc postgresql-doc linux-doc``; nothing
 from them is committed), read from the system's own files, deterministic for a seed:
@@ -39,10 +39,15 @@ PACKAGES = ("perl-doc", "postgresql-doc", "linux-doc")
 
 # documents per collection (full size); --tiny divides them by TINY_DIV
 SIZES = {
-    "perl-docs": 900, "postgresql-docs": 900, "linux-docs": 900,
-    "man-pages": 350, "debian-changelogs": 350, "perl-deltas": 350,
-    "shuffled-copies": 350, "replaced-copies": 350,
-}  # fmt: skip
+    "perl-docs": 900,
+    "postgresql-docs": 900,
+    "linux-docs": 900,
+    "man-pages": 350,
+    "debian-changelogs": 350,
+    "perl-deltas": 350,
+    "shuffled-copies": 350,
+    "replaced-copies": 350,
+}
 TINY_DIV = 20
 MIN_CHARS, MAX_CHARS = 400, 2000
 REPLACE_FRACTION = 0.4
@@ -146,8 +151,11 @@ def roff_text(src: str) -> str:
 
 
 def paragraphs(text: str) -> list[str]:
-    return [" ".join(p.split()) if not p.startswith((" ", "\t")) else p.strip("\n") for p in re.split(r"\n\s*\n", text)
-            if len(p.strip()) > 30]  # fmt: skip
+    return [
+        " ".join(p.split()) if not p.startswith((" ", "\t")) else p.strip("\n")
+        for p in re.split(r"\n\s*\n", text)
+        if len(p.strip()) > 30
+    ]
 
 
 def documents(text: str, rng: random.Random) -> list[str]:
@@ -253,8 +261,15 @@ def build_corpus(out_dir: str | os.PathLike, tiny: bool = False, seed: int = 0) 
         with open(out / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
     counts = {k: sum(r["source"] == k for r in rows) for k in SIZES}
-    manifest = {"documents": len(rows), "by_source": counts, "target": n_tgt, "holdout": n_hold, "seed": seed,
-                "tiny": tiny, "chars": sum(len(r["text"]) for r in rows)}  # fmt: skip
+    manifest = {
+        "documents": len(rows),
+        "by_source": counts,
+        "target": n_tgt,
+        "holdout": n_hold,
+        "seed": seed,
+        "tiny": tiny,
+        "chars": sum(len(r["text"]) for r in rows),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -108,16 +108,16 @@ else
 fi
 # shellcheck disable=SC2086 # word splitting of the flag strings is intended
 {
-    run_part annotate 120 $B/annotate.py $DEV $ANNOTATE --json "$J/annotate.jsonl"
+    run_part annotate 120 $B/bench_annotate.py $DEV $ANNOTATE --json "$J/annotate.jsonl"
     run_part kernels-loss 60 $B/bench_per_example_loss.py $DEV --quick --json "$J/kernels-loss.jsonl"
     run_part kernels-grad-stats 60 $B/bench_grad_stats.py $DEV --quick --json "$J/kernels-grad-stats.jsonl"
     run_part kernels-lm-head 60 $B/bench_lm_head_stats.py $DEV --quick --json "$J/kernels-lm-head.jsonl"
-    run_part pretrain 90 $B/train.py $DEV $PRETRAIN --json "$J/pretrain.jsonl"
-    run_part score 100 $B/score.py $DEV $SCORE --json "$J/score.jsonl"
+    run_part pretrain 90 $B/bench_train.py $DEV $PRETRAIN --json "$J/pretrain.jsonl"
+    run_part score 100 $B/bench_score.py $DEV $SCORE --json "$J/score.jsonl"
     # last, in what time is left: torch.compile (minutes on a CPU, so not in the dry run)
     if [ "$DRY" = 0 ]; then
-        run_part pretrain-compile 120 $B/train.py $DEV $PRETRAIN --compile --json "$J/pretrain-compile.jsonl"
-        run_part score-compile 120 $B/score.py $DEV $SCORE --compile --json "$J/score-compile.jsonl"
+        run_part pretrain-compile 120 $B/bench_train.py $DEV $PRETRAIN --compile --json "$J/pretrain-compile.jsonl"
+        run_part score-compile 120 $B/bench_score.py $DEV $SCORE --compile --json "$J/score-compile.jsonl"
     else
         printf '%s\tskipped: dry run\t0\n' pretrain-compile score-compile >>"$OUT/status.tsv"
     fi

@@ -81,7 +81,7 @@ def demo_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory) -> str:
     """A 512-piece sentencepiece BPE tokenizer directory, trained once per session."""
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     train_tokenizer(demo_texts(), out, vocab_size=512, num_threads=1)

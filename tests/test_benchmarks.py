@@ -1,8 +1,8 @@
 """The benchmarks cannot rot between GPU sessions: every script starts (``--help``) when run directly
-as ``python benchmarks/X.py`` (the way users run them, where benchmarks/tokenize.py could shadow the
-standard library), and every one runs at a tiny size: the GPU-path ones through
+as ``python benchmarks/X.py`` (the way users run them; every script is named ``bench_*.py``, so none can
+shadow a standard-library module), and every one runs at a tiny size: the GPU-path ones through
 ``scripts/gpu_check.sh --dry-run`` (the same steps the GPU check runs, on the CPU), the others here
-with their ``--tiny`` flag (a script without one is reported, not run), ``tokenize.py`` in
+with their ``--tiny`` flag (a script without one is reported, not run), ``bench_tokenize.py`` in
 ``tests/data/test_tokenize_benchmark.py`` (which also checks its table)."""
 
 import glob
@@ -16,18 +16,18 @@ import pytest
 from tests.utils import REPO
 
 GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
-# the shared harness (run by every script); quality.py's corpus builder (run by quality.py --tiny)
+# the shared harness (run by every script); bench_quality.py's corpus builder (run by bench_quality.py --tiny)
 NOT_BENCHMARKS = {"_harness.py", "quality_corpus.py"}
 # no GPU figure: tiny runs here
 CPU_ONLY = [
     "bench_checkpoint.py",
     "bench_curate.py",
     "bench_distopt.py",
-    "tokenize_scale.py",
-    "quality.py",
-    "threads.py",
+    "bench_tokenize_scale.py",
+    "bench_quality.py",
+    "bench_threads.py",
 ]
-TINY_ELSEWHERE = {"tokenize.py": "tests/data/test_tokenize_benchmark.py"}
+TINY_ELSEWHERE = {"bench_tokenize.py": "tests/data/test_tokenize_benchmark.py"}
 
 
 def _scripts() -> list[str]:
@@ -42,8 +42,12 @@ def _gpu_check_scripts() -> set[str]:
 def test_benchmark_scripts_start():
     scripts = [os.path.join(REPO, "benchmarks", s) for s in _scripts() if s not in NOT_BENCHMARKS]
     assert len(scripts) >= 7
-    procs = {p: subprocess.Popen([sys.executable, p, "--help"], cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for p in scripts}  # fmt: skip
+    procs = {
+        p: subprocess.Popen(
+            [sys.executable, p, "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for p in scripts
+    }
     failed = {}
     for p, proc in procs.items():
         out, err = proc.communicate(timeout=300)
@@ -60,11 +64,11 @@ def test_every_benchmark_has_a_tiny_run():
 
 
 def test_make_bench_runs_every_benchmark():
-    """``make bench`` names every benchmark (quality.py with its work directory), and nothing else."""
+    """``make bench`` names every benchmark (bench_quality.py with its work directory), and nothing else."""
     text = open(os.path.join(REPO, "Makefile")).read().replace("\\\n", " ")
     listed = {f"{b}.py" for b in re.search(r"^BENCHMARKS = (.*)$", text, re.M).group(1).split()}
-    assert "python benchmarks/quality.py --work" in text
-    assert listed | {"quality.py", "gpu_table.py"} | NOT_BENCHMARKS == set(_scripts()), sorted(listed)
+    assert "python benchmarks/bench_quality.py --work" in text
+    assert listed | {"bench_quality.py", "gpu_table.py"} | NOT_BENCHMARKS == set(_scripts()), sorted(listed)
 
 
 @pytest.mark.slow
@@ -72,8 +76,9 @@ def test_gpu_check_dry_run(tmp_path):
     """``scripts/gpu_check.sh --dry-run``: every part succeeds and every figure of the table is measured."""
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run(["bash", GPU_CHECK, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", GPU_CHECK, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     logs = {p.name: p.read_text()[-1500:] for p in (tmp_path / "logs").glob("*.log")}
     assert proc.returncode == 0, (proc.stdout[-3000:], logs)
     table = (tmp_path / "table.md").read_text()
@@ -88,22 +93,28 @@ def test_gpu_check_dry_run(tmp_path):
 @pytest.mark.parametrize("script", CPU_ONLY)
 def test_cpu_benchmark_tiny(script, tmp_path):
     path = os.path.join(REPO, "benchmarks", script)
-    if script == "quality.py":
+    if script == "bench_quality.py":
         sys.path.insert(0, os.path.join(REPO, "benchmarks"))
         try:
             from quality_corpus import PACKAGES, sources
         finally:
             sys.path.pop(0)
         if not all(paths for paths, _ in sources().values()):
-            pytest.skip(f"quality.py reads Debian documentation: apt-get install {' '.join(PACKAGES)}")
-    extra = ["--threads", "1", "--seeds", "2"] if script == "quality.py" else []  # its steps: one thread each
-    proc = subprocess.run([sys.executable, path, "--tiny", *extra], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+            pytest.skip(f"bench_quality.py reads Debian documentation: apt-get install {' '.join(PACKAGES)}")
+    extra = ["--threads", "1", "--seeds", "2"] if script == "bench_quality.py" else []  # its steps: one thread each
+    proc = subprocess.run(
+        [sys.executable, path, "--tiny", *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_quality_order_arms(tmp_path):
-    """quality.py's scored arms (stair, saw and folding+jitter beside folding, docs/quality.md) are ``lqs order``
+    """bench_quality.py's scored arms (stair, saw and folding+jitter beside folding, docs/quality.md) are ``lqs order``
     command lines the CLI accepts, on the LQS half, each pretrained and evaluated."""
     from lqs_megatron.cli import build_parser
     from lqs_megatron.cli.options import build

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def check(path: str) -> str:
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from lqs_megatron.models.hf import config_from_hf, load_hf_model, read_hf_config
 
     hf = read_hf_config(path)

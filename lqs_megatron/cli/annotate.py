@@ -76,9 +76,15 @@ def _report(args: argparse.Namespace) -> int:
     inputs = {"--scores": cfg.scores, "--data": cfg.data, "--tokenizer": cfg.tokenizer, "--losses": cfg.losses}
     with output_lock(cfg.out_prefix, step="report", inputs=inputs):
         rep = write_report(
-            cfg.out_prefix, cfg.scores, cfg.data, by=cfg.by, tokenizer=cfg.tokenizer, losses=cfg.losses, top=cfg.top,
+            cfg.out_prefix,
+            cfg.scores,
+            cfg.data,
+            by=cfg.by,
+            tokenizer=cfg.tokenizer,
+            losses=cfg.losses,
+            top=cfg.top,
             chars=cfg.chars,
-        )  # fmt: skip
+        )
     print(format_report(rep))
     print(f"\nwrote {', '.join(rep['files'])}")
     return 0

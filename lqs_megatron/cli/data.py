@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dataset PREFIX.bin/.idx (plus PREFIX.stats.json), streaming with flat memory. Each document becomes "
         "tok(text).input_ids + [EOS]. Written under a temporary name and renamed only when complete; --shard "
         "runs one part of the input (join with `lqs merge --shards`).",
-        setup=flags("lqs_megatron.data.tokenize", "TokenizeConfig"),
+        setup=flags("lqs_megatron.data.preprocess.tokenize", "TokenizeConfig"),
     )
     p.set_defaults(func=_tokenize)
 
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Tokenize conversations (a list of turns per line: strings, or {from/role, value/content} "
         "objects) into an indexed dataset, one sequence per conversation: the tokenizer's chat template if it "
         "has one, else the turns joined by a blank line; EOS at the end.",
-        setup=flags("lqs_megatron.data.conversations", "TargetConfig"),
+        setup=flags("lqs_megatron.data.preprocess.conversations", "TargetConfig"),
     )
     p.set_defaults(func=_tokenize_target)
 
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="indexed dataset from tokenizer A -> the same data with tokenizer B",
         description="Decode every EOS-delimited segment with the source tokenizer and re-encode it with the "
         "destination tokenizer; EOS stays at the same segment ends, sequences and documents are kept.",
-        setup=flags("lqs_megatron.data.retokenize", "RetokenizeConfig"),
+        setup=flags("lqs_megatron.data.preprocess.retokenize", "RetokenizeConfig"),
     )
     p.set_defaults(func=_retokenize)
 
@@ -70,9 +70,9 @@ def _report(stats: dict) -> None:
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import TrainTokenizerConfig
-    from lqs_megatron.data.jsonl import SkipLog, read_texts
-    from lqs_megatron.data.tokenizer import TOKENIZER_DIR_FILES
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.preprocess.jsonl import SkipLog, read_texts
+    from lqs_megatron.data.tokenizers.tokenizer import TOKENIZER_DIR_FILES
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
     from lqs_megatron.utils.lock import output_lock
 
     cfg = build(TrainTokenizerConfig, args)
@@ -97,23 +97,23 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.sharding import resolve_shard
-    from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
+    from lqs_megatron.data.preprocess.sharding import resolve_shard
+    from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize
 
     _report(tokenize(build(TokenizeConfig, args, shard=resolve_shard(args.shard))))
     return 0
 
 
 def _tokenize_target(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.conversations import TargetConfig, tokenize_target
+    from lqs_megatron.data.preprocess.conversations import TargetConfig, tokenize_target
 
     _report(tokenize_target(build(TargetConfig, args)))
     return 0
 
 
 def _retokenize(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
-    from lqs_megatron.data.sharding import resolve_shard
+    from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig, retokenize
+    from lqs_megatron.data.preprocess.sharding import resolve_shard
 
     _report(retokenize(build(RetokenizeConfig, args, shard=resolve_shard(args.shard))))
     return 0

@@ -1,8 +1,8 @@
 """`lqs` subcommands of the datasets area: sample-proxy, merge, export-jsonl.
 
 See lqs_megatron/cli/__init__.py for the conventions; the work is done by
-:mod:`lqs_megatron.data.proxy`, :mod:`lqs_megatron.data.merge` and
-:mod:`lqs_megatron.data.export`.
+:mod:`lqs_megatron.data.datasets.proxy`, :mod:`lqs_megatron.data.datasets.merge` and
+:mod:`lqs_megatron.data.preprocess.export`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _sample_proxy(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import SampleProxyConfig
-    from lqs_megatron.data.proxy import sample_proxy
+    from lqs_megatron.data.datasets.proxy import sample_proxy
     from lqs_megatron.utils.lock import output_lock
 
     cfg = build(SampleProxyConfig, args)
@@ -71,7 +71,7 @@ def _merge(args: argparse.Namespace) -> int:
 
     cfg = build(MergeConfig, args)
     if cfg.shards is not None:
-        from lqs_megatron.data.shard_merge import merge_shards
+        from lqs_megatron.data.preprocess.shard_merge import merge_shards
 
         if cfg.out is not None and cfg.out.rstrip("/") != cfg.shards.rstrip("/"):
             raise LQSError("--shards OUT writes OUT itself; drop --out (or give the same path)")
@@ -85,7 +85,7 @@ def _merge(args: argparse.Namespace) -> int:
                     raise
                 logging.getLogger(__name__).info("%s; waiting", e)
                 time.sleep(min(10.0, max(deadline - time.monotonic(), 0.1)))
-    from lqs_megatron.data.merge import merge_datasets
+    from lqs_megatron.data.datasets.merge import merge_datasets
     from lqs_megatron.utils.lock import output_lock
 
     if cfg.out is None:
@@ -97,8 +97,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _export_jsonl(args: argparse.Namespace) -> int:
     from lqs_megatron.data.config import ExportJsonlConfig
-    from lqs_megatron.data.export import export_jsonl
-    from lqs_megatron.data.sharding import resolve_shard
+    from lqs_megatron.data.preprocess.export import export_jsonl
+    from lqs_megatron.data.preprocess.sharding import resolve_shard
 
     cfg = build(ExportJsonlConfig, args)
     shard = resolve_shard(cfg.shard)

@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
 
     run, cfg = build(TrainScorerRun, args), build(TrainScorerConfig, args)
     if cfg.wandb:
-        from lqs_megatron.data.progress import require_wandb
+        from lqs_megatron.utils.progress import require_wandb
 
         require_wandb()
     dims = init_distributed(device=run.device)
@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.sharding import resolve_shard
+    from lqs_megatron.data.preprocess.sharding import resolve_shard
     from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
     from lqs_megatron.scorer.infer import score_dataset

@@ -52,13 +52,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise LQSError("--model-config needs --tokenizer (the vocabulary and special tokens come from it)")
     cfg = build(PretrainConfig, args)
     if cfg.wandb:
-        from lqs_megatron.data.progress import require_wandb
+        from lqs_megatron.utils.progress import require_wandb
 
         require_wandb()
     preflight(cfg)  # user errors (missing data, a --tp that does not divide the heads, --resume) before any launch
 
     from lqs_megatron.parallel.dims import init_distributed
-    from lqs_megatron.training.trainer import pretrain, resolve_model_config
+    from lqs_megatron.training.pretrainer import pretrain, resolve_model_config
 
     resolve_model_config(cfg)
     dims = init_distributed(cfg.tp, cfg.device)
@@ -72,7 +72,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from lqs_megatron.data.fingerprint import check_data_tokenizer, model_tokenizer
+    from lqs_megatron.data.tokenizers.fingerprint import check_data_tokenizer, model_tokenizer
     from lqs_megatron.models.loading import load_model
     from lqs_megatron.parallel.dims import init_distributed
     from lqs_megatron.training.config import EvaluateConfig

@@ -34,10 +34,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.jsonl import get_field, is_blank, iter_lines, parse_line
-from lqs_megatron.data.scores import check_scores, json_floats, read_scores
-from lqs_megatron.data.subset import sidecar_path, write_subset_with_sidecars
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.scores import check_scores, json_floats, read_scores
+from lqs_megatron.data.datasets.subset import sidecar_path, write_subset_with_sidecars
+from lqs_megatron.data.preprocess.jsonl import get_field, is_blank, iter_lines, parse_line
 from lqs_megatron.errors import InputError, LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_npy
 

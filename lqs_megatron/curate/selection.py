@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from lqs_megatron.data.scores import check_scores
+from lqs_megatron.data.datasets.scores import check_scores
 from lqs_megatron.errors import LQSError
 
 

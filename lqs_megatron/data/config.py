@@ -1,8 +1,8 @@
 """Settings of the data commands that have no configuration object of their own in the library:
 ``train-tokenizer``, ``sample-proxy``, ``merge``, ``export-jsonl``. (``tokenize``, ``tokenize-target``
-and ``retokenize`` are :class:`~lqs_megatron.data.tokenize.TokenizeConfig`,
-:class:`~lqs_megatron.data.conversations.TargetConfig` and
-:class:`~lqs_megatron.data.retokenize.RetokenizeConfig`.) See :mod:`lqs_megatron.options`.
+and ``retokenize`` are :class:`~lqs_megatron.data.preprocess.tokenize.TokenizeConfig`,
+:class:`~lqs_megatron.data.preprocess.conversations.TargetConfig` and
+:class:`~lqs_megatron.data.preprocess.retokenize.RetokenizeConfig`.) See :mod:`lqs_megatron.options`.
 
 A field's name is its YAML key and, with dashes, its flag; the string under it is its help text.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lqs_megatron.data.jsonl import ON_ERROR
+from lqs_megatron.data.preprocess.jsonl import ON_ERROR
 from lqs_megatron.options import check_seed, option
 
 

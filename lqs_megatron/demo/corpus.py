@@ -211,7 +211,7 @@ def build_demo_corpus(
                 "source": u.uid,
             }
             for i, u in enumerate(targets)
-        ),  # fmt: skip
+        ),
     )
     counts = {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ["clean", *kinds]}
     counts.update(clean=n_clean, degraded=n_degraded, total=len(rows), target=num_target)

@@ -50,9 +50,27 @@ BOILERPLATE_LINES: tuple[str, ...] = (
 """Site-chrome lines of the ``boilerplate`` kind."""
 
 SPAM_WORDS: tuple[str, ...] = (
-    "best", "free", "download", "cheap", "online", "top", "tutorial", "guide", "2024", "click", "now", "deal",
-    "review", "pdf", "easy", "fast", "official", "full", "crack", "latest",
-)  # fmt: skip
+    "best",
+    "free",
+    "download",
+    "cheap",
+    "online",
+    "top",
+    "tutorial",
+    "guide",
+    "2024",
+    "click",
+    "now",
+    "deal",
+    "review",
+    "pdf",
+    "easy",
+    "fast",
+    "official",
+    "full",
+    "crack",
+    "latest",
+)
 """Filler words of the ``spam`` kind."""
 
 

@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.progress import MetricsLog, Progress
-from lqs_megatron.data.scores import normalize_scores
+from lqs_megatron.data.datasets.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.costate import Costate
@@ -51,6 +50,7 @@ from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.step import autocast
 from lqs_megatron.utils.atomic import save_json, save_npy
 from lqs_megatron.utils.lock import output_lock
+from lqs_megatron.utils.progress import MetricsLog, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,11 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
         "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
         **{k: getattr(cfg, k) for k in ("max_length", "micro_batch_size", "dtype")},
         "batch_size": cfg.global_batch_size,
-        "steps": steps, "grid": grid, "tp": dims.tp, "rule": RULE,
-    }  # fmt: skip
+        "steps": steps,
+        "grid": grid,
+        "tp": dims.tp,
+        "rule": RULE,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -219,7 +222,7 @@ def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtyp
     for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
         if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
             raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
-    from lqs_megatron.data.fingerprint import check_data_tokenizer, model_tokenizer
+    from lqs_megatron.data.tokenizers.fingerprint import check_data_tokenizer, model_tokenizer
 
     sets = {f"--train {cfg.train}": cfg.train, f"--target {cfg.target}": cfg.target, f"--proxy {cfg.proxy}": cfg.proxy}
     check_data_tokenizer(sets, model_tokenizer(cfg.model), f"--model {cfg.model}", cfg.allow_tokenizer_mismatch)
@@ -323,9 +326,18 @@ def _annotate(cfg: AnnotateConfig, dims: ParallelDims, on_scoring: list[Callable
     )
     logger.info(
         "annotate: %s, T=%d K=%d eta=%g B=%d L=%d; %d proxy / %d target / %d train examples; world dp=%d tp=%d",
-        cfg.method, cfg.steps, cfg.interval, cfg.lr, cfg.global_batch_size, cfg.max_length, N, len(target), len(train),
-        dims.dp, dims.tp,
-    )  # fmt: skip
+        cfg.method,
+        cfg.steps,
+        cfg.interval,
+        cfg.lr,
+        cfg.global_batch_size,
+        cfg.max_length,
+        N,
+        len(target),
+        len(train),
+        dims.dp,
+        dims.tp,
+    )
 
     state = _initial_state(cfg, dims, store, traj, costate, timer, N)
     with _progress(state.step, "backward sweep", dims) as bar:
@@ -404,12 +416,15 @@ def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, vocab
         probe=probe,
     )
     if probe is not None and not probe["passed"]:
-        health["warnings"].insert(0, {
-            "kind": "lr_probe_failed",
-            "replay": True,
-            "message": f"--lr auto: the probe's target loss did not fall even at the smallest rate of the grid "
-                       f"({probe['grid'][0]:g}, used): the replay's data may not lead towards the target",
-        })  # fmt: skip
+        health["warnings"].insert(
+            0,
+            {
+                "kind": "lr_probe_failed",
+                "replay": True,
+                "message": f"--lr auto: the probe's target loss did not fall even at the smallest rate of the grid "
+                f"({probe['grid'][0]:g}, used): the replay's data may not lead towards the target",
+            },
+        )
         health["ok"] = False
     record = {
         "method": cfg.method,
@@ -423,10 +438,14 @@ def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, vocab
         "target_loss_curve": [{"step": i, "loss": state.target_losses[i]} for i in sorted(state.target_losses)],
         "train_loss_curve": [{"step": i, "loss": v} for i, v in sorted(traj.train_losses.items())],
         "cos_stats": [{"step": i, **state.cos_stats[i]} for i in sorted(state.cos_stats)],
-        "raw_scores": {"mean": float(raw.mean()), "std": float(raw.std()), "min": float(raw.min()),
-                       "max": float(raw.max())},
+        "raw_scores": {
+            "mean": float(raw.mean()),
+            "std": float(raw.std()),
+            "min": float(raw.min()),
+            "max": float(raw.max()),
+        },
         "health": health,
-    }  # fmt: skip
+    }
     if probe is not None:
         record["lr_probe"] = probe
     return record
@@ -435,7 +454,7 @@ def _record(cfg, dims, traj, proxy, target, train, state, raw, own, probe, vocab
 def _write_metrics(out: Path, record: dict) -> None:
     """The replay's curves as ``OUT/metrics.jsonl`` (one record per step: ``annotate/train_loss`` of the SGD
     step, ``annotate/target_loss`` of theta_i, ``annotate/cos_*`` of a scoring step), TensorBoard scalars
-    under ``OUT/tb`` when installed and ``OUT/loss.png`` (data/progress.py), the phase timings last: the
+    under ``OUT/tb`` when installed and ``OUT/loss.png`` (utils/progress.py), the phase timings last: the
     numbers of ``annotate.json``, for the tools that read training runs."""
     steps: dict[int, dict] = {}
     for row in record["train_loss_curve"]:

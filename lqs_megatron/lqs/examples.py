@@ -1,6 +1,6 @@
 """The three example sets of an annotation (train stream, target set, proxy set), validated.
 
-An example is a sequence cut to its first ``L + 1`` tokens (``data/batching.py``). Each set
+An example is a sequence cut to its first ``L + 1`` tokens (``data/datasets/batching.py``). Each set
 is checked once, up front, on exactly the sequences the run will use: every used sequence
 has at least 2 tokens and every used token id is below the model's vocabulary; the error
 names the dataset (``--train``/``--target``/``--proxy``), the sequence and the id.
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lqs_megatron.data.batching import pad_examples
-from lqs_megatron.data.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.datasets.batching import pad_examples
+from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
 from lqs_megatron.errors import LQSError
 
 

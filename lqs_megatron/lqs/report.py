@@ -4,7 +4,7 @@ For a score file aligned with an indexed dataset (an annotation's ``raw_scores.n
 ``scores.npy`` over the proxy set, or ``lqs score``'s ``scores.npy`` over a corpus):
 
 - score statistics overall and per group of a sidecar field (``--by source``: the
-  ``PREFIX.meta.jsonl`` written by ``lqs tokenize --keep-fields``, ``data/meta.py``): count,
+  ``PREFIX.meta.jsonl`` written by ``lqs tokenize --keep-fields``, ``data/datasets/meta.py``): count,
   mean, std, 10th / 50th / 90th percentiles, and the share of the group above the overall
   median (what a top-50% selection would keep of it);
 - the top and bottom examples as text (decoded with ``--tokenizer`` or the tokenizer that
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.meta import has_meta, iter_meta, meta_path, read_meta
-from lqs_megatron.data.scores import check_scores, read_scores
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.meta import has_meta, iter_meta, meta_path, read_meta
+from lqs_megatron.data.datasets.scores import check_scores, read_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.correlation import spearman_or_nan
@@ -69,7 +69,7 @@ def _summary(x: np.ndarray, median: float) -> dict:
 def _tokenizer_dir(prefix: str, tokenizer: str | None) -> str | None:
     if tokenizer is not None:
         return tokenizer
-    from lqs_megatron.data.fingerprint import dataset_tokenizer
+    from lqs_megatron.data.tokenizers.fingerprint import dataset_tokenizer
 
     try:
         info = dataset_tokenizer(prefix)
@@ -82,7 +82,7 @@ def _tokenizer_dir(prefix: str, tokenizer: str | None) -> str | None:
 def _texts(ds: IndexedDataset, indices: list[int], tokenizer: str | None, chars: int) -> list[str | None]:
     if tokenizer is None:
         return [None] * len(indices)
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, require_eos=False)
     seqs = []
@@ -149,10 +149,15 @@ def build_report(
     for name, idx in (("top", order[:k].tolist()), ("bottom", order[::-1][:k].tolist())):
         texts = _texts(ds, idx, tok, chars)
         rep[name] = [
-            {"index": i, "score": float(x[i]), "tokens": int(lengths[i]), **({"group": groups[i]} if groups else {}),
-             "text": t}
+            {
+                "index": i,
+                "score": float(x[i]),
+                "tokens": int(lengths[i]),
+                **({"group": groups[i]} if groups else {}),
+                "text": t,
+            }
             for i, t in zip(idx, texts)
-        ]  # fmt: skip
+        ]
     return rep, {"scores": x, "lengths": lengths, "groups": groups}
 
 
@@ -162,8 +167,12 @@ def format_report(rep: dict) -> str:
     rows = [head]
 
     def row(name, s):
-        return (name, str(s["count"]), *(f"{s[k]:+.4f}" for k in ("mean", "std", "p10", "median", "p90")),
-                f"{100 * s['above_median']:.0f}%")  # fmt: skip
+        return (
+            name,
+            str(s["count"]),
+            *(f"{s[k]:+.4f}" for k in ("mean", "std", "p10", "median", "p90")),
+            f"{100 * s['above_median']:.0f}%",
+        )
 
     rows.append(row("(all)", rep["overall"]))
     for name, s in (rep.get("groups") or {}).items():

@@ -1,5 +1,5 @@
 """The score update of one scoring step (``docs/algorithm.md``), in float64. The normalisation
-is :func:`lqs_megatron.data.scores.normalize_scores`.
+is :func:`lqs_megatron.data.datasets.scores.normalize_scores`.
 
 At a scoring step ``i`` (``i % K == 0``), for every proxy example with per-example gradient
 ``g`` at ``theta_i`` (given as ``dot = <g, lambda_{i+1}>`` and ``sq = |g|^2``)::

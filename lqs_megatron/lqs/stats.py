@@ -174,9 +174,16 @@ class ExampleStats:
                 weight, vocab_start, tp_group = lm_head(model)
                 hidden, weight = _as_computed(hidden), _as_computed(weight)
                 losses, dot, sq, lse = lm_head_loss_and_stats(
-                    copy_to_region(hidden, tp_group), weight, batch.labels, mask, lam[self.head_name],
-                    model.config.vocab_size, vocab_start, tp_group, backend=self.backend,
-                )  # fmt: skip
+                    copy_to_region(hidden, tp_group),
+                    weight,
+                    batch.labels,
+                    mask,
+                    lam[self.head_name],
+                    model.config.vocab_size,
+                    vocab_start,
+                    tp_group,
+                    backend=self.backend,
+                )
                 head_inputs = (hidden.detach(), weight.detach(), lse)
                 add(dot, sq)
                 losses.sum().backward()

@@ -407,7 +407,7 @@ def save_hf_model(
 ) -> Path:
     """Write an HF directory atomically: config.json and generation_config.json (read alike by
     transformers 4.x and 5.x), model.safetensors, the tokenizer files if given (:func:`save_tokenizer`);
-    ``tokenizer_identity`` (:mod:`lqs_megatron.data.fingerprint`) goes into config.json as ``lqs_tokenizer``;
+    ``tokenizer_identity`` (:mod:`lqs_megatron.data.tokenizers.fingerprint`) goes into config.json as ``lqs_tokenizer``;
     ``command`` (the ``lqs`` subcommand) is recorded in the directory (:func:`~lqs_megatron.utils.atomic.atomic_dir`).
     """
     from safetensors.torch import save_file
@@ -428,7 +428,7 @@ def save_hf_model(
             metadata={"format": "pt"},
         )
         if tokenizer_dir is not None:
-            from lqs_megatron.data.tokenizer import load_tokenizer
+            from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 
             save_tokenizer(load_tokenizer(str(tokenizer_dir), require_eos=False), tmp)
     return Path(out_dir)

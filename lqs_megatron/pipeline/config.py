@@ -21,7 +21,7 @@ import yaml
 
 from lqs_megatron.curate.config import SELECT_METHODS, OrderConfig, SelectConfig
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
-from lqs_megatron.data.tokenize import TokenizeConfig
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.config import METHODS, AnnotateConfig, positive_number
 from lqs_megatron.options import (

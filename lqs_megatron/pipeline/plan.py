@@ -29,8 +29,8 @@ import numpy as np
 
 from lqs_megatron.curate.config import SELECT_PARAMS, OrderConfig, SelectConfig
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
-from lqs_megatron.data.conversations import TargetConfig
-from lqs_megatron.data.tokenize import TokenizeConfig
+from lqs_megatron.data.preprocess.conversations import TargetConfig
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
 from lqs_megatron.lqs.config import AnnotateConfig
 from lqs_megatron.lqs.health import require_healthy
 from lqs_megatron.options import section_values, to_argv

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lqs_megatron.pipeline.config import PipelineConfig, dump_config
 from lqs_megatron.pipeline.plan import Plan
-from lqs_megatron.pipeline.report import collect, format_table
+from lqs_megatron.pipeline.results import collect, format_table
 from lqs_megatron.pipeline.runner import Runner
 from lqs_megatron.utils.atomic import atomic_file, save_json
 

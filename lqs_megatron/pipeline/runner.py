@@ -9,7 +9,8 @@ any other step runs again — with its resume flag when it has one, so a step ki
 continues from its own last checkpoint; a step whose inputs or flags changed starts afresh
 (its old outputs are removed first). Each step's output goes to ``WORKDIR/logs/NAME.log``;
 its progress lines (``done/total units, RATE, ETA ...``, or ``done units, RATE`` where the total
-is not known, data/progress.py) are relayed to the console as ``[ k/N] NAME  ...``, at most one every ``RELAY_SECONDS``.
+is not known, utils/progress.py) are relayed to the console as ``[ k/N] NAME  ...``, at most one every
+``RELAY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lqs_megatron.data.progress import PROGRESS_SECONDS_ENV
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import save_json
+from lqs_megatron.utils.progress import PROGRESS_SECONDS_ENV
 
 logger = logging.getLogger(__name__)
 

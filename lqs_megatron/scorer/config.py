@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lqs_megatron.data.sharding import Shard, parse_shard
+from lqs_megatron.data.preprocess.sharding import Shard, parse_shard
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import Deprecated, check_seed, internal, option
 

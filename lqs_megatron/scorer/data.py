@@ -24,7 +24,7 @@ positions are the validation set, the rest training; both are stored in proxy or
 
 Retokenization: when ``--src-tokenizer`` and ``--dst-tokenizer`` differ, every proxy
 sequence is decoded with the source tokenizer and re-encoded with the scorer's
-(``lqs_megatron.data.retokenize``, the same function as ``lqs retokenize``) before the
+(``lqs_megatron.data.preprocess.retokenize``, the same function as ``lqs retokenize``) before the
 split; scores stay aligned because retokenization keeps one sequence per sequence.
 """
 
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.scores import CLIP, flat_scores, load_scores, normalize_scores
-from lqs_megatron.data.subset import write_subset
+from lqs_megatron.data.datasets.indexed import IndexedDataset, dataset_exists
+from lqs_megatron.data.datasets.scores import CLIP, flat_scores, load_scores, normalize_scores
+from lqs_megatron.data.datasets.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import PrepareScorerConfig
@@ -114,7 +114,7 @@ def _check_sequences(ds: IndexedDataset) -> None:
 
 def _retokenized(proxy, src_tokenizer: str, dst_tokenizer: str, tmp: Path, workers: int | None, n: int):
     """The proxy sequences re-encoded with the scorer's tokenizer, in ``tmp/proxy`` (one sequence per sequence)."""
-    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
+    from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig, retokenize
 
     logger.info("retokenizing %d proxy sequences: %s -> %s", n, src_tokenizer, dst_tokenizer)
     retokenize(RetokenizeConfig(str(proxy), src_tokenizer, dst_tokenizer, str(tmp / "proxy"), workers=workers))
@@ -130,7 +130,7 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
 
     ``cfg.workers``: retokenization processes (None: one per core, 0: in this process). ``args``: the command
     line, recorded in ``stats.json``. Scores that are
-    constant or nearly so (:func:`lqs_megatron.data.scores.flat_scores`) are refused unless
+    constant or nearly so (:func:`lqs_megatron.data.datasets.scores.flat_scores`) are refused unless
     ``cfg.allow_constant_scores``. The output rule applies
     (:func:`~lqs_megatron.utils.lock.output_lock`): ``cfg.out`` replaces only an earlier output of this command.
     """
@@ -145,7 +145,7 @@ def prepare_scorer_data(cfg: PrepareScorerConfig, args: dict | None = None) -> d
 
 
 def _prepare(cfg: PrepareScorerConfig, args: dict | None) -> dict:
-    from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
+    from lqs_megatron.data.tokenizers.fingerprint import dataset_tokenizer, tokenizer_info
 
     if (cfg.src_tokenizer is None) != (cfg.dst_tokenizer is None):
         raise LQSError("--src-tokenizer and --dst-tokenizer go together (give both or neither)")

@@ -9,7 +9,7 @@ dataset order), so a killed job loses at most the parts in flight; a restart wit
 same arguments skips every part already written and computes only the rest. When all
 parts exist, rank 0 merges them into ``OUT/scores.npy`` (float32, dataset order,
 atomic) and writes ``OUT/score_stats.json``. (A *shard* is something else: one of the
-independent ``--shard I/N`` runs that ``lqs merge --shards`` joins, :mod:`lqs_megatron.data.sharding`.)
+independent ``--shard I/N`` runs that ``lqs merge --shards`` joins, :mod:`lqs_megatron.data.preprocess.sharding`.)
 
 A part is always computed the same way (its own length-bucketed batches, see
 :mod:`lqs_megatron.scorer.predict`), so the output does not depend on the number of
@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.fingerprint import check_same_tokenizer, dataset_tokenizer
-from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path
-from lqs_megatron.data.progress import Progress
-from lqs_megatron.data.writing import file_digest
+from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path, idx_path
+from lqs_megatron.data.preprocess.writing import file_digest
+from lqs_megatron.data.tokenizers.fingerprint import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
 from lqs_megatron.scorer.model import Scorer, ScorerConfig, load_scorer
 from lqs_megatron.scorer.predict import predict
 from lqs_megatron.utils.atomic import save_json, save_npy
+from lqs_megatron.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +142,12 @@ def score_dataset(run: ScoreRun, options: ScoreOptions | None = None, dims=None)
     """Score every sequence of ``run.data`` with the scorer checkpoint ``run.scorer``; write ``run.out/scores.npy``.
 
     ``dims``: a :class:`lqs_megatron.parallel.dims.ParallelDims` (default: one process on the
-    best device). ``run.shard`` (:class:`lqs_megatron.data.sharding.Shard`): score sequences
+    best device). ``run.shard`` (:class:`lqs_megatron.data.preprocess.sharding.Shard`): score sequences
     ``[I*n/N, (I+1)*n/N)`` only, into ``run.out.shard-IIIII-of-NNNNN`` (``lqs merge --shards``
     joins them). Rank 0 holds the output's lock. Returns the run's statistics (also written to
     ``score_stats.json``).
     """
-    from lqs_megatron.data.sharding import shard_output
+    from lqs_megatron.data.preprocess.sharding import shard_output
     from lqs_megatron.parallel.dims import ParallelDims
     from lqs_megatron.utils.lock import output_lock
 
@@ -181,7 +181,7 @@ class _Job:
 def _plan(run: ScoreRun, opts: ScoreOptions, out: Path, dims) -> _Job:
     """Check the data against the scorer; rank 0 lists the parts still to compute (after checking that the parts
     on disk belong to this run) and every rank gets the list."""
-    from lqs_megatron.data.sharding import split_range
+    from lqs_megatron.data.preprocess.sharding import split_range
 
     t0 = time.time()
     data, shard = run.data, run.shard
@@ -283,7 +283,7 @@ def _finish(job: _Job, totals: dict, dims) -> dict:
     if dims.is_main:
         stats = merge_parts(out, n, opts.part_size)
         if opts.parquet:
-            from lqs_megatron.data.scores import write_scores_parquet
+            from lqs_megatron.data.datasets.scores import write_scores_parquet
 
             write_scores_parquet(out / "scores.parquet", np.load(out / "scores.npy"), run.data, job.begin)
         if run.shard is not None:

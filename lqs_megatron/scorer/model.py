@@ -68,7 +68,7 @@ class ScorerConfig:
     pad_token_id: int = 0
     """Id written into padding positions (never attended to by real tokens, never pooled)."""
     tokenizer: dict | None = None
-    """``lqs_megatron.data.fingerprint.tokenizer_info`` of the scorer's tokenizer."""
+    """``lqs_megatron.data.tokenizers.fingerprint.tokenizer_info`` of the scorer's tokenizer."""
     source: str = ""
     """Where the backbone came from (HF directory or ``config:NAME``)."""
     meta: dict = field(default_factory=dict)
@@ -218,8 +218,8 @@ def build_scorer(
     init with ``seed``, ``tokenizer`` required. The head is initialised with ``seed`` either way.
     Our decoders come from :mod:`lqs_megatron.models.loading` (the one way to get a model).
     """
-    from lqs_megatron.data.fingerprint import tokenizer_info
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from lqs_megatron.data.tokenizers.fingerprint import tokenizer_info
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer, vocab_size
 
     if (base is None) == (model_config is None):
         raise LQSError("give exactly one of --base HF_DIR or --model-config NAME")
@@ -283,7 +283,7 @@ def build_scorer(
 
 def save_scorer(model: Scorer, cfg: ScorerConfig, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     """Write the checkpoint files into ``out_dir`` (an existing directory; the caller makes it atomic)."""
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from lqs_megatron.models.hf import save_tokenizer
 
     out = Path(out_dir)

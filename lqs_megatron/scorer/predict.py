@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lqs_megatron.data.indexed import IndexedDataset
+from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.model import Scorer, ScorerConfig
 from lqs_megatron.training.step import autocast as amp_context  # the name ``autocast`` is predict's parameter

@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lqs_megatron.data.fingerprint import check_same_tokenizer
-from lqs_megatron.data.scores import flat_scores
+from lqs_megatron.data.datasets.scores import flat_scores
+from lqs_megatron.data.tokenizers.fingerprint import check_same_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.scorer.config import MIN_STEPS_PER_EPOCH, TrainScorerConfig, TrainScorerRun
@@ -193,8 +193,10 @@ class ScorerTrainer(Trainer):
             logger.warning(
                 "an epoch is only %d optimizer step(s) (%d training sequences, --global-batch-size %d): the warm-up "
                 "and the per-epoch validation see very few updates; lower --global-batch-size or add data",
-                self.steps_per_epoch, len(self.train.data), cfg.global_batch_size,
-            )  # fmt: skip
+                self.steps_per_epoch,
+                len(self.train.data),
+                cfg.global_batch_size,
+            )
         total = self.steps_per_epoch * cfg.epochs
         src = _resume_source(out, run.resume, dims)
         self.state = {"best": None, "history": []}
@@ -227,9 +229,14 @@ class ScorerTrainer(Trainer):
             set_rng_state(torch_load(src / "rng.pt"))
         self.amp = torch.bfloat16 if dims.device.type == "cuda" and cfg.bf16 else None
         step_fn = TrainStep(
-            ScorerLoss(self.model), dims, self.optimizer, schedule(cfg, total), cfg.clip_grad, self.amp,
+            ScorerLoss(self.model),
+            dims,
+            self.optimizer,
+            schedule(cfg, total),
+            cfg.clip_grad,
+            self.amp,
             find_unused_parameters=self.scfg.backbone == "hf",  # an HF base model may hold parameters it never uses
-        )  # fmt: skip
+        )
         self.run_meta = {"args": dataclasses.asdict(cfg), "data": str(run.data), "source": self.scfg.source}
         settings = LoopSettings(
             steps=total,
@@ -293,8 +300,12 @@ class ScorerTrainer(Trainer):
         self.metrics.write(record)
         logger.info(
             "epoch %d/%d: valid MSE %.4f, Pearson %.4f, Spearman %.4f",
-            epoch, self.cfg.epochs, m["mse"], m["pearson"], m["spearman"],
-        )  # fmt: skip
+            epoch,
+            self.cfg.epochs,
+            m["mse"],
+            m["pearson"],
+            m["spearman"],
+        )
         if self.state["best"] is None or m["pearson"] > self.state["best"]["valid_pearson"]:
             self.state["best"] = record
             self._write_best(record)

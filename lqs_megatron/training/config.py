@@ -245,7 +245,7 @@ def choose_resume_dir(cfg: PretrainConfig, dims) -> Path | None:
 def preflight(cfg: PretrainConfig) -> None:
     """Cheap checks before any process group starts: datasets exist, the model splits ``--tp`` ways,
     ``--out`` and ``--resume`` agree. Every rank runs them (no collective)."""
-    from lqs_megatron.data.indexed import dataset_exists, idx_path
+    from lqs_megatron.data.datasets.indexed import dataset_exists, idx_path
 
     for p in [*cfg.data, *([cfg.valid_data] if cfg.valid_data else [])]:
         if not dataset_exists(p):

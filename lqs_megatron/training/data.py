@@ -22,8 +22,8 @@ import os
 import numpy as np
 import torch
 
-from lqs_megatron.data.indexed import IndexedDataset, bin_path
-from lqs_megatron.data.sample_index import build_sample_index, gather_sample, samples_available
+from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.datasets.sample_index import build_sample_index, gather_sample, samples_available
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
 
@@ -41,8 +41,9 @@ def parse_blend(items: list[str] | str, weights: list[float] | None = None) -> t
     tokens = [t for item in items for t in item.split()]
     if tokens and _number(tokens[0]) is not None:
         if weights is not None:
-            raise LQSError("--data holds a blend (weight prefix ...): give the weights there or in --data-weights, "
-                           "not both")  # fmt: skip
+            raise LQSError(
+                "--data holds a blend (weight prefix ...): give the weights there or in --data-weights, not both"
+            )
         if len(tokens) % 2:
             raise LQSError(f"--data blend {' '.join(tokens)!r}: expected pairs of weight and prefix")
         weights, prefixes = [], []

@@ -1,7 +1,7 @@
 """``lqs evaluate``: the LQS loss of a model on an indexed dataset.
 
 Each sequence is one example (cut to ``L + 1`` tokens, inputs ``x[:-1]``, labels ``x[1:]``;
-:func:`lqs_megatron.data.batching.pad_examples`), its loss the mean token cross-entropy over
+:func:`lqs_megatron.data.datasets.batching.pad_examples`), its loss the mean token cross-entropy over
 its real positions, and the reported ``loss`` the mean over examples (``docs/algorithm.md``).
 Examples are split over the data-parallel ranks and batched by length (less padding); the
 sums are all-reduced, so the result does not depend on the world size.
@@ -12,15 +12,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lqs_megatron.data.batching import pad_examples
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.datasets.batching import pad_examples
+from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.data import check_token_ids
 from lqs_megatron.training.loss import per_example_lm_loss
 from lqs_megatron.training.step import autocast, autocast_dtype
+from lqs_megatron.utils.progress import Progress
 
 
 @torch.no_grad()

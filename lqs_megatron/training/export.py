@@ -4,7 +4,7 @@ The tp shards are merged (:func:`~lqs_megatron.models.parallelize.merge_state_di
 vocabulary padding rows dropped and the true ``vocab_size`` written to ``config.json``
 (:func:`~lqs_megatron.models.hf.save_hf_model`), with the tokenizer files stored in the
 checkpoint, and the checkpoint's tokenizer identity in ``config.json`` (``lqs_tokenizer``,
-:mod:`lqs_megatron.data.fingerprint`). ``transformers`` loads the result with no missing or unexpected keys.
+:mod:`lqs_megatron.data.tokenizers.fingerprint`). ``transformers`` loads the result with no missing or unexpected keys.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lqs_megatron.data.tokenizer import TOKENIZER_DIR_FILES
+from lqs_megatron.data.tokenizers.tokenizer import TOKENIZER_DIR_FILES
 from lqs_megatron.models.config import ModelConfig
 from lqs_megatron.models.hf import HF_MODEL_FILES, save_hf_model
 from lqs_megatron.models.loading import read_full_state_dict

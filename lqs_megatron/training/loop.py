@@ -18,7 +18,7 @@ micro-batching, autocast, clipping and the finite check happen) and provides thr
 
 The loop itself owns what every run needs alike: the step counter from ``start_step``
 (resume) to the end (or ``stop_after``), ``metrics.jsonl`` + TensorBoard + wandb + the loss
-picture (:class:`~lqs_megatron.data.progress.MetricsLog`), the progress bar, log lines with
+picture (:class:`~lqs_megatron.utils.progress.MetricsLog`), the progress bar, log lines with
 throughput, and the policy for non-finite steps: stop with :class:`NonFiniteError` at the
 first one, or skip up to ``skip_nonfinite`` of them (each logged). A non-finite step is
 never applied to the weights (see :mod:`lqs_megatron.training.step`), so every checkpoint
@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lqs_megatron.data.progress import MetricsLog, Progress
 from lqs_megatron.errors import LQSError, Terminated
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.step import StepResult, TrainStep
 from lqs_megatron.utils.checkpoint_format import step_dir_name
+from lqs_megatron.utils.progress import MetricsLog, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,16 @@ class Trainer:
             if tps is not None:
                 rec["tokens_per_s"] = tps
             rate = f" | {tps:.0f} tok/s" if tps is not None else ""
-            logger.info("step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %s",
-                     done, s.steps, rec["loss"], res.lr, res.grad_norm, rate, progress.status())  # fmt: skip
+            logger.info(
+                "step %d/%d | loss %.4f | lr %.3g | grad norm %.3f%s | %s",
+                done,
+                s.steps,
+                rec["loss"],
+                res.lr,
+                res.grad_norm,
+                rate,
+                progress.status(),
+            )
             progress.set_postfix(f"loss {rec['loss']:.4f}" + (f", {tps:,.0f} tok/s" if tps is not None else ""))
         if s.metrics_every_step or due:
             self.metrics.write(rec)
@@ -186,17 +194,28 @@ class Trainer:
         s = self.settings
         self.skipped.append(done)
         self.metrics.write(
-            {"step": done, **self.record_fields(done), "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
-             "nonfinite": True, "skipped": len(self.skipped) <= s.skip_nonfinite}
-        )  # fmt: skip
+            {
+                "step": done,
+                **self.record_fields(done),
+                "loss": res.loss,
+                "lr": res.lr,
+                "grad_norm": res.grad_norm,
+                "nonfinite": True,
+                "skipped": len(self.skipped) <= s.skip_nonfinite,
+            }
+        )
         bad = [n for n, v in (("loss", res.loss), ("gradient norm", res.grad_norm)) if not math.isfinite(v)]
         what = (
             f"step {done}: the {' and the '.join(bad)} is not finite "
             f"(loss {res.loss:.6g}, gradient norm {res.grad_norm:.6g}, learning rate {res.lr:.3g})"
         )
         if len(self.skipped) <= s.skip_nonfinite:
-            logger.warning("%s: batch skipped, weights unchanged (%d of --skip-nonfinite %d)", what, len(self.skipped),
-                        s.skip_nonfinite)  # fmt: skip
+            logger.warning(
+                "%s: batch skipped, weights unchanged (%d of --skip-nonfinite %d)",
+                what,
+                len(self.skipped),
+                s.skip_nonfinite,
+            )
             return
         ck = self.last_checkpoint()
         kept = f"the last checkpoint, {ck}, holds finite weights" if ck else "no checkpoint was written"

@@ -13,9 +13,9 @@ from lqs_megatron.cli import build_parser
 from lqs_megatron.cli.options import build, populated
 from lqs_megatron.curate.config import OrderConfig, SelectConfig
 from lqs_megatron.data.config import ExportJsonlConfig, MergeConfig, SampleProxyConfig, TrainTokenizerConfig
-from lqs_megatron.data.conversations import TargetConfig
-from lqs_megatron.data.retokenize import RetokenizeConfig
-from lqs_megatron.data.tokenize import TokenizeConfig
+from lqs_megatron.data.preprocess.conversations import TargetConfig
+from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
 from lqs_megatron.lqs.config import AnnotateConfig, ReportConfig
 from lqs_megatron.options import UNSET, flag_of, kind_of, settings, to_argv, values_of
 from lqs_megatron.pipeline.config import DemoCommand, PipelineCommand
@@ -194,7 +194,7 @@ def test_select_help_says_which_parameter_each_method_needs():
             ["--global-batch-size", "32"],
         ),
     ],
-)  # fmt: skip
+)
 def test_deprecated_spellings_warn_and_mean_the_new_flag(command, old, new, capsys):
     capsys.readouterr()
     parsed_old = vars(build_parser().parse_args([*command, *old]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.curate.ordering import order
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
 from tests.curate.test_ordering import ref_passes, ref_sorted
 from tests.curate.test_selection import ref_top_k, ref_top_r
 from tests.utils import run_lqs
@@ -310,7 +310,7 @@ def test_killed_write_leaves_no_finished_output(corpus, monkeypatch):
     def crash(*a, **k):
         raise KeyboardInterrupt  # as a kill would, mid-write
 
-    monkeypatch.setattr("lqs_megatron.data.subset.write_subset", crash)
+    monkeypatch.setattr("lqs_megatron.data.datasets.subset.write_subset", crash)
     with pytest.raises(KeyboardInterrupt):
         apply.curate_dataset(d / "corpus", d / "scores.npy", d / "out", lambda s: select(s, "top-k", k=5))
     assert not (d / "out.idx").exists()  # the old output no longer looks finished

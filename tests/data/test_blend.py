@@ -47,12 +47,28 @@ def test_blend_string_gives_the_same_samples(tmp_path):
 @pytest.mark.slow
 def test_pretrain_blend_string_equals_data_weights(tiny_data, tmp_path):  # noqa: F811
     half = write_tokens(tmp_path / "half", [np.arange(3, 40) % 500 for _ in range(12)])
-    common = ["pretrain", "--model-config", "tiny", "--tokenizer", tiny_data["tokenizer"], "--steps", "3",
-              "--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "4", "--lr", "3e-3"]  # fmt: skip
+    common = [
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        tiny_data["tokenizer"],
+        "--steps",
+        "3",
+        "--max-length",
+        "32",
+        "--global-batch-size",
+        "4",
+        "--micro-batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+    ]
     env = {"OMP_NUM_THREADS": "1"}
     run_lqs(*common, "--data", f"0.3 {tiny_data['train']} 0.7 {half}", "--out", tmp_path / "blend", env=env)
-    run_lqs(*common, "--data", tiny_data["train"], half, "--data-weights", "0.3", "0.7", "--out", tmp_path / "w",
-            env=env)  # fmt: skip
+    run_lqs(
+        *common, "--data", tiny_data["train"], half, "--data-weights", "0.3", "0.7", "--out", tmp_path / "w", env=env
+    )
 
     def losses(out):
         return [json.loads(x)["loss"] for x in open(os.path.join(out, "metrics.jsonl")) if '"loss"' in x]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, blocks, train_sentence_splitter
-from lqs_megatron.data.tokenizer import BatchEncoder
+from lqs_megatron.data.preprocess.chunking import Chunker, SentenceBoundaries, blocks, train_sentence_splitter
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder
 from tests.conftest import demo_texts
 
 
@@ -189,7 +189,7 @@ def test_the_splitters_time_limit_does_not_end_the_run(tmp_path, tiny_tokenizer,
     block keeps only its line ends, and the run finishes."""
     import nltk.redos
 
-    from lqs_megatron.data import chunking
+    from lqs_megatron.data.preprocess import chunking
 
     monkeypatch.setattr(nltk.redos, "DEFAULT_TIMEOUT", 1e-9)
     monkeypatch.setattr(chunking, "_warned", set())

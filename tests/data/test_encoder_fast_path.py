@@ -4,11 +4,28 @@ tokens' strings inside the text, empty strings, non-ASCII, the replacement chara
 
 import random
 
-from lqs_megatron.data.tokenizer import BatchEncoder, load_tokenizer
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, load_tokenizer
 from tests.conftest import demo_texts
 
-CORNERS = ["", " ", "  ", " a", "a ", "a  b", "</s>", "a </s> b", "x<s>y", " <unk> ", "<pad>", "▁", "▁a b", "\n \t ",
-           "é 日本 😀", "a\u00a0b", "end with space "]  # fmt: skip
+CORNERS = [
+    "",
+    " ",
+    "  ",
+    " a",
+    "a ",
+    "a  b",
+    "</s>",
+    "a </s> b",
+    "x<s>y",
+    " <unk> ",
+    "<pad>",
+    "▁",
+    "▁a b",
+    "\n \t ",
+    "é 日本 😀",
+    "a\u00a0b",
+    "end with space ",
+]
 
 
 def _random_texts(n: int, seed: int) -> list[str]:
@@ -31,7 +48,7 @@ def test_fast_path_equals_the_tokenizer(tiny_tokenizer):
 
 def test_without_gigatoken_the_native_paths_take_over(tiny_tokenizer, bytelevel_tokenizer, monkeypatch):
     """With gigatoken not installed, the word cache (sentencepiece) or the backend (byte-level) encode."""
-    from lqs_megatron.data import gigatoken_backend, tokenizer
+    from lqs_megatron.data.tokenizers import gigatoken_backend, tokenizer
 
     monkeypatch.setattr(gigatoken_backend, "gigatoken_available", lambda: False)
     monkeypatch.setattr(tokenizer, "_load_paths", tokenizer._load_paths.__wrapped__)  # no per-process cache

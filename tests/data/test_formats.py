@@ -17,9 +17,9 @@ import pytest
 import zstandard
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.jsonl import SkipLog, read_texts
-from lqs_megatron.data.sources import expand_inputs, sniff
-from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
+from lqs_megatron.data.preprocess.jsonl import SkipLog, read_texts
+from lqs_megatron.data.preprocess.sources import expand_inputs, sniff
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize
 from lqs_megatron.errors import InputError, LQSError
 from tests.conftest import demo_texts
 
@@ -29,8 +29,14 @@ def make_rows(seed: int, n: int) -> list[dict]:
     texts = demo_texts()
     rows = []
     for k, i in enumerate(rng.choice(len(texts), n, replace=False).tolist()):
-        rows.append({"text": texts[i][: int(rng.integers(200, 3000))], "source": f"s{rng.integers(0, 3)}",
-                     "url": f"https://x.org/{k}", "n": int(rng.integers(0, 1 << 40))})  # fmt: skip
+        rows.append(
+            {
+                "text": texts[i][: int(rng.integers(200, 3000))],
+                "source": f"s{rng.integers(0, 3)}",
+                "url": f"https://x.org/{k}",
+                "n": int(rng.integers(0, 1 << 40)),
+            }
+        )
     return rows
 
 
@@ -127,7 +133,12 @@ def test_directories_and_globs_mix_containers_in_sorted_order(tmp_path, tiny_tok
     exts = (".bin", ".idx")
     assert _bytes(tmp_path / "dir", exts) == _bytes(tmp_path / "ref", exts) == _bytes(tmp_path / "glob", exts)
     assert [p.rsplit("/", 1)[1] for p in expand_inputs([str(d)])] == [
-        "a.parquet", "b.jsonl.gz", "data-00000-of-00002.arrow", "data-00001-of-00002.arrow", "d.arrow"]  # fmt: skip
+        "a.parquet",
+        "b.jsonl.gz",
+        "data-00000-of-00002.arrow",
+        "data-00001-of-00002.arrow",
+        "d.arrow",
+    ]
 
 
 def test_real_datasets_save_to_disk(tmp_path, tiny_tokenizer):
@@ -195,8 +206,10 @@ def test_train_tokenizer_and_target_read_parquet(tmp_path, tiny_tokenizer):
     for src, out in ((pq_path, "tp"), (js_path, "tj")):
         assert main(["train-tokenizer", "--input", src, "--vocab-size", "500", "--out", str(tmp_path / out)]) == 0
     assert (tmp_path / "tp/tokenizer.json").read_bytes() == (tmp_path / "tj/tokenizer.json").read_bytes()
-    convs = [{"conversations": [{"from": "human", "value": r["text"][:80]}, {"from": "gpt", "value": r["source"]}]}
-             for r in rows[:9]]  # fmt: skip
+    convs = [
+        {"conversations": [{"from": "human", "value": r["text"][:80]}, {"from": "gpt", "value": r["source"]}]}
+        for r in rows[:9]
+    ]
     pq.write_table(pa.Table.from_pylist(convs), tmp_path / "c.parquet", row_group_size=4)
     (tmp_path / "c.jsonl").write_bytes(jsonl_bytes(convs))
     for src, out in (("c.parquet", "cp"), ("c.jsonl", "cj")):

@@ -1,4 +1,4 @@
-"""The gigatoken backend (data/gigatoken_backend.py) gives exactly the ids of ``tok(text).input_ids``
+"""The gigatoken backend (data/tokenizers/gigatoken_backend.py) gives exactly the ids of ``tok(text).input_ids``
 for the three tokenizer shapes it takes (sentencepiece-style BPE with byte fallback, GPT-2 byte-level,
 Llama-3 split regex + byte-level with a BOS template): on real text and random strings over the
 corners the split regexes distinguish (Unicode letters, marks and numbers of many scripts,
@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lqs_megatron.data.tokenize import flatten, tokenize_files
-from lqs_megatron.data.tokenizer import BatchEncoder, load_tokenizer
+from lqs_megatron.data.preprocess.tokenize import flatten, tokenize_files
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, load_tokenizer
 from tests.conftest import demo_texts
 
 pytest.importorskip("gigatoken")
 
-from lqs_megatron.data.gigatoken_backend import PROBE_TEXTS, gigatoken_spec
+from lqs_megatron.data.tokenizers.gigatoken_backend import PROBE_TEXTS, gigatoken_spec
 from tests.data.conftest import edited_tokenizer
 
 LLAMA3_SPLIT = (
@@ -29,11 +29,69 @@ LLAMA3_SPLIT = (
     r"|\s+(?!\S)|\s+"
 )
 PIECES = list("abcXYZ .,;-_'\"!?()") + [
-    " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", " \n", "'s", "'S", "'ll", "'LL", "'t", "'ve", "'re", "'d", "'m",
-    "n't", "0", "12", "345", "6789", "١٢", "٣", "½", "²", "Ⅻ", "é", "e\u0301", "ß", "İ", "ǅ", "Ω", "日本", "語",
-    "한국", "αβ", "жи", "עב", "ع", "हि", "ไทย", "😀", "👩\u200d👧", "🇫🇷", "\U0001d400", "\U00020000", "\u00a0",
-    "\u2009", "\u3000", "\u200b", "\u2028", "\x85", "\x0b", "\x0c", "\x00", "\x7f", "\ufffd", "▁", "ĠĊ", "<", "|",
-]  # fmt: skip
+    " ",
+    "  ",
+    "   ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\n\n",
+    " \n",
+    "'s",
+    "'S",
+    "'ll",
+    "'LL",
+    "'t",
+    "'ve",
+    "'re",
+    "'d",
+    "'m",
+    "n't",
+    "0",
+    "12",
+    "345",
+    "6789",
+    "١٢",
+    "٣",
+    "½",
+    "²",
+    "Ⅻ",
+    "é",
+    "e\u0301",
+    "ß",
+    "İ",
+    "ǅ",
+    "Ω",
+    "日本",
+    "語",
+    "한국",
+    "αβ",
+    "жи",
+    "עב",
+    "ع",
+    "हि",
+    "ไทย",
+    "😀",
+    "👩\u200d👧",
+    "🇫🇷",
+    "\U0001d400",
+    "\U00020000",
+    "\u00a0",
+    "\u2009",
+    "\u3000",
+    "\u200b",
+    "\u2028",
+    "\x85",
+    "\x0b",
+    "\x0c",
+    "\x00",
+    "\x7f",
+    "\ufffd",
+    "▁",
+    "ĠĊ",
+    "<",
+    "|",
+]
 
 
 def random_texts(n: int, seed: int, max_pieces: int = 30) -> list[str]:
@@ -78,7 +136,7 @@ FAMILIES = ["tiny_tokenizer", "bytelevel_tokenizer", "llama3_tokenizer"]
 @pytest.mark.parametrize("parallel", [True, False])
 def test_ids_equal_the_tokenizer(family, parallel, request, monkeypatch):
     """Both ways of calling gigatoken: its thread pool (main process), one text at a time (workers)."""
-    from lqs_megatron.data.gigatoken_backend import GigatokenEncoder
+    from lqs_megatron.data.tokenizers.gigatoken_backend import GigatokenEncoder
 
     monkeypatch.setattr(GigatokenEncoder, "_parallel", staticmethod(lambda: parallel))
     tok_dir = request.getfixturevalue(family)
@@ -96,7 +154,7 @@ def test_ids_equal_the_tokenizer(family, parallel, request, monkeypatch):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("max_length", [None, 3, 40])
 def test_encode_flat_matches_flatten(family, max_length, request, monkeypatch):
-    from lqs_megatron.data.gigatoken_backend import GigatokenEncoder
+    from lqs_megatron.data.tokenizers.gigatoken_backend import GigatokenEncoder
 
     monkeypatch.setattr(GigatokenEncoder, "_parallel", staticmethod(lambda: max_length == 3))
     tok_dir = request.getfixturevalue(family)
@@ -143,7 +201,7 @@ def _backend(tok_dir: str):
                 "type": "Sequence",
                 "pretokenizers": [{"type": "Digits", "individual_digits": True}, s["pre_tokenizer"]],
             }
-        ),  # fmt: skip
+        ),
         # refused by structure: stochastic, or components gigatoken does not implement
         lambda s: s["model"].update(dropout=0.1),
         lambda s: s.update(normalizer={"type": "Lowercase"}),
@@ -255,7 +313,7 @@ def test_worker_threads_never_share_a_gigatoken_tokenizer(tiny_tokenizer, monkey
     at the same moment give the main thread's ids, with a tokenizer that fails on any overlap."""
     import gigatoken
 
-    from lqs_megatron.data.tokenizer import _load_paths
+    from lqs_megatron.data.tokenizers.tokenizer import _load_paths
 
     from_json = gigatoken.Tokenizer.from_json
     monkeypatch.setattr(gigatoken.Tokenizer, "from_json", staticmethod(lambda js: _Tokenizer(from_json(js))))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lqs_megatron import _C
-from lqs_megatron.data.indexed import (
+from lqs_megatron.data.datasets.indexed import (
     DType,
     IndexedDataset,
     IndexedDatasetWriter,

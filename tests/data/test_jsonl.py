@@ -4,7 +4,7 @@ import json
 import pytest
 import zstandard
 
-from lqs_megatron.data.jsonl import (
+from lqs_megatron.data.preprocess.jsonl import (
     BadLine,
     SkipLog,
     expand_inputs,

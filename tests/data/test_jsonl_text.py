@@ -10,10 +10,39 @@ import random
 import pytest
 
 from lqs_megatron import _C
-from lqs_megatron.data.jsonl import BadLine, get_text, is_blank, parse_line
+from lqs_megatron.data.preprocess.jsonl import BadLine, get_text, is_blank, parse_line
 
-CHARS = ["a", "Z", " ", "  ", "\t", "\n", "\r", '"', "\\", "/", "\x00", "\x1f", "\x7f", "é", "日", "😀", "\u2028",
-         "\u00a0", "\u3000", "\x1c", "\x85", "\ufeff", "\U0010ffff", "{", "}", "[", "]", ":", ","]  # fmt: skip
+CHARS = [
+    "a",
+    "Z",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r",
+    '"',
+    "\\",
+    "/",
+    "\x00",
+    "\x1f",
+    "\x7f",
+    "é",
+    "日",
+    "😀",
+    "\u2028",
+    "\u00a0",
+    "\u3000",
+    "\x1c",
+    "\x85",
+    "\ufeff",
+    "\U0010ffff",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+]
 
 
 def python_texts(lines: list[bytes], field: str):

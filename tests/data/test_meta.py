@@ -1,13 +1,13 @@
-"""data/meta.py: the PREFIX.meta.jsonl sidecar follows sequences through subsets and merges."""
+"""data/datasets/meta.py: the PREFIX.meta.jsonl sidecar follows sequences through subsets and merges."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
-from lqs_megatron.data.meta import concat_meta, meta_line, meta_path, read_meta, subset_meta, write_meta
-from lqs_megatron.data.subset import write_subset_with_sidecars
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.datasets.meta import concat_meta, meta_line, meta_path, read_meta, subset_meta, write_meta
+from lqs_megatron.data.datasets.subset import write_subset_with_sidecars
 from lqs_megatron.errors import InputError, LQSError
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lqs_megatron.data.parallel import ordered_map
+from lqs_megatron.data.preprocess.pool import ordered_map
 from lqs_megatron.errors import LQSError
 
 

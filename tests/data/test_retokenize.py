@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
-from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
-from lqs_megatron.data.tokenize import tokenize_files
-from lqs_megatron.data.tokenizer import load_tokenizer
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig, retokenize
+from lqs_megatron.data.preprocess.tokenize import tokenize_files
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 from lqs_megatron.errors import LQSError
 from tests.conftest import demo_texts
 from tests.utils import run_lqs
@@ -26,8 +26,19 @@ def doc_data(tmp_path_factory, corpus_jsonl, tiny_tokenizer):
 
 
 def test_a_to_a_is_the_identity(tmp_path, doc_data, tiny_tokenizer):
-    run_lqs("retokenize", "--data", doc_data, "--src-tokenizer", tiny_tokenizer, "--dst-tokenizer", tiny_tokenizer,
-            "--out", tmp_path / "same", "--workers", "2")  # fmt: skip
+    run_lqs(
+        "retokenize",
+        "--data",
+        doc_data,
+        "--src-tokenizer",
+        tiny_tokenizer,
+        "--dst-tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "same",
+        "--workers",
+        "2",
+    )
     assert _bytes(tmp_path / "same") == _bytes(doc_data)
     stats = json.loads((tmp_path / "same.stats.json").read_text())
     assert stats["source"]["tokens"] == stats["tokens"]
@@ -38,8 +49,9 @@ def test_a_to_b_equals_tokenizing_the_text_with_b(
 ):
     tokenize_files(corpus_jsonl, "text", bytelevel_tokenizer, tmp_path / "direct", workers=0, progress=False)
     for w in (0, 2):
-        cfg = RetokenizeConfig(doc_data, tiny_tokenizer, bytelevel_tokenizer, str(tmp_path / f"b{w}"), workers=w,
-                               batch_tokens=20_000)  # fmt: skip
+        cfg = RetokenizeConfig(
+            doc_data, tiny_tokenizer, bytelevel_tokenizer, str(tmp_path / f"b{w}"), workers=w, batch_tokens=20_000
+        )
         retokenize(cfg)
         assert _bytes(tmp_path / f"b{w}") == _bytes(tmp_path / "direct")
 
@@ -72,8 +84,16 @@ def test_segments_sequences_and_documents_are_kept(tmp_path, tiny_tokenizer, byt
                     ids += a(s).input_ids + ([a.eos_token_id] if c else [])
                 w.add_item(ids)
             w.end_document()
-    retokenize(RetokenizeConfig(str(tmp_path / "in"), tiny_tokenizer, bytelevel_tokenizer, str(tmp_path / "out"),
-                                workers=2, batch_tokens=3000))  # fmt: skip
+    retokenize(
+        RetokenizeConfig(
+            str(tmp_path / "in"),
+            tiny_tokenizer,
+            bytelevel_tokenizer,
+            str(tmp_path / "out"),
+            workers=2,
+            batch_tokens=3000,
+        )
+    )
     src, out = IndexedDataset(tmp_path / "in"), IndexedDataset(tmp_path / "out")
     np.testing.assert_array_equal(out.document_indices, src.document_indices)
     i = 0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.fingerprint import tokenizer_info
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.tokenizer import check_round_trip, load_tokenizer
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.tokenizers.fingerprint import tokenizer_info
+from lqs_megatron.data.tokenizers.tokenizer import check_round_trip, load_tokenizer
 from lqs_megatron.errors import LQSError
 from tests.conftest import demo_texts
 from tests.data.conftest import edited_tokenizer, write_jsonl
@@ -137,7 +137,7 @@ def test_tokenize_target_stops_on_a_lossy_tokenizer_and_records_its_own(tmp_path
 
 
 def test_train_tokenizer_checks_the_tokenizer_it_trained(tmp_path, monkeypatch):
-    from lqs_megatron.data import train_tokenizer as tt
+    from lqs_megatron.data.tokenizers import train_tokenizer as tt
 
     write = tt._write_tokenizer_json
 

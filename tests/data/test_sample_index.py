@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from lqs_megatron import _C
-from lqs_megatron.data.sample_index import build_sample_index, build_sample_index_py, gather_sample, samples_available
+from lqs_megatron.data.datasets.sample_index import (
+    build_sample_index,
+    build_sample_index_py,
+    gather_sample,
+    samples_available,
+)
 from lqs_megatron.errors import LQSError
 
 

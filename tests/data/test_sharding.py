@@ -14,11 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.shard_merge import merge_shards
-from lqs_megatron.data.sharding import Shard, ShardInputs, check_tiling, resolve_shard, shard_output, split_sources
-from lqs_megatron.data.sources import Columns, iter_segment, sniff
-from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
-from lqs_megatron.data.writing import TIMING_KEYS
+from lqs_megatron.data.preprocess.shard_merge import merge_shards
+from lqs_megatron.data.preprocess.sharding import (
+    Shard,
+    ShardInputs,
+    check_tiling,
+    resolve_shard,
+    shard_output,
+    split_sources,
+)
+from lqs_megatron.data.preprocess.sources import Columns, iter_segment, sniff
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize
+from lqs_megatron.data.preprocess.writing import TIMING_KEYS
 from lqs_megatron.errors import LQSError
 from tests.data.test_formats import jsonl_bytes, make_rows, write_container
 
@@ -46,8 +53,9 @@ def _corpus_files(tmp_path, rng) -> list[str]:
     lines[30] = b"\n"
     (tmp_path / "a.jsonl").write_bytes(b"".join(lines))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[:9])))
-    pq.write_table(pa.Table.from_pylist([{"text": f"r{i}"} for i in range(23)]), tmp_path / "c.parquet",
-                   row_group_size=4)  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist([{"text": f"r{i}"} for i in range(23)]), tmp_path / "c.parquet", row_group_size=4
+    )
     (tmp_path / "d.jsonl").write_bytes(b'{"text": "one"}\n{"text": "two"}')  # no final newline
     (tmp_path / "e.jsonl").write_bytes(b"")
     (tmp_path / "f.jsonl").write_bytes(b'{"text": "tiny"}\n' * 40 + b'{"text": "%s"}\n' % (b"z" * 50000))
@@ -66,12 +74,15 @@ def test_cuts_cover_every_item_once_in_order_and_leave_no_shard_empty(tmp_path):
             if n <= len(everything):
                 assert all(parts), (len(chosen), n, [len(p) for p in parts])
             assert [_items(sources, split_sources(sources, Shard(i, n))) for i in range(n)] == parts  # deterministic
-            described = [ShardInputs(chosen, sources, split_sources(sources, Shard(i, n)), Shard(i, n)).describe()
-                         for i in range(n)]  # fmt: skip
+            described = [
+                ShardInputs(chosen, sources, split_sources(sources, Shard(i, n)), Shard(i, n)).describe()
+                for i in range(n)
+            ]
             assert check_tiling(described) is None
     sources = [sniff(f) for f in files]
-    described = [ShardInputs(files, sources, split_sources(sources, Shard(i, 3)), Shard(i, 3)).describe()
-                 for i in range(3)]  # fmt: skip
+    described = [
+        ShardInputs(files, sources, split_sources(sources, Shard(i, 3)), Shard(i, 3)).describe() for i in range(3)
+    ]
     described[1]["segments"][0][1] += 1  # a gap of one byte
     assert check_tiling(described).startswith("shard 1 starts file")
 
@@ -129,8 +140,9 @@ def _mixed_inputs(tmp_path):
 
 def test_three_shards_of_several_files_merge_to_one_run(tmp_path, tiny_tokenizer):
     inputs = _mixed_inputs(tmp_path)
-    one = _one_vs_shards(tmp_path, inputs, tiny_tokenizer, 3, workers=2, batch_lines=4, on_error="skip",
-                         keep_fields="source,url")  # fmt: skip
+    one = _one_vs_shards(
+        tmp_path, inputs, tiny_tokenizer, 3, workers=2, batch_lines=4, on_error="skip", keep_fields="source,url"
+    )
     assert one["skipped"]["total"] == 2 and ":12: invalid JSON" in one["skipped"]["examples"][1]
 
 
@@ -139,15 +151,25 @@ def test_one_file_split_by_byte_ranges_merges_to_one_run(tmp_path, tiny_tokenize
     data = jsonl_bytes(rows).split(b"\n")
     data[45] = b'{"no_text": 1}'  # its line number must survive the split (shard 2 starts inside the file)
     (tmp_path / "big.jsonl").write_bytes(b"\n".join(data))
-    one = _one_vs_shards(tmp_path, [str(tmp_path / "big.jsonl")], tiny_tokenizer, 3, workers=0, on_error="skip",
-                         keep_fields="url")  # fmt: skip
+    one = _one_vs_shards(
+        tmp_path, [str(tmp_path / "big.jsonl")], tiny_tokenizer, 3, workers=0, on_error="skip", keep_fields="url"
+    )
     assert one["skipped"]["examples"] == [f"{tmp_path / 'big.jsonl'}:46: missing field 'text' (keys: 'no_text')"]
 
 
 def test_chunk_mode_shards_merge_to_the_same_chunks(tmp_path, tiny_tokenizer):
     inputs = _mixed_inputs(tmp_path)
-    one = _one_vs_shards(tmp_path, inputs, tiny_tokenizer, 3, mode="chunk", max_length=129, workers=2,
-                         on_error="skip", keep_fields="source")  # fmt: skip
+    one = _one_vs_shards(
+        tmp_path,
+        inputs,
+        tiny_tokenizer,
+        3,
+        mode="chunk",
+        max_length=129,
+        workers=2,
+        on_error="skip",
+        keep_fields="source",
+    )
     assert one["chunking"]["chunks"] > 20
 
 
@@ -187,8 +209,9 @@ def test_shard_from_flag_and_environment():
     assert resolve_shard(None, env={}) is None
     slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "4"}
     assert resolve_shard(None, env=slurm) == Shard(3, 4)
-    assert resolve_shard(None, env={**slurm, "SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_STEP": "2",
-                                    "SLURM_ARRAY_TASK_COUNT": "3"}) == Shard(2, 3)  # fmt: skip
+    assert resolve_shard(
+        None, env={**slurm, "SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "3"}
+    ) == Shard(2, 3)
     torch = {"RANK": "1", "WORLD_SIZE": "2"}
     assert resolve_shard(None, env=torch) == Shard(1, 2)
     assert resolve_shard(None, env={**slurm, **torch}) == Shard(3 * 2 + 1, 8)
@@ -211,7 +234,7 @@ def test_shard_output_names():
 
 
 def test_retokenize_shards_merge_to_one_run(tmp_path, tiny_tokenizer, bytelevel_tokenizer):
-    from lqs_megatron.data.retokenize import RetokenizeConfig, retokenize
+    from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig, retokenize
 
     inputs = _mixed_inputs(tmp_path)
     tokenize(TokenizeConfig(inputs, "text", tiny_tokenizer, str(tmp_path / "src"), on_error="skip", progress=False))

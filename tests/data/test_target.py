@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from lqs_megatron.data.conversations import PLAIN_SEPARATOR, TargetConfig, parse_turns, tokenize_target
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.jsonl import BadLine
-from lqs_megatron.data.tokenizer import load_tokenizer
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.preprocess.conversations import PLAIN_SEPARATOR, TargetConfig, parse_turns, tokenize_target
+from lqs_megatron.data.preprocess.jsonl import BadLine
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 from tests.conftest import demo_texts
 from tests.data.conftest import write_jsonl
 from tests.utils import run_lqs
@@ -39,8 +39,17 @@ def test_plain_join_without_chat_template(tmp_path, tiny_tokenizer):
     assert not tok.chat_template
     convs = _conversations()
     src = write_jsonl(tmp_path / "lima.jsonl", [{"conversations": c} for c in convs])
-    run_lqs("tokenize-target", "--input", src, "--field", "conversations", "--tokenizer", tiny_tokenizer,
-            "--out", tmp_path / "target")  # fmt: skip
+    run_lqs(
+        "tokenize-target",
+        "--input",
+        src,
+        "--field",
+        "conversations",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "target",
+    )
     ds = IndexedDataset(tmp_path / "target")
     assert len(ds) == ds.num_documents == len(convs)
     for i, conv in enumerate(convs):

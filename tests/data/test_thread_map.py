@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from lqs_megatron.data.parallel import ordered_map
+from lqs_megatron.data.preprocess.pool import ordered_map
 from lqs_megatron.errors import LQSError
 from tests.data.test_parallel import _fail_on, _slow_square
 

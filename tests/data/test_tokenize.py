@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import zstandard
 
-from lqs_megatron.data.gigatoken_backend import gigatoken_available
-from lqs_megatron.data.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.tokenize import TokenizeConfig, tokenize, tokenize_files
-from lqs_megatron.data.tokenizer import load_tokenizer
+from lqs_megatron.data.datasets.indexed import IndexedDataset, dataset_exists
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize, tokenize_files
+from lqs_megatron.data.tokenizers.gigatoken_backend import gigatoken_available
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 from lqs_megatron.errors import InputError, LQSError
 from tests.conftest import demo_texts
 from tests.data.conftest import write_jsonl
@@ -67,11 +67,35 @@ def test_cli_output_is_the_same_for_any_worker_count(tmp_path, corpus_jsonl, tin
         out = tmp_path / f"w{w}"
         tokenize(TokenizeConfig([corpus_jsonl], "text", tiny_tokenizer, str(out), workers=w, batch_lines=5))
         outs.append(_files(out))
-    run_lqs("tokenize", "--input", corpus_jsonl, "--field", "text", "--tokenizer", tiny_tokenizer,
-            "--out", tmp_path / "cli", "--workers", "2")  # fmt: skip
+    run_lqs(
+        "tokenize",
+        "--input",
+        corpus_jsonl,
+        "--field",
+        "text",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "cli",
+        "--workers",
+        "2",
+    )
     outs.append(_files(tmp_path / "cli"))
-    run_lqs("tokenize", "--input", corpus_jsonl, "--field", "text", "--tokenizer", tiny_tokenizer,
-            "--out", tmp_path / "nocache", "--workers", "2", "--no-word-cache", "--no-gigatoken")  # fmt: skip
+    run_lqs(
+        "tokenize",
+        "--input",
+        corpus_jsonl,
+        "--field",
+        "text",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "nocache",
+        "--workers",
+        "2",
+        "--no-word-cache",
+        "--no-gigatoken",
+    )
     outs.append(_files(tmp_path / "nocache"))
     assert all(o == outs[0] for o in outs[1:])
     stats = json.loads((tmp_path / "cli.stats.json").read_text())
@@ -179,8 +203,20 @@ def test_bad_input_fails_with_file_line_and_leaves_no_output(tmp_path, tiny_toke
 
 def test_cli_bad_input_exit_code_and_message(tmp_path, tiny_tokenizer):
     src = _bad_corpus(tmp_path / "bad.jsonl")
-    proc = run_lqs("tokenize", "--input", src, "--field", "text", "--tokenizer", tiny_tokenizer,
-                   "--out", tmp_path / "out", "--workers", "2", check=False)  # fmt: skip
+    proc = run_lqs(
+        "tokenize",
+        "--input",
+        src,
+        "--field",
+        "text",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "out",
+        "--workers",
+        "2",
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"lqs tokenize: error: {src}:2: invalid JSON" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
@@ -188,8 +224,21 @@ def test_cli_bad_input_exit_code_and_message(tmp_path, tiny_tokenizer):
 
 def test_on_error_skip_counts_and_reports(tmp_path, tiny_tokenizer):
     src = _bad_corpus(tmp_path / "bad.jsonl")
-    proc = run_lqs("tokenize", "--input", src, "--field", "text", "--tokenizer", tiny_tokenizer,
-                   "--out", tmp_path / "out", "--on-error", "skip", "--workers", "2")  # fmt: skip
+    proc = run_lqs(
+        "tokenize",
+        "--input",
+        src,
+        "--field",
+        "text",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        tmp_path / "out",
+        "--on-error",
+        "skip",
+        "--workers",
+        "2",
+    )
     assert "skipped 6 bad lines" in proc.stdout
     stats = json.loads((tmp_path / "out.stats.json").read_text())
     assert stats["skipped"]["by_reason"] == {
@@ -221,8 +270,18 @@ def test_tokenizer_without_eos_is_a_clear_error(tmp_path, bytelevel_tokenizer, c
 
     backend = Tokenizer.from_file(os.path.join(bytelevel_tokenizer, "tokenizer.json"))
     PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(str(tmp_path / "no_eos"))
-    proc = run_lqs("tokenize", "--input", corpus_jsonl, "--field", "text", "--tokenizer", tmp_path / "no_eos",
-                   "--out", tmp_path / "o", check=False)  # fmt: skip
+    proc = run_lqs(
+        "tokenize",
+        "--input",
+        corpus_jsonl,
+        "--field",
+        "text",
+        "--tokenizer",
+        tmp_path / "no_eos",
+        "--out",
+        tmp_path / "o",
+        check=False,
+    )
     assert proc.returncode == 1 and "has no EOS token" in proc.stderr
     assert not dataset_exists(tmp_path / "o")
 
@@ -247,11 +306,27 @@ def test_killed_run_leaves_no_finished_looking_output(tmp_path, corpus_jsonl, ti
                 f.write(json.dumps({"text": f"[copy {k}] " + r["text"]}) + "\n")
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lqs_megatron", "tokenize", "--input", str(big), "--field", "text",
-         "--tokenizer", tiny_tokenizer, "--out", str(out), "--workers", "2",
-         "--no-gigatoken"],  # worker processes (gigatoken encodes in threads of the main process)
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lqs_megatron",
+            "tokenize",
+            "--input",
+            str(big),
+            "--field",
+            "text",
+            "--tokenizer",
+            tiny_tokenizer,
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--no-gigatoken",
+        ],  # worker processes (gigatoken encodes in threads of the main process)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     tmp_bin = tmp_path / f"out.tmp-{proc.pid}.bin"
     deadline = time.time() + 60
     while time.time() < deadline and (not tmp_bin.exists() or tmp_bin.stat().st_size < 1 << 20):

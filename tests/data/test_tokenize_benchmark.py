@@ -1,4 +1,4 @@
-"""benchmarks/tokenize.py runs end to end at a tiny size for every tokenizer family and prints its one
+"""benchmarks/bench_tokenize.py runs end to end at a tiny size for every tokenizer family and prints its one
 table: every tool that can run here (Megatron-LM's fast path needs a checkout: skipped with the
 reason), outputs checked against the classic baseline. The one tiny run of this benchmark
 (tests/test_benchmarks.py counts on it)."""
@@ -15,12 +15,22 @@ from tests.utils import REPO
 @pytest.mark.slow
 def test_tokenize_benchmark_tiny(tmp_path, corpus_jsonl):
     pytest.importorskip("gigatoken")
-    cmd = [sys.executable, "benchmarks/tokenize.py", "--tiny", "--corpus", corpus_jsonl, "--workdir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_tokenize.py",
+        "--tiny",
+        "--corpus",
+        corpus_jsonl,
+        "--workdir",
+        str(tmp_path),
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("MEGATRON_LM", "MEGATRON_PYTHON")}
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = {f: [line for line in out.stdout.splitlines() if line.startswith(f"| {f} (")]
-            for f in ("sentencepiece", "gpt2", "llama3")}  # fmt: skip
+    rows = {
+        f: [line for line in out.stdout.splitlines() if line.startswith(f"| {f} (")]
+        for f in ("sentencepiece", "gpt2", "llama3")
+    }
     for family, fam in rows.items():
         tools = [r.split(" | ")[1] for r in fam]
         ours = ["lqs tokenize", "lqs tokenize --no-gigatoken"]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.merge import merge_datasets
-from lqs_megatron.data.meta import meta_path, read_meta
-from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.merge import merge_datasets
+from lqs_megatron.data.datasets.meta import meta_path, read_meta
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize
 from lqs_megatron.errors import InputError, LQSError
 from tests.conftest import demo_texts
 from tests.data.conftest import write_jsonl
@@ -65,9 +65,16 @@ def test_same_bytes_for_any_worker_count_and_skipped_lines_have_no_line(tmp_path
     for w, b in ((0, 256), (2, 2), (3, 5)):
         out = tmp_path / f"w{w}"
         tokenize(
-            _cfg([str(tmp_path / "in.jsonl")], tiny_tokenizer, out, workers=w, batch_lines=b,
-                 on_error="skip", keep_fields=["title", "source"])
-        )  # fmt: skip
+            _cfg(
+                [str(tmp_path / "in.jsonl")],
+                tiny_tokenizer,
+                out,
+                workers=w,
+                batch_lines=b,
+                on_error="skip",
+                keep_fields=["title", "source"],
+            )
+        )
         outs.append(open(meta_path(out), "rb").read())
         assert read_meta(out, expected=len(IndexedDataset(out))) == _expected(kept, ("title", "source"))
     assert outs[0] == outs[1] == outs[2]
@@ -78,9 +85,17 @@ def test_chunk_mode_each_chunk_carries_the_document_it_starts_in(tmp_path, tiny_
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     tokenize(_cfg([src], tiny_tokenizer, tmp_path / "doc", workers=0))
     stats = tokenize(
-        _cfg([src], tiny_tokenizer, tmp_path / "c", mode="chunk", max_length=97, workers=2, batch_lines=5,
-             keep_fields="url")
-    )  # fmt: skip
+        _cfg(
+            [src],
+            tiny_tokenizer,
+            tmp_path / "c",
+            mode="chunk",
+            max_length=97,
+            workers=2,
+            batch_lines=5,
+            keep_fields="url",
+        )
+    )
     chunks = IndexedDataset(tmp_path / "c")
     doc_ends = np.cumsum(IndexedDataset(tmp_path / "doc").sequence_lengths.astype(np.int64))
     chunk_starts = np.concatenate([[0], np.cumsum(chunks.sequence_lengths.astype(np.int64))[:-1]])

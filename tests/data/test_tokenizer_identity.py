@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.fingerprint import dataset_tokenizer, tokenizer_info
-from lqs_megatron.data.tokenize import TokenizeConfig, tokenize
+from lqs_megatron.data.preprocess.tokenize import TokenizeConfig, tokenize
+from lqs_megatron.data.tokenizers.fingerprint import dataset_tokenizer, tokenizer_info
 from tests.conftest import demo_texts
 from tests.data.conftest import write_jsonl
 
@@ -30,7 +30,7 @@ def _model_with_tokenizer(path, tok_dir, vocab: int) -> str:
     """A tiny random HF Mistral of ``vocab`` ids with ``tok_dir``'s files saved beside it."""
     import transformers
 
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 
     torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
     cfg = transformers.MistralConfig(
@@ -73,7 +73,7 @@ def world(tmp_path_factory, tiny_tokenizer, bytelevel_tokenizer) -> dict:
 
 
 def model_tokenizer(path):
-    from lqs_megatron.data.fingerprint import model_tokenizer
+    from lqs_megatron.data.tokenizers.fingerprint import model_tokenizer
 
     return model_tokenizer(path)
 

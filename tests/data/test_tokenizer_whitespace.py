@@ -2,7 +2,7 @@
 
 import sentencepiece as spm
 
-from lqs_megatron.data.tokenizer import load_tokenizer
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 from tests.conftest import demo_texts
 
 CASES = [" a", "  two leading", "trailing  ", "\n\nnewlines\n", "\ttab", "x", "", "unicode é 日本 😀"]

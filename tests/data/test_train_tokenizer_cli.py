@@ -17,8 +17,18 @@ def test_trains_a_lossless_tokenizer_from_jsonl_files(tmp_path):
     (tmp_path / "b.jsonl.gz").write_bytes(
         gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in texts[40:]).encode())
     )
-    proc = run_lqs("train-tokenizer", "--input", a, tmp_path / "b.jsonl.gz", "--field", "text",
-                   "--vocab-size", 600, "--out", tmp_path / "tok")  # fmt: skip
+    proc = run_lqs(
+        "train-tokenizer",
+        "--input",
+        a,
+        tmp_path / "b.jsonl.gz",
+        "--field",
+        "text",
+        "--vocab-size",
+        600,
+        "--out",
+        tmp_path / "tok",
+    )
     assert "wrote tokenizer" in proc.stdout
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"), local_files_only=True)
     assert len(tok) == 600 and tok.eos_token_id == 3
@@ -29,8 +39,18 @@ def test_trains_a_lossless_tokenizer_from_jsonl_files(tmp_path):
 
 def test_bad_line_fails_with_file_line_and_leaves_no_directory(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in demo_texts()[:20]] + [{"text": None}])
-    proc = run_lqs("train-tokenizer", "--input", src, "--field", "text", "--vocab-size", 400,
-                   "--out", tmp_path / "tok", check=False)  # fmt: skip
+    proc = run_lqs(
+        "train-tokenizer",
+        "--input",
+        src,
+        "--field",
+        "text",
+        "--vocab-size",
+        400,
+        "--out",
+        tmp_path / "tok",
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"lqs train-tokenizer: error: {src}:21: field 'text' must be a string, got null" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]

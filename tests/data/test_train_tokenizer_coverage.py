@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.train_tokenizer import train_tokenizer
+from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
 from lqs_megatron.errors import LQSError
 from tests.conftest import demo_texts
 

@@ -1,4 +1,4 @@
-"""The word cache (data/word_cache.py, csrc/word_cache.cpp) gives exactly the ids of whole-text
+"""The word cache (data/tokenizers/word_cache.py, csrc/word_cache.cpp) gives exactly the ids of whole-text
 encoding: on real text and random strings over the corners (runs of spaces, leading and trailing
 spaces, the ``▁`` character itself, tabs and newlines, non-ASCII and byte-fallback characters),
 with and without the post-processor's special tokens, with EOS and truncation as ``lqs tokenize``
@@ -10,9 +10,9 @@ import random
 import numpy as np
 import pytest
 
-from lqs_megatron.data.tokenize import flatten
-from lqs_megatron.data.tokenizer import BatchEncoder, load_tokenizer
-from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
+from lqs_megatron.data.preprocess.tokenize import flatten
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, load_tokenizer
+from lqs_megatron.data.tokenizers.word_cache import WordCacheEncoder, word_cache_spec
 from tests.conftest import demo_texts
 from tests.data.conftest import edited_tokenizer
 
@@ -26,8 +26,24 @@ def random_texts(n: int, seed: int, max_len: int = 40) -> list[str]:
 
 
 def corner_texts() -> list[str]:
-    return [" ", "  ", " a", "a ", "a  b", "▁", "▁a b", " ▁ a", "a▁ ▁b", "\n \t ", "é 日本 😀", "a\u00a0b",
-            "end with space ", "    indented code\n        more", "x" * 3000, "word " * 500]  # fmt: skip
+    return [
+        " ",
+        "  ",
+        " a",
+        "a ",
+        "a  b",
+        "▁",
+        "▁a b",
+        " ▁ a",
+        "a▁ ▁b",
+        "\n \t ",
+        "é 日本 😀",
+        "a\u00a0b",
+        "end with space ",
+        "    indented code\n        more",
+        "x" * 3000,
+        "word " * 500,
+    ]
 
 
 def whole_text_ids(tok_dir: str, texts: list[str], add: bool) -> list[list[int]]:

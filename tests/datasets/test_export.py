@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from lqs_megatron.data.export import export_jsonl
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
+from lqs_megatron.data.preprocess.export import export_jsonl
 from tests.conftest import demo_texts
 from tests.utils import run_lqs
 
@@ -59,8 +59,12 @@ def test_export_round_trip(tmp_path, tiny_tokenizer, texts):
     assert np.array_equal(np.array([r["score"] for r in rows], dtype=np.float32), scores)
 
     info = export_jsonl(tmp_path / "c", tiny_tokenizer, tmp_path / "n.jsonl")  # in-process: no second start-up
-    assert info == {"path": str(tmp_path / "n.jsonl"), "num_lines": len(texts) + 1, "with_scores": False,
-                    "format": "jsonl"}  # fmt: skip
+    assert info == {
+        "path": str(tmp_path / "n.jsonl"),
+        "num_lines": len(texts) + 1,
+        "with_scores": False,
+        "format": "jsonl",
+    }
     rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(set(r) == {"index", "text"} for r in rows) and rows[3]["text"] == texts[3]
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
-from lqs_megatron.data.merge import merge_datasets
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.datasets.merge import merge_datasets
 from lqs_megatron.errors import LQSError
 from tests.curate.test_cli import make_dataset
 from tests.utils import run_lqs

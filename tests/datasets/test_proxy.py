@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.proxy import sample_indices
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.proxy import sample_indices
 from lqs_megatron.errors import LQSError
 from tests.curate.test_cli import make_dataset
 from tests.utils import run_lqs

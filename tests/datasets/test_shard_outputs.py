@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.export import export_jsonl
-from lqs_megatron.data.meta import write_meta
-from lqs_megatron.data.scores import read_scores
-from lqs_megatron.data.shard_merge import merge_shards
-from lqs_megatron.data.sharding import Shard
+from lqs_megatron.data.datasets.meta import write_meta
+from lqs_megatron.data.datasets.scores import read_scores
+from lqs_megatron.data.preprocess.export import export_jsonl
+from lqs_megatron.data.preprocess.shard_merge import merge_shards
+from lqs_megatron.data.preprocess.sharding import Shard
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
 from lqs_megatron.scorer.infer import score_dataset
@@ -79,7 +79,7 @@ def test_score_shard_from_slurm_array_and_missing_shards(scored, monkeypatch, tm
 def test_export_shards_merge_to_one_run(tmp_path, tiny_tokenizer, fmt, monkeypatch):
     from transformers import AutoTokenizer
 
-    from lqs_megatron.data import export
+    from lqs_megatron.data.preprocess import export
 
     monkeypatch.setattr(export, "ROW_GROUP", 4)  # several row groups, cut across the shards
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer)

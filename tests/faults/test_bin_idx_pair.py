@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
 from lqs_megatron.errors import LQSError
 
 

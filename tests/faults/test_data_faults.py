@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 from lqs_megatron.utils.lock import lock_path, output_lock
 from tests.data.conftest import bytelevel_tokenizer  # noqa: F401 - the fixture
 from tests.data.test_formats import jsonl_bytes, make_rows, write_container
@@ -134,8 +134,14 @@ def test_read_only_out_reports_the_real_error(tmp_path, tiny_tokenizer):
         pytest.skip("user namespaces are not available here")
     lqs = f"{sys.executable} -m lqs_megatron tokenize --input {src} --tokenizer {tiny_tokenizer} --workers 0"
     script = f"mount -t tmpfs -o ro none {ro} && {lqs} --out {ro}/sub/out"
-    proc = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "-r", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert f"lqs tokenize: error: cannot create {ro}/sub/out.lock: Read-only file system" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -162,8 +168,11 @@ def test_leftovers_of_a_killed_tokenize_are_cleaned_only_when_their_pid_is_dead(
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         stale = [tmp_path / f"out.tmp-{dead}.bin", tmp_path / f"out.meta.jsonl.tmp-{dead}"]
-        kept = [tmp_path / f"out.tmp-{live.pid}.bin", tmp_path / f"other.tmp-{dead}.bin",
-                tmp_path / f"out.shard-00000-of-00002.tmp-{dead}.bin"]  # fmt: skip
+        kept = [
+            tmp_path / f"out.tmp-{live.pid}.bin",
+            tmp_path / f"other.tmp-{dead}.bin",
+            tmp_path / f"out.shard-00000-of-00002.tmp-{dead}.bin",
+        ]
         for p in stale + kept:
             p.write_bytes(b"\x00" * 64)
         assert _tokenize(src, tiny_tokenizer, tmp_path / "out") == 0
@@ -180,10 +189,26 @@ def test_two_tokenize_runs_on_one_out_exactly_one_proceeds(tmp_path, tiny_tokeni
     big.write_bytes(gzip.compress(jsonl_bytes(ROWS * 30)))
     out = tmp_path / "out"
     first = subprocess.Popen(
-        [sys.executable, "-m", "lqs_megatron", "tokenize", "--input", str(big), "--tokenizer", tiny_tokenizer,
-         "--out", str(out), "--workers", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lqs_megatron",
+            "tokenize",
+            "--input",
+            str(big),
+            "--tokenizer",
+            tiny_tokenizer,
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
     while not os.path.exists(lock_path(out)) and time.time() < deadline:
         assert first.poll() is None, first.communicate()[1]
@@ -204,12 +229,28 @@ def test_other_writers_take_the_lock(tmp_path, tiny_tokenizer, cmd, capsys):
     args = {
         "export-jsonl": ["--data", str(tmp_path / "d"), "--tokenizer", tiny_tokenizer, "--out", out],
         "merge": ["--data", str(tmp_path / "d"), "--out", out],
-        "retokenize": ["--data", str(tmp_path / "d"), "--src-tokenizer", tiny_tokenizer, "--dst-tokenizer",
-                       tiny_tokenizer, "--out", out, "--workers", "0"],
+        "retokenize": [
+            "--data",
+            str(tmp_path / "d"),
+            "--src-tokenizer",
+            tiny_tokenizer,
+            "--dst-tokenizer",
+            tiny_tokenizer,
+            "--out",
+            out,
+            "--workers",
+            "0",
+        ],
         "sample-proxy": ["--data", str(tmp_path / "d"), "--num", "1", "--out", out],
-        "train-tokenizer": ["--input", write_container(tmp_path / "c.jsonl", ROWS[:5], "jsonl"), "--vocab-size",
-                            "300", "--out", out],
-    }[cmd]  # fmt: skip
+        "train-tokenizer": [
+            "--input",
+            write_container(tmp_path / "c.jsonl", ROWS[:5], "jsonl"),
+            "--vocab-size",
+            "300",
+            "--out",
+            out,
+        ],
+    }[cmd]
     with output_lock(out, command="the holder"):
         assert main([cmd, *args]) == 1
     err = capsys.readouterr().err

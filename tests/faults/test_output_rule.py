@@ -274,7 +274,7 @@ def test_a_second_run_on_one_out_is_refused_also_through_a_symlink(work, tmp_pat
 def test_two_concurrent_selects_on_one_out_one_is_refused(work, tmp_path, capsys):
     """The issue's case: two `lqs select` on one --out. The first is paused (SIGSTOP) once it holds the lock,
     the second is refused with one line, the first then finishes with a whole output."""
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
     from tests.training.conftest import write_tokens
 
     rng = np.random.default_rng()

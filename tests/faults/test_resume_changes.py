@@ -41,7 +41,7 @@ def fresh_lr(low: float, high: float) -> float:
 
 
 def test_pretrain_resume_with_another_lr(tiny_tokenizer, tmp_path):
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from tests.conftest import demo_texts
     from tests.training.conftest import write_tokens
 

@@ -36,7 +36,7 @@ def lqs(*args, **kw):
 
 @pytest.fixture(scope="module")
 def data(tiny_tokenizer, tmp_path_factory) -> dict:
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from tests.conftest import demo_texts
 
     tok = load_tokenizer(tiny_tokenizer)
@@ -46,8 +46,23 @@ def data(tiny_tokenizer, tmp_path_factory) -> dict:
 
 
 def pretrain_args(data, out, *extra, steps=6, lr="3e-3"):
-    return ["pretrain", "--model-config", "tiny", "--tokenizer", data["tokenizer"], "--data", data["train"],
-            "--steps", str(steps), "--out", str(out), "--lr", lr, *ARGS, *extra]  # fmt: skip
+    return [
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        data["tokenizer"],
+        "--data",
+        data["train"],
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--lr",
+        lr,
+        *ARGS,
+        *extra,
+    ]
 
 
 def records(out) -> list[dict]:
@@ -114,8 +129,11 @@ def test_pretrain_stops_at_the_first_nonfinite_step(data, tmp_path, save_interva
 
 def test_skip_nonfinite_skips_then_stops(data, tmp_path):
     out = tmp_path / "ckpt"
-    proc = lqs(*pretrain_args(data, out, "--warmup-steps", "1", "--save-interval", "0", "--skip-nonfinite", "2",
-                              steps=12, lr="1e6"))  # fmt: skip
+    proc = lqs(
+        *pretrain_args(
+            data, out, "--warmup-steps", "1", "--save-interval", "0", "--skip-nonfinite", "2", steps=12, lr="1e6"
+        )
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     bad = [r for r in records(out) if r.get("nonfinite")]
     assert [r["skipped"] for r in bad] == [True, True, False]  # two skipped and logged, the third stops the run
@@ -126,9 +144,26 @@ def test_skip_nonfinite_skips_then_stops(data, tmp_path):
 
 def test_train_scorer_stops_at_the_first_nonfinite_step(scorer_data, tmp_path):
     out = tmp_path / "ck"
-    proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
-               scorer_data["data"], "--out", out, "--epochs", "2", "--lr", "1e8", "--warmup", "0",
-               "--max-length", "64", "--no-tensorboard")  # fmt: skip
+    proc = lqs(
+        "train-scorer",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        scorer_data["tokenizer"],
+        "--data",
+        scorer_data["data"],
+        "--out",
+        out,
+        "--epochs",
+        "2",
+        "--lr",
+        "1e8",
+        "--warmup",
+        "0",
+        "--max-length",
+        "64",
+        "--no-tensorboard",
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     msg = error_line(proc)
     assert "not finite" in msg and "lower --lr" in msg and "--warmup" in msg
@@ -196,8 +231,17 @@ def test_locked_out_fails_every_rank_under_torchrun(data, tmp_path):
     from lqs_megatron.utils.lock import output_lock
 
     out = tmp_path / "ckpt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lqs_megatron", *pretrain_args(data, out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lqs_megatron",
+        *pretrain_args(data, out),
+    ]
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": REPO}
     with output_lock(out, command="holder-of-the-lock"):
         t0 = time.time()
@@ -234,8 +278,21 @@ def test_train_scorer_takes_the_lock(scorer_data, tmp_path):
 
     out = tmp_path / "ck"
     with output_lock(out, command="another-train-scorer"):
-        proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"],
-                   "--data", scorer_data["data"], "--out", out, "--epochs", "1", "--max-length", "32")  # fmt: skip
+        proc = lqs(
+            "train-scorer",
+            "--model-config",
+            "tiny",
+            "--tokenizer",
+            scorer_data["tokenizer"],
+            "--data",
+            scorer_data["data"],
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--max-length",
+            "32",
+        )
     assert proc.returncode == 1 and "another-train-scorer" in error_line(proc)
     assert not out.exists()
 
@@ -350,8 +407,18 @@ def test_max_length_beyond_the_model_is_refused(data, tmp_path, tiny_tokenizer):
     import yaml
 
     cfg = tmp_path / "short.yaml"
-    cfg.write_text(yaml.safe_dump({"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
-                                   "num_kv_heads": 2, "max_position_embeddings": 16}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_layers": 1,
+                "num_heads": 2,
+                "num_kv_heads": 2,
+                "max_position_embeddings": 16,
+            }
+        )
+    )
     args = pretrain_args(data, tmp_path / "ck", steps=2)
     args[args.index("tiny")] = str(cfg)
     proc = lqs(*args)  # --max-length 32
@@ -384,8 +451,17 @@ def scorer_data(tiny_tokenizer, tmp_path_factory) -> dict:
     texts, scores = degraded_docs(400, seed=0)
     write_dataset(d / "proxy", tiny_tokenizer, texts)
     np.save(d / "scores.npy", scores)
-    proc = lqs("prepare-scorer-data", "--proxy", d / "proxy", "--scores", d / "scores.npy", "--out", d / "data",
-               "--valid-num", "40")  # fmt: skip
+    proc = lqs(
+        "prepare-scorer-data",
+        "--proxy",
+        d / "proxy",
+        "--scores",
+        d / "scores.npy",
+        "--out",
+        d / "data",
+        "--valid-num",
+        "40",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {"tokenizer": tiny_tokenizer, "data": d / "data", "proxy": d / "proxy"}
 
@@ -394,8 +470,21 @@ def scorer_data(tiny_tokenizer, tmp_path_factory) -> dict:
 def scorer_run(scorer_data, tmp_path_factory) -> Path:
     """The scorer issue's command form, without a batch size, on the 360-sequence split."""
     out = tmp_path_factory.mktemp("scorer_run") / "ck"
-    proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"],
-               "--data", scorer_data["data"], "--out", out, "--epochs", "3", "--lr", "1e-3")  # fmt: skip
+    proc = lqs(
+        "train-scorer",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        scorer_data["tokenizer"],
+        "--data",
+        scorer_data["data"],
+        "--out",
+        out,
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "summary.json").write_text(proc.stdout.strip().splitlines()[-1])
     (out / "stderr.txt").write_text(proc.stderr)
@@ -412,12 +501,38 @@ def test_train_scorer_default_batch_adapts_to_a_small_split(scorer_run):
 
 
 def test_train_scorer_warns_when_an_epoch_has_few_steps(scorer_data, tmp_path):
-    proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
-               scorer_data["data"], "--out", tmp_path / "ck", "--epochs", "1", "--global-batch-size", "64",
-               "--max-length", "32", "--no-tensorboard")  # fmt: skip
+    proc = lqs(
+        "train-scorer",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        scorer_data["tokenizer"],
+        "--data",
+        scorer_data["data"],
+        "--out",
+        tmp_path / "ck",
+        "--epochs",
+        "1",
+        "--global-batch-size",
+        "64",
+        "--max-length",
+        "32",
+        "--no-tensorboard",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "an epoch is only 5 optimizer step(s) (360 training sequences, --global-batch-size 64)" in proc.stderr
-    proc = lqs("train-scorer", "--model-config", "tiny", "--tokenizer", scorer_data["tokenizer"], "--data",
-               scorer_data["data"], "--out", tmp_path / "ck2", "--batch-size", "512")  # fmt: skip
+    proc = lqs(
+        "train-scorer",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        scorer_data["tokenizer"],
+        "--data",
+        scorer_data["data"],
+        "--out",
+        tmp_path / "ck2",
+        "--batch-size",
+        "512",
+    )
     assert proc.returncode == 1 and "--global-batch-size 512 is larger than the training split (360" in error_line(proc)
     assert not (tmp_path / "ck2" / "latest").exists()

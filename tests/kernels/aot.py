@@ -65,8 +65,14 @@ def linear_shapes(cfg, tp: int) -> list[tuple[str, int, int]]:
     q/k/v and gate/up column-parallel, o and down row-parallel)."""
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
-    return [("q", d, q // tp), ("k", d, kv // tp), ("v", d, kv // tp), ("o", q // tp, d),
-            ("gate/up", d, f // tp), ("down", f // tp, d)]  # fmt: skip
+    return [
+        ("q", d, q // tp),
+        ("k", d, kv // tp),
+        ("v", d, kv // tp),
+        ("o", q // tp, d),
+        ("gate/up", d, f // tp),
+        ("down", f // tp, d),
+    ]
 
 
 def paper_launches(targets: dict = TARGETS) -> Iterator[tuple[str, object]]:
@@ -167,10 +173,18 @@ _TASKS: list = []
 def _run_task(i: int) -> dict:
     key, where, launch, target, hints = _TASKS[i]
     t = TARGETS[target]
-    row = {"kernel": qualname(launch.kernel), "target": target, "hints": hints, "example": where,
-           "constexprs": {k: str(v) for k, v in launch.constexprs.items()}, "options": launch.options(),
-           "signature": ",".join(launch.signature().values()), "limit": t["smem"], "shared": None,
-           "error": None}  # fmt: skip
+    row = {
+        "kernel": qualname(launch.kernel),
+        "target": target,
+        "hints": hints,
+        "example": where,
+        "constexprs": {k: str(v) for k, v in launch.constexprs.items()},
+        "options": launch.options(),
+        "signature": ",".join(launch.signature().values()),
+        "limit": t["smem"],
+        "shared": None,
+        "error": None,
+    }
     t0 = time.perf_counter()
     try:
         k = compile_launch(launch.kernel, launch.signature(), launch.constexprs, launch.options(), t["cc"], hints)
@@ -190,8 +204,13 @@ def main() -> None:
     kernels = discover_kernels()
     skipped = {name: r for name, t in TARGETS.items() if (r := _probe(t["cc"])) is not None}
     launches = unique_launches()
-    _TASKS[:] = [(key, where, launch, target, hints) for key, (where, launch) in launches.items()
-                 for target in TARGETS if target not in skipped for hints in HINTS]  # fmt: skip
+    _TASKS[:] = [
+        (key, where, launch, target, hints)
+        for key, (where, launch) in launches.items()
+        for target in TARGETS
+        if target not in skipped
+        for hints in HINTS
+    ]
     workers = max(1, min(int(os.environ.get("LQS_AOT_WORKERS", "2")), os.cpu_count() or 1))
     if workers > 1:
         import multiprocessing as mp
@@ -200,8 +219,14 @@ def main() -> None:
             rows = list(pool.map(_run_task, range(len(_TASKS))))
     else:
         rows = [_run_task(i) for i in range(len(_TASKS))]
-    out = {"triton": triton.__version__, "kernels": sorted(kernels), "skipped": skipped, "results": rows,
-           "unique_launches": len(launches), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    out = {
+        "triton": triton.__version__,
+        "kernels": sorted(kernels),
+        "skipped": skipped,
+        "results": rows,
+        "unique_launches": len(launches),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     json.dump(out, sys.stdout)
 
 

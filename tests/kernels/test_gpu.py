@@ -25,8 +25,10 @@ from tests.utils import rel_err
 
 pytestmark = pytest.mark.gpu
 # (dtype, stats/loss tol, gradient tol): the compiled kernels' column of the shared table
-DTYPES = [(dt, max(rtol("loss", dt, gpu=True), rtol("stats", dt, gpu=True)), rtol("grad", dt, gpu=True))
-          for dt in (torch.float32, torch.bfloat16)]  # fmt: skip
+DTYPES = [
+    (dt, max(rtol("loss", dt, gpu=True), rtol("stats", dt, gpu=True)), rtol("grad", dt, gpu=True))
+    for dt in (torch.float32, torch.bfloat16)
+]
 
 
 def _mask(B, T, device):
@@ -91,8 +93,9 @@ def test_fused_head_loss_and_stats_cuda(dtype, tol, grad_tol):
     losses, dot, sq, lse = lm_head_loss_and_stats(h, w, labels, mask, lam, vocab, backend="triton")
     (gh,) = torch.autograd.grad(losses.sum(), [h])
     h64 = h.detach().double().requires_grad_()
-    r_losses, r_dot, r_sq, r_lse = lm_head_loss_and_stats(h64, w.double(), labels, mask, lam.double(), vocab,
-                                                          backend="torch")  # fmt: skip
+    r_losses, r_dot, r_sq, r_lse = lm_head_loss_and_stats(
+        h64, w.double(), labels, mask, lam.double(), vocab, backend="torch"
+    )
     (r_gh,) = torch.autograd.grad(r_losses.sum(), [h64])
     assert rel_err(losses.detach(), r_losses.detach()) < tol and rel_err(lse, r_lse) < tol
     assert rel_err(gh, r_gh) < grad_tol
@@ -108,8 +111,8 @@ def test_annotation_stats_on_cuda_match_torch_func(amp):
     model = tiny_model().cuda()
     cuda_batch = batch.to(torch.device("cuda"))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        dot, sq = ExampleStats(model, ParallelDims(device=torch.device("cuda")))(cuda_batch, {
-            n: t.float().cuda() for n, t in lam.items()
-        })  # fmt: skip
+        dot, sq = ExampleStats(model, ParallelDims(device=torch.device("cuda")))(
+            cuda_batch, {n: t.float().cuda() for n, t in lam.items()}
+        )
     tol = rtol("model", torch.bfloat16 if amp else torch.float32, gpu=True)
     assert rel_err(sq.cpu(), ref_sq) < tol and rel_err(dot.cpu(), ref_dot) < tol

@@ -105,8 +105,15 @@ def test_linear_triton_several_tiles_and_example_groups():
     for method in ("direct", "ghost"):
         _check(grad_stats_linear(A, D, lam, mask, method=method, backend="triton"), truth, *F32_TOL, method)
     row_start, row_count, _ = ragged_rows(mask, 3, 37, A.device)
-    out = linear_direct_forward(A.reshape(-1, 70), D.reshape(-1, 90), lam, row_start, row_count,
-                                mask.reshape(-1).float(), examples_per_program=1)  # fmt: skip
+    out = linear_direct_forward(
+        A.reshape(-1, 70),
+        D.reshape(-1, 90),
+        lam,
+        row_start,
+        row_count,
+        mask.reshape(-1).float(),
+        examples_per_program=1,
+    )
     _check(out, truth, *F32_TOL, "direct, one example per program")
 
 

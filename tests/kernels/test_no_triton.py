@@ -35,6 +35,12 @@ print("ok")
 
 def test_kernels_import_and_run_without_triton():
     env_free = {"TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**__import__("os").environ, **env_free})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**__import__("os").environ, **env_free},
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

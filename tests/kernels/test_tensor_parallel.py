@@ -50,8 +50,14 @@ def _rank_fn(rank, world, backend, problems, hvp=False):
         sl = slice(rank * vl, (rank + 1) * vl)
         h = hidden.clone().requires_grad_()
         w = weight[sl].clone().requires_grad_()
-        kw = dict(vocab_size=vocab_size, vocab_start=rank * vl, tp_group=group, return_lse=True, backend=backend,
-                  tp_reduce=reduce_from_region)  # fmt: skip
+        kw = dict(
+            vocab_size=vocab_size,
+            vocab_start=rank * vl,
+            tp_group=group,
+            return_lse=True,
+            backend=backend,
+            tp_reduce=reduce_from_region,
+        )
         loss, lse = per_example_loss(copy_to_region(h, group), w, labels, mask, **kw)
         tag = f"rank {rank} {backend} V={V} vocab={vocab_size}"
         assert_close(loss, t_loss, rtol=LOSS, name=f"{tag} loss")
@@ -65,14 +71,16 @@ def _rank_fn(rank, world, backend, problems, hvp=False):
             continue
         # The fused head pass: sharded, then unsharded in this process.
         h = hidden.clone().requires_grad_()
-        losses, dot, sq, lse = lm_head_loss_and_stats(copy_to_region(h, group), weight[sl], labels, mask, lam[sl],
-                                                      vocab_size, rank * vl, group, backend=backend)  # fmt: skip
+        losses, dot, sq, lse = lm_head_loss_and_stats(
+            copy_to_region(h, group), weight[sl], labels, mask, lam[sl], vocab_size, rank * vl, group, backend=backend
+        )
         (gh,) = torch.autograd.grad((losses * coef.float()).sum(), [h])
         both = torch.stack([dot, sq])
         dist.all_reduce(both, group=group)
         h1 = hidden.clone().requires_grad_()
-        u_losses, u_dot, u_sq, u_lse = lm_head_loss_and_stats(h1, weight, labels, mask, lam, vocab_size,
-                                                              backend=backend)  # fmt: skip
+        u_losses, u_dot, u_sq, u_lse = lm_head_loss_and_stats(
+            h1, weight, labels, mask, lam, vocab_size, backend=backend
+        )
         (u_gh,) = torch.autograd.grad((u_losses * coef.float()).sum(), [h1])
         tag = f"{tag} fused"
         for got, unsharded, truth, name in [

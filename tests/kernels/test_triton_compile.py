@@ -30,8 +30,9 @@ def _kernel_names() -> list[str]:
 def compiled() -> dict:
     """All compiles, once, in a child without ``TRITON_INTERPRET`` (the conftest sets it for the CPU tests)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "tests.kernels.aot"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.aot"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
@@ -51,10 +52,13 @@ def test_kernel_compiles_and_fits(compiled, kernel, target):
         pytest.skip(compiled["skipped"][target])
     assert kernel in compiled["kernels"], f"{kernel} not found by the compiling process"
     rows = [r for r in compiled["results"] if r["kernel"] == kernel and r["target"] == target]
-    assert rows, (f"{kernel} has no launch configuration at the papers' shapes: give it a *_launch function and "
-                  "add it to tests/kernels/aot.py paper_launches")  # fmt: skip
-    failed = [f"{r['example']} {r['constexprs']} {r['options']} ({r['hints']}): {r['error']}" for r in rows
-              if r["error"]]  # fmt: skip
+    assert rows, (
+        f"{kernel} has no launch configuration at the papers' shapes: give it a *_launch function and "
+        "add it to tests/kernels/aot.py paper_launches"
+    )
+    failed = [
+        f"{r['example']} {r['constexprs']} {r['options']} ({r['hints']}): {r['error']}" for r in rows if r["error"]
+    ]
     assert not failed, "\n".join(failed)
     limit = aot.TARGETS[target]["smem"]
     over = [f"{r['example']} {r['constexprs']}: {r['shared']} B > {limit} B" for r in rows if r["shared"] > limit]

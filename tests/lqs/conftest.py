@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 
 LANG_VOCAB = 96
 
@@ -24,9 +24,16 @@ def tiny_mistral(path, vocab: int = LANG_VOCAB, seed: int = 0) -> str:
 
     torch.manual_seed(seed)
     cfg = transformers.MistralConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1, rope_theta=1000.0,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        rope_theta=1000.0,
+    )
     transformers.MistralForCausalLM(cfg).save_pretrained(path)
     return str(path)
 

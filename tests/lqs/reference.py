@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import grad, jvp
 
-from lqs_megatron.data.indexed import IndexedDataset
+from lqs_megatron.data.datasets.indexed import IndexedDataset
 
 Params = dict[str, torch.Tensor]
 

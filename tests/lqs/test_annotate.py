@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 from tests.lqs.reference import normalized, reference_scores
 from tests.utils import REPO, assert_close, run_lqs, spawn
 
@@ -39,9 +39,16 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("annotate")
     torch.manual_seed(0)
     cfg = transformers.MistralConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1, rope_theta=1000.0,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        rope_theta=1000.0,
+    )
     model = transformers.MistralForCausalLM(cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -52,16 +59,38 @@ def setup(tmp_path_factory):
     for name, n in (("train", 7), ("target", 4), ("proxy", 9)):
         _write(d / name, _random_seqs(rng, n))
     paths = {k: str(d / k) for k in ("model", "train", "target", "proxy")}
-    ref = reference_scores(*paths.values(), ARGS["steps"], ARGS["lr"], ARGS["global_batch_size"], ARGS["interval"],
-                           ARGS["max_length"])  # fmt: skip
+    ref = reference_scores(
+        *paths.values(), ARGS["steps"], ARGS["lr"], ARGS["global_batch_size"], ARGS["interval"], ARGS["max_length"]
+    )
     return d, paths, ref
 
 
 def _cli_args(paths, out, method="lqs", **extra):
-    args = ["annotate", "--model", paths["model"], "--train", paths["train"], "--target", paths["target"],
-            "--proxy", paths["proxy"], "--steps", ARGS["steps"], "--lr", ARGS["lr"], "--global-batch-size",
-            ARGS["global_batch_size"], "--interval", ARGS["interval"], "--max-length", ARGS["max_length"],
-            "--method", method, "--out", out]  # fmt: skip
+    args = [
+        "annotate",
+        "--model",
+        paths["model"],
+        "--train",
+        paths["train"],
+        "--target",
+        paths["target"],
+        "--proxy",
+        paths["proxy"],
+        "--steps",
+        ARGS["steps"],
+        "--lr",
+        ARGS["lr"],
+        "--global-batch-size",
+        ARGS["global_batch_size"],
+        "--interval",
+        ARGS["interval"],
+        "--max-length",
+        ARGS["max_length"],
+        "--method",
+        method,
+        "--out",
+        out,
+    ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])
     return args
@@ -134,9 +163,16 @@ def test_tied_embeddings_float64_equals_the_contract(tmp_path):
 
     torch.manual_seed(1)
     cfg = transformers.MistralConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, initializer_range=0.2, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+    )
     transformers.MistralForCausalLM(cfg).save_pretrained(tmp_path / "model")
     rng = np.random.default_rng(1)
     for name, n in (("train", 5), ("target", 3), ("proxy", 6)):
@@ -165,9 +201,17 @@ def test_torchrun_dp2_cli(setup, cli_runs):
     """The CLI under torchrun (2 gloo ranks, float32) gives the one-process CLI scores."""
     d, paths, _ = setup
     out = d / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lqs_megatron", *map(str, _cli_args(paths, out, "lqs", micro_batch_size=2, proxy_batch_size=4,
-                                                      device="cpu"))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lqs_megatron",
+        *map(str, _cli_args(paths, out, "lqs", micro_batch_size=2, proxy_batch_size=4, device="cpu")),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

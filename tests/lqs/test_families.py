@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 from tests.lqs.reference import load_hf_params, logits, normalized, reference_scores
 from tests.models.families import FAMILIES, padded_batch, save_family
 from tests.utils import assert_close, rel_err, spawn

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lqs_megatron.data.meta import write_meta
+from lqs_megatron.data.datasets.meta import write_meta
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import build_report, report_if_sidecar
 from tests.conftest import demo_texts
@@ -22,8 +22,19 @@ def corpus(tmp_path_factory, tiny_tokenizer):
     rows = [{"text": t, "source": ["manual", "faq", "junk"][i % 3]} for i, t in enumerate(texts)]
     rows[4].pop("source")  # a record without the field: its group is "(none)"
     (d / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_lqs("tokenize", "--input", d / "c.jsonl", "--tokenizer", tiny_tokenizer, "--out", d / "corpus",
-            "--keep-fields", "source", "--workers", "1")  # fmt: skip
+    run_lqs(
+        "tokenize",
+        "--input",
+        d / "c.jsonl",
+        "--tokenizer",
+        tiny_tokenizer,
+        "--out",
+        d / "corpus",
+        "--keep-fields",
+        "source",
+        "--workers",
+        "1",
+    )
     rng = np.random.default_rng(0)
     shift = {"manual": 2.0, "faq": 0.0}
     scores = rng.normal(size=len(rows)) + np.array([shift.get(r.get("source"), -2.0) for r in rows])
@@ -58,7 +69,7 @@ def test_report_by_source_prints_groups_texts_and_writes_png(corpus):
 
 
 def _ds(d):
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
 
     ds = IndexedDataset(d / "corpus")
     return [ds[i] for i in range(len(ds))]
@@ -95,7 +106,7 @@ def test_prepare_scorer_data_writes_the_report_when_a_sidecar_exists(corpus, tmp
 def test_report_over_a_proxy_sample_decodes_without_tokenizer_flag(corpus, tmp_path, capsys):
     """Issue 23 item 6: annotation scores are per proxy sequence; sample-proxy records its source's tokenizer."""
     from lqs_megatron.cli import main
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
 
     d, rows, _ = corpus
     seed = int(np.random.default_rng().integers(1 << 20))

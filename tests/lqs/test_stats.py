@@ -19,9 +19,15 @@ VOCAB = 97
 
 def tiny_model(dtype=torch.float32, seed=0, **kw):
     cfg = ModelConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
-        initializer_range=0.1, **kw,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        initializer_range=0.1,
+        **kw,
+    )
     model = build_model(cfg, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # random norm weights, so that a mixed-up norm cannot pass

@@ -34,10 +34,19 @@ def family_config(family: str, vocab: int = 97, **overrides):
     import transformers
 
     base = dict(
-        vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.1,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     if family == "llama32":
         kw = dict(base, rope_theta=10000.0, rope_scaling=dict(LLAMA3_ROPE), tie_word_embeddings=True, head_dim=16)
         cls = transformers.LlamaConfig

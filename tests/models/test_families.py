@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lqs_megatron.data.indexed import IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.hf import config_from_hf
 from lqs_megatron.models.loading import load_model
@@ -185,7 +185,7 @@ def _sharded(full: dict, par_model, rank: int) -> dict:
 
 
 def _check_family_tp2(rank, dims, family, hf_dir, ckpt, tokenizer_dir):
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from lqs_megatron.lqs.examples import Batch
     from lqs_megatron.lqs.stats import ExampleStats
     from lqs_megatron.parallel.dims import ParallelDims
@@ -215,8 +215,12 @@ def _check_family_tp2(rank, dims, family, hf_dir, ckpt, tokenizer_dir):
     dot, sq = ExampleStats(par, dims, backend="torch")(batch, _sharded(lam, par, rank))
     assert_close(sq, ref_sq, rtol=1e-10, name=f"{family} tp |g_n|^2")
     assert_close(dot, ref_dot, rtol=1e-10, name=f"{family} tp <g_n, lambda>")
-    meta = {"model": par.config.to_dict(), "padded_vocab_size": par.padded_vocab_size, "tp": 2,
-            "make_vocab_size_divisible_by": 1}  # fmt: skip
+    meta = {
+        "model": par.config.to_dict(),
+        "padded_vocab_size": par.padded_vocab_size,
+        "tp": 2,
+        "make_vocab_size_divisible_by": 1,
+    }
     opt = torch.optim.SGD(par.parameters(), lr=0.0)
     save_checkpoint(ckpt, 0, par, opt, dims, meta, {}, load_tokenizer(tokenizer_dir, require_eos=False))
 
@@ -301,8 +305,10 @@ def test_model_config_keeps_to_what_each_family_computes():
     from lqs_megatron.models.decoder import Decoder
 
     small = dict(vocab_size=10, hidden_size=16, num_heads=2)
-    for kw in (dict(architecture="qwen2", qkv_bias=True), dict(architecture="llama", qkv_bias=True, o_bias=True,
-                                                               mlp_bias=True, tie_word_embeddings=True)):  # fmt: skip
+    for kw in (
+        dict(architecture="qwen2", qkv_bias=True),
+        dict(architecture="llama", qkv_bias=True, o_bias=True, mlp_bias=True, tie_word_embeddings=True),
+    ):
         cfg = ModelConfig(**small, **kw)
         assert cfg.num_parameters() == sum(p.numel() for p in Decoder(cfg).parameters())
     bad = [

@@ -86,9 +86,14 @@ def _check_model(rank: int, world: int, dims, tie: bool) -> None:
     from lqs_megatron.training.loss import per_example_lm_loss
 
     cfg = ModelConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
         tie_word_embeddings=tie,
-    )  # fmt: skip
+    )
     dense = build_model(cfg, None, seed=11, dtype=torch.float64)
     par = build_model(cfg, dims, seed=11, dtype=torch.float64)
     assert dense.padded_vocab_size == 61 and par.padded_vocab_size == 62  # vocab padded for tp=2

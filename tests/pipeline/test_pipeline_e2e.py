@@ -24,18 +24,29 @@ pytestmark = pytest.mark.slow
 def _config(corpus_dir, workdir) -> dict:
     return {
         "workdir": str(workdir),
-        "data": {"corpus": [str(corpus_dir / "corpus.jsonl")], "target": str(corpus_dir / "target.jsonl"),
-                 "labels": str(corpus_dir / "labels.npy"), "max_length": 65, "workers": 1},
+        "data": {
+            "corpus": [str(corpus_dir / "corpus.jsonl")],
+            "target": str(corpus_dir / "target.jsonl"),
+            "labels": str(corpus_dir / "labels.npy"),
+            "max_length": 65,
+            "workers": 1,
+        },
         "tokenizer": {"vocab_size": 384},
         "annotation_model": {"model_config": "tiny", "steps": 8, "lr": 3e-3, "global_batch_size": 8, "max_length": 32},
         "proxy": {"num": 48, "seed": 3},
         "annotate": {"methods": ["lqs"], "steps": 4, "lr": 0.008, "batch_size": 4, "interval": 2, "max_length": 32},
         "scorer": {"base": "annotation", "epochs": 1, "lr": 5e-4, "batch_size": 8, "warmup": 2, "valid_num": 8},
         "selection": {"method": "top-r", "r": 0.5, "order": "folding", "layers": 3},
-        "pretrain": {"model_config": "tiny", "steps": 12, "lr": 3e-3, "global_batch_size": 8, "max_length": 32,
-                     "extra_args": ["--save-interval", "3"]},
+        "pretrain": {
+            "model_config": "tiny",
+            "steps": 12,
+            "lr": 3e-3,
+            "global_batch_size": 8,
+            "max_length": 32,
+            "extra_args": ["--save-interval", "3"],
+        },
         "evaluate": {"max_length": 64},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +69,14 @@ def corpus(tmp_path_factory):
 def _start(cfg: dict, path) -> subprocess.Popen:
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lqs_megatron", "pipeline", "--config", str(path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "lqs_megatron", "pipeline", "--config", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> str:

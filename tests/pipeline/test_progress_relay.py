@@ -11,7 +11,7 @@ from lqs_megatron.pipeline.runner import Runner, Step
 # a step that logs through the one Progress class as `lqs` commands do (its own interval: 60 s)
 _SLOW_STEP = """
 import logging, sys, time
-from lqs_megatron.data.progress import Progress
+from lqs_megatron.utils.progress import Progress
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                     datefmt="%H:%M:%S", stream=sys.stderr)
 with Progress("slow phase", unit="step", total=STEPS, log_every_s=60.0) as p:

@@ -65,7 +65,7 @@ def _user_files(root, tiny_tokenizer, rng) -> list[str]:
     import torch
     import transformers
 
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from lqs_megatron.demo.corpus import build_demo_corpus
     from tests.models.families import family_config
 

@@ -69,7 +69,7 @@ def _fake_run(tmp_path, rng, field="source"):
 
 
 def test_closing_summary_names_health_lr_kept_shares_and_the_hf_exports(tmp_path):
-    from lqs_megatron.pipeline.report import collect, format_table
+    from lqs_megatron.pipeline.results import collect, format_table
 
     rng = np.random.default_rng()
     plan, runner, sources, kept, lrs = _fake_run(tmp_path, rng)
@@ -94,7 +94,7 @@ def test_closing_summary_names_health_lr_kept_shares_and_the_hf_exports(tmp_path
 
 
 def test_closing_summary_has_no_kept_share_without_a_source_field(tmp_path):
-    from lqs_megatron.pipeline.report import collect, format_table
+    from lqs_megatron.pipeline.results import collect, format_table
 
     plan, runner, *_ = _fake_run(tmp_path, np.random.default_rng())
     n = len(np.load(plan.corpus_scores("lqs")))
@@ -106,7 +106,7 @@ def test_closing_summary_has_no_kept_share_without_a_source_field(tmp_path):
 
 def test_kept_share_groups_by_the_first_kept_field_without_source(tmp_path):
     """The demo keeps ``kind`` (clean or the degradation): its kept shares are by kind."""
-    from lqs_megatron.pipeline.report import collect, format_table
+    from lqs_megatron.pipeline.results import collect, format_table
 
     plan, runner, sources, kept, _ = _fake_run(tmp_path, np.random.default_rng(), field="kind")
     res = collect(plan, runner, None)

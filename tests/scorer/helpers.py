@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter, optimal_dtype
-from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter, optimal_dtype
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer, vocab_size
 from tests.conftest import demo_texts
 
 LETTERS = np.array(list("bcdfghjklmnpqrstvwxz"))

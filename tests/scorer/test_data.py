@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.scores import normalize_scores
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.scores import normalize_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.config import PrepareScorerConfig
 from lqs_megatron.scorer.data import load_split, prepare_scorer_data, split_indices
@@ -128,8 +128,8 @@ def test_prepare_records_the_tokenizer_of_the_proxy(tmp_path, tiny_tokenizer):
 
 
 def test_prepare_retokenizes_for_the_scorer_tokenizer(tmp_path, tiny_tokenizer, tmp_path_factory):
-    from lqs_megatron.data.tokenizer import load_tokenizer
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
     from tests.conftest import demo_texts
     from tests.scorer.helpers import degraded_docs, write_dataset
 

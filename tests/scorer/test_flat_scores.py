@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lqs_megatron.cli import main
-from lqs_megatron.data.scores import flat_scores
+from lqs_megatron.data.datasets.scores import flat_scores
 from tests.scorer.helpers import degraded_docs, write_dataset
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lqs_megatron.data.tokenizer import load_tokenizer
+from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.model import build_scorer, load_scorer, save_scorer
 from lqs_megatron.scorer.predict import collate, length_batches, predict

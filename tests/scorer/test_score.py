@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from lqs_megatron.data.train_tokenizer import train_tokenizer
+from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
 from lqs_megatron.scorer.infer import score_dataset
@@ -185,7 +185,7 @@ def test_resume_after_the_bin_was_rewritten_in_place_is_refused(setup, tmp_path)
 
 
 def test_sampled_file_digest_sees_size_and_sampled_blocks(tmp_path, monkeypatch):
-    import lqs_megatron.data.writing as writing
+    import lqs_megatron.data.preprocess.writing as writing
 
     monkeypatch.setattr(writing, "_SAMPLE_BLOCKS", 4)
     monkeypatch.setattr(writing, "_SAMPLE_BYTES", 16)
@@ -261,7 +261,7 @@ def test_bad_inputs_exit_1_without_scores(setup, tmp_path, tiny_tokenizer, other
 
 
 def test_score_run_takes_the_shard_as_text_or_shard():
-    from lqs_megatron.data.sharding import Shard
+    from lqs_megatron.data.preprocess.sharding import Shard
     from lqs_megatron.scorer.config import ScoreRun
 
     assert ScoreRun("s", "d", "o", shard="1/4").shard == Shard(1, 4)

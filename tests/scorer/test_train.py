@@ -48,9 +48,21 @@ def proxy(tmp_path_factory, tiny_tokenizer):
 def test_scorer_ranks_heldout_data_by_its_true_quality(proxy, tiny_tokenizer):
     d = proxy
     run_lqs(
-        "train-scorer", *TRAIN_FLAGS, "--tokenizer", tiny_tokenizer, "--data", d / "data", "--out", d / "ckpt",
-        "--epochs", "4", "--batch-size", "16", "--micro-batch-size", "8",
-    )  # fmt: skip
+        "train-scorer",
+        *TRAIN_FLAGS,
+        "--tokenizer",
+        tiny_tokenizer,
+        "--data",
+        d / "data",
+        "--out",
+        d / "ckpt",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--micro-batch-size",
+        "8",
+    )
     history = [json.loads(x) for x in (d / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     valid = [h for h in history if "valid_pearson" in h]
     assert len(valid) == 4 and {"valid_mse", "valid_spearman"} <= set(valid[0])
@@ -220,7 +232,7 @@ def test_batch_flags_are_checked(proxy, tiny_tokenizer, tmp_path):
 
 
 def test_scorer_tokenizer_must_match_the_data(proxy, tiny_tokenizer, tmp_path):
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
     from tests.conftest import demo_texts
 
     other = tmp_path / "tok"

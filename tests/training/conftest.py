@@ -20,7 +20,7 @@ def _one_thread():
 
 
 def write_tokens(prefix, docs, dtype=np.uint16) -> str:
-    from lqs_megatron.data.indexed import IndexedDatasetWriter
+    from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter
 
     with IndexedDatasetWriter(prefix, dtype) as w:
         for d in docs:
@@ -31,7 +31,7 @@ def write_tokens(prefix, docs, dtype=np.uint16) -> str:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_tokenizer, tmp_path_factory) -> dict:
     """``{"tokenizer", "train", "valid"}``: 60 / 20 documents of the demo texts, EOS-terminated."""
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_tokenizer)
     texts = demo_texts()

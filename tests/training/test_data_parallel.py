@@ -17,8 +17,8 @@ CFG = dict(vocab_size=53, hidden_size=32, intermediate_size=48, num_layers=2, nu
 def _train(dims, tokens_fn, micro, steps=3):
     from lqs_megatron.models.loading import build_model
     from lqs_megatron.training.loss import CausalLMLoss
+    from lqs_megatron.training.pretrainer import lm_micro_batches
     from lqs_megatron.training.step import TrainStep
-    from lqs_megatron.training.trainer import lm_micro_batches
 
     model = build_model(ModelConfig(**CFG), dims, seed=7, dtype=torch.float64)  # float64: Adam amplifies noise
     opt = build_optimizer(model, lr=1e-2)

@@ -22,8 +22,8 @@ STEPS = 4
 def _train(dims, batches, distributed: bool):
     from lqs_megatron.models.loading import build_model
     from lqs_megatron.training.loss import CausalLMLoss
+    from lqs_megatron.training.pretrainer import lm_micro_batches
     from lqs_megatron.training.step import TrainStep
-    from lqs_megatron.training.trainer import lm_micro_batches
 
     model = build_model(ModelConfig(**CFG), dims, seed=7, dtype=torch.float64)  # float64: Adam amplifies noise
     opt = build_optimizer(model, lr=1e-2, dims=dims, distributed=distributed)

@@ -13,7 +13,7 @@ import torch
 
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.config import PretrainConfig
-from lqs_megatron.training.trainer import Pretrainer
+from lqs_megatron.training.pretrainer import Pretrainer
 from tests.training.conftest import write_tokens
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_loss.json"
@@ -44,10 +44,20 @@ def test_tiny_loss_curve_matches_golden(tmp_path, deterministic):
         "vocab_size: 512\nhidden_size: 64\nintermediate_size: 176\nnum_layers: 2\nnum_heads: 4\nnum_kv_heads: 2\n"
     )
     cfg = PretrainConfig(
-        model_config=str(tmp_path / "tiny512.yaml"), data=[prefix], out=str(tmp_path / "ckpt"), max_length=32,
-        global_batch_size=8, micro_batch_size=4, steps=12, lr=3e-3, warmup_steps=2, seed=0, save_interval=0,
-        log_interval=100, deterministic=True,
-    )  # fmt: skip
+        model_config=str(tmp_path / "tiny512.yaml"),
+        data=[prefix],
+        out=str(tmp_path / "ckpt"),
+        max_length=32,
+        global_batch_size=8,
+        micro_batch_size=4,
+        steps=12,
+        lr=3e-3,
+        warmup_steps=2,
+        seed=0,
+        save_interval=0,
+        log_interval=100,
+        deterministic=True,
+    )
     Pretrainer(cfg, ParallelDims()).run()
     losses = [json.loads(x)["loss"] for x in open(tmp_path / "ckpt" / "metrics.jsonl")]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.5  # it learns

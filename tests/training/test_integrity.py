@@ -129,7 +129,10 @@ def test_resume_fallback_and_rotation(tmp_path):
     assert "model-tp00-of-01.safetensors" in skipped[0] and "truncated" in skipped[0]
     assert rotate(tmp_path, 2) == ["step_00000002", "step_00000001"]  # keeps latest (4) and 3; 5 untouched
     assert sorted(p.name for p in tmp_path.glob("step_*")) == [
-        "step_00000003", "step_00000004", "step_00000005", "step_00000006.tmp",
-    ]  # fmt: skip
+        "step_00000003",
+        "step_00000004",
+        "step_00000005",
+        "step_00000006.tmp",
+    ]
     with pytest.raises(LQSError, match="no checkpoint under .* validates: step_00000004: .*; step_00000003: "):
         find_resume_dir(tmp_path)

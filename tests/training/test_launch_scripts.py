@@ -13,8 +13,9 @@ SCRIPTS = os.path.join(REPO, "scripts", "pretrain")
 
 def _launch(script, **env):
     full = {**os.environ, "TORCHRUN": "echo", "DATA": "d/a d/b", "TOKENIZER": "tok", **env}
-    proc = subprocess.run(["bash", os.path.join(SCRIPTS, script), "--compile"], env=full, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", os.path.join(SCRIPTS, script), "--compile"], env=full, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 
@@ -35,19 +36,28 @@ def test_single_node_defaults(size, lr):
 
 
 def test_multi_node_env():
-    argv = _launch("1B_bsl.sh", NNODES="4", NODE_RANK="2", MASTER_ADDR="node0", MASTER_PORT="6000",
-                   GPUS_PER_NODE="4", TP="2")  # fmt: skip
+    argv = _launch(
+        "1B_bsl.sh", NNODES="4", NODE_RANK="2", MASTER_ADDR="node0", MASTER_PORT="6000", GPUS_PER_NODE="4", TP="2"
+    )
     flag = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
     assert (flag["--nnodes"], flag["--node-rank"], flag["--master-addr"], flag["--master-port"]) == (
-        "4", "2", "node0", "6000",
-    )  # fmt: skip
+        "4",
+        "2",
+        "node0",
+        "6000",
+    )
     assert flag["--nproc-per-node"] == "4" and flag["--tp"] == "2"
 
 
 def test_missing_data_is_an_error():
     env = {k: v for k, v in os.environ.items() if k != "DATA"}
-    proc = subprocess.run(["bash", os.path.join(SCRIPTS, "160M_bsl.sh")], env={**env, "TORCHRUN": "echo"},
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", os.path.join(SCRIPTS, "160M_bsl.sh")],
+        env={**env, "TORCHRUN": "echo"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "DATA" in proc.stderr
 
 

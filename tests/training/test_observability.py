@@ -1,4 +1,4 @@
-"""The one progress/metrics facility (data/progress.py): metrics.jsonl, TensorBoard, wandb, loss.png,
+"""The one progress/metrics facility (utils/progress.py): metrics.jsonl, TensorBoard, wandb, loss.png,
 through pretrain and train-scorer."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import types
 import numpy as np
 import pytest
 
-from lqs_megatron.data.progress import MetricsLog, Progress, plot_metrics, read_metrics
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
+from lqs_megatron.utils.progress import MetricsLog, Progress, plot_metrics, read_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -97,9 +97,29 @@ def test_wandb_missing_is_a_clear_error_before_any_work(tmp_path, monkeypatch, c
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     out = tmp_path / "ckpt"
-    rc = main(["pretrain", "--model-config", "tiny", "--tokenizer", tiny_tokenizer, "--data", str(tmp_path / "x"),
-               "--steps", "2", "--max-length", "8", "--global-batch-size", "2", "--lr", "1e-3", "--out", str(out),
-               "--wandb", "proj"])  # fmt: skip
+    rc = main(
+        [
+            "pretrain",
+            "--model-config",
+            "tiny",
+            "--tokenizer",
+            tiny_tokenizer,
+            "--data",
+            str(tmp_path / "x"),
+            "--steps",
+            "2",
+            "--max-length",
+            "8",
+            "--global-batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(out),
+            "--wandb",
+            "proj",
+        ]
+    )
     assert rc == 1 and "--wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
     assert not out.exists()
 
@@ -142,7 +162,7 @@ def test_progress_rates_read_well_and_never_as_zero():
     and read back within their rounding; no rate prints as 0.0."""
     import re
 
-    from lqs_megatron.data.progress import format_rate
+    from lqs_megatron.utils.progress import format_rate
 
     rng = np.random.default_rng()
     for per_s in 10.0 ** rng.uniform(-6, 6, size=400):
@@ -161,7 +181,7 @@ def test_progress_log_line_has_done_total_rate_and_eta(caplog, monkeypatch):
     in the log line an annotation phase prints without a terminal (it printed ``(0.0/s)`` before)."""
     import logging
 
-    import lqs_megatron.data.progress as progress
+    import lqs_megatron.utils.progress as progress
 
     clock = [1000.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
@@ -179,13 +199,23 @@ def test_progress_log_line_has_done_total_rate_and_eta(caplog, monkeypatch):
 def test_pretrain_writes_tensorboard_and_loss_png(tmp_path, tiny_data):
     pytest.importorskip("tensorboard")
     from lqs_megatron.training.config import PretrainConfig
-    from lqs_megatron.training.trainer import Pretrainer
+    from lqs_megatron.training.pretrainer import Pretrainer
 
     cfg = PretrainConfig(
-        model_config="tiny", tokenizer=tiny_data["tokenizer"], data=[tiny_data["train"]], out=str(tmp_path / "ck"),
-        valid_data=tiny_data["valid"], eval_samples=4, eval_interval=2, max_length=16, global_batch_size=2,
-        steps=4, lr=1e-3, save_interval=0, log_interval=2,
-    )  # fmt: skip
+        model_config="tiny",
+        tokenizer=tiny_data["tokenizer"],
+        data=[tiny_data["train"]],
+        out=str(tmp_path / "ck"),
+        valid_data=tiny_data["valid"],
+        eval_samples=4,
+        eval_interval=2,
+        max_length=16,
+        global_batch_size=2,
+        steps=4,
+        lr=1e-3,
+        save_interval=0,
+        log_interval=2,
+    )
     summary = Pretrainer(cfg, ParallelDims()).run()
     tb = tb_scalars(tmp_path / "ck" / "tb")
     assert [s for s, _ in tb["train/loss"]] == [1, 2, 3, 4] and [s for s, _ in tb["valid/valid_loss"]] == [2, 4]
@@ -215,7 +245,7 @@ def test_train_scorer_writes_tensorboard_and_loss_png(tmp_path, tiny_tokenizer):
 
 
 def test_require_wandb_message(monkeypatch):
-    from lqs_megatron.data.progress import require_wandb
+    from lqs_megatron.utils.progress import require_wandb
 
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(LQSError, match="pip install wandb"):

@@ -27,9 +27,21 @@ def lqs(*args, check=True):
 
 def _pretrain(data, out, *extra, steps=6, check=True):
     return lqs(
-        "pretrain", "--model-config", "tiny", "--tokenizer", data["tokenizer"], "--data", data["train"],
-        "--steps", steps, "--out", out, *ARGS, *extra, check=check
-    )  # fmt: skip
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        data["tokenizer"],
+        "--data",
+        data["train"],
+        "--steps",
+        steps,
+        "--out",
+        out,
+        *ARGS,
+        *extra,
+        check=check,
+    )
 
 
 def _losses(out) -> list[float]:
@@ -59,9 +71,14 @@ def test_checkpoint_layout(run):
     assert open(os.path.join(out, "latest")).read().strip() == "step_00000006"
     step = os.path.join(out, "step_00000006")
     assert sorted(os.listdir(step)) == [
-        "checksums.json", "config.json", "model-tp00-of-01.safetensors", "optimizer-tp00-of-01.pt", "rng-rank00000.pt",
-        "tokenizer", "trainer.json",
-    ]  # fmt: skip
+        "checksums.json",
+        "config.json",
+        "model-tp00-of-01.safetensors",
+        "optimizer-tp00-of-01.pt",
+        "rng-rank00000.pt",
+        "tokenizer",
+        "trainer.json",
+    ]
     meta = json.load(open(os.path.join(step, "config.json")))
     assert meta["model"]["vocab_size"] == 512 and meta["tp"] == 1 and meta["padded_vocab_size"] == 512
     assert meta["model"]["eos_token_id"] == 3
@@ -105,7 +122,7 @@ def test_export_hf_loads_cleanly_and_matches_checkpoint(run, hf_dir, caplog):
 def _transformers_loss(model_dir, prefix, L) -> tuple[float, int]:
     import transformers
 
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     losses, tokens = [], 0  # one forward per example: no padding at all in the reference
@@ -119,13 +136,16 @@ def _transformers_loss(model_dir, prefix, L) -> tuple[float, int]:
 
 
 def test_evaluate_equals_transformers(run, hf_dir):
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
     from lqs_megatron.models.loading import load_model
     from lqs_megatron.training.evaluate import evaluate_dataset
 
     # documents shorter and longer than L + 1 (padding and cutting both happen)
-    res = json.loads(lqs("evaluate", "--model", hf_dir, "--data", run["valid"], "--max-length", "48",
-                             "--batch-size", "3").stdout.strip().splitlines()[-1])  # fmt: skip
+    res = json.loads(
+        lqs("evaluate", "--model", hf_dir, "--data", run["valid"], "--max-length", "48", "--batch-size", "3")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     ref, tokens = _transformers_loss(hf_dir, run["valid"], 48)
     assert res["examples"] == len(IndexedDataset(run["valid"])) and res["tokens"] == tokens
     assert abs(res["loss"] - ref) / ref < 1e-5, (res, ref)
@@ -150,18 +170,43 @@ def test_resume_continues_exactly(run, tmp_path):
 @pytest.mark.distributed
 def test_tp2_under_torchrun_matches_tp1(run, tmp_path):
     out = tmp_path / "ckpt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "lqs_megatron", "pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"],
-           "--data", run["train"], "--steps", "6", "--stop-after", "3", "--out", str(out), "--tp", "2",
-           "--save-interval", "3", *ARGS]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lqs_megatron",
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        run["tokenizer"],
+        "--data",
+        run["train"],
+        "--steps",
+        "6",
+        "--stop-after",
+        "3",
+        "--out",
+        str(out),
+        "--tp",
+        "2",
+        "--save-interval",
+        "3",
+        *ARGS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     step = out / "step_00000003"
     assert json.load(open(step / "config.json"))["tp"] == 2
     assert sorted(p for p in os.listdir(step) if p.startswith("model")) == [
-        "model-tp00-of-02.safetensors", "model-tp01-of-02.safetensors",
-    ]  # fmt: skip
+        "model-tp00-of-02.safetensors",
+        "model-tp01-of-02.safetensors",
+    ]
     np.testing.assert_allclose(_losses(out), _losses(run["out"])[:3], rtol=2e-5)
     # export merges the shards; loading merges them too; both equal the tp=1 run up to float noise
     import transformers
@@ -181,7 +226,7 @@ def test_tp2_under_torchrun_matches_tp1(run, tmp_path):
 def test_init_from_hf_starts_at_its_loss(run, hf_dir, tmp_path):
     import transformers
 
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
     from lqs_megatron.training.data import SampleStream
 
     out = tmp_path / "ft"
@@ -203,20 +248,72 @@ def test_bad_inputs_are_clear_errors(run, tmp_path):
         return proc
 
     out = tmp_path / "out"
-    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", tmp_path / "missing",
-          "--steps", "2", "--out", out, *ARGS, match="missing")  # fmt: skip
+    fails(
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        run["tokenizer"],
+        "--data",
+        tmp_path / "missing",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        *ARGS,
+        match="missing",
+    )
     big = write_tokens(tmp_path / "big", [[5, 6, 7, 8] * 20, [1, 2, 900, 3] * 20])
-    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", big,
-          "--steps", "2", "--out", out, *ARGS, match=f"dataset '{big}' holds token id 900")  # fmt: skip
+    fails(
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        run["tokenizer"],
+        "--data",
+        big,
+        "--steps",
+        "2",
+        "--out",
+        out,
+        *ARGS,
+        match=f"dataset '{big}' holds token id 900",
+    )
     assert not (out / "latest").exists()
-    fails("pretrain", "--model-config", "tiny", "--tokenizer", run["tokenizer"], "--data", run["train"],
-          "--steps", "2", "--out", out, "--tp", "3", *ARGS, match="--tp 3 does not divide num_heads = 4")  # fmt: skip
+    fails(
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        run["tokenizer"],
+        "--data",
+        run["train"],
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--tp",
+        "3",
+        *ARGS,
+        match="--tp 3 does not divide num_heads = 4",
+    )
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
     fails("evaluate", "--model", bert, "--data", run["valid"], "--max-length", "8", match="unsupported architecture")
-    fails("pretrain", "--init-from", bert, "--data", run["train"], "--steps", "2", "--out", out, *ARGS,
-          match="unsupported architecture 'bert'")  # fmt: skip
+    fails(
+        "pretrain",
+        "--init-from",
+        bert,
+        "--data",
+        run["train"],
+        "--steps",
+        "2",
+        "--out",
+        out,
+        *ARGS,
+        match="unsupported architecture 'bert'",
+    )
 
 
 HF_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -236,7 +333,7 @@ def test_model_config_from_an_hf_config_json_trains_that_architecture_from_scrat
     tokenizer's vocabulary, and exports to the same transformers class and shape."""
     import transformers
 
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer, vocab_size
     from tests.models.families import family_config
 
     rng = np.random.default_rng()

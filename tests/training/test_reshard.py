@@ -28,7 +28,7 @@ def _cfg(data: dict, out, **kw) -> PretrainConfig:
 
 def _pretrain_worker(rank: int, world: int, cfg: PretrainConfig) -> None:
     from lqs_megatron.parallel.dims import init_distributed
-    from lqs_megatron.training.trainer import pretrain
+    from lqs_megatron.training.pretrainer import pretrain
 
     torch.set_num_threads(1)
     pretrain(cfg, init_distributed(tp=cfg.tp, device="cpu"))
@@ -58,7 +58,7 @@ def _resumed_state(cfg: PretrainConfig, step_dir) -> tuple[dict, dict]:
 
 @pytest.mark.distributed
 def test_tp2_dp2_resumes_at_tp1_and_dp4(tiny_data, tmp_path):
-    from lqs_megatron.training.trainer import pretrain
+    from lqs_megatron.training.pretrainer import pretrain
 
     ref = tmp_path / "ref"
     pretrain(_cfg(tiny_data, ref), ParallelDims())  # uninterrupted, one process
@@ -97,7 +97,7 @@ def test_old_checkpoint_resumes_resharded_and_exports(tmp_path, monkeypatch):
     export-hf and load_model read it as before."""
     from lqs_megatron.models.loading import load_model
     from lqs_megatron.training.export import export_hf
-    from lqs_megatron.training.trainer import pretrain
+    from lqs_megatron.training.pretrainer import pretrain
 
     monkeypatch.chdir(REPO_PATH)  # the fixture stores its data and model config relative to the repository
     ref = json.loads((OLD / "losses.json").read_text())["losses"]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lqs_megatron.data.sources import (  # noqa: F401 - expand_inputs, open_binary re-exported
+from lqs_megatron.data.preprocess.sources import (  # noqa: F401 - expand_inputs, open_binary re-exported
     Columns,
     Segment,
     end,
@@ -103,9 +103,9 @@ def check_on_error(on_error: str) -> None:
 def iter_lines(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, bytes]]:
     """Stream ``(path, line_no, raw_line)`` over all input files (line numbers 1-based).
 
-    Files are identified by content (:func:`~lqs_megatron.data.sources.sniff`): jsonl, plain or
+    Files are identified by content (:func:`~lqs_megatron.data.preprocess.sources.sniff`): jsonl, plain or
     gzip/zstd/xz/bz2-compressed; a parquet or arrow file here is an error (the commands that
-    take those read them through :mod:`lqs_megatron.data.sources`). A corrupt or truncated
+    take those read them through :mod:`lqs_megatron.data.preprocess.sources`). A corrupt or truncated
     compressed file raises :class:`InputError` naming the file and the line where reading stopped.
     """
     for path in expand_inputs(inputs):
@@ -190,7 +190,7 @@ def read_jsonl(
 def iter_records(
     path: str, nums: list[int], rows, on_error: str, skip: Callable[[BadLine], None] | None = None
 ) -> Iterator[tuple[int, Any]]:
-    """``(number, record)`` for one batch of :func:`~lqs_megatron.data.sources.iter_segment`: raw jsonl lines
+    """``(number, record)`` for one batch of :func:`~lqs_megatron.data.preprocess.sources.iter_segment`: raw jsonl lines
     are decoded (blank ones ignored), parquet/arrow rows become dicts of their columns.
 
     A bad line raises :class:`BadLine` (``on_error="fail"``) or goes to ``skip`` (``"skip"``).
@@ -217,7 +217,7 @@ def read_records(
     on_error: str = "fail",
     skipped: SkipLog | None = None,
 ) -> Iterator[tuple[str, int, Any]]:
-    """Stream ``(path, number, record)`` from inputs of any format (:mod:`~lqs_megatron.data.sources`).
+    """Stream ``(path, number, record)`` from inputs of any format (:mod:`~lqs_megatron.data.preprocess.sources`).
 
     jsonl lines are decoded whole; parquet/arrow rows hold only ``columns`` (those the file has).
     """

@@ -21,7 +21,7 @@ the dataset's tokenizer fingerprint (``lqs tokenize``/``retokenize`` do), it mus
 
 ``fmt="parquet"`` (``--format parquet``, or an output named ``.parquet``) writes the same
 columns (``index`` int64, ``text`` string, ``score``) in row groups of :data:`ROW_GROUP`
-rows, counted from the dataset's first row. With a shard (:mod:`~lqs_megatron.data.sharding`),
+rows, counted from the dataset's first row. With a shard (:mod:`~lqs_megatron.data.preprocess.sharding`),
 rows ``[a, b)`` of the dataset go to ``OUT.shard-IIIII-of-NNNNN.jsonl`` (or ``.parquet``)
 with their global ``index``; :func:`merge_exports` joins the shards into exactly the file one
 run writes (jsonl: the files back to back; parquet: the rows regrouped from the first).
@@ -39,13 +39,13 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset, bin_path
-from lqs_megatron.data.progress import Progress
-from lqs_megatron.data.scores import check_scores, json_floats, read_scores
-from lqs_megatron.data.sharding import Shard, shard_output, split_range
+from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.datasets.scores import check_scores, json_floats, read_scores
+from lqs_megatron.data.preprocess.sharding import Shard, shard_output, split_range
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file
 from lqs_megatron.utils.lock import output_lock
+from lqs_megatron.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def export_format(out_path: str, fmt: str | None) -> str:
 
 def check_tokenizer(ds: IndexedDataset, tokenizer_dir: str, tok, start: int, stop: int) -> None:
     """Refuse a tokenizer that cannot decode sequences ``[start, stop)`` of ``ds`` (see the module docstring)."""
-    from lqs_megatron.data.fingerprint import dataset_tokenizer, fingerprint
-    from lqs_megatron.data.tokenizer import vocab_size
+    from lqs_megatron.data.tokenizers.fingerprint import dataset_tokenizer, fingerprint
+    from lqs_megatron.data.tokenizers.tokenizer import vocab_size
 
     recorded = dataset_tokenizer(ds.prefix)
     if recorded is not None and recorded["fingerprint"] != fingerprint(tok):
@@ -103,7 +103,7 @@ def export_jsonl(
     shard: Shard | None = None,
 ) -> dict:
     """Write ``out_path`` (see the module docstring); returns ``{"path", "num_lines", "with_scores", "format"}``."""
-    from lqs_megatron.data.tokenizer import load_tokenizer
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer
 
     fmt = export_format(str(out_path), fmt)
     out = shard_output(out_path, shard)
@@ -203,7 +203,7 @@ class ParquetRows:
 
 def merge_exports(out: str, shards: list[str]) -> dict:
     """Join ``export-jsonl`` shard files into ``out``: exactly the file one run writes."""
-    from lqs_megatron.data.sources import sniff
+    from lqs_megatron.data.preprocess.sources import sniff
 
     kinds = {sniff(p).kind for p in shards}
     if kinds - {"jsonl", "parquet"} or len(kinds) > 1:

@@ -32,8 +32,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from lqs_megatron.data.jsonl import BadLine
-from lqs_megatron.data.sources import (
+from lqs_megatron.data.preprocess.jsonl import BadLine
+from lqs_megatron.data.preprocess.sources import (
     Segment,
     Source,
     _find_newline,

@@ -7,11 +7,11 @@ Dropping that offset is the classic merge bug (document starts pointing into the
 first input); the tests compare with megatron-core's ``IndexedDatasetBuilder.add_index``.
 
 ``OUT.stats.json`` records the inputs and their one tokenizer identity
-(:func:`~lqs_megatron.data.fingerprint.inputs_tokenizer`): inputs tokenized with different
+(:func:`~lqs_megatron.data.tokenizers.fingerprint.inputs_tokenizer`): inputs tokenized with different
 tokenizers are refused unless ``allow_tokenizer_mismatch`` (``--allow-tokenizer-mismatch``),
 and then the identity recorded is "mixed", which no model matches.
 
-A provenance sidecar ``PREFIX.meta.jsonl`` (:mod:`lqs_megatron.data.meta`) is merged the
+A provenance sidecar ``PREFIX.meta.jsonl`` (:mod:`lqs_megatron.data.datasets.meta`) is merged the
 same way, its lines in the order of the sequences: all inputs have one, or none.
 
 Token dtypes: inputs of one dtype merge in that dtype (the ``.bin`` bytes are copied
@@ -29,9 +29,9 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.fingerprint import inputs_tokenizer, write_dataset_identity
-from lqs_megatron.data.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
-from lqs_megatron.data.meta import concat_meta, has_meta, meta_path
+from lqs_megatron.data.datasets.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.data.datasets.meta import concat_meta, has_meta, meta_path
+from lqs_megatron.data.tokenizers.fingerprint import inputs_tokenizer, write_dataset_identity
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_prefix
 

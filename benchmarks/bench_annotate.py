@@ -26,21 +26,15 @@ largest batch that fits ``--budget-mib`` (ours vs vmap; on a GPU ``--budget-mib 
 its memory, ``-1`` skips the search). The largest batch is found by the harness's
 :func:`largest_batch` (affine fit from two small batches, checked, shrunk on out-of-memory), then timed.
 
-    python -P benchmarks/annotate.py                       # CPU: 8M and 64M, B=8, T=128, 1 thread
-    python -P benchmarks/annotate.py --device cuda --sizes 160M --length 1024 --dtype bf16 --budget-mib 0
+    python -P benchmarks/bench_annotate.py                       # CPU: 8M and 64M, B=8, T=128, 1 thread
+    python -P benchmarks/bench_annotate.py --device cuda --sizes 160M --length 1024 --dtype bf16 --budget-mib 0
 """
 
 from __future__ import annotations
 
 import os
-import sys
-
-# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize module (imported by inspect, numpy, torch): move it to the end
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
 import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -189,8 +183,17 @@ def memory_mib(args, m: Methods | None, size: str, method: str, B: int) -> float
             torch.cuda.empty_cache()
             return float("inf")
         return peak_mib_or_inf(lambda: getattr(m, METHOD_FNS[method])(b), args.device)
-    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--child", size, method, str(B), str(args.length),
-           args.dtype]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-P",
+        os.path.abspath(__file__),
+        "--child",
+        size,
+        method,
+        str(B),
+        str(args.length),
+        args.dtype,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -225,8 +228,9 @@ def bench_size(args, size: str, dev: torch.device) -> tuple[list[Row], list[str]
             return float(((a.double() - b.double()).abs() / b.double().abs()).max())
 
         (d1, s1), (d2, s2) = m.ours(batch), m.vmap(batch)
-        out.append(f"{size}: ours vs vmap(grad): max relative difference <g,lambda> {rel(d1, d2):.2e}, "
-                   f"|g|^2 {rel(s1, s2):.2e}")  # fmt: skip
+        out.append(
+            f"{size}: ours vs vmap(grad): max relative difference <g,lambda> {rel(d1, d2):.2e}, |g|^2 {rel(s1, s2):.2e}"
+        )
     budget = args.budget_mib
     if budget == 0 and dev.type == "cuda":  # the GPU's memory, less what the model and lambda hold
         total = torch.cuda.get_device_properties(dev).total_memory
@@ -235,8 +239,12 @@ def bench_size(args, size: str, dev: torch.device) -> tuple[list[Row], list[str]
         tput = {}
         ways = ["ours"] + (["vmap(grad) (DELT)"] if "vmap" in args.methods else [])
         for name in ways:
-            B, mem = largest_batch(lambda b, name=name: memory_mib(args, m, size, name, b), budget,
-                                   start=1 if args.tiny else 2, cap=args.max_batch)  # fmt: skip
+            B, mem = largest_batch(
+                lambda b, name=name: memory_mib(args, m, size, name, b),
+                budget,
+                start=1 if args.tiny else 2,
+                cap=args.max_batch,
+            )
             b = random_batch(B, args.length, cfg.vocab_size, dev)
             f = getattr(m, METHOD_FNS[name])
             t = time_ms({name: lambda f=f, b=b: f(b)}, args.device, max(1, args.reps // 3), args.stat)[name]
@@ -244,8 +252,10 @@ def bench_size(args, size: str, dev: torch.device) -> tuple[list[Row], list[str]
             key = "ours" if name == "ours" else "vmap"
             record(args, f"annotate.{key}.largest_batch", B, "examples", budget_mib=budget, **ctx)
             record(args, f"annotate.{key}.examples_per_s", tput[name], "examples/s", batch_used=B, **ctx)
-            out.append(f"{size}: {name}: largest batch in {budget:.0f} MiB = {B} (peak {mem:.0f} MiB), "
-                       f"{tput[name]:.2f} proxy examples/s")  # fmt: skip
+            out.append(
+                f"{size}: {name}: largest batch in {budget:.0f} MiB = {B} (peak {mem:.0f} MiB), "
+                f"{tput[name]:.2f} proxy examples/s"
+            )
         if len(tput) == 2:
             r = tput["ours"] / tput["vmap(grad) (DELT)"]
             record(args, "annotate.throughput_ratio", r, "x vmap(grad)", **ctx)

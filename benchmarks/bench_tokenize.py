@@ -36,17 +36,9 @@ corpus plus the Python standard library's source (sorted files) so that the voca
 real sizes. The corpus: documents made from Python's own documentation (``pydoc_data`` topics and
 the standard library's docstrings), paragraphs recombined with variation. No hub access.
 
-    python benchmarks/tokenize.py [--mb 24] [--repeats 3] [--families sentencepiece,gpt2,llama3]
+    python benchmarks/bench_tokenize.py [--mb 24] [--repeats 3] [--families sentencepiece,gpt2,llama3]
         [--megatron-lm PATH --megatron-python PY] [--workdir DIR (keeps corpus and tokenizers)] [--tiny]
 """
-
-# This file is named after the command it measures; drop its directory from the import path
-# first, so that it does not shadow the standard library's ``tokenize`` module.
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import contextlib
@@ -56,11 +48,13 @@ import inspect
 import io
 import json
 import multiprocessing
+import os
 import platform
 import random
 import resource
 import statistics
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -190,8 +184,8 @@ def train_bytelevel(texts: list[str], out_dir: str, vocab_size: int, llama3: boo
 
 
 def build_tokenizer(family: str, corpus: str, out_dir: str, tiny: bool, cores: int) -> None:
-    from lqs_megatron.data.jsonl import read_texts
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.preprocess.jsonl import read_texts
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
 
     vocab = (TINY_VOCAB if tiny else VOCAB)[family]
     texts = [t for _, _, t in read_texts(corpus, "text")]
@@ -250,8 +244,8 @@ def run_gigatoken(corpus: str, tok_dir: str, out: str, workers: int) -> None:
     import gigatoken
     from transformers import AutoTokenizer
 
-    from lqs_megatron.data.gigatoken_backend import _flat
-    from lqs_megatron.data.indexed import IndexedDatasetWriter, optimal_dtype
+    from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter, optimal_dtype
+    from lqs_megatron.data.tokenizers.gigatoken_backend import _flat
 
     hf = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)  # for the EOS id and the dtype
     tok = gigatoken.Tokenizer(tok_dir)
@@ -263,7 +257,7 @@ def run_gigatoken(corpus: str, tok_dir: str, out: str, workers: int) -> None:
 
 
 def run_ours(corpus: str, tok_dir: str, out: str, workers: int, **flags) -> str:
-    from lqs_megatron.data.tokenize import tokenize_files
+    from lqs_megatron.data.preprocess.tokenize import tokenize_files
 
     return tokenize_files(corpus, "text", tok_dir, out, workers=workers, progress=False, **flags)["encoding"]
 
@@ -315,7 +309,7 @@ def run_one(tool: str, corpus: str, tok_dir: str, out: str, workers: int) -> Non
     import megatron.core.datasets.indexed_dataset  # noqa: F401
     import transformers  # noqa: F401
 
-    import lqs_megatron.data.tokenize  # noqa: F401
+    import lqs_megatron.data.preprocess.tokenize  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import awkward  # noqa: F401
@@ -371,7 +365,7 @@ def compare(ref: str, out: str) -> str:
     same = all(open(ref + e, "rb").read() == open(out + e, "rb").read() for e in (".bin", ".idx"))
     if same:
         return "identical"
-    from lqs_megatron.data.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
 
     a, b = IndexedDataset(ref), IndexedDataset(out)
     if len(a) != len(b):
@@ -455,8 +449,10 @@ def bench_family(family: str, corpus: str, n_docs: int, work: str, args, megatro
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| family (vocab) | tool | encoding | docs/s median [min-max] | docs per CPU s median [min-max] "
-          "| docs/s vs fastest anchor | docs per CPU s vs fastest anchor | output vs classic |")  # fmt: skip
+    print(
+        "\n| family (vocab) | tool | encoding | docs/s median [min-max] | docs per CPU s median [min-max] "
+        "| docs/s vs fastest anchor | docs per CPU s vs fastest anchor | output vs classic |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for family in dict.fromkeys(r["family"] for r in rows):
         fam = [r for r in rows if r["family"] == family]
@@ -470,8 +466,10 @@ def print_table(rows: list[dict]) -> None:
                 continue
             rs = f"{statistics.median(r['docs_s']) / best_s:.2f}x" if best_s else "n/a"
             rc = f"{statistics.median(r['docs_cpu_s']) / best_c:.2f}x" if best_c else "n/a"
-            print(f"{head} {r['encoding']} | {spread(r['docs_s'])} | {spread(r['docs_cpu_s'])} | {rs} | {rc} "
-                  f"| {r['output']} |")  # fmt: skip
+            print(
+                f"{head} {r['encoding']} | {spread(r['docs_s'])} | {spread(r['docs_cpu_s'])} | {rs} | {rc} "
+                f"| {r['output']} |"
+            )
     print("\nall runs (docs/s / docs per CPU s):")
     for r in rows:
         if "docs_s" in r:
@@ -530,9 +528,11 @@ def main() -> None:
             os.replace(corpus + ".tmp", corpus)
         n_docs, n_bytes = corpus_stats(corpus)
         print(f"corpus: {n_docs:,} documents, {n_bytes / 1e6:.1f} MB of jsonl")
-        print(f"machine: {cpu_name()}, pinned to {len(cpus)} of {os.cpu_count()} cores; {args.workers} workers "
-              f"(classic, ours); python {platform.python_version()}; load average {os.getloadavg()[0]:.1f} at start; "
-              f"{args.repeats} runs of each tool")  # fmt: skip
+        print(
+            f"machine: {cpu_name()}, pinned to {len(cpus)} of {os.cpu_count()} cores; {args.workers} workers "
+            f"(classic, ours); python {platform.python_version()}; load average {os.getloadavg()[0]:.1f} at start; "
+            f"{args.repeats} runs of each tool"
+        )
         if megatron[0] is None:
             print(f"Megatron-LM fast path skipped: {megatron[1]}")
         rows = []

@@ -1,11 +1,12 @@
 """``lqs tokenize``: corpora (jsonl, parquet, arrow) -> a Megatron indexed dataset, streaming, in worker processes.
 
 The main process reads batches of raw jsonl lines, or of parquet/arrow column values
-(:mod:`lqs_megatron.data.sources`; with a shard, only its segments: :mod:`lqs_megatron.data.sharding`)
+(:mod:`lqs_megatron.data.preprocess.sources`; with a shard, only its segments:
+:mod:`lqs_megatron.data.preprocess.sharding`)
 and hands them to ``workers`` processes, which decode the JSON, check the field, encode
 the whole batch at once with the fast tokenizer and return one flat token array per
 batch (already in the dataset dtype). The main process writes the batches, in input
-order, through the native builder (:class:`~lqs_megatron.data.indexed.IndexedDatasetWriter`).
+order, through the native builder (:class:`~lqs_megatron.data.datasets.indexed.IndexedDatasetWriter`).
 At most ``4 * workers + 4`` batches are in flight, so memory stays flat whatever the
 corpus size, and the output is the same for any number of workers.
 
@@ -27,15 +28,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lqs_megatron import _C
-from lqs_megatron.data.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
-from lqs_megatron.data.fingerprint import fingerprint
-from lqs_megatron.data.indexed import dataset_exists, idx_path, optimal_dtype
-from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_text, iter_records, read_texts
-from lqs_megatron.data.meta import meta_line, meta_path
-from lqs_megatron.data.sharding import Shard, parse_shard, plan_inputs, shard_output
-from lqs_megatron.data.sources import Columns
-from lqs_megatron.data.tokenizer import BatchEncoder, check_round_trip, vocab_size
-from lqs_megatron.data.writing import (
+from lqs_megatron.data.datasets.indexed import dataset_exists, idx_path, optimal_dtype
+from lqs_megatron.data.datasets.meta import meta_line, meta_path
+from lqs_megatron.data.preprocess.chunking import Chunker, SentenceBoundaries, train_sentence_splitter
+from lqs_megatron.data.preprocess.jsonl import ON_ERROR, BadLine, get_text, iter_records, read_texts
+from lqs_megatron.data.preprocess.sharding import Shard, parse_shard, plan_inputs, shard_output
+from lqs_megatron.data.preprocess.sources import Columns
+from lqs_megatron.data.preprocess.writing import (
     BitStream,
     StreamFile,
     chunk_hooks,
@@ -43,6 +42,8 @@ from lqs_megatron.data.writing import (
     finish_stats,
     write_batches,
 )
+from lqs_megatron.data.tokenizers.fingerprint import fingerprint
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, check_round_trip, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
 from lqs_megatron.utils.lock import output_lock
@@ -98,11 +99,11 @@ class TokenizeConfig:
         "applies to sentencepiece-style BPE and is several times faster, see docs/data.md).",
     )
     """``--no-word-cache`` turns it off: encode whole documents with the tokenizer's backend
-    (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/word_cache.py``)."""
+    (same ids; the word cache is a speed-up for sentencepiece-style BPE, ``data/tokenizers/word_cache.py``)."""
     keep_fields: list[str] | None = option(None, metavar="F1,F2")
     """``--keep-fields``: input fields to keep beside the tokens (e.g. source,url): ``PREFIX.meta.jsonl``, one
     JSON object per sequence (null where a record lacks the field; chunk mode: the fields of the document the
-    chunk starts in); carried by sample-proxy, select, order and merge (:mod:`lqs_megatron.data.meta`)."""
+    chunk starts in); carried by sample-proxy, select, order and merge (:mod:`lqs_megatron.data.datasets.meta`)."""
     shard: Shard | str | None = option(None, metavar="I/N")
     """``--shard``: process shard I of N only (0-based) and write ``OUT.shard-IIIII-of-NNNNN``; join the shards
     with ``lqs merge --shards OUT``. Default: from a Slurm job array (SLURM_ARRAY_TASK_ID/_COUNT) or torchrun's
@@ -115,7 +116,7 @@ class TokenizeConfig:
         "used by default when installed; see docs/data.md).",
     )
     """``--no-gigatoken`` turns off the optional gigatoken backend (used where it gives the same ids,
-    ``data/gigatoken_backend.py``)."""
+    ``data/tokenizers/gigatoken_backend.py``)."""
 
     def __post_init__(self):
         if isinstance(self.inputs, (str, os.PathLike)):
@@ -179,7 +180,7 @@ class EncodedBatch:
     sequences_per_document: np.ndarray | None = None
     """Set when documents hold several sequences (retokenize); else one sequence per document."""
     meta: list[bytes] | None = None
-    """With ``--keep-fields``: one sidecar line per document (:func:`~lqs_megatron.data.meta.meta_line`)."""
+    """With ``--keep-fields``: one sidecar line per document (:func:`~lqs_megatron.data.datasets.meta.meta_line`)."""
 
 
 def flatten(ids: list[list[int]], eos: int, max_length: int | None, dtype: np.dtype) -> EncodedBatch:
@@ -291,7 +292,7 @@ def _sample_texts(files: list[str], field: str, sample_chars: int) -> Iterator[s
 def tokenize(config: TokenizeConfig) -> dict:
     """Run ``lqs tokenize``; return the statistics (also written to ``PREFIX.stats.json``).
 
-    With ``config.shard`` the run writes shard ``I`` of ``N`` (:mod:`~lqs_megatron.data.sharding`) to
+    With ``config.shard`` the run writes shard ``I`` of ``N`` (:mod:`~lqs_megatron.data.preprocess.sharding`) to
     ``PREFIX.shard-IIIII-of-NNNNN``; a shard already finished with the same inputs and arguments is not redone.
     The output is locked for the run (:func:`~lqs_megatron.utils.lock.output_lock`).
     """

@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.subset import sidecar_path, write_subset_with_sidecars
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.subset import sidecar_path, write_subset_with_sidecars
 from lqs_megatron.errors import LQSError
 
 logger = logging.getLogger(__name__)

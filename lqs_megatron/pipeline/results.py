@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lqs_megatron.data.meta import read_meta
+from lqs_megatron.data.datasets.meta import read_meta
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.correlation import auc
 

@@ -14,7 +14,7 @@ rule instead: the normaliser prepends ``▁`` and turns every space into ``▁``
 (U+2581 ``▁`` in the input is read as a space, as in sentencepiece.)
 
 Before the directory is published, the new tokenizer must give the first training documents
-back from ``decode(encode(text))`` (:func:`~lqs_megatron.data.tokenizer.check_round_trip`).
+back from ``decode(encode(text))`` (:func:`~lqs_megatron.data.tokenizers.tokenizer.check_round_trip`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lqs_megatron.data.tokenizer import ROUND_TRIP_DOCUMENTS, check_round_trip, load_tokenizer
+from lqs_megatron.data.tokenizers.tokenizer import ROUND_TRIP_DOCUMENTS, check_round_trip, load_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_dir
 

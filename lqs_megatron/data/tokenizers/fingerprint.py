@@ -56,7 +56,7 @@ def fingerprint(tok) -> str:
 
 def tokenizer_info(path: str | os.PathLike) -> dict:
     """``{"path", "fingerprint", "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}`` of a tokenizer dir."""
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer, vocab_size
 
     tok = load_tokenizer(str(path), require_eos=False)
     return {
@@ -71,7 +71,7 @@ def tokenizer_info(path: str | os.PathLike) -> dict:
 
 def identity(tok, path: str | os.PathLike) -> dict:
     """The identity a dataset or a model records: ``{"path", "fingerprint", "vocab_size"}``."""
-    from lqs_megatron.data.tokenizer import vocab_size
+    from lqs_megatron.data.tokenizers.tokenizer import vocab_size
 
     return {"path": os.path.abspath(str(path)), "fingerprint": fingerprint(tok), "vocab_size": vocab_size(tok)}
 
@@ -142,7 +142,7 @@ def model_tokenizer(path: str | os.PathLike) -> dict | None:
     else its ``tokenizer/`` files. A Hugging Face directory: ``config.json``'s ``lqs_tokenizer``
     (written by ``lqs export-hf``), else the tokenizer files in it.
     """
-    from lqs_megatron.data.tokenizer import TOKENIZER_FILES
+    from lqs_megatron.data.tokenizers.tokenizer import TOKENIZER_FILES
     from lqs_megatron.utils.checkpoint_format import is_checkpoint, read_config, resolve_checkpoint
 
     p = Path(path)

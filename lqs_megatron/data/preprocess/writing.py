@@ -1,7 +1,7 @@
 """Writing what the encoding workers return: the dataset, its sidecars and ``PREFIX.stats.json``.
 
 The one write path of ``tokenize``, ``tokenize-target``, ``retokenize`` and of the merge of
-their shards. :func:`write_batches` runs the workers (:func:`~lqs_megatron.data.parallel.ordered_map`)
+their shards. :func:`write_batches` runs the workers (:func:`~lqs_megatron.data.preprocess.pool.ordered_map`)
 and writes their batches in input order through the native builder, with the sidecars
 streamed beside it (:class:`StreamFile`: the provenance ``PREFIX.meta.jsonl``; chunk mode's
 shard boundaries). Kill-safe order at the end: the old ``PREFIX.idx`` goes first, then the
@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from lqs_megatron.data.indexed import IndexedDatasetWriter, idx_path
-from lqs_megatron.data.jsonl import BadLine, SkipLog
-from lqs_megatron.data.meta import meta_path
-from lqs_megatron.data.parallel import ordered_map
-from lqs_megatron.data.progress import Progress
+from lqs_megatron.data.datasets.indexed import IndexedDatasetWriter, idx_path
+from lqs_megatron.data.datasets.meta import meta_path
+from lqs_megatron.data.preprocess.jsonl import BadLine, SkipLog
+from lqs_megatron.data.preprocess.pool import ordered_map
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.atomic import clean_stale_temps as _clean_stale_temps
+from lqs_megatron.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.fingerprint import dataset_tokenizer, write_dataset_identity
-from lqs_megatron.data.indexed import IndexedDataset, bin_path, idx_path, write_index
-from lqs_megatron.data.meta import has_meta, meta_path, subset_meta
+from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path, idx_path, write_index
+from lqs_megatron.data.datasets.meta import has_meta, meta_path, subset_meta
+from lqs_megatron.data.tokenizers.fingerprint import dataset_tokenizer, write_dataset_identity
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_prefix, save_npy
 
@@ -108,8 +108,8 @@ def write_subset_with_sidecars(
     Order of writes: remove an old ``out_prefix.idx`` (so an old output can never pair
     with new sidecars), write every sidecar atomically (and the metadata sidecar
     ``PREFIX.meta.jsonl`` gathered from the input's, when it has one:
-    :mod:`lqs_megatron.data.meta`, and ``PREFIX.stats.json``: ``command``, the input's tokenizer
-    identity and the input prefix as ``source``, :mod:`lqs_megatron.data.fingerprint`), then the
+    :mod:`lqs_megatron.data.datasets.meta`, and ``PREFIX.stats.json``: ``command``, the input's tokenizer
+    identity and the input prefix as ``source``, :mod:`lqs_megatron.data.tokenizers.fingerprint`), then the
     dataset, ``.idx`` last.
     Returns the number of tokens written.
     """

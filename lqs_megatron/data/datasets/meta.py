@@ -9,7 +9,7 @@ Why jsonl and not parquet: every tool opens it (``head``, ``jq``, pandas, pyarro
 it streams in both directions without a dependency, and the fields are small (a source
 name, a URL). The sidecar travels with the sequences: every writer that gathers
 sequences (``sample-proxy``, ``select``, ``order`` through
-:func:`lqs_megatron.data.subset.write_subset_with_sidecars`, ``merge``, sharded runs)
+:func:`lqs_megatron.data.datasets.subset.write_subset_with_sidecars`, ``merge``, sharded runs)
 gathers the same lines with :func:`subset_meta` / :func:`concat_meta`, so a selected
 or ordered dataset keeps its provenance.
 

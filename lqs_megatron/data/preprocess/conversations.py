@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from lqs_megatron.data.fingerprint import identity
-from lqs_megatron.data.indexed import optimal_dtype
-from lqs_megatron.data.jsonl import ON_ERROR, BadLine, get_field, iter_records
-from lqs_megatron.data.sharding import plan_inputs
-from lqs_megatron.data.tokenize import default_workers, finish_stats, flatten, write_batches
-from lqs_megatron.data.tokenizer import BatchEncoder, check_round_trip, vocab_size
+from lqs_megatron.data.datasets.indexed import optimal_dtype
+from lqs_megatron.data.preprocess.jsonl import ON_ERROR, BadLine, get_field, iter_records
+from lqs_megatron.data.preprocess.sharding import plan_inputs
+from lqs_megatron.data.preprocess.tokenize import default_workers, finish_stats, flatten, write_batches
+from lqs_megatron.data.tokenizers.fingerprint import identity
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, check_round_trip, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
 from lqs_megatron.utils.lock import output_lock

@@ -21,26 +21,20 @@ then runs ``lqs tokenize`` on each as a subprocess and reports:
 
 The goal (issue 12) is a peak tree RSS under 2 GB for 10 GB inputs. One command, a printed table::
 
-    nice -n 19 python benchmarks/tokenize_scale.py --gb 10            # the full-size run
-    python benchmarks/tokenize_scale.py --gb 0.2                      # a quick check
-    python benchmarks/tokenize_scale.py --tiny                        # seconds: what the tests run
+    nice -n 19 python benchmarks/bench_tokenize_scale.py --gb 10            # the full-size run
+    python benchmarks/bench_tokenize_scale.py --gb 0.2                      # a quick check
+    python benchmarks/bench_tokenize_scale.py --tiny                        # seconds: what the tests run
 """
-
-# benchmarks/tokenize.py would shadow the standard library's ``tokenize`` (pandas, via pyarrow, imports it):
-# drop this directory from the import path first.
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import hashlib
 import json
+import os
 import platform
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -98,8 +92,13 @@ def write_corpus(jsonl: str, parquet: str, target_bytes: int, row_group_bytes: i
                 break
         if group:
             pw.write_table(pa.Table.from_pylist(group, schema=schema), row_group_size=len(group))
-    return {"documents": docs, "jsonl_bytes": os.path.getsize(jsonl), "parquet_bytes": os.path.getsize(parquet),
-            "row_groups": pq.ParquetFile(parquet).metadata.num_row_groups, "seconds": time.time() - t0}  # fmt: skip
+    return {
+        "documents": docs,
+        "jsonl_bytes": os.path.getsize(jsonl),
+        "parquet_bytes": os.path.getsize(parquet),
+        "row_groups": pq.ParquetFile(parquet).metadata.num_row_groups,
+        "seconds": time.time() - t0,
+    }
 
 
 def _tree(pid: int) -> list[int]:
@@ -150,8 +149,22 @@ class TreeMemory(threading.Thread):
 
 
 def run_tokenize(inp: str, tokenizer: str, out: str, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "lqs_megatron", "tokenize", "--input", inp, "--tokenizer", tokenizer, "--out", out,
-           "--workers", str(workers), "--keep-fields", "source,url"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lqs_megatron",
+        "tokenize",
+        "--input",
+        inp,
+        "--tokenizer",
+        tokenizer,
+        "--out",
+        out,
+        "--workers",
+        str(workers),
+        "--keep-fields",
+        "source,url",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -191,12 +204,19 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/lqs-scale", help="scratch directory (created; deleted at the end)")
     ap.add_argument("--row-group-mb", type=float, default=128.0, help="text per parquet row group")
     ap.add_argument("--vocab-size", type=int, default=8000, help="pieces of the trained tokenizer")
-    ap.add_argument("--parquet-compression", default="none", help="parquet codec: none (the file is about as big as "
-                    "the jsonl), snappy (pyarrow's default), zstd, ...")  # fmt: skip
+    ap.add_argument(
+        "--parquet-compression",
+        default="none",
+        help="parquet codec: none (the file is about as big as the jsonl), snappy (pyarrow's default), zstd, ...",
+    )
     ap.add_argument("--tokenizer", default=None, help="an existing tokenizer directory (default: train one)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    ap.add_argument("--tiny", action="store_true", help="a seconds-long check of the script itself (5 MB, 1,000 "
-                    "pieces, a fresh scratch directory): what the test suite runs")  # fmt: skip
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a seconds-long check of the script itself (5 MB, 1,000 "
+        "pieces, a fresh scratch directory): what the test suite runs",
+    )
     args = ap.parse_args()
     if args.tiny:
         import tempfile
@@ -206,20 +226,38 @@ def main() -> None:
     os.makedirs(args.dir, exist_ok=True)
     jsonl, parquet = os.path.join(args.dir, "corpus.jsonl"), os.path.join(args.dir, "corpus.parquet")
     try:
-        corpus = write_corpus(jsonl, parquet, int(args.gb * 1e9), int(args.row_group_mb * 1e6),
-                              args.parquet_compression)  # fmt: skip
-        print(f"corpus: {corpus['documents']:,} documents, jsonl {corpus['jsonl_bytes'] / 1e9:.2f} GB, parquet "
-              f"{corpus['parquet_bytes'] / 1e9:.2f} GB in {corpus['row_groups']} row groups "
-              f"(written in {corpus['seconds']:.0f} s)", flush=True)  # fmt: skip
+        corpus = write_corpus(
+            jsonl, parquet, int(args.gb * 1e9), int(args.row_group_mb * 1e6), args.parquet_compression
+        )
+        print(
+            f"corpus: {corpus['documents']:,} documents, jsonl {corpus['jsonl_bytes'] / 1e9:.2f} GB, parquet "
+            f"{corpus['parquet_bytes'] / 1e9:.2f} GB in {corpus['row_groups']} row groups "
+            f"(written in {corpus['seconds']:.0f} s)",
+            flush=True,
+        )
         tok = args.tokenizer
         if tok is None:
             tok = os.path.join(args.dir, "tokenizer")
             sample = os.path.join(args.dir, "sample.jsonl")
             with open(jsonl, "rb") as src, open(sample, "wb") as dst:
                 dst.write(src.read(20_000_000).rsplit(b"\n", 1)[0] + b"\n")
-            trained = subprocess.run([sys.executable, "-m", "lqs_megatron", "train-tokenizer", "--input", sample,
-                                      "--vocab-size", str(args.vocab_size), "--out", tok], cwd=REPO,
-                                     capture_output=True, text=True)  # fmt: skip
+            trained = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "lqs_megatron",
+                    "train-tokenizer",
+                    "--input",
+                    sample,
+                    "--vocab-size",
+                    str(args.vocab_size),
+                    "--out",
+                    tok,
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             if trained.returncode != 0:
                 raise SystemExit(f"lqs train-tokenizer failed:\n{trained.stderr[-2000:]}")
         rows = {}
@@ -227,23 +265,29 @@ def main() -> None:
             out = os.path.join(args.dir, f"out-{name}")
             rows[name] = run_tokenize(inp, tok, out, args.workers)
             r = rows[name]
-            print(f"{name}: {r['wall_s']:.0f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB (PSS "
-                  f"{r['peak_tree_pss_mb']:.0f} MB), largest process {r['max_process_hwm_mb']:.0f} MB",
-                  flush=True)  # fmt: skip
+            print(
+                f"{name}: {r['wall_s']:.0f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB (PSS "
+                f"{r['peak_tree_pss_mb']:.0f} MB), largest process {r['max_process_hwm_mb']:.0f} MB",
+                flush=True,
+            )
             if name == "jsonl":  # keep only one output at a time on disk (the digest is kept)
                 for ext in (".bin", ".idx", ".meta.jsonl"):
                     os.unlink(out + ext)
         print()
-        print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.python_version()}; "
-              f"--workers {args.workers}; jsonl {corpus['jsonl_bytes'] / 1e9:.2f} GB")  # fmt: skip
+        print(
+            f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.python_version()}; "
+            f"--workers {args.workers}; jsonl {corpus['jsonl_bytes'] / 1e9:.2f} GB"
+        )
         head = f"{'input':8} {'size GB':>8} {'docs':>11} {'tokens':>14} {'docs/s':>8} {'MB/s':>6} {'wall s':>7} "
         head += f"{'tree RSS MB':>12} {'tree PSS MB':>12} {'max proc MB':>12} {'sum HWM MB':>11}"
         print(head)
         for name, r in rows.items():
             size = corpus[f"{name}_bytes"]
-            print(f"{name:8} {size / 1e9:8.2f} {r['documents']:11,} {r['tokens']:14,} {r['docs_per_s']:8.0f} "
-                  f"{corpus['jsonl_bytes'] / 1e6 / r['wall_s']:6.1f} {r['wall_s']:7.0f} {r['peak_tree_rss_mb']:12.0f} "
-                  f"{r['peak_tree_pss_mb']:12.0f} {r['max_process_hwm_mb']:12.0f} {r['sum_hwm_mb']:11.0f}")  # fmt: skip
+            print(
+                f"{name:8} {size / 1e9:8.2f} {r['documents']:11,} {r['tokens']:14,} {r['docs_per_s']:8.0f} "
+                f"{corpus['jsonl_bytes'] / 1e6 / r['wall_s']:6.1f} {r['wall_s']:7.0f} {r['peak_tree_rss_mb']:12.0f} "
+                f"{r['peak_tree_pss_mb']:12.0f} {r['max_process_hwm_mb']:12.0f} {r['sum_hwm_mb']:11.0f}"
+            )
         same = rows["jsonl"]["sha256"] == rows["parquet"]["sha256"]
         print(f"outputs byte-identical: {same}")
         if not same:

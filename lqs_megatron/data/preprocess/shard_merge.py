@@ -3,7 +3,7 @@
 What the shards are is read from what they wrote (:func:`merge_shards`):
 
 - **datasets** (``tokenize``, ``retokenize``: ``OUT.shard-*.bin/.idx`` with their
-  ``.stats.json``): the sequences back to back (:func:`~lqs_megatron.data.merge.merge_datasets`,
+  ``.stats.json``): the sequences back to back (:func:`~lqs_megatron.data.datasets.merge.merge_datasets`,
   provenance sidecars included). A chunk-mode ``tokenize`` shard holds its documents and
   their chunk-boundary flags; the merge cuts the chunks over the whole stream, as one run
   does, so the chunks are the same whatever the shard count. ``OUT.stats.json`` is the one
@@ -12,7 +12,7 @@ What the shards are is read from what they wrote (:func:`merge_shards`):
 - **scores** (``score``: ``OUT.shard-*/scores.npy``): ``OUT/scores.npy`` (and
   ``OUT/scores.parquet`` when the shards wrote one), ``OUT/score_stats.json``.
 - **exports** (``export-jsonl``: ``OUT.shard-*.jsonl`` or ``.parquet``): the files joined
-  (:func:`lqs_megatron.data.export.merge_exports`).
+  (:func:`lqs_megatron.data.preprocess.export.merge_exports`).
 
 Every shard must be finished (its stats or output file present) and of the same run
 (command, arguments, inputs, tokenizer); anything else is an error naming the shard.
@@ -27,14 +27,14 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.chunking import Chunker
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter, dataset_exists, idx_path
-from lqs_megatron.data.jsonl import SkipLog
-from lqs_megatron.data.merge import merge_datasets
-from lqs_megatron.data.meta import meta_path
-from lqs_megatron.data.sharding import check_tiling, find_shard_outputs
-from lqs_megatron.data.tokenize import boundaries_path
-from lqs_megatron.data.writing import (
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter, dataset_exists, idx_path
+from lqs_megatron.data.datasets.merge import merge_datasets
+from lqs_megatron.data.datasets.meta import meta_path
+from lqs_megatron.data.preprocess.chunking import Chunker
+from lqs_megatron.data.preprocess.jsonl import SkipLog
+from lqs_megatron.data.preprocess.sharding import check_tiling, find_shard_outputs
+from lqs_megatron.data.preprocess.tokenize import boundaries_path
+from lqs_megatron.data.preprocess.writing import (
     TIMING_KEYS,
     ChunkProvenance,
     StreamFile,
@@ -48,8 +48,18 @@ from lqs_megatron.utils.lock import output_lock
 
 logger = logging.getLogger(__name__)
 
-_BASE_KEYS = ("command", "output", "documents", "sequences", "tokens", "chars", "skipped", "truncated_documents",
-              "truncated_tokens", *TIMING_KEYS)  # fmt: skip
+_BASE_KEYS = (
+    "command",
+    "output",
+    "documents",
+    "sequences",
+    "tokens",
+    "chars",
+    "skipped",
+    "truncated_documents",
+    "truncated_tokens",
+    *TIMING_KEYS,
+)
 _SHARD_ONLY = ("shard", "chunk_boundaries", "idx_digest")
 _BLOCK_TOKENS = 1 << 22
 
@@ -58,7 +68,7 @@ def merge_shards(out: str | os.PathLike) -> dict:
     """Join the shards of a run with ``--out out`` (see the module docstring); return its summary."""
     out = os.fspath(out).rstrip("/")
     if out.endswith((".jsonl", ".parquet")):
-        from lqs_megatron.data.export import merge_exports
+        from lqs_megatron.data.preprocess.export import merge_exports
 
         return merge_exports(out, find_shard_outputs(out))
     if glob.glob(glob.escape(out) + ".shard-*-of-*/"):  # score output directories
@@ -90,17 +100,22 @@ def _same_run(stats: list[dict], shards: list[str]) -> None:
     for i, (s, path) in enumerate(zip(stats, shards)):
         info = s.get("shard") or {}
         if info.get("index") != i or info.get("count") != len(shards):
-            raise LQSError(f"{path}.stats.json is not shard {i}/{len(shards)} (it says {info.get('index')}/"
-                           f"{info.get('count')})")  # fmt: skip
+            raise LQSError(
+                f"{path}.stats.json is not shard {i}/{len(shards)} (it says {info.get('index')}/{info.get('count')})"
+            )
         diff = [k for k, v in key(s).items() if v != ref[k]]
         if diff:
-            raise LQSError(f"{path} belongs to another run than {shards[0]} ({', '.join(diff)} differ); "
-                           "rerun it with the same command")  # fmt: skip
+            raise LQSError(
+                f"{path} belongs to another run than {shards[0]} ({', '.join(diff)} differ); "
+                "rerun it with the same command"
+            )
     if "segments" in (stats[0].get("shard") or {}):  # tokenize: byte ranges / rows of the input files
         gap = check_tiling([s["shard"] for s in stats])
         if gap:
-            raise LQSError(f"the shards of {shards[0].rsplit('.shard-', 1)[0]} do not tile the input: {gap}; "
-                           "rerun every shard on the same input files")  # fmt: skip
+            raise LQSError(
+                f"the shards of {shards[0].rsplit('.shard-', 1)[0]} do not tile the input: {gap}; "
+                "rerun every shard on the same input files"
+            )
 
 
 def merge_dataset_shards(out: str, shards: list[str]) -> dict:
@@ -186,7 +201,7 @@ def _blocks(ds: IndexedDataset):
 def merge_score_shards(out: str, shards: list[str]) -> dict:
     """Join ``lqs score`` shard directories into ``out/scores.npy`` (+ ``scores.parquet`` when the shards wrote
     one, ``score_stats.json``): the scores one run writes, byte for byte."""
-    from lqs_megatron.data.scores import write_scores_parquet
+    from lqs_megatron.data.datasets.scores import write_scores_parquet
     from lqs_megatron.utils.atomic import save_json, save_npy
 
     stats = []

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lqs_megatron.data.fingerprint import fingerprint
-from lqs_megatron.data.indexed import IndexedDataset, optimal_dtype
-from lqs_megatron.data.sharding import Shard, parse_shard, shard_output, split_range
-from lqs_megatron.data.tokenize import (
+from lqs_megatron.data.datasets.indexed import IndexedDataset, optimal_dtype
+from lqs_megatron.data.preprocess.sharding import Shard, parse_shard, shard_output, split_range
+from lqs_megatron.data.preprocess.tokenize import (
     EncodedBatch,
     default_workers,
     finish_stats,
@@ -35,7 +34,8 @@ from lqs_megatron.data.tokenize import (
     run_args,
     write_batches,
 )
-from lqs_megatron.data.tokenizer import BatchEncoder, vocab_size
+from lqs_megatron.data.tokenizers.fingerprint import fingerprint
+from lqs_megatron.data.tokenizers.tokenizer import BatchEncoder, vocab_size
 from lqs_megatron.errors import LQSError
 from lqs_megatron.options import internal, option
 from lqs_megatron.utils.lock import output_lock

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.indexed import IndexedDataset
-from lqs_megatron.data.sample_index import samples_available
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.sample_index import samples_available
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.loading import build_model, load_model
@@ -42,7 +42,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 
 def resolve_model_config(cfg: PretrainConfig):
     """``(ModelConfig, tokenizer or None)`` of the run, validated against ``--tp`` (no process group needed)."""
-    from lqs_megatron.data.tokenizer import load_tokenizer, vocab_size
+    from lqs_megatron.data.tokenizers.tokenizer import load_tokenizer, vocab_size
 
     tok_dir = cfg.tokenizer
     if cfg.init_from is not None:
@@ -75,7 +75,12 @@ def run_tokenizer(cfg: PretrainConfig, tok) -> dict | None:
     """The tokenizer identity of the run (``--tokenizer``'s, or ``--init-from``'s), checked against every
     dataset's (``--allow-tokenizer-mismatch`` makes a mismatch a warning); when the model side records
     none, the data's: what the checkpoints record (``config.json``'s ``tokenizer``)."""
-    from lqs_megatron.data.fingerprint import check_data_tokenizer, dataset_tokenizer, identity, model_tokenizer
+    from lqs_megatron.data.tokenizers.fingerprint import (
+        check_data_tokenizer,
+        dataset_tokenizer,
+        identity,
+        model_tokenizer,
+    )
 
     if tok is not None:
         model_tok, name = identity(tok, tok.name_or_path), f"tokenizer {tok.name_or_path}"
@@ -205,9 +210,16 @@ class Pretrainer(Trainer):
             "resume_changes": self.resume_changes,
         }
         path = save_checkpoint(
-            self.out, step, self.model, self.optimizer, self.dims, self.checkpoint_meta(step), state, self.tokenizer,
+            self.out,
+            step,
+            self.model,
+            self.optimizer,
+            self.dims,
+            self.checkpoint_meta(step),
+            state,
+            self.tokenizer,
             keep_last=self.cfg.keep_last,
-        )  # fmt: skip
+        )
         self.last_saved = step
         return path
 

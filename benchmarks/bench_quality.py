@@ -14,9 +14,10 @@ LQS+folding, and the DELT follow-up's orderings of the same LQS half: LQS+stair,
 LQS+folding+jitter (``--jitter`` positions per window). Prints the table of docs/quality.md and
 writes ``WORK/results.json``.
 
-    python benchmarks/quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
-    python benchmarks/quality.py --tiny                           # smoke test, about a minute
-    python benchmarks/quality.py --work W --annotation-only --methods lqs --lr 0.05 --am-steps 1200  # a sweep point
+    python benchmarks/bench_quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
+    python benchmarks/bench_quality.py --tiny                           # smoke test, about a minute
+    # a sweep point:
+    python benchmarks/bench_quality.py --work W --annotation-only --methods lqs --lr 0.05 --am-steps 1200
 """
 
 from __future__ import annotations
@@ -34,13 +35,31 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality_corpus import PACKAGES, build_corpus, sources
 
-from lqs_megatron.data.meta import read_meta
+from lqs_megatron.data.datasets.meta import read_meta
 from lqs_megatron.pipeline.runner import Runner, Step
 from lqs_megatron.utils.correlation import auc
 
-FULL = dict(vocab=4096, doc_len=257, am_steps=600, am_lr=3e-3, proxy=1000, T=20, K=5, lr="auto", B=16, L=128,
-            scorer_epochs=5, scorer_bs=16, scorer_lr=5e-4, steps=300, plr=3e-3, gbs=16, seq=128,
-            target_num=0, jitter=256)  # fmt: skip
+FULL = dict(
+    vocab=4096,
+    doc_len=257,
+    am_steps=600,
+    am_lr=3e-3,
+    proxy=1000,
+    T=20,
+    K=5,
+    lr="auto",
+    B=16,
+    L=128,
+    scorer_epochs=5,
+    scorer_bs=16,
+    scorer_lr=5e-4,
+    steps=300,
+    plr=3e-3,
+    gbs=16,
+    seq=128,
+    target_num=0,
+    jitter=256,
+)
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)
 TINY["jitter"] = 32
 
@@ -76,10 +95,14 @@ def layout(w: Path, c: dict) -> dict:
     tn = f"tn{c['target_num'] or 'all'}"
     an = f"{am}-{tn}-T{c['T']}-K{c['K']}-B{c['B']}-L{c['L']}-lr{c['lr']}"
     return {
-        "am": am, "tn": tn, "an": an,
-        "am_ckpt": w / "annotation_model" / am / "ckpt", "am_hf": w / "annotation_model" / am / "hf",
-        "target": w / "data" / f"target-{tn}", "annotate": {m: w / "annotate" / f"{m}-{an}" for m in ("lqs", "pds")},
-    }  # fmt: skip
+        "am": am,
+        "tn": tn,
+        "an": an,
+        "am_ckpt": w / "annotation_model" / am / "ckpt",
+        "am_hf": w / "annotation_model" / am / "hf",
+        "target": w / "data" / f"target-{tn}",
+        "annotate": {m: w / "annotate" / f"{m}-{an}" for m in ("lqs", "pds")},
+    }
 
 
 def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step]:
@@ -94,55 +117,197 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
         lines = (corpus / "target.jsonl").read_text().splitlines(keepends=True)[: c["target_num"]]
         Path(target_in).write_text("".join(lines))
     s = [
-        Step("train-tokenizer", ["train-tokenizer", "--input", f"{corpus}/corpus.jsonl", "--vocab-size",
-                                 str(c["vocab"]), "--out", str(tok)], outputs=[str(tok)]),
-        Step("tokenize", ["tokenize", "--input", f"{corpus}/corpus.jsonl", "--tokenizer", str(tok), "--out",
-                          str(data / "corpus"), "--max-length", str(c["doc_len"]), "--keep-fields", "source,kind",
-                          "--workers", "2"], outputs=_ds(data / "corpus"), after=["train-tokenizer"]),
-        Step(f"tokenize-target-{lay['tn']}", ["tokenize-target", "--input", target_in, "--tokenizer", str(tok),
-                                              "--out", target], outputs=_ds(Path(target)), after=["train-tokenizer"]),
-        Step("tokenize-holdout", ["tokenize-target", "--input", f"{corpus}/holdout.jsonl", "--tokenizer", str(tok),
-                                  "--out", str(data / "holdout")], outputs=_ds(data / "holdout"),
-             after=["train-tokenizer"]),
-        Step(f"pretrain-annotation-model-{am}",
-             _pretrain(tok, data / "corpus", am_ckpt, c["am_steps"], c["am_lr"], c, 1), outputs=[str(am_ckpt)],
-             after=["tokenize"], resume_flag="--resume"),
-        Step(f"export-annotation-model-{am}", ["export-hf", "--checkpoint", str(am_ckpt), "--out", str(am_hf)],
-             outputs=[str(am_hf)], after=[f"pretrain-annotation-model-{am}"]),
-        Step("sample-proxy", ["sample-proxy", "--data", str(data / "corpus"), "--num", str(c["proxy"]), "--seed", "1",
-                              "--out", str(proxy)], outputs=_ds(proxy), after=["tokenize"]),
-    ]  # fmt: skip
+        Step(
+            "train-tokenizer",
+            [
+                "train-tokenizer",
+                "--input",
+                f"{corpus}/corpus.jsonl",
+                "--vocab-size",
+                str(c["vocab"]),
+                "--out",
+                str(tok),
+            ],
+            outputs=[str(tok)],
+        ),
+        Step(
+            "tokenize",
+            [
+                "tokenize",
+                "--input",
+                f"{corpus}/corpus.jsonl",
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(data / "corpus"),
+                "--max-length",
+                str(c["doc_len"]),
+                "--keep-fields",
+                "source,kind",
+                "--workers",
+                "2",
+            ],
+            outputs=_ds(data / "corpus"),
+            after=["train-tokenizer"],
+        ),
+        Step(
+            f"tokenize-target-{lay['tn']}",
+            ["tokenize-target", "--input", target_in, "--tokenizer", str(tok), "--out", target],
+            outputs=_ds(Path(target)),
+            after=["train-tokenizer"],
+        ),
+        Step(
+            "tokenize-holdout",
+            [
+                "tokenize-target",
+                "--input",
+                f"{corpus}/holdout.jsonl",
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(data / "holdout"),
+            ],
+            outputs=_ds(data / "holdout"),
+            after=["train-tokenizer"],
+        ),
+        Step(
+            f"pretrain-annotation-model-{am}",
+            _pretrain(tok, data / "corpus", am_ckpt, c["am_steps"], c["am_lr"], c, 1),
+            outputs=[str(am_ckpt)],
+            after=["tokenize"],
+            resume_flag="--resume",
+        ),
+        Step(
+            f"export-annotation-model-{am}",
+            ["export-hf", "--checkpoint", str(am_ckpt), "--out", str(am_hf)],
+            outputs=[str(am_hf)],
+            after=[f"pretrain-annotation-model-{am}"],
+        ),
+        Step(
+            "sample-proxy",
+            [
+                "sample-proxy",
+                "--data",
+                str(data / "corpus"),
+                "--num",
+                str(c["proxy"]),
+                "--seed",
+                "1",
+                "--out",
+                str(proxy),
+            ],
+            outputs=_ds(proxy),
+            after=["tokenize"],
+        ),
+    ]
     for m in c["methods"]:
         out = lay["annotate"][m]
-        s.append(Step(f"annotate-{m}-{lay['an']}",
-                      ["annotate", "--model", str(am_hf), "--train", str(proxy), "--target", target,
-                       "--proxy", str(proxy), "--steps", str(c["T"]), "--interval", str(c["K"]),
-                       "--lr", str(c["lr"]), "--global-batch-size", str(c["B"]), "--max-length",
-                       str(c["L"]), "--method", m, "--out", str(out)],
-                      outputs=[str(out / "raw_scores.npy")],
-                      after=[f"tokenize-target-{lay['tn']}", "sample-proxy", f"export-annotation-model-{am}"],
-                      resume_flag="--resume", state=[str(out)]))  # fmt: skip
+        s.append(
+            Step(
+                f"annotate-{m}-{lay['an']}",
+                [
+                    "annotate",
+                    "--model",
+                    str(am_hf),
+                    "--train",
+                    str(proxy),
+                    "--target",
+                    target,
+                    "--proxy",
+                    str(proxy),
+                    "--steps",
+                    str(c["T"]),
+                    "--interval",
+                    str(c["K"]),
+                    "--lr",
+                    str(c["lr"]),
+                    "--global-batch-size",
+                    str(c["B"]),
+                    "--max-length",
+                    str(c["L"]),
+                    "--method",
+                    m,
+                    "--out",
+                    str(out),
+                ],
+                outputs=[str(out / "raw_scores.npy")],
+                after=[f"tokenize-target-{lay['tn']}", "sample-proxy", f"export-annotation-model-{am}"],
+                resume_flag="--resume",
+                state=[str(out)],
+            )
+        )
     if annotation_only:
         return s
     for m in ("lqs", "pds"):
         sd, ck, sc = w / "scorer" / m / "data", w / "scorer" / m / "ckpt", w / "scores" / m
         s += [
-            Step(f"prepare-scorer-data-{m}", ["prepare-scorer-data", "--proxy", str(proxy), "--scores",
-                                              str(lay["annotate"][m] / "scores.npy"), "--out", str(sd)],
-                 outputs=[str(sd)], after=[f"annotate-{m}-{lay['an']}"]),
-            Step(f"train-scorer-{m}", ["train-scorer", "--base", str(am_hf), "--data", str(sd), "--out", str(ck),
-                                       "--epochs", str(c["scorer_epochs"]), "--lr", str(c["scorer_lr"]),
-                                       "--global-batch-size", str(c["scorer_bs"]), "--warmup-steps", "20"],
-                 outputs=[str(ck)], after=[f"prepare-scorer-data-{m}"], resume_flag="--resume"),
-            Step(f"score-{m}", ["score", "--scorer", str(ck), "--data", str(data / "corpus"), "--out", str(sc),
-                                "--no-progress"], outputs=[str(sc / "scores.npy")], after=[f"train-scorer-{m}"]),
-        ]  # fmt: skip
+            Step(
+                f"prepare-scorer-data-{m}",
+                [
+                    "prepare-scorer-data",
+                    "--proxy",
+                    str(proxy),
+                    "--scores",
+                    str(lay["annotate"][m] / "scores.npy"),
+                    "--out",
+                    str(sd),
+                ],
+                outputs=[str(sd)],
+                after=[f"annotate-{m}-{lay['an']}"],
+            ),
+            Step(
+                f"train-scorer-{m}",
+                [
+                    "train-scorer",
+                    "--base",
+                    str(am_hf),
+                    "--data",
+                    str(sd),
+                    "--out",
+                    str(ck),
+                    "--epochs",
+                    str(c["scorer_epochs"]),
+                    "--lr",
+                    str(c["scorer_lr"]),
+                    "--global-batch-size",
+                    str(c["scorer_bs"]),
+                    "--warmup-steps",
+                    "20",
+                ],
+                outputs=[str(ck)],
+                after=[f"prepare-scorer-data-{m}"],
+                resume_flag="--resume",
+            ),
+            Step(
+                f"score-{m}",
+                ["score", "--scorer", str(ck), "--data", str(data / "corpus"), "--out", str(sc), "--no-progress"],
+                outputs=[str(sc / "scores.npy")],
+                after=[f"train-scorer-{m}"],
+            ),
+        ]
     arms: dict = order_arms(c)
     for m in ("lqs", "pds"):
         sel = w / "curated" / m / "selected"
-        s.append(Step(f"select-{m}", ["select", "--data", str(data / "corpus"), "--scores",
-                                      str(w / "scores" / m / "scores.npy"), "--method", "top-r", "--r", "0.5",
-                                      "--out", str(sel)], outputs=_ds(sel), after=[f"score-{m}"]))  # fmt: skip
+        s.append(
+            Step(
+                f"select-{m}",
+                [
+                    "select",
+                    "--data",
+                    str(data / "corpus"),
+                    "--scores",
+                    str(w / "scores" / m / "scores.npy"),
+                    "--method",
+                    "top-r",
+                    "--r",
+                    "0.5",
+                    "--out",
+                    str(sel),
+                ],
+                outputs=_ds(sel),
+                after=[f"score-{m}"],
+            )
+        )
     for arm, (m, how) in arms.items():
         sel, ordered = w / "curated" / m / "selected", w / "curated" / arm / "ordered"
         argv = ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", *how, "--out", str(ordered)]
@@ -155,15 +320,50 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
             w / "curated" / arm / "ordered",
         )
         s += [
-            Step(f"pick-{arm}", outputs=[str(pick)], after=["tokenize"], func_id=f"pick:{seed}",
-                 func=lambda p=pick, sd=seed: _pick(p, data, sd)),
-            Step(f"select-{arm}", ["select", "--data", str(data / "corpus"), "--scores", str(pick), "--method",
-                                   "threshold", "--threshold", "0.5", "--out", str(sel)], outputs=_ds(sel),
-                 after=[f"pick-{arm}"]),
-            Step(f"order-{arm}", ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", "--method", "shuffle",
-                                  "--seed", str(seed), "--out", str(ordered)], outputs=_ds(ordered),
-                 after=[f"select-{arm}"]),
-        ]  # fmt: skip
+            Step(
+                f"pick-{arm}",
+                outputs=[str(pick)],
+                after=["tokenize"],
+                func_id=f"pick:{seed}",
+                func=lambda p=pick, sd=seed: _pick(p, data, sd),
+            ),
+            Step(
+                f"select-{arm}",
+                [
+                    "select",
+                    "--data",
+                    str(data / "corpus"),
+                    "--scores",
+                    str(pick),
+                    "--method",
+                    "threshold",
+                    "--threshold",
+                    "0.5",
+                    "--out",
+                    str(sel),
+                ],
+                outputs=_ds(sel),
+                after=[f"pick-{arm}"],
+            ),
+            Step(
+                f"order-{arm}",
+                [
+                    "order",
+                    "--data",
+                    str(sel),
+                    "--scores",
+                    f"{sel}.scores.npy",
+                    "--method",
+                    "shuffle",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(ordered),
+                ],
+                outputs=_ds(ordered),
+                after=[f"select-{arm}"],
+            ),
+        ]
         arms[arm] = None
     arms["full"] = None
     for arm in arms:
@@ -173,19 +373,47 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
         src = data / "corpus" if arm == "full" else w / "curated" / arm / "ordered"
         extra = ["--shuffle"] if arm == "full" else []
         s += [
-            Step(f"pretrain-{arm}", _pretrain(tok, src, ck, c["steps"], c["plr"], c, 2) + extra, outputs=[str(ck)],
-                 after=["tokenize" if arm == "full" else f"order-{arm}"], resume_flag="--resume"),
-            Step(f"evaluate-{arm}", ["evaluate", "--model", str(ck), "--data", str(data / "holdout"), "--max-length",
-                                     "1024"], outputs=[str(w / "logs" / f"evaluate-{arm}.stdout")],
-                 after=[f"pretrain-{arm}", "tokenize-holdout"]),
-        ]  # fmt: skip
+            Step(
+                f"pretrain-{arm}",
+                _pretrain(tok, src, ck, c["steps"], c["plr"], c, 2) + extra,
+                outputs=[str(ck)],
+                after=["tokenize" if arm == "full" else f"order-{arm}"],
+                resume_flag="--resume",
+            ),
+            Step(
+                f"evaluate-{arm}",
+                ["evaluate", "--model", str(ck), "--data", str(data / "holdout"), "--max-length", "1024"],
+                outputs=[str(w / "logs" / f"evaluate-{arm}.stdout")],
+                after=[f"pretrain-{arm}", "tokenize-holdout"],
+            ),
+        ]
     return s
 
 
 def _pretrain(tok, data, out, steps, lr, c, seed) -> list[str]:
-    return ["pretrain", "--model-config", "tiny", "--tokenizer", str(tok), "--data", str(data), "--max-length",
-            str(c["seq"]), "--global-batch-size", str(c["gbs"]), "--steps", str(steps), "--lr", str(lr),
-            "--warmup-steps", str(max(1, steps // 20)), "--out", str(out), "--seed", str(seed)]  # fmt: skip
+    return [
+        "pretrain",
+        "--model-config",
+        "tiny",
+        "--tokenizer",
+        str(tok),
+        "--data",
+        str(data),
+        "--max-length",
+        str(c["seq"]),
+        "--global-batch-size",
+        str(c["gbs"]),
+        "--steps",
+        str(steps),
+        "--lr",
+        str(lr),
+        "--warmup-steps",
+        str(max(1, steps // 20)),
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+    ]
 
 
 def _pick(path: Path, data: Path, seed: int) -> None:
@@ -220,8 +448,11 @@ def degraded_pairs(corpus_jsonl: Path) -> np.ndarray:
         if r["source"] == "shuffled-copies" and tuple(sorted(words[i])) in by_bag:
             pairs.append((by_bag[tuple(sorted(words[i]))], i))
         elif r["source"] == "replaced-copies":
-            best = max(by_len.get(len(words[i]), []), key=lambda j: sum(a == b for a, b in zip(words[j], words[i])),
-                       default=None)  # fmt: skip
+            best = max(
+                by_len.get(len(words[i]), []),
+                key=lambda j: sum(a == b for a, b in zip(words[j], words[i])),
+                default=None,
+            )
             if best is not None:
                 pairs.append((best, i))
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
@@ -252,12 +483,18 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
         rec = json.loads((layout(w, c)["annotate"][m] / "annotate.json").read_text())
         raw = np.load(layout(w, c)["annotate"][m] / "raw_scores.npy")
         curve = [p["loss"] for p in rec["target_loss_curve"]]
-        res["annotation"][m] = {**_aucs(raw, pk), "paired": paired(raw, ppairs), "pairs": len(ppairs),
-                                "by_source": _by_source(raw, pmeta), "lr": rec["arguments"]["lr"],
-                                "health_ok": rec["health"]["ok"],
-                                "warnings": [x["kind"] for x in rec["health"]["warnings"]],
-                                "target_loss": [round(curve[0], 4), round(min(curve), 4), round(curve[-1], 4)],
-                                "spearman": rec["health"]["spearman"], "seconds": rec["timings_s"]}  # fmt: skip
+        res["annotation"][m] = {
+            **_aucs(raw, pk),
+            "paired": paired(raw, ppairs),
+            "pairs": len(ppairs),
+            "by_source": _by_source(raw, pmeta),
+            "lr": rec["arguments"]["lr"],
+            "health_ok": rec["health"]["ok"],
+            "warnings": [x["kind"] for x in rec["health"]["warnings"]],
+            "target_loss": [round(curve[0], 4), round(min(curve), 4), round(curve[-1], 4)],
+            "spearman": rec["health"]["spearman"],
+            "seconds": rec["timings_s"],
+        }
     if annotation_only:
         return res
     meta = read_meta(w / "data" / "corpus")
@@ -299,10 +536,14 @@ def table(res: dict) -> str:
         if m not in a:
             a = {**a, m: {"lr": float("nan"), "target_loss": [], "health_ok": "-", "warnings": [], "by_source": {}}}
     lines.append(f"| annotation eta | {a['lqs']['lr']:g} | {a['pds']['lr']:g} |")
-    lines.append(f"| replay L_tgt start / min / end | {' / '.join(map(str, a['lqs']['target_loss']))} | "
-                 f"{' / '.join(map(str, a['pds']['target_loss']))} |")  # fmt: skip
-    lines.append(f"| health ok (warnings) | {a['lqs']['health_ok']} ({', '.join(a['lqs']['warnings']) or '-'}) | "
-                 f"{a['pds']['health_ok']} ({', '.join(a['pds']['warnings']) or '-'}) |")  # fmt: skip
+    lines.append(
+        f"| replay L_tgt start / min / end | {' / '.join(map(str, a['lqs']['target_loss']))} | "
+        f"{' / '.join(map(str, a['pds']['target_loss']))} |"
+    )
+    lines.append(
+        f"| health ok (warnings) | {a['lqs']['health_ok']} ({', '.join(a['lqs']['warnings']) or '-'}) | "
+        f"{a['pds']['health_ok']} ({', '.join(a['pds']['warnings']) or '-'}) |"
+    )
     lines += ["", "Mean z-scored score per source (annotation, proxy set | scorer, whole corpus), best first:", ""]
     for stage in ("annotation", "scorer"):
         for m, r in res[stage].items():
@@ -325,8 +566,12 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("--work", default=None, help="work directory (finished steps are reused on a rerun; required "
-                   "except with --tiny, which defaults to a fresh temporary directory)")  # fmt: skip
+    p.add_argument(
+        "--work",
+        default=None,
+        help="work directory (finished steps are reused on a rerun; required "
+        "except with --tiny, which defaults to a fresh temporary directory)",
+    )
     p.add_argument("--tiny", action="store_true", help="a smoke test of the whole chain (about a minute)")
     p.add_argument("--seeds", type=int, default=3, help="RANDOM arm seeds (the noise floor)")
     p.add_argument("--annotation-only", action="store_true", help="stop after the annotation (its AUCs only)")
@@ -341,8 +586,9 @@ def main() -> None:
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every step (1 on a loaded machine)")
     for k, v in FULL.items():
-        p.add_argument(f"--{k.replace('_', '-')}", default=None, type=type(v) if k != "lr" else str,
-                       help=f"(full run: {v})")  # fmt: skip
+        p.add_argument(
+            f"--{k.replace('_', '-')}", default=None, type=type(v) if k != "lr" else str, help=f"(full run: {v})"
+        )
     args = p.parse_args()
     c = dict(TINY if args.tiny else FULL)
     c.update({k: getattr(args, k) for k in FULL if getattr(args, k) is not None})
@@ -370,8 +616,12 @@ def main() -> None:
     steps = plan(w, c, seeds, args.annotation_only)
     runner.run(steps)
     res = collect(w, c, runner, seeds, args.annotation_only)
-    res.update(config=c, seconds=round(time.time() - t0, 1), timings=runner.timings,
-               corpus=json.loads((w / "corpus" / "manifest.json").read_text()))  # fmt: skip
+    res.update(
+        config=c,
+        seconds=round(time.time() - t0, 1),
+        timings=runner.timings,
+        corpus=json.loads((w / "corpus" / "manifest.json").read_text()),
+    )
     (w / "results.json").write_text(json.dumps(res, indent=2))
     with open(w / "results.jsonl", "a") as f:  # every run of a sweep, one line each
         f.write(json.dumps(res) + "\n")

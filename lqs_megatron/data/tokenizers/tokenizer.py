@@ -107,14 +107,14 @@ class BatchEncoder:
     normaliser off: the same ids. Texts that are empty or contain a special token's string
     (split out *before* normalisation by the backend) take the normal path.
 
-    When the tokenizer also qualifies for the word cache (``data/word_cache.py``: BPE whose
+    When the tokenizer also qualifies for the word cache (``data/tokenizers/word_cache.py``: BPE whose
     pieces never hold ``▁`` after another character, as sentencepiece trains them), batches
-    whose texts are all plain go through :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`
+    whose texts are all plain go through :class:`~lqs_megatron.data.tokenizers.word_cache.WordCacheEncoder`
     instead: each distinct word is encoded once per process, the same ids again.
     ``word_cache=False`` turns that off.
 
     When ``gigatoken`` is installed and gives exactly the backend's ids for this tokenizer
-    (``data/gigatoken_backend.py`` checks that when the tokenizer loads: byte-level BPE such as
+    (``data/tokenizers/gigatoken_backend.py`` checks that when the tokenizer loads: byte-level BPE such as
     GPT-2's, Llama-3's and Qwen's, and the sentencepiece style above), plain texts go through it
     first, the fastest of the three. ``gigatoken=False`` turns that off. :attr:`encoding` names
     the path plain texts take. These encoders are built once per process for each directory and
@@ -146,12 +146,14 @@ class BatchEncoder:
 
     @property
     def word_cache(self):
-        """The :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`, or ``None`` where it does not apply."""
+        """The :class:`~lqs_megatron.data.tokenizers.word_cache.WordCacheEncoder`, or ``None`` where it does not
+        apply."""
         return self._paths.words
 
     @property
     def gigatoken(self):
-        """The :class:`~lqs_megatron.data.gigatoken_backend.GigatokenEncoder`, or ``None`` where it does not apply."""
+        """The :class:`~lqs_megatron.data.tokenizers.gigatoken_backend.GigatokenEncoder`, or ``None`` where it does
+        not apply."""
         return self._paths.giga
 
     @property
@@ -350,9 +352,9 @@ class _Paths:
     raw: object | None = None
     """The backend without its sentencepiece normaliser (the ``str.replace`` fast path), where that applies."""
     words: object | None = None
-    """The :class:`~lqs_megatron.data.word_cache.WordCacheEncoder`, where it applies."""
+    """The :class:`~lqs_megatron.data.tokenizers.word_cache.WordCacheEncoder`, where it applies."""
     giga: object | None = None
-    """The :class:`~lqs_megatron.data.gigatoken_backend.GigatokenEncoder`, where it applies."""
+    """The :class:`~lqs_megatron.data.tokenizers.gigatoken_backend.GigatokenEncoder`, where it applies."""
     specials: object | None = None
     """``_C.SpecialStrings`` of the added tokens' strings (the backend splits them out of a text first)."""
 
@@ -380,7 +382,7 @@ def _load_paths(tokenizer_dir: str, word_cache: bool, gigatoken: bool) -> _Paths
     spec = _light_spec(bt)
     specials = _C.SpecialStrings([t["content"] for t in spec.get("added_tokens", []) if t.get("content")])
     if gigatoken:
-        from lqs_megatron.data.gigatoken_backend import GigatokenEncoder, gigatoken_spec
+        from lqs_megatron.data.tokenizers.gigatoken_backend import GigatokenEncoder, gigatoken_spec
 
         found = gigatoken_spec(bt, spec)
         if found is not None:
@@ -391,7 +393,7 @@ def _load_paths(tokenizer_dir: str, word_cache: bool, gigatoken: bool) -> _Paths
     raw.normalizer = None
     words = None
     if word_cache:
-        from lqs_megatron.data.word_cache import WordCacheEncoder, word_cache_spec
+        from lqs_megatron.data.tokenizers.word_cache import WordCacheEncoder, word_cache_spec
 
         spec["model"]["vocab"] = bt.get_vocab(with_added_tokens=False)
         found = word_cache_spec(raw, spec)

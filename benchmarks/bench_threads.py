@@ -10,8 +10,8 @@ each on the machine as it is and with ``--busy`` CPU-bound processes (``while Tr
 next to it. The load average at the start of each case is printed: on a shared machine the "as it
 is" case is not quiet, so name it when quoting the figures.
 
-    python benchmarks/threads.py               # 2 x 2 cases, about 2 minutes on 2 cores
-    python benchmarks/threads.py --tiny        # seconds
+    python benchmarks/bench_threads.py               # 2 x 2 cases, about 2 minutes on 2 cores
+    python benchmarks/bench_threads.py --tiny        # seconds
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ import os
 import subprocess
 import sys
 import time
-
-# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize module: move it to the end
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 CPU_MODEL = dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32)
 TINY_MODEL = dict(hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16)

@@ -16,19 +16,11 @@ On CUDA both sides run in bf16 (``--compile`` adds ``torch.compile`` to ours, it
 included). Sequences/s, tokens/s and the ratio are printed, plus the largest difference
 between the two sides' scores (they compute the same function).
 
-    python benchmarks/score.py                    # CPU: d=256, 4 layers, 200 sequences of 20..1024 tokens
-    python benchmarks/score.py --device cuda --compile   # GPU: a 125M-class backbone, 20,000 sequences
+    python benchmarks/bench_score.py                    # CPU: d=256, 4 layers, 200 sequences of 20..1024 tokens
+    python benchmarks/bench_score.py --device cuda --compile   # GPU: a 125M-class backbone, 20,000 sequences
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize module: move it to the end
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 import json
 import tempfile
@@ -38,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.indexed import IndexedDataset, IndexedDatasetWriter
+from lqs_megatron.data.datasets.indexed import IndexedDataset, IndexedDatasetWriter
 from lqs_megatron.scorer.config import ScoreOptions, ScoreRun
 from lqs_megatron.scorer.infer import score_dataset
 from lqs_megatron.scorer.model import build_scorer, save_scorer
@@ -69,7 +61,7 @@ def make_scorer(d: Path, shape: dict, vocab: int, max_len: int) -> Path:
     """A random Mistral HF directory and a scorer checkpoint built on it (head with random weights)."""
     import transformers
 
-    from lqs_megatron.data.train_tokenizer import train_tokenizer
+    from lqs_megatron.data.tokenizers.train_tokenizer import train_tokenizer
 
     torch.manual_seed(0)
     cfg = transformers.MistralConfig(vocab_size=vocab, max_position_embeddings=max_len + 8, **shape)
@@ -158,14 +150,20 @@ def run(args) -> None:
         ours = np.load(d / "out0" / "scores.npy")
 
     diff = float(np.abs(ours - base).max())
-    ctx = dict(sequences=n, tokens=tokens, hidden=shape["hidden_size"], layers=shape["num_hidden_layers"],
-               bf16=cuda, compile=args.compile)  # fmt: skip
+    ctx = dict(
+        sequences=n,
+        tokens=tokens,
+        hidden=shape["hidden_size"],
+        layers=shape["num_hidden_layers"],
+        bf16=cuda,
+        compile=args.compile,
+    )
     fig = "score-compile" if args.compile else "score"
     record(args, f"{fig}.ours.tokens_per_s", tokens / t_ours, "tokens/s", **ctx)
     record(args, f"{fig}.transformers.tokens_per_s", tokens / t_base, "tokens/s", **ctx)
     record(args, f"{fig}.speedup", t_base / t_ours, "x padded transformers loop", **ctx)
     record(args, f"{fig}.max_abs_diff", diff, "", **ctx)
-    print(f"## Scorer inference (`benchmarks/score.py`)\n\nmachine: {machine(args.device)}; {versions()}\n")
+    print(f"## Scorer inference (`benchmarks/bench_score.py`)\n\nmachine: {machine(args.device)}; {versions()}\n")
     print(
         f"backbone: Mistral d={shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocab {args.vocab}; "
         f"{n} sequences, {tokens} tokens (lognormal lengths {args.min_len}..{args.max_len}, "
@@ -175,13 +173,19 @@ def run(args) -> None:
     print(f"best of {args.repeats} round-robin runs per side\n")
     print("| implementation | seconds | sequences/s | tokens/s | speed-up |")
     print("|---|---|---|---|---|")
-    print(f"| transformers loop, batch {args.baseline_batch_size}, dataset order | {t_base:.2f} | "
-          f"{n / t_base:.1f} | {tokens / t_base:,.0f} | 1.00x |")  # fmt: skip
+    print(
+        f"| transformers loop, batch {args.baseline_batch_size}, dataset order | {t_base:.2f} | "
+        f"{n / t_base:.1f} | {tokens / t_base:,.0f} | 1.00x |"
+    )
     budget = args.max_tokens or (32768 if cuda else 4096)
-    print(f"| lqs score, {budget}-token buckets | {t_ours:.2f} | {n / t_ours:.1f} | "
-          f"{tokens / t_ours:,.0f} | {t_base / t_ours:.2f}x |")  # fmt: skip
-    print(f"\nlargest |score difference| between the two: {diff:.2e}; "
-          f"lqs score compute only: {stats['sequences_per_s']:.1f} seq/s")  # fmt: skip
+    print(
+        f"| lqs score, {budget}-token buckets | {t_ours:.2f} | {n / t_ours:.1f} | "
+        f"{tokens / t_ours:,.0f} | {t_base / t_ours:.2f}x |"
+    )
+    print(
+        f"\nlargest |score difference| between the two: {diff:.2e}; "
+        f"lqs score compute only: {stats['sequences_per_s']:.1f} seq/s"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def read_scores(path: str | os.PathLike) -> np.ndarray:
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "scores.npy")):
         return read_scores(os.path.join(path, "scores.npy"))
     if not os.path.exists(path):
-        from lqs_megatron.data.sharding import find_shard_outputs
+        from lqs_megatron.data.preprocess.sharding import find_shard_outputs
 
         try:
             shards = find_shard_outputs(path, marker="/scores.npy")
@@ -98,8 +98,8 @@ def write_scores_parquet(path, scores: np.ndarray, data_prefix: str | os.PathLik
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lqs_megatron.data.indexed import IndexedDataset
-    from lqs_megatron.data.meta import has_meta, iter_meta, meta_path
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.meta import has_meta, iter_meta, meta_path
     from lqs_megatron.utils.atomic import atomic_file
 
     ds = IndexedDataset(data_prefix)

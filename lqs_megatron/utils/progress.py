@@ -13,7 +13,7 @@
 
 Any long job can log through :class:`MetricsLog`; the annotation, for instance::
 
-    from lqs_megatron.data.progress import MetricsLog
+    from lqs_megatron.utils.progress import MetricsLog
 
     with MetricsLog(out, active=dims.is_main, plot=False) as metrics:
         for k, ... in sweep:

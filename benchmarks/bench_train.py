@@ -14,19 +14,11 @@ are printed; on CUDA also the model-FLOPs utilisation against ``--peak-tflops`` 
 bf16) with the formula ``MFU = tokens/s * (6 N + 12 n_layers n_heads head_dim T) / peak``, ``N`` the
 parameters that enter matmuls (all but the input embedding and the norms).
 
-    python benchmarks/train.py                    # CPU: a small model (d=256, 4 layers, V=8192, T=256)
-    python benchmarks/train.py --device cuda      # GPU: the papers' 160M at T=1024, bf16
+    python benchmarks/bench_train.py                    # CPU: a small model (d=256, 4 layers, V=8192, T=256)
+    python benchmarks/bench_train.py --device cuda      # GPU: the papers' 160M at T=1024, bf16
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# run as a script, this directory comes first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize module (imported by inspect, numpy, torch): move it to the end
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 import torch
 
@@ -36,8 +28,8 @@ from lqs_megatron.models.loading import build_model
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
+from lqs_megatron.training.pretrainer import lm_micro_batches
 from lqs_megatron.training.step import TrainStep
-from lqs_megatron.training.trainer import lm_micro_batches
 
 from _harness import Table, main_guard, parser, record
 

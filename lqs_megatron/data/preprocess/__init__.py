@@ -1,0 +1,1 @@
+"""Preprocessing: raw corpora (jsonl, parquet, arrow) to indexed datasets and back, sharded runs."""

@@ -1,0 +1,1 @@
+"""Tokenizer backends: loading, the word cache, gigatoken, fingerprints, training a tokenizer."""
