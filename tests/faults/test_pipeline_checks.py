@@ -56,8 +56,8 @@ def test_other_sections_name_their_key(tmp_path):
     seed = -int(_rng().integers(1, 10**6))
     with pytest.raises(LQSError, match=rf"p\.yaml: proxy\.seed: --seed must be an integer .*got {seed}"):
         config_from_dict({**_minimal(), "proxy": {"seed": seed}}, tmp_path, where="p.yaml")
-    with pytest.raises(LQSError, match=r"p\.yaml: annotate\.batch_size: --global-batch-size must be >= 1"):
-        config_from_dict({**_minimal(), "annotate": {"batch_size": 0}}, tmp_path, where="p.yaml")
+    with pytest.raises(LQSError, match=r"p\.yaml: annotate\.global_batch_size: --global-batch-size must be >= 1"):
+        config_from_dict({**_minimal(), "annotate": {"global_batch_size": 0}}, tmp_path, where="p.yaml")
     with pytest.raises(LQSError, match=rf"p\.yaml: scorer\.valid_num: --valid-num must be >= 1, got {seed}"):
         config_from_dict({**_minimal(), "scorer": {"valid_num": seed}}, tmp_path, where="p.yaml")
 

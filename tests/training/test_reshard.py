@@ -104,9 +104,10 @@ def test_old_checkpoint_resumes_resharded_and_exports(tmp_path, monkeypatch):
     out = tmp_path / "ckpt"
     shutil.copytree(OLD / "ckpt", out)
     step = out / "step_00000003"
+    tok = shutil.copytree(step / "tokenizer", tmp_path / "tok")  # an input outside --out (the output rule)
     cfg = PretrainConfig(
         model_config=str((OLD / "micro.yaml").relative_to(REPO_PATH)),
-        tokenizer=str(step / "tokenizer"),
+        tokenizer=str(tok),
         data=[str((OLD / "data").relative_to(REPO_PATH))],
         max_length=32,
         global_batch_size=4,
