@@ -7,12 +7,12 @@ import zstandard
 from lqs_megatron.data.preprocess.jsonl import (
     BadLine,
     SkipLog,
-    expand_inputs,
     get_text,
     iter_lines,
     read_jsonl,
     read_texts,
 )
+from lqs_megatron.data.preprocess.sources import expand_inputs
 from lqs_megatron.errors import InputError, LQSError
 
 ROWS = [{"text": f"document {i} \u00e9\u4e2d\U0001f600", "id": i} for i in range(50)]

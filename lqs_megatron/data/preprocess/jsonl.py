@@ -29,14 +29,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lqs_megatron.data.preprocess.sources import (  # noqa: F401 - expand_inputs, open_binary re-exported
+from lqs_megatron.data.preprocess.sources import (
     Columns,
     Segment,
     end,
     expand_inputs,
     iter_file_lines,
     iter_segment,
-    open_binary,
     sniff,
 )
 from lqs_megatron.errors import InputError, LQSError
