@@ -95,7 +95,7 @@ fi
 # that hold some, so that a test module needing a package the GPU machine lacks cannot stop the collection
 mapfile -t GPU_TESTS < <(grep -rlE --include='test_*.py' 'mark\.gpu' tests | sort)
 run_part gpu-tests 120 "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider -o addopts="" "${GPU_TESTS[@]}"
-B="$PY -P benchmarks"
+B="$PY benchmarks"
 J="$OUT/json"
 if [ "$DRY" = 1 ]; then
     ANNOTATE="--sizes tiny"
@@ -125,7 +125,7 @@ fi
 
 NOTE=""
 [ "$DRY" = 1 ] && NOTE="DRY RUN on the CPU at tiny sizes: the figures only show that every step runs."
-"$PY" -P benchmarks/gpu_table.py "$OUT" --note "$NOTE" >"$OUT/table.md"
+"$PY" benchmarks/gpu_table.py "$OUT" --note "$NOTE" >"$OUT/table.md"
 echo
 cat "$OUT/table.md"
 echo "[gpu_check] table, logs and JSON under $OUT"

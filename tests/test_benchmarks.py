@@ -123,7 +123,7 @@ def test_quality_order_arms(tmp_path):
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
-        import quality
+        import bench_quality as quality
     finally:
         sys.path.pop(0)
     for c, window in ((quality.FULL, 256), (quality.TINY, 32)):

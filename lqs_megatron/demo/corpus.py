@@ -89,12 +89,18 @@ def _leading_paragraphs(text: str, max_chars: int) -> str:
     return "\n\n".join(out)
 
 
+HELD_OUT_INSIDE = 100
+"""A held-out paragraph at least this long is also held out where it is only part of another paragraph
+(one docstring quoting another: the Python build's own docstrings decide where that happens)."""
+
+
 def _blocks(units: Iterable[Unit], held_out: set[str]) -> list[str]:
-    """A stream's paragraphs, less those in ``held_out``; each unit's heading joined to its first
-    paragraph (a heading never ends a document)."""
+    """A stream's paragraphs, less those in ``held_out`` or holding a long one; each unit's heading joined to
+    its first paragraph (a heading never ends a document)."""
+    inside = [h for h in held_out if len(h) >= HELD_OUT_INSIDE]
     out = []
     for unit in units:
-        paras = [p for p in unit.text.split("\n\n") if p not in held_out]
+        paras = [p for p in unit.text.split("\n\n") if p not in held_out and not any(h in p for h in inside)]
         if paras:
             out.append(f"{unit.name}\n\n{paras[0]}")
             out.extend(paras[1:])
