@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.datasets.indexed import IndexedDataset, dataset_exists
-from lqs_megatron.data.datasets.scores import CLIP, flat_scores, load_scores, normalize_scores
+from lqs_megatron.data.datasets.scores import CLIP, flat_scores, flat_scores_message, load_scores, normalize_scores
 from lqs_megatron.data.datasets.subset import write_subset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
@@ -155,10 +155,7 @@ def _prepare(cfg: PrepareScorerConfig, args: dict | None) -> dict:
     raw = load_scores(cfg.scores, expected_len=len(ds))
     flat = flat_scores(raw)
     if flat is not None:
-        msg = (
-            f"{cfg.scores}: the scores are {flat}: a scorer trained on them learns nothing (validation Pearson 0); "
-            "check the annotation (its health report)"
-        )
+        msg = flat_scores_message(cfg.scores, flat)
         if not cfg.allow_constant_scores:
             raise LQSError(msg + ", or pass --allow-constant-scores")
         logger.warning(msg)

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lqs_megatron.data.datasets.scores import flat_scores
+from lqs_megatron.data.datasets.scores import flat_scores, flat_scores_message
 from lqs_megatron.data.tokenizers.fingerprint import check_same_tokenizer
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
@@ -180,12 +180,7 @@ class ScorerTrainer(Trainer):
         self.train, self.valid = load_split(run.data, "train"), load_split(run.data, "valid")
         flat = load_stats(run.data).get("scores_flat") or flat_scores(self.train.scores)
         if flat:
-            logger.warning(
-                "%s: the scores are %s: a scorer trained on them learns nothing (validation Pearson 0); check the "
-                "annotation (its health report)",
-                run.data,
-                flat,
-            )
+            logger.warning(flat_scores_message(run.data, flat))
         cfg = cfg.resolved(len(self.train.data), dims.dp)
         self.cfg, self.accum = cfg, cfg.accumulation(dims.dp)
         self.steps_per_epoch = len(self.train.data) // cfg.global_batch_size

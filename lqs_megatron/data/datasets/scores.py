@@ -183,6 +183,14 @@ FLAT_SHARE = 0.99
 """Scores of which this share or more hold one value are nearly constant."""
 
 
+def flat_scores_message(where, reason: str) -> str:
+    """The one sentence for scores :func:`flat_scores` flags (``reason``), read from ``where``."""
+    return (
+        f"{where}: the scores are {reason}: a scorer trained on them learns nothing (validation Pearson 0); "
+        "check the annotation (its health report)"
+    )
+
+
 def flat_scores(raw: np.ndarray) -> str | None:
     """Why ``raw`` cannot teach a scorer anything, or ``None``: constant, or nearly so (a std of rounding noise,
     which normalisation would blow up to unit variance, or one value for at least :data:`FLAT_SHARE` of them)."""

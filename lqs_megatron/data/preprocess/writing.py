@@ -26,7 +26,6 @@ from lqs_megatron.data.preprocess.jsonl import BadLine, SkipLog
 from lqs_megatron.data.preprocess.pool import ordered_map
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
-from lqs_megatron.utils.atomic import clean_stale_temps as _clean_stale_temps
 from lqs_megatron.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -61,16 +60,6 @@ class StreamFile:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         return bool(self._stack.__exit__(exc_type, exc, tb))
-
-
-_SIDECARS = ("", ".meta.jsonl", ".stats.json", ".chunk-boundaries.bin")
-
-
-def clean_stale_temps(prefix: str) -> list[str]:
-    """Remove the temporary files a killed run left beside ``prefix`` (``PREFIX.tmp-PID.bin``,
-    ``PREFIX.meta.jsonl.tmp-PID``, ...) whose process is gone; a live pid's files are left alone
-    (:func:`lqs_megatron.utils.atomic.clean_stale_temps`). Returns the removed paths (each also logged)."""
-    return _clean_stale_temps(prefix + s for s in _SIDECARS)
 
 
 def drop_stale(prefix: str, keep_meta: bool) -> None:
@@ -110,7 +99,6 @@ def write_batches(
     the skip log. An empty result is an error (no dataset is left behind) unless ``allow_empty``
     (a shard: the merge checks the whole).
     """
-    clean_stale_temps(out_prefix)
     skipped = SkipLog()
     counts = {"documents": 0, "truncated_documents": 0, "truncated_tokens": 0, "chars": 0}
     bar = Progress(desc, enabled=progress)
