@@ -637,11 +637,9 @@ SOURCES_FILE = "online_selection_sources.json"
 
 class SelectionLog:
     """``OUT/online_selection.jsonl`` (global rank 0): one line per optimizer step, ``{"step": t,
-    "candidates": [...], "kept": [...], "candidate_documents": [[d, i], ...], "kept_documents": [...],
-    score summary}``; the indices
+    "candidates": [...], "kept": [...], "kept_documents": [[d, i], ...], score summary}``; the indices
     are sample numbers of the run's stream (``--data`` packed, ``training/data.py``) and
-    ``candidate_documents`` / ``kept_documents`` the ``(--data number, sequence index)`` where each
-    sample starts. A resumed
+    ``kept_documents`` the ``(--data number, sequence index)`` where each kept sample starts. A resumed
     run drops the lines after its checkpoint's step first (the part a killed run lost)."""
 
     def __init__(self, out, start_step: int, active: bool):
@@ -671,9 +669,11 @@ class SelectionLog:
             self.fh = None
 
 
-def source_report(out, prefixes: list[str]) -> dict | None:
+def source_report(out, prefixes: list[str], first_document: Callable[[int], tuple[int, int]]) -> dict | None:
     """Per ``source`` (the ``PREFIX.meta.jsonl`` field, as ``lqs report --by source``): candidates and kept
-    samples over the whole run, from ``online_selection.jsonl``; None when no ``--data`` has that field."""
+    samples over the whole run, from ``online_selection.jsonl``, each sample counted for the document
+    where it starts (``first_document(g) -> (--data number, sequence)``); None when no ``--data`` has
+    that field."""
     from pathlib import Path
 
     from lqs_megatron.data.datasets.meta import group_labels, has_meta
@@ -692,8 +692,9 @@ def source_report(out, prefixes: list[str]) -> dict | None:
     table: dict[str, dict] = {}
     for line in (Path(out) / SELECTION_FILE).read_text().splitlines():
         rec = json.loads(line)
-        for field_, docs in (("candidates", rec["candidate_documents"]), ("kept", rec["kept_documents"])):
-            for d, i in docs:
+        for field_ in ("candidates", "kept"):
+            for g in rec[field_]:
+                d, i = first_document(g)
                 src = labels[d][i] if labels[d] is not None else "(none)"
                 row = table.setdefault(src, {"candidates": 0, "kept": 0})
                 row[field_] += 1

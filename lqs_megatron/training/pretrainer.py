@@ -285,7 +285,7 @@ class Pretrainer(Trainer):
         from lqs_megatron.training.online import SOURCES_FILE, source_report
         from lqs_megatron.utils.atomic import save_json
 
-        rep = source_report(self.out, self.stream_prefixes())
+        rep = source_report(self.out, self.stream_prefixes(), self.stream.first_document)
         if rep is None:
             return
         save_json(self.out / SOURCES_FILE, rep)
@@ -331,7 +331,6 @@ class Pretrainer(Trainer):
                 "step": done,
                 "candidates": cands,
                 "kept": kept,
-                "candidate_documents": [list(self.stream.first_document(g)) for g in cands],
                 "kept_documents": [list(self.stream.first_document(g)) for g in kept],
                 "target_refreshed": rec.target_refreshed,
                 **rec.summary(),

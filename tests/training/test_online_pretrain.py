@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.config import PretrainConfig
-from tests.utils import spawn
+from tests.utils import run_lqs, spawn
 
 STEPS = 4
 
@@ -127,8 +127,25 @@ def test_two_processes_equal_one(tiny_data, tmp_path, tp):
     method = "dot" if tp == 1 else "greedy"
     one, two = tmp_path / "one", tmp_path / "two"
     _run(_cfg(tiny_data, one, online_select=method, steps=3, save_interval=0))
-    spawn(_worker, 2, _cfg(tiny_data, two, online_select=method, steps=3, save_interval=0, tp=tp))
+    zero = tp == 1  # dp2 with the distributed optimizer (ZeRO-1): the same updates as plain AdamW
+    cfg = _cfg(tiny_data, two, online_select=method, steps=3, save_interval=0, tp=tp, distributed_optimizer=zero)
+    spawn(_worker, 2, cfg)
     _compare(one, two, rtol=1e-4)
+
+
+def test_cli_refuses_a_missing_or_unusable_target(tiny_data, tmp_path):
+    from tests.training.conftest import write_tokens
+
+    args = ["pretrain", "--model-config", "tiny", "--tokenizer", tiny_data["tokenizer"], "--data", tiny_data["train"]]
+    args += ["--max-length", "16", "--global-batch-size", "4", "--steps", "2", "--lr", "1e-3", "--device", "cpu"]
+    args += ["--online-select", "dot", "--no-tensorboard"]
+    env = {"OMP_NUM_THREADS": "1"}
+    missing = run_lqs(*args, "--out", tmp_path / "a", "--target", tmp_path / "nope", check=False, env=env)
+    assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    short = write_tokens(tmp_path / "short", [[5, 6, 7], [9]])  # sequence 1: one token, no label
+    bad = run_lqs(*args, "--out", tmp_path / "b", "--target", short, check=False, env=env)
+    assert bad.returncode == 1 and "sequence 1 has 1 token(s)" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b" / "latest").exists()
 
 
 @pytest.mark.parametrize(
