@@ -279,6 +279,8 @@ class CandidatePass:
         if missing:
             raise LQSError(f"online selection: no per-example rule for parameter(s) {', '.join(missing)}")
         self.head: list = []  # (hidden, labels, mask, lse) per micro-batch
+        self._inputs: dict[int, tuple] = {}
+        self._mask = None
 
     def _hook(self, layer: _Layer, target: dict | None, add):
         mod, backend = layer.module, self.backend
@@ -305,8 +307,17 @@ class CandidatePass:
         elif layer.kind == "norm":
             keep = lambda m, x: m.normalize(x.detach())  # noqa: E731
         else:
-            keep = lambda m, x: as_computed(x.detach())  # noqa: E731
+            keep = self._shared_input
         return capture_hook(keep, stats, add, layer.kind == "embedding")
+
+    def _shared_input(self, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A linear layer's input as multiplied; layers fed the same tensor (q/k/v, gate/up) hold one copy
+        (under bf16 autocast the cast is a new tensor per layer otherwise)."""
+        key = id(x)
+        hit = self._inputs.get(key)
+        if hit is None or hit[0] is not x:
+            hit = self._inputs[key] = (x, as_computed(x.detach()))
+        return hit[1]
 
     def run(self, micro_batches: Sequence[tuple], target: dict, want_gram: bool, autocast) -> PassOutput:
         """Scores (and, with ``want_gram``, the Gram matrix) of the candidates in ``micro_batches``
@@ -321,6 +332,7 @@ class CandidatePass:
                 acc.add_(dot.double())
 
             self._mask = mask
+            self._inputs: dict[int, tuple] = {}  # this forward's linear inputs, by tensor identity
             handles = [layer.module.register_forward_hook(self._hook(layer, target, add)) for layer in self.layers]
             try:
                 with frozen(model), torch.enable_grad(), autocast():
@@ -345,6 +357,7 @@ class CandidatePass:
             finally:
                 for h in handles:
                     h.remove()
+                self._inputs = {}
             losses.append(loss.detach().double())
             dots.append(acc)
         N = sum(len(mb[0]) for mb in micro_batches)

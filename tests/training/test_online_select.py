@@ -10,6 +10,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.online import (
@@ -204,3 +205,41 @@ def test_micro_batches_equal_one_batch(method):
         assert abs(res.loss - res0.loss) <= 1e-12 * abs(res0.loss)
         for n, p in params.items():
             assert_close(p, params0[n], rtol=1e-12, atol=1e-15, name=n)
+
+
+def test_a_non_finite_step_is_not_applied_and_tied_embeddings_are_refused():
+    model = tiny_model(torch.float64)
+    with torch.no_grad():
+        model.layers[0].attention.wo.weight[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cand, tgt = candidates(seed=2), target(seed=3)
+    res = _step(model, OnlineSettings("dot", KEEP, 2, 1), [tgt])(_micro(cand, 4), N, 0)
+    assert not res.finite
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach().nan_to_num(7.0), before[n].nan_to_num(7.0)), n
+    with pytest.raises(LQSError, match="tied input/output embeddings"):
+        CandidatePass(tiny_model(torch.float64, tie_word_embeddings=True), ParallelDims())
+
+
+def test_bf16_autocast_pass_follows_float32():
+    """Under bf16 autocast (what CUDA runs) the held inputs are the bf16 copies the GEMMs multiply (one per
+    tensor: q/k/v share theirs); scores and the assembled gradient stay close to float32's."""
+    cand, tgt = candidates(seed=4), target(seed=5)
+    out = {}
+    for amp in (None, torch.bfloat16):
+        model = tiny_model(torch.float32)
+        step = _step(model, OnlineSettings("dot", KEEP, 2, 1), [tgt], amp_dtype=amp)
+        g_tgt = step.target_gradient(0)
+        engine = CandidatePass(model, ParallelDims(), backend="torch")
+        res = engine.run([cand], g_tgt, False, lambda amp=amp: autocast(torch.device("cpu"), amp))
+        attn = model.layers[0].attention
+        held = {n: getattr(attn, n) for n in ("wq", "wk", "wv")}
+        layers = {id(layer.module): layer for layer in engine.layers}
+        a = [layers[id(m)].held[0][0] for m in held.values()]
+        assert a[0] is a[1] is a[2]  # one held copy of the shared input
+        assert a[0].dtype == (amp or torch.float32)
+        engine.assemble(torch.full((N,), 1.0 / N, dtype=torch.float64))
+        out[amp] = (res.scores, torch.cat([p.grad.flatten() for p in model.parameters()]))
+    (s32, g32), (s16, g16) = out[None], out[torch.bfloat16]
+    assert float((s16 - s32).norm() / s32.norm()) < 5e-2
+    assert float((g16 - g32).norm() / g32.norm()) < 5e-2
