@@ -90,7 +90,7 @@ class PretrainConfig:
     """Candidates per kept sample with --online-select (each step reads C x --global-batch-size samples)."""
     target_refresh: int = option(1, metavar="M", group=ONLINE)
     """Recompute the target gradient every M steps (cached in between, and in the checkpoints)."""
-    target_batch_size: int | None = option(None, group=ONLINE)
+    target_batch_size: int | None = option(None, metavar="N", group=ONLINE)
     """Target sequences per target gradient (default: --global-batch-size); consecutive sequences of
     --target, cycling, a new batch at every refresh."""
     select_temperature: float = option(1.0, metavar="T", group=ONLINE)
