@@ -24,7 +24,7 @@ from lqs_megatron.training.online import (
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
 from lqs_megatron.training.step import TrainStep, autocast
 from tests.lqs.test_stats import random_batch, tiny_model
-from tests.utils import assert_close
+from tests.utils import assert_close, spawn
 
 N, T, KEEP = 8, 10, 3
 
@@ -243,3 +243,50 @@ def test_bf16_autocast_pass_follows_float32():
     (s32, g32), (s16, g16) = out[None], out[torch.bfloat16]
     assert float((s16 - s32).norm() / s32.norm()) < 5e-2
     assert float((g16 - g32).norm() / g32.norm()) < 5e-2
+
+
+def _dp2_greedy_worker(rank: int, world: int) -> None:
+    from lqs_megatron.parallel.dims import init_distributed, rank_slice
+
+    dims = init_distributed(tp=1, device="cpu")
+    cand, tgt = candidates(seed=12), target(seed=13)
+    # one process: scores and Gram of all 8 candidates, the rule applied to each rank's half (2 of 4 kept)
+    ref = _step(tiny_model(torch.float64), OnlineSettings("greedy", 4, 2, 1), [tgt])
+    out = ref.cand.run([cand], ref.target_gradient(0), True, ref.autocast)
+    s, K = out.scores.numpy(), out.gram.numpy()
+    kept = []
+    for h in (0, 1):
+        part = slice(4 * h, 4 * h + 4)
+        kept += [4 * h + int(i) for i in select_kept("greedy", s[part], 2, K[part, part], 3e-3 / 4)]
+    # dp2: this rank's half of the candidates and of the target batch
+    model = tiny_model(torch.float64)
+    lo, hi = rank_slice(5, 2, rank)
+    step = OnlineStep(
+        CausalLMLoss(model, backend="torch"),
+        dims,
+        build_optimizer(model, 3e-3),
+        WarmupCosine(3e-3, 3e-4, 0, 10),
+        OnlineSettings("greedy", 4, 2, 1),
+        lambda _: ([tuple(x[lo:hi] for x in tgt)], 5),
+        backend="torch",
+    )
+    res = step([tuple(x[4 * rank : 4 * rank + 4] for x in cand)], 4, 0)
+    assert res.finite and list(step.record.kept) == sorted(kept), (list(step.record.kept), kept)
+    assert_close(torch.from_numpy(step.record.scores), out.scores, rtol=1e-10, name="scores over dp")
+    plain = tiny_model(torch.float64)
+    ref_step = TrainStep(
+        CausalLMLoss(plain, backend="torch"),
+        ParallelDims(),
+        build_optimizer(plain, 3e-3),
+        WarmupCosine(3e-3, 3e-4, 0, 10),
+    )
+    ref_step([tuple(x[torch.as_tensor(sorted(kept))] for x in cand)], 4, 0)
+    for (n, p), q in zip(model.named_parameters(), plain.parameters()):
+        assert_close(p, q, rtol=1e-12, atol=1e-15, name=f"{n} (rank {rank})")
+
+
+@pytest.mark.distributed
+def test_dp2_greedy_selects_per_rank_and_sums_the_kept_gradients():
+    """greedy under dp keeps B/dp of each rank's candidates (interactions within the rank); the kept set is
+    known to every rank and the update equals one process's plain step on it."""
+    spawn(_dp2_greedy_worker, 2)
