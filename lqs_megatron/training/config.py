@@ -22,6 +22,14 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
 MODEL, DATA, OPTIM, ONLINE, RUN = "model (one of)", "data", "optimisation", "online selection", "run"
 ONLINE_METHODS = ("dot", "greedy", "boltzmann")
+ONLINE_SETTINGS = (
+    "online_select",
+    "target",
+    "candidates_per_pick",
+    "target_refresh",
+    "target_batch_size",
+    "select_temperature",
+)
 
 
 @dataclass
@@ -232,9 +240,6 @@ class PretrainConfig:
     def stream_key(self) -> dict:
         """The settings that define the sample stream; a resumed run must keep them."""
         keys = ["data", "data_weights", "max_length", "global_batch_size", "shuffle", "seed"]
-        if self.online_select:  # what is kept, and so the run, depends on these too
-            keys += ["online_select", "target", "candidates_per_pick", "target_refresh", "target_batch_size"]
-            keys += ["select_temperature"]
         if self.shuffle:  # the permutation spans all steps' samples
             keys.append("steps")
         return {k: getattr(self, k) for k in keys}
@@ -269,6 +274,12 @@ def resume_changes(cfg: PretrainConfig, trainer: dict, step_dir: Path, warn: boo
     stream, saved, now = cfg.stream_key(), trainer.get("config", {}), cfg.to_dict()
     fixed = changed_settings(PretrainConfig, trainer["stream"], stream, stream)
     fixed += changed_settings(PretrainConfig, saved, now, cfg.RESUME_FIXED)
+    # online selection reads another stream and keeps other samples: switching it on or off, or changing
+    # how it selects, is refused too (a run saved before these settings existed had it off)
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.name in ONLINE_SETTINGS}
+    saved_online = {**defaults, **{k: saved[k] for k in ONLINE_SETTINGS if k in saved}}
+    if saved_online["online_select"] or cfg.online_select:
+        fixed += changed_settings(PretrainConfig, saved_online, now, ONLINE_SETTINGS)
     free = changed_settings(PretrainConfig, saved, now, [k for k in cfg.RESUME_FREE if k not in stream])
     why = "the data order or the model would change"
     return check_resume(str(step_dir), fixed, free, cfg.allow_changed_settings, why, "trainer.json", warn)

@@ -109,6 +109,18 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+def test_resume_refuses_to_switch_or_change_the_selection(tiny_data, tmp_path):
+    plain, online = tmp_path / "plain", tmp_path / "online"
+    _run(_cfg(tiny_data, plain, online_select=None, target=None, steps=2, stop_after=1, save_interval=1))
+    with pytest.raises(LQSError, match="--online-select was None, now 'dot'"):
+        _run(_cfg(tiny_data, plain, steps=2, resume=True))
+    _run(_cfg(tiny_data, online, steps=2, stop_after=1, save_interval=1))
+    with pytest.raises(LQSError, match="--online-select was 'dot', now None"):
+        _run(_cfg(tiny_data, online, online_select=None, target=None, steps=2, resume=True))
+    with pytest.raises(LQSError, match="--candidates-per-pick was 2, now 3"):
+        _run(_cfg(tiny_data, online, candidates_per_pick=3, steps=2, resume=True))
+
+
 def _compare(one, many, rtol):
     ra, rb = _records(one), _records(many)
     assert [r["kept"] for r in ra] == [r["kept"] for r in rb]
