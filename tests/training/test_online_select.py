@@ -290,3 +290,38 @@ def test_dp2_greedy_selects_per_rank_and_sums_the_kept_gradients():
     """greedy under dp keeps B/dp of each rank's candidates (interactions within the rank); the kept set is
     known to every rank and the update equals one process's plain step on it."""
     spawn(_dp2_greedy_worker, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_candidate_pass_on_cuda_matches_torch_func(amp):
+    """The candidate pass as ``lqs pretrain --online-select`` runs it on a GPU (the Triton kernels, bf16
+    autocast): scores, Gram and the assembled gradient against float64 torch.func on the CPU."""
+    from tests.kernels.tolerances import rtol
+    from tests.utils import rel_err
+
+    model = tiny_model(torch.float64)
+    cand = candidates(seed=21)
+    g = per_example_grads(model, *cand)
+    lam = {
+        n: torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        for n, p in model.named_parameters()
+    }
+    ref_scores = flat(g) @ torch.cat([v.flatten() for v in lam.values()])
+    ref_gram = flat(g) @ flat(g).T
+    dev = torch.device("cuda")
+    cuda_model = tiny_model(torch.float32).to(dev)
+    engine = CandidatePass(cuda_model, ParallelDims(device=dev))
+    out = engine.run(
+        [tuple(x.to(dev) for x in cand)],
+        {n: t.float().to(dev) for n, t in lam.items()},
+        True,
+        lambda: autocast(dev, torch.bfloat16 if amp else None),
+    )
+    tol = rtol("model", torch.bfloat16 if amp else torch.float32, gpu=True)
+    assert rel_err(out.scores.cpu(), ref_scores) < tol and rel_err(out.gram.cpu(), ref_gram) < tol
+    w = torch.zeros(N, dtype=torch.float64)
+    w[:KEEP] = 1.0 / KEEP
+    engine.assemble(w.to(dev))
+    for n, p in cuda_model.named_parameters():
+        assert rel_err(p.grad.cpu(), torch.einsum("n,n...->...", w, g[n])) < tol, n
