@@ -1,6 +1,7 @@
 """Online data selection (training/online.py) against float64 torch.func per-example gradients: the
 candidates' scores <g_i, grad L_tgt>, their Gram matrix, the kept sets of ``dot`` and ``greedy``, the
-one-backward update against a plain optimizer step on the kept samples, and micro-batching."""
+one-backward update against a plain optimizer step on the kept samples, micro-batching, greedy under
+dp2 (gloo), a non-finite step, bf16 autocast on the CPU and (gpu-marked) the pass on CUDA."""
 
 import copy
 
