@@ -154,16 +154,35 @@ def linear_gram(A: torch.Tensor, D: torch.Tensor, method: str = "auto") -> torch
     return gram
 
 
-def embedding_gram(ids: torch.Tensor, D: torch.Tensor, vocab_start: int, rows: int) -> torch.Tensor:
-    """``[N, N]`` ``<G_i, G_j>`` of an embedding shard (rows ``[vocab_start, vocab_start + rows)``):
-    ``sum_{t,s} [ids_i[t] = ids_j[s] inside the shard] (D_i[t] . D_j[s])`` (repeated ids exact)."""
+def embedding_gram(
+    ids: torch.Tensor, D: torch.Tensor, vocab_start: int, rows: int, method: str = "auto"
+) -> torch.Tensor:
+    """``[N, N]`` ``<G_i, G_j>`` of an embedding shard (rows ``[vocab_start, vocab_start + rows)``),
+    ``G_i[v] = sum_{t: ids_i[t] = v} D_i[t]`` (repeated ids exact). ``direct``: ``G_i`` scattered a chunk of
+    vocabulary rows at a time (``N^2 V d`` FLOPs); ``ghost``: ``sum_{t,s} [ids_i[t] = ids_j[s]] D_i[t] . D_j[s]``
+    (``N^2 T^2 d``); ``auto`` takes the cheaper."""
     dt = torch.float64 if D.dtype == torch.float64 else torch.float32
     D = D.to(dt)
-    N = ids.shape[0]
+    N, T, d = D.shape
     local = ids - vocab_start
     inside = (local >= 0) & (local < rows)
-    key = torch.where(inside, local, torch.full_like(local, -1))
     gram = torch.zeros(N, N, dtype=dt, device=D.device)
+    if method == "auto":
+        method = "ghost" if T * T < rows else "direct"
+    if method == "direct":
+        step = max(1, _CHUNK // max(N * d, 1))
+        example = torch.arange(N, device=D.device)[:, None].expand(N, T)
+        for v0 in range(0, rows, step):
+            v1 = min(v0 + step, rows)
+            sel = inside & (local >= v0) & (local < v1)
+            g = torch.zeros(N, v1 - v0, d, dtype=dt, device=D.device)
+            g.index_put_((example[sel], local[sel] - v0), D[sel], accumulate=True)
+            g = g.reshape(N, -1)
+            gram += g @ g.T
+        return gram
+    if method != "ghost":
+        raise ValueError(f"method must be auto, direct or ghost, got {method!r}")
+    key = torch.where(inside, local, torch.full_like(local, -1))
     for i in range(N):
         same = (key[i][:, None, None] == key[None]) & inside[i][:, None, None]  # [T, N, T]
         gram[i] = (same.to(dt) * torch.einsum("td,nsd->tns", D[i], D)).sum((0, 2))

@@ -153,7 +153,10 @@ def test_boltzmann_is_seeded_and_follows_the_scores():
 
 
 @pytest.mark.parametrize("method", ["direct", "ghost"])
-def test_linear_and_embedding_gram(method):
+def test_linear_and_embedding_gram(method, monkeypatch):
+    import lqs_megatron.training.online as online
+
+    monkeypatch.setattr(online, "_CHUNK", 50)  # several chunks of columns, rows and examples
     gen = torch.Generator().manual_seed(3)
     A = torch.randn(5, 7, 6, dtype=torch.float64, generator=gen)
     D = torch.randn(5, 7, 4, dtype=torch.float64, generator=gen)
@@ -164,7 +167,7 @@ def test_linear_and_embedding_gram(method):
     for n in range(5):
         E[n].index_add_(0, ids[n], D[n])
     shard = E[:, 3:8].flatten(1)  # a vocabulary shard: rows 3..7
-    assert_close(embedding_gram(ids, D, 3, 5), shard @ shard.T, rtol=1e-12, name="embedding shard")
+    assert_close(embedding_gram(ids, D, 3, 5, method), shard @ shard.T, rtol=1e-12, name=f"embedding shard {method}")
 
 
 @pytest.mark.parametrize("method", ["dot", "greedy"])
