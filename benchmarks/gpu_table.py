@@ -180,6 +180,22 @@ FIGURES = [
         ">= 2x",
         lambda v: v >= 2,
     ),
+    (
+        "online.dot.vs_plain_cb",
+        "online",
+        "Online selection (dot): step time / a plain step on all C B candidates",
+        "{:.2f}x",
+        "",
+        None,
+    ),
+    (
+        "online.greedy.vs_plain_cb",
+        "online",
+        "Online selection (greedy): step time / a plain step on all C B candidates",
+        "{:.2f}x",
+        "",
+        None,
+    ),
 ]
 
 

@@ -101,10 +101,12 @@ if [ "$DRY" = 1 ]; then
     ANNOTATE="--sizes tiny"
     PRETRAIN=""
     SCORE=""
+    ONLINE=""
 else
     ANNOTATE="--sizes 160M --length 1024 --batch 16 --dtype bf16 --methods vmap --budget-mib 0 --reps 10"
     PRETRAIN="--model-config 160M --seq 1024 --batch 16"
     SCORE="--sequences 10000 --repeats 1"
+    ONLINE="--model-config 160M --seq 1024 --batch 8 --c 4 --no-memory"
 fi
 # shellcheck disable=SC2086 # word splitting of the flag strings is intended
 {
@@ -114,6 +116,7 @@ fi
     run_part kernels-lm-head 60 $B/bench_lm_head_stats.py $DEV --quick --json "$J/kernels-lm-head.jsonl"
     run_part pretrain 90 $B/bench_train.py $DEV $PRETRAIN --json "$J/pretrain.jsonl"
     run_part score 100 $B/bench_score.py $DEV $SCORE --json "$J/score.jsonl"
+    run_part online 90 $B/bench_online.py $DEV $ONLINE --json "$J/online.jsonl"
     # last, in what time is left: torch.compile (minutes on a CPU, so not in the dry run)
     if [ "$DRY" = 0 ]; then
         run_part pretrain-compile 120 $B/bench_train.py $DEV $PRETRAIN --compile --json "$J/pretrain-compile.jsonl"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.datasets.indexed import IndexedDataset
-from lqs_megatron.data.datasets.meta import has_meta, iter_meta, meta_path, read_meta
+from lqs_megatron.data.datasets.meta import group_labels, has_meta, iter_meta
 from lqs_megatron.data.datasets.scores import check_scores, read_scores
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
@@ -37,20 +37,6 @@ logger = logging.getLogger(__name__)
 
 MAX_GROUPS_PLOTTED = 8
 LOSS_FILE = "example_loss.npy"
-
-
-def _groups(prefix: str, n: int, by: str | None) -> list[str] | None:
-    if by is None:
-        return None
-    rows = read_meta(prefix, expected=n)
-    if rows is None:
-        raise LQSError(
-            f"--by {by}: {prefix} has no sidecar {meta_path(prefix)} (tokenize with `lqs tokenize --keep-fields {by}`)"
-        )
-    if rows and not any(by in r for r in rows):
-        fields = sorted({k for r in rows[:1000] for k in r})
-        raise LQSError(f"--by {by}: no record of {meta_path(prefix)} has that field (fields: {', '.join(fields)})")
-    return ["(none)" if r.get(by) is None else str(r.get(by)) for r in rows]
 
 
 def _summary(x: np.ndarray, median: float) -> dict:
@@ -129,7 +115,7 @@ def build_report(
     if not np.all(np.isfinite(x)):
         raise LQSError(f"{scores_path or 'scores'}: {int((~np.isfinite(x)).sum())} scores are not finite")
     lengths = ds.sequence_lengths.astype(np.int64)
-    groups = _groups(data, n, by)
+    groups = group_labels(data, n, by)
     median = float(np.median(x))
     rep: dict = {"scores": str(scores_path) if scores_path else None, "data": str(data), "by": by, "num": n}
     rep["overall"] = _summary(x, median)

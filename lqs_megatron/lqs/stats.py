@@ -34,8 +34,6 @@ uses, so ``|g|^2`` gains the cross term ``2 <G_emb, G_head>`` (:func:`tied_cross
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -49,19 +47,7 @@ from lqs_megatron.lqs.vectors import Vector
 from lqs_megatron.models.decoder import Decoder, RMSNorm
 from lqs_megatron.parallel.dims import ParallelDims
 from lqs_megatron.parallel.mappings import copy_to_region
-
-
-def lm_head(model: Decoder) -> tuple[torch.Tensor, int, object]:
-    """``(weight [V_local, d], vocab_start, tp_group)`` of the model's output head."""
-    out = model.output
-    return out.weight, int(getattr(out, "vocab_start", 0)), getattr(out, "tp_group", None)
-
-
-def bias_stats(grad: torch.Tensor, lam_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example ``(<g_n, lambda_b>, |g_n|^2)`` of a linear bias from the layer's output gradient ``[B, T, d]``."""
-    dt = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    g = grad.to(dt).sum(1)  # [B, d]: the per-example bias gradient
-    return g @ lam_b.to(dt), g.square().sum(1)
+from lqs_megatron.training.capture import as_computed, bias_stats, capture_hook, frozen, lm_head
 
 
 def tied_cross_term(
@@ -150,7 +136,7 @@ class ExampleStats:
             if lam_b is not None:
                 yield bias_stats(grad, lam_b)
 
-        return (lambda mod, x: _as_computed(x.detach())), linear
+        return (lambda mod, x: as_computed(x.detach())), linear
 
     def __call__(self, batch: Batch, lam: Vector) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
@@ -168,11 +154,11 @@ class ExampleStats:
         try:
             for name, mod in self.modules:
                 keep, stats = self._rule(name, mod, lam, mask, lambda: (batch.labels, head_inputs))
-                handles.append(mod.register_forward_hook(_hook(keep, stats, add, isinstance(mod, nn.Embedding))))
-            with _frozen(model), torch.enable_grad():
+                handles.append(mod.register_forward_hook(capture_hook(keep, stats, add, isinstance(mod, nn.Embedding))))
+            with frozen(model), torch.enable_grad():
                 hidden = model(batch.input_ids)
                 weight, vocab_start, tp_group = lm_head(model)
-                hidden, weight = _as_computed(hidden), _as_computed(weight)
+                hidden, weight = as_computed(hidden), as_computed(weight)
                 losses, dot, sq, lse = lm_head_loss_and_stats(
                     copy_to_region(hidden, tp_group),
                     weight,
@@ -192,46 +178,3 @@ class ExampleStats:
                 h.remove()
         self.dims.all_reduce(acc, group="tp")
         return acc[0], acc[1]
-
-
-def _hook(keep, stats, add, detach_output: bool):
-    """The forward hook of one module: hold ``keep(mod, input)`` and, when the output's gradient arrives,
-    add ``stats(kept, D)`` and drop what was held. ``detach_output``: the module's output is replaced by a
-    leaf that requires grad (the embedding, whose integer input leaves no graph with frozen weights)."""
-
-    def fwd(mod, args, out):
-        held = [keep(mod, args[0])]
-        if held[0] is None:
-            return None
-        if detach_output:
-            out = out.detach().requires_grad_()
-
-        def bwd(grad: torch.Tensor) -> None:
-            for dot, sq in stats(held.pop(), grad):
-                add(dot, sq)
-
-        out.register_hook(bwd)
-        return out if detach_output else None
-
-    return fwd
-
-
-def _as_computed(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the dtype a matmul under the active autocast multiplies it in (bf16 runs), else as is."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev) and x.is_floating_point():
-        return x.to(torch.get_autocast_dtype(dev))
-    return x
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module):
-    """Parameters do not require grad inside (restored after)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)

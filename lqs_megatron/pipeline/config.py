@@ -325,6 +325,8 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".", where: str =
     for section in (cfg.annotation_model, cfg.pretrain, cfg.scorer):  # a YAML or HF config path, or a name
         if section.model_config and (base / section.model_config).exists():
             section.model_config = str((base / section.model_config).resolve())
+    for section in (cfg.annotation_model, cfg.pretrain):  # --online-select's target dataset prefix
+        section.target = _resolve(section.target, base)
     return cfg
 
 

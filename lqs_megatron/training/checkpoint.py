@@ -217,10 +217,13 @@ def save_checkpoint(
     trainer_state: dict,
     tokenizer=None,
     keep_last: int | None = None,
+    extra_shards: dict | None = None,
 ) -> Path:
     """Write ``root/step_X`` of a pretraining run (collective) and point ``latest`` at it.
 
     ``tokenizer``: a transformers tokenizer saved into ``tokenizer/`` (for ``export-hf``).
+    ``extra_shards``: ``{kind: object}`` of this tp rank, saved as ``KIND-tpXX-of-YY.pt`` by its dp rank 0
+    (online selection's cached target gradient; :func:`load_extra_shard` reads it).
     Weights holding NaN/Inf are refused (nothing is written)."""
     from safetensors.torch import save_file
 
@@ -235,6 +238,9 @@ def save_checkpoint(
             names += [shard_name("model", tpr, tp, "safetensors"), shard_name("optimizer", tpr, tp, "pt")]
             save_file(sd, tmp / names[0], {"format": "pt"})
             torch.save(opt_state, tmp / names[1])
+            for kind, obj in (extra_shards or {}).items():
+                names.append(shard_name(kind, tpr, tp, "pt"))
+                torch.save(obj, tmp / names[-1])
         names.append(f"rng-rank{dims.rank:05d}.pt")
         torch.save(rng_state(), tmp / names[-1])
         if dims.is_main:
@@ -287,6 +293,16 @@ def load_training_state(
     if rng.is_file():
         set_rng_state(torch_load(rng))
     return trainer
+
+
+def load_extra_shard(step_dir: str | os.PathLike, kind: str, dims: ParallelDims):
+    """This tp rank's ``KIND-tpXX-of-YY.pt`` of ``step_dir`` (see :func:`save_checkpoint`); None when the step
+    has none or was written at another tp (such state is per shard and not resharded)."""
+    step_dir = Path(step_dir)
+    path = step_dir / shard_name(kind, dims.tp_rank, dims.tp, "pt")
+    if read_config(step_dir)["tp"] != dims.tp or not path.is_file():
+        return None
+    return torch_load(path, map_location=dims.device)
 
 
 def _resharded(step_dir: Path, tp: int, model: torch.nn.Module, dims: ParallelDims) -> tuple[dict, dict]:

@@ -20,14 +20,23 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
-MODEL, DATA, OPTIM, RUN = "model (one of)", "data", "optimisation", "run"
+MODEL, DATA, OPTIM, ONLINE, RUN = "model (one of)", "data", "optimisation", "online selection", "run"
+ONLINE_METHODS = ("dot", "greedy", "boltzmann")
+ONLINE_SETTINGS = (
+    "online_select",
+    "target",
+    "candidates_per_pick",
+    "target_refresh",
+    "target_batch_size",
+    "select_temperature",
+)
 
 
 @dataclass
 class PretrainConfig:
     """Validated settings of a pretraining run. Defaults follow the PDS/DELT papers where they set one."""
 
-    help_groups: ClassVar[tuple[str, ...]] = (MODEL, DATA, OPTIM, RUN)
+    help_groups: ClassVar[tuple[str, ...]] = (MODEL, DATA, OPTIM, ONLINE, RUN)
     data: list[str] = option(metavar="PREFIX", group=DATA)
     """Indexed dataset prefix(es), consumed in stored order (or --shuffle)."""
     out: str = option(metavar="DIR", group=RUN)
@@ -78,6 +87,22 @@ class PretrainConfig:
     """Global gradient-norm clip (0: off)."""
     seed: int = option(0, group=OPTIM)
     """Seeds the initial weights and --shuffle."""
+    online_select: str | None = option(None, metavar="METHOD", choices=ONLINE_METHODS, group=ONLINE)
+    """Online data selection (docs/online_selection.md): every step draws --candidates-per-pick x
+    --global-batch-size samples and trains on the --global-batch-size of them that help --target most:
+    dot (largest <g_i, grad L_target>), greedy (with the pairwise interactions <g_i, g_j>, GREATS-style),
+    boltzmann (sampled with probability ~ exp(score / (T std)), OPUS-style)."""
+    target: str | None = option(None, metavar="PREFIX", group=ONLINE)
+    """Target dataset (as made by lqs tokenize-target) whose loss --online-select lowers."""
+    candidates_per_pick: int = option(4, metavar="C", group=ONLINE)
+    """Candidates per kept sample with --online-select (each step reads C x --global-batch-size samples)."""
+    target_refresh: int = option(1, metavar="M", group=ONLINE)
+    """Recompute the target gradient every M steps (cached in between, and in the checkpoints)."""
+    target_batch_size: int | None = option(None, metavar="N", group=ONLINE)
+    """Target sequences per target gradient (default: --global-batch-size); consecutive sequences of
+    --target, cycling, a new batch at every refresh."""
+    select_temperature: float = option(1.0, metavar="T", group=ONLINE)
+    """Temperature of --online-select boltzmann, in units of the step's score standard deviation."""
     tp: int = option(1, group=RUN)
     """Tensor-parallel size; data parallelism is world size / tp."""
     distributed_optimizer: bool = option(False, group=RUN)
@@ -154,6 +179,29 @@ class PretrainConfig:
             raise LQSError(f"--stop-after must be >= 1, got {self.stop_after}")
         if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
             raise LQSError("--adam-beta1 and --adam-beta2 must be in [0, 1)")
+        self._check_online()
+
+    def _check_online(self) -> None:
+        if self.online_select is None:
+            if self.target is not None:
+                raise LQSError("--target is used by --online-select METHOD only; give both or neither")
+            return
+        if self.online_select not in ONLINE_METHODS:
+            raise LQSError(f"--online-select must be one of {', '.join(ONLINE_METHODS)}, got {self.online_select!r}")
+        if self.target is None:
+            raise LQSError(f"--online-select {self.online_select} needs --target PREFIX (lqs tokenize-target output)")
+        if self.target_batch_size is None:
+            self.target_batch_size = self.global_batch_size
+        for name in ("candidates_per_pick", "target_refresh", "target_batch_size"):
+            if getattr(self, name) < 1:
+                raise LQSError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.select_temperature > 0:
+            raise LQSError(f"--select-temperature must be > 0, got {self.select_temperature}")
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples the stream gives per step: the global batch, times --candidates-per-pick when selecting."""
+        return self.global_batch_size * (self.candidates_per_pick if self.online_select else 1)
 
     def local_batch(self, dp: int) -> tuple[int, int]:
         """``(samples per rank per step, micro-batch size)`` for ``dp`` data-parallel ranks."""
@@ -226,6 +274,12 @@ def resume_changes(cfg: PretrainConfig, trainer: dict, step_dir: Path, warn: boo
     stream, saved, now = cfg.stream_key(), trainer.get("config", {}), cfg.to_dict()
     fixed = changed_settings(PretrainConfig, trainer["stream"], stream, stream)
     fixed += changed_settings(PretrainConfig, saved, now, cfg.RESUME_FIXED)
+    # online selection reads another stream and keeps other samples: switching it on or off, or changing
+    # how it selects, is refused too (a run saved before these settings existed had it off)
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.name in ONLINE_SETTINGS}
+    saved_online = {**defaults, **{k: saved[k] for k in ONLINE_SETTINGS if k in saved}}
+    if saved_online["online_select"] or cfg.online_select:
+        fixed += changed_settings(PretrainConfig, saved_online, now, ONLINE_SETTINGS)
     free = changed_settings(PretrainConfig, saved, now, [k for k in cfg.RESUME_FREE if k not in stream])
     why = "the data order or the model would change"
     return check_resume(str(step_dir), fixed, free, cfg.allow_changed_settings, why, "trainer.json", warn)
@@ -247,7 +301,7 @@ def preflight(cfg: PretrainConfig) -> None:
     ``--out`` and ``--resume`` agree. Every rank runs them (no collective)."""
     from lqs_megatron.data.datasets.indexed import dataset_exists, idx_path
 
-    for p in [*cfg.data, *([cfg.valid_data] if cfg.valid_data else [])]:
+    for p in [*cfg.data, *([cfg.valid_data] if cfg.valid_data else []), *([cfg.target] if cfg.target else [])]:
         if not dataset_exists(p):
             raise LQSError(f"indexed dataset {p!r}: missing {p}.bin or {idx_path(p)} (expected PREFIX.bin + .idx)")
     if cfg.model_config is not None:

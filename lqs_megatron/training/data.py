@@ -107,6 +107,11 @@ class PackedSamples:
         j = int(self.perm[k]) if self.perm is not None else int(k)
         return gather_sample(self.ds.get, self.index, self.order, j, self.seq_length)
 
+    def first_document(self, k: int) -> int:
+        """The sequence (document index into the dataset) that holds sample ``k``'s first token."""
+        j = int(self.perm[k]) if self.perm is not None else int(k)
+        return self.order[int(self.index[j][0])]
+
 
 def blend_indices(weights: list[float], num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """``(dataset_index, dataset_sample_index)`` for ``num_samples`` samples drawn in proportion to ``weights``.
@@ -160,6 +165,13 @@ class SampleStream:
         if self.which is None:
             return self.parts[0][g]
         return self.parts[int(self.which[g])][int(self.k[g])]
+
+    def first_document(self, g: int) -> tuple[int, int]:
+        """``(dataset number in --data, sequence index)`` of the document where sample ``g`` starts."""
+        if self.which is None:
+            return 0, self.parts[0].first_document(g)
+        d = int(self.which[g])
+        return d, self.parts[d].first_document(int(self.k[g]))
 
     def batch(self, indices) -> torch.Tensor:
         """``[len(indices), seq_length + 1]`` int64 tokens."""

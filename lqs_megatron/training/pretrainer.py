@@ -117,11 +117,11 @@ class Pretrainer(Trainer):
         self.resume_dir = choose_resume_dir(cfg, dims)
         self._seed()
         # data: every rank opens the datasets and builds the same sample indices
-        prefixes = [*cfg.data, *([cfg.valid_data] if cfg.valid_data else [])]
+        prefixes = [*cfg.data, *([cfg.valid_data] if cfg.valid_data else []), *([cfg.target] if cfg.target else [])]
         self.tokenizer_identity = run_tokenizer(cfg, self.tokenizer)
         check_token_ids(prefixes, self.model_config.vocab_size, dims)
         self.stream = SampleStream(
-            cfg.data, cfg.max_length, cfg.steps * cfg.global_batch_size, cfg.data_weights, cfg.shuffle, cfg.seed
+            cfg.data, cfg.max_length, cfg.steps * cfg.samples_per_step, cfg.data_weights, cfg.shuffle, cfg.seed
         )
         self.valid = self._valid_samples()
         # model and optimizer
@@ -145,9 +145,15 @@ class Pretrainer(Trainer):
         if self.resume_dir is not None:
             changed = resume_changes(cfg, self._resumed, self.resume_dir)
             self.resume_changes += [{"step": start, **c} for c in changed]
-        loss_module = CausalLMLoss(torch.compile(self.model) if cfg.compile else self.model)
+        if cfg.compile and cfg.online_select:
+            logger.warning("--compile is not used with --online-select (its candidate pass runs with layer hooks)")
+        compiled = cfg.compile and not cfg.online_select
+        loss_module = CausalLMLoss(torch.compile(self.model) if compiled else self.model)
         amp = autocast_dtype(cfg.precision, dims.device)
-        step_fn = TrainStep(loss_module, dims, self.optimizer, self.schedule, cfg.clip_grad, amp)
+        if cfg.online_select:
+            step_fn = self._online_step(loss_module, amp, start)
+        else:
+            step_fn = TrainStep(loss_module, dims, self.optimizer, self.schedule, cfg.clip_grad, amp)
         settings = LoopSettings(
             steps=cfg.steps,
             log_interval=cfg.log_interval,
@@ -163,6 +169,41 @@ class Pretrainer(Trainer):
         self.last_saved = start if self.resume_dir is not None else None
         self.skipped = list(self._resumed.get("skipped_nonfinite", []))  # the budget spans the whole run
         self.valid_loss = None
+
+    def _online_step(self, loss_module, amp, start: int):
+        """The step of ``--online-select`` (training/online.py), its target cache restored on resume."""
+        from lqs_megatron.training.checkpoint import load_extra_shard
+        from lqs_megatron.training.online import OnlineSettings, OnlineStep, SelectionLog, TargetBatches
+
+        cfg = self.cfg
+        settings = OnlineSettings(
+            cfg.online_select,
+            cfg.global_batch_size,
+            cfg.candidates_per_pick,
+            cfg.target_refresh,
+            cfg.select_temperature,
+            cfg.seed,
+        )
+        target = TargetBatches(
+            cfg.target, cfg.max_length, cfg.target_batch_size, cfg.target_refresh, self.micro_batch, self.dims
+        )
+        step_fn = OnlineStep(
+            loss_module, self.dims, self.optimizer, self.schedule, settings, target, cfg.clip_grad, amp
+        )
+        if self.resume_dir is not None and start % cfg.target_refresh:
+            state = load_extra_shard(self.resume_dir, "online", self.dims)
+            if state is None:
+                logger.warning(
+                    "--resume at step %d: %s holds no target gradient for tp %d; it is recomputed now (the run "
+                    "departs from an uninterrupted one until the next refresh)",
+                    start,
+                    self.resume_dir,
+                    self.dims.tp,
+                )
+            else:
+                step_fn.load_target_state(state)
+        self.selection_log = SelectionLog(self.out, start, self.dims.is_main)
+        return step_fn
 
     def _seed(self) -> None:
         random.seed(self.cfg.seed)
@@ -219,6 +260,7 @@ class Pretrainer(Trainer):
             state,
             self.tokenizer,
             keep_last=self.cfg.keep_last,
+            extra_shards={"online": self.step_fn.target_state()} if self.cfg.online_select else None,
         )
         self.last_saved = step
         return path
@@ -228,21 +270,78 @@ class Pretrainer(Trainer):
     def run(self) -> dict:
         dims = self.dims
         logger.info("model: %s | tp %d x dp %d | %s", model_summary(self.model_config), dims.tp, dims.dp, dims.device)
-        return super().run()
+        if not self.cfg.online_select:
+            return super().run()
+        try:
+            result = super().run()
+        finally:
+            self.selection_log.close()
+        if dims.is_main and result["step"] == self.cfg.steps:
+            self._source_report()
+        return result
+
+    def _source_report(self) -> None:
+        """``OUT/online_selection_sources.json``: per source of the ``--data`` sidecar, what was kept."""
+        from lqs_megatron.training.online import SOURCES_FILE, source_report
+        from lqs_megatron.utils.atomic import save_json
+
+        rep = source_report(self.out, self.stream_prefixes(), self.stream.first_document)
+        if rep is None:
+            return
+        save_json(self.out / SOURCES_FILE, rep)
+        for src, r in rep["sources"].items():
+            logger.info(
+                "online selection | source %s: kept %d of %d candidates (%.1f%%), %.1f%% of the kept",
+                src,
+                r["kept"],
+                r["candidates"],
+                100 * r["kept_rate"],
+                100 * r["share_of_kept"],
+            )
+
+    def stream_prefixes(self) -> list[str]:
+        from lqs_megatron.training.data import parse_blend
+
+        return parse_blend(self.cfg.data, self.cfg.data_weights)[0]
 
     def batch(self, step: int) -> Batch:
-        """This rank's samples of ``step``: global samples ``[step*B, (step+1)*B)``, sliced by dp rank."""
-        start = step * self.cfg.global_batch_size + self.dims.dp_rank * self.local_batch
-        tokens = self.stream.batch(range(start, start + self.local_batch)).to(self.dims.device, non_blocking=True)
+        """This rank's samples of ``step``: global samples ``[step*S, (step+1)*S)``, sliced by dp rank
+        (``S``: the global batch, or with ``--online-select`` its ``--candidates-per-pick`` candidates)."""
+        local = self.local_batch * (self.cfg.candidates_per_pick if self.cfg.online_select else 1)
+        start = step * self.cfg.samples_per_step + self.dims.dp_rank * local
+        tokens = self.stream.batch(range(start, start + local)).to(self.dims.device, non_blocking=True)
         global_tokens = self.cfg.global_batch_size * self.cfg.max_length
-        return Batch(lm_micro_batches(tokens, self.micro_batch), self.local_batch, global_tokens)
+        return Batch(lm_micro_batches(tokens, self.micro_batch), local, global_tokens)
 
     def record_fields(self, done: int) -> dict:
-        return {"tokens": done * self.cfg.global_batch_size * self.cfg.max_length}
+        fields = {"tokens": done * self.cfg.global_batch_size * self.cfg.max_length}
+        rec = getattr(self.step_fn, "record", None)
+        if rec is not None:
+            fields.update(rec.seconds)
+            fields.update(rec.summary())
+        return fields
+
+    def _log_selection(self, done: int) -> None:
+        rec = self.step_fn.record
+        first = (done - 1) * self.cfg.samples_per_step
+        cands = list(range(first, first + self.cfg.samples_per_step))
+        kept = [first + int(k) for k in rec.kept]
+        self.selection_log.write(
+            {
+                "step": done,
+                "candidates": cands,
+                "kept": kept,
+                "kept_documents": [list(self.stream.first_document(g)) for g in kept],
+                "target_refreshed": rec.target_refreshed,
+                **rec.summary(),
+            }
+        )
 
     def after_step(self, done: int) -> None:
         cfg = self.cfg
         final = done == cfg.steps
+        if cfg.online_select and self.dims.is_main:
+            self._log_selection(done)
         if self.valid is not None and ((cfg.eval_interval and done % cfg.eval_interval == 0) or final):
             self.valid_loss = self.evaluate()
             self.metrics.write({"step": done, "valid_loss": self.valid_loss})
@@ -284,7 +383,7 @@ class Pretrainer(Trainer):
 
 def pretrain(cfg: PretrainConfig, dims: ParallelDims) -> dict:
     """Run (or resume) a pretraining run on this rank, holding ``--out``'s lock; returns the final step's summary."""
-    inputs = {"--data": cfg.data, "--tokenizer": cfg.tokenizer, "--init-from": cfg.init_from}
+    inputs = {"--data": cfg.data, "--tokenizer": cfg.tokenizer, "--init-from": cfg.init_from, "--target": cfg.target}
     with output_lock_on_main(cfg.out, dims, step="pretrain", inputs=inputs, kind="dir"):
         if dims.is_main:
             remove_leftovers(cfg.out)

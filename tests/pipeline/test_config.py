@@ -34,6 +34,21 @@ def test_an_hf_model_config_of_the_arms_resolves_against_the_config_dir(tmp_path
     assert "tiny" in annotation.argv or "--model-config" not in annotation.argv
 
 
+def test_online_selection_keys_reach_the_arms_pretrain(tmp_path):
+    """pretrain.online_select / target / candidates_per_pick (docs/online_selection.md): flags of every arm's
+    ``lqs pretrain``, the target prefix resolved against the config's directory."""
+    data = {**_minimal(tmp_path), "pretrain": {"online_select": "greedy", "target": "tgt", "candidates_per_pick": 3}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    arms = [s for s in Plan(load_config(tmp_path / "p.yaml")).steps() if s.name.startswith("pretrain-")]
+    arms = [s for s in arms if s.name != "pretrain-annotation-model"]
+    assert len(arms) == 3
+    for step in arms:
+        argv = step.argv
+        assert argv[argv.index("--online-select") + 1] == "greedy"
+        assert argv[argv.index("--target") + 1] == str(tmp_path / "tgt")
+        assert argv[argv.index("--candidates-per-pick") + 1] == "3"
+
+
 @pytest.mark.parametrize(
     "patch,match",
     [

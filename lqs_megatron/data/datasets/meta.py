@@ -89,6 +89,22 @@ def read_meta(prefix: str | os.PathLike, expected: int | None = None) -> list[di
     return rows
 
 
+def group_labels(prefix: str | os.PathLike, n: int, by: str | None) -> list[str] | None:
+    """Field ``by`` of every record of ``prefix``'s sidecar as a group label (``"(none)"`` where missing);
+    None for ``by=None``. :class:`LQSError` naming the sidecar when it is absent or lacks the field."""
+    if by is None:
+        return None
+    rows = read_meta(prefix, expected=n)
+    if rows is None:
+        raise LQSError(
+            f"--by {by}: {prefix} has no sidecar {meta_path(prefix)} (tokenize with `lqs tokenize --keep-fields {by}`)"
+        )
+    if rows and not any(by in r for r in rows):
+        fields = sorted({k for r in rows[:1000] for k in r})
+        raise LQSError(f"--by {by}: no record of {meta_path(prefix)} has that field (fields: {', '.join(fields)})")
+    return ["(none)" if r.get(by) is None else str(r.get(by)) for r in rows]
+
+
 def _line_offsets(path: str) -> np.ndarray:
     """Byte offset of every line start plus the file size (``n + 1`` int64 values)."""
     size = os.path.getsize(path)
