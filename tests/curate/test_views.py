@@ -251,3 +251,44 @@ def test_score_on_a_view_equals_the_copy(pair, tmp_path, tiny_tokenizer):
         run_lqs(*args, "--part-size", "16", env=ONE_THREAD)
     a, b = np.load(tmp_path / "s-view" / "scores.npy"), np.load(tmp_path / "s-copy" / "scores.npy")
     assert a.shape == (len(IndexedDataset(t / "copy")),) and np.array_equal(a, b)
+
+
+def test_annotation_sets_and_scorer_data_read_a_view_as_the_copy(pair, tmp_path):
+    """``annotate``'s example sets (``--train``/``--target``/``--proxy``) and ``prepare-scorer-data`` on a view."""
+    from lqs_megatron.lqs.examples import ExampleSet
+
+    t, _, _ = pair
+    sets = {n: ExampleSet(str(t / n), "--proxy", max_length=20) for n in ("view", "copy")}
+    assert np.array_equal(sets["view"].lengths(), sets["copy"].lengths())
+    for s in sets.values():
+        s.validate(512)
+    idx = np.random.default_rng(1).permutation(len(sets["copy"]))[:9]
+    a, b = sets["view"].batch(idx), sets["copy"].batch(idx)
+    assert all(torch_equal(getattr(a, k), getattr(b, k)) for k in ("input_ids", "labels", "loss_mask", "indices"))
+    with pytest.raises(LQSError, match="outside the model's vocabulary"):
+        sets["view"].validate(int(IndexedDataset(t / "copy")[0].max()))  # the slow path, on the view's sequences
+    for n in ("view", "copy"):
+        lqs("prepare-scorer-data", "--proxy", t / n, "--scores", t / f"{n}.scores.npy", "--out", tmp_path / n)
+    for f in ("train.bin", "train.idx", "valid.bin", "valid.idx", "train_scores.npy", "valid_indices.npy"):
+        assert (tmp_path / "view" / f).read_bytes() == (tmp_path / "copy" / f).read_bytes(), f
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return torch.equal(torch.as_tensor(x), torch.as_tensor(y))
+
+
+def test_a_view_and_a_copy_replace_each_other_at_one_prefix(corpus, tmp_path):
+    """Writing a view where a copy was removes the copy's tokens (a .bin/.idx pair would win), and the other way
+    round; what opens is always the latest output."""
+    d, _ = corpus
+    _curate("select", d / "corpus", d / "scores.npy", tmp_path / "out")
+    copy = _read_all(IndexedDataset(tmp_path / "out"))
+    _curate("order", d / "corpus", d / "scores.npy", tmp_path / "out", "--view")
+    assert not os.path.exists(tmp_path / "out.bin") and not os.path.exists(tmp_path / "out.idx")
+    assert not os.path.exists(tmp_path / "out.meta.jsonl")  # the copy's provenance went with it
+    view = open_dataset(tmp_path / "out")
+    assert view.is_view and len(view) == len(IndexedDataset(d / "corpus")) != len(copy)
+    _curate("select", d / "corpus", d / "scores.npy", tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out.view.json") and _read_all(open_dataset(tmp_path / "out")) == copy
