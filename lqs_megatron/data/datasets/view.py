@@ -17,15 +17,17 @@ then ``order --view`` gives ``sel.indices[ord_positions]``), so reading never ch
 :class:`~lqs_megatron.data.datasets.indexed.IndexedDataset`, a ``PREFIX.view.json`` a
 :class:`DatasetView`, which has the same interface (``len``, ``ds[i]``, ``get``, ``span``,
 ``sequence_lengths``, ``sequence_pointers``, ``document_indices``, ``dtype``, ``num_tokens``, ``prefix``,
-``data_path``): its lengths and pointers are the source's gathered with one vectorised index, its tokens
-the source's memory map, and each of its sequences is its own document (as in a copy), so everything built
-on a dataset (sample packing, evaluation, scoring) sees exactly what it would see on the materialised copy.
+``data_path``): its lengths (and, when asked for, byte pointers) are the source's gathered with one
+vectorised index, ``ds[i]`` is ``source[indices[i]]`` through the memory-mapped indices, and each of its
+sequences is its own document (as in a copy), so everything built on a dataset (sample packing, evaluation,
+scoring) sees exactly what it would see on the materialised copy.
 A view whose source changed (sizes or sampled digests differ) is refused with one line, never read.
 :func:`materialize` writes the copy: byte-identical to ``select``/``order`` without ``--view``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -123,14 +125,27 @@ class DatasetView(IndexedDataset):
             )
         self.indices = check_indices(indices, len(self.base), name=ipath)
         self.dtype = self.base.dtype
-        self.sequence_lengths = self.base.sequence_lengths[self.indices]
-        self.sequence_pointers = self.base.sequence_pointers[self.indices]
+        self.sequence_lengths = self.base.sequence_lengths[self.indices]  # 4 bytes a sequence, in memory
         self.document_indices = np.arange(len(self.indices) + 1, dtype=np.int64)  # each sequence its own document
         if self.num_tokens != meta["num_tokens"]:
             raise LQSError(f"{path}: says {meta['num_tokens']} tokens, its indices select {self.num_tokens}")
         self._idx = None
         self._bin = self.base._bin
         self.data_path = self.base.data_path
+
+    @functools.cached_property
+    def sequence_pointers(self) -> np.ndarray:
+        """Byte offsets of the view's sequences in the source's ``.bin`` (gathered on first use: reading one
+        sequence goes through the memory-mapped indices, so pretraining never holds them)."""
+        return self.base.sequence_pointers[self.indices]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sequence {i} out of range for {n} sequences")
+        return self.base[int(self.indices[i])]
 
     @property
     def index_files(self) -> list[str]:
