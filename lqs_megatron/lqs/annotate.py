@@ -143,10 +143,13 @@ def _input_id(path: str, suffixes: tuple[str, ...]) -> str:
 
 
 def _run_settings(cfg: AnnotateConfig) -> dict:
+    from lqs_megatron.data.datasets.view import is_view
+
     out = {k: getattr(cfg, k) for k in RESUME_KEYS}
     out["model"] = _input_id(cfg.model, ())
     for k in ("train", "target", "proxy"):
-        out[k] = _input_id(getattr(cfg, k), (".bin", ".idx", ".view.json", ".indices.npy"))
+        prefix = getattr(cfg, k)  # a view: its own files (its source is checked whenever it is opened)
+        out[k] = _input_id(prefix, (".view.json", ".indices.npy") if is_view(prefix) else (".bin", ".idx"))
     return out
 
 
