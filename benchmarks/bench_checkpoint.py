@@ -14,6 +14,7 @@ Size is the bytes on disk of one step directory. Times are the median of ``--rep
 cache warm from the previous run: these are CPU costs, not disk bandwidth).
 
     python benchmarks/bench_checkpoint.py           # d=256, 4 layers, V=8192 (7.15M parameters)
+    python benchmarks/bench_checkpoint.py --model medium   # d=512, 6 layers, V=16384
     python benchmarks/bench_checkpoint.py --tiny
 """
 
@@ -38,6 +39,10 @@ from lqs_megatron.training.optim import build_optimizer
 from _harness import machine, main_guard, parser, record, versions
 
 CPU_MODEL = dict(vocab_size=8192, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=4)
+# --model medium: about 5x the parameters (34.48M), for the figures' dependence on size
+MEDIUM_MODEL = dict(
+    vocab_size=16384, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8, num_kv_heads=4
+)
 TINY_MODEL = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=2)
 
 
@@ -93,7 +98,7 @@ def run(args) -> None:
 
     torch.set_num_threads(args.threads or 1)
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP's one-process notice
-    cfg_dict = TINY_MODEL if args.tiny else CPU_MODEL
+    cfg_dict = TINY_MODEL if args.tiny else MEDIUM_MODEL if args.model == "medium" else CPU_MODEL
     cfg, one = ModelConfig(**cfg_dict), ParallelDims()
     reps = 2 if args.tiny else args.reps
     model, opt = stepped(cfg, one)
@@ -142,5 +147,8 @@ def run(args) -> None:
 
 if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--model", choices=("small", "medium"), default="small", help="small: 7.15M, medium: 34.48M parameters"
+    )
     p.set_defaults(reps=5)
     main_guard(run, p)

@@ -199,6 +199,29 @@ FIGURES = [
 ]
 
 
+FIGURES += [
+    (
+        "distopt.zero.state_ratio",
+        "distopt",
+        "--distributed-optimizer, dp 2: AdamW state per rank / DDP + AdamW's",
+        "{:.2f}x",
+        "<= 0.6x",
+        lambda v: v <= 0.6,
+    ),
+    ("distopt.ddp.peak_mb_per_rank", "distopt", "DDP + AdamW, dp 2: peak memory per rank MB", "{:,.1f}", "", None),
+    (
+        "distopt.zero.peak_mb_per_rank",
+        "distopt",
+        "--distributed-optimizer, dp 2: peak memory per rank MB",
+        "{:,.1f}",
+        "",
+        None,
+    ),
+    ("distopt.ddp.step_ms", "distopt", "DDP + AdamW, dp 2: step ms", "{:.1f}", "", None),
+    ("distopt.zero.step_ms", "distopt", "--distributed-optimizer, dp 2: step ms", "{:.1f}", "", None),
+]
+
+
 def load(out: Path) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
     """First record of each figure id, and each part's ``(status, seconds)``."""
     figures: dict[str, dict] = {}

@@ -4,8 +4,8 @@
 #   1. install the project (pip install --no-deps --no-build-isolation -e .);
 #   2. the gpu-marked tests: the Triton kernels compiled for real against the torch references, fp32 and bf16;
 #   3. the benchmarks at GPU sizes: kernels, annotation (160M, L=1024, bf16), pretraining (160M, L=1024,
-#      bf16), scorer inference (125M-class backbone, bf16, length-bucketed); then, in the time left, both
-#      again under torch.compile;
+#      bf16), scorer inference (125M-class backbone, bf16, length-bucketed), the distributed optimizer (2 dp
+#      ranks on the GPU); then, in the time left, pretraining and scoring again under torch.compile;
 #   4. one markdown table of every figure with its goal (benchmarks/gpu_table.py).
 # Each part runs alone under its own timeout (and the whole under GPU_CHECK_BUDGET seconds), so a failure
 # in one part leaves the others' figures. Everything goes under $OUT if set, else gpu_check_out/:
@@ -117,6 +117,8 @@ fi
     run_part pretrain 90 $B/bench_train.py $DEV $PRETRAIN --json "$J/pretrain.jsonl"
     run_part score 100 $B/bench_score.py $DEV $SCORE --json "$J/score.jsonl"
     run_part online 90 $B/bench_online.py $DEV $ONLINE --json "$J/online.jsonl"
+    # --distributed-optimizer against DDP + AdamW: 2 data-parallel ranks on the one GPU (gloo)
+    run_part distopt 60 $B/bench_distopt.py $DEV --world 2 --json "$J/distopt.jsonl"
     # last, in what time is left: torch.compile (minutes on a CPU, so not in the dry run)
     if [ "$DRY" = 0 ]; then
         run_part pretrain-compile 120 $B/bench_train.py $DEV $PRETRAIN --compile --json "$J/pretrain-compile.jsonl"

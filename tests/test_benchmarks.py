@@ -22,7 +22,6 @@ NOT_BENCHMARKS = {"_harness.py", "quality_corpus.py"}
 CPU_ONLY = [
     "bench_checkpoint.py",
     "bench_curate.py",
-    "bench_distopt.py",
     "bench_tokenize_scale.py",
     "bench_quality.py",
     "bench_threads.py",

@@ -17,7 +17,8 @@ _IO_HELP = (
     "file (FILE.jsonl[.gz|.zst], detected by extension) whose records carry the score in --score-field (or "
     "take it from --scores). Output: OUT.bin/.idx (each kept sequence its own document), OUT.scores.npy "
     "(kept scores in output order) and OUT.indices.npy (their positions in the input); for jsonl input "
-    "OUT.jsonl plus the same sidecars named without .jsonl."
+    "OUT.jsonl plus the same sidecars named without .jsonl. --view: OUT.view.json instead of OUT.bin/.idx "
+    "(no tokens copied; read wherever a dataset is read; lqs materialize writes the copy)."
 )
 
 
@@ -55,12 +56,14 @@ def _run(cfg, choose, step: str) -> int:
 
     if not is_jsonl(cfg.data) and cfg.scores is None:
         raise LQSError("--scores FILE.npy is required when --data is an indexed dataset")
+    if cfg.view and (is_jsonl(cfg.data) or is_jsonl(cfg.out)):
+        raise LQSError("--view is for indexed datasets; jsonl input is written as jsonl")
     inputs = {"--data": cfg.data, "--scores": cfg.scores}
     with output_lock(cfg.out, step=step, inputs=inputs, kind="file" if is_jsonl(cfg.out) else "prefix"):
         if is_jsonl(cfg.data):
             info = curate_jsonl(cfg.data, cfg.out, choose, cfg.scores, cfg.score_field)
         else:
-            info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose, step)
+            info = curate_dataset(cfg.data, cfg.scores, cfg.out, choose, step, view=cfg.view)
     print(json.dumps(info))
     return 0
 

@@ -1,8 +1,8 @@
-"""`lqs` subcommands of the datasets area: sample-proxy, merge, export-jsonl.
+"""`lqs` subcommands of the datasets area: sample-proxy, merge, export-jsonl, materialize.
 
 See lqs_megatron/cli/__init__.py for the conventions; the work is done by
-:mod:`lqs_megatron.data.datasets.proxy`, :mod:`lqs_megatron.data.datasets.merge` and
-:mod:`lqs_megatron.data.preprocess.export`.
+:mod:`lqs_megatron.data.datasets.proxy`, :mod:`lqs_megatron.data.datasets.merge`,
+:mod:`lqs_megatron.data.preprocess.export` and :mod:`lqs_megatron.data.datasets.view`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         setup=flags("lqs_megatron.data.config", "ExportJsonlConfig"),
     )
     p.set_defaults(func=_export_jsonl)
+
+    p = new_command(
+        sub,
+        "materialize",
+        help="write a view (select/order --view) as an indexed dataset",
+        description="Copy the sequences a view (PREFIX.view.json, from lqs select/order --view) names out of its "
+        "source into OUT.bin/.idx, with OUT.indices.npy, OUT.scores.npy, OUT.stats.json (and OUT.meta.jsonl when "
+        "the source has one): byte for byte what the view's command writes without --view. A view whose source "
+        "changed is refused.",
+        setup=flags("lqs_megatron.data.config", "MaterializeConfig"),
+    )
+    p.set_defaults(func=_materialize)
 
 
 def _sample_proxy(args: argparse.Namespace) -> int:
@@ -104,4 +116,15 @@ def _export_jsonl(args: argparse.Namespace) -> int:
     shard = resolve_shard(cfg.shard)
     info = export_jsonl(cfg.data, cfg.tokenizer, cfg.out, cfg.scores, cfg.batch_size, cfg.format, shard)
     print(json.dumps(info))
+    return 0
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    from lqs_megatron.data.config import MaterializeConfig
+    from lqs_megatron.data.datasets.view import materialize
+    from lqs_megatron.utils.lock import output_lock
+
+    cfg = build(MaterializeConfig, args)
+    with output_lock(cfg.out, step="materialize", inputs={"--data": cfg.data}):
+        print(json.dumps(materialize(cfg.data, cfg.out)))
     return 0

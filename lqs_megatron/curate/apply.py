@@ -5,11 +5,12 @@ ordering's permutation, see :mod:`~lqs_megatron.curate.selection` and
 :mod:`~lqs_megatron.curate.ordering`) and write, for output position ``j``, input
 record ``positions[j]``:
 
-- **Indexed dataset** (``--data PREFIX``): ``OUT.bin/.idx`` (each kept sequence its own
+- **Indexed dataset** (``--data PREFIX``, a dataset or a view): ``OUT.bin/.idx`` (each kept sequence its own
   document; the trainer reads it directly), ``OUT.scores.npy`` (the kept sequences'
   scores in output order, in the score file's dtype) and ``OUT.indices.npy`` (int64,
   their positions in the input). Scores come from a ``.npy`` with one finite score per
-  sequence.
+  sequence. With ``view=True`` (``--view``) no tokens are copied: ``OUT.view.json`` and the same sidecars
+  (:mod:`lqs_megatron.data.datasets.view`; a view's indices point into the original source).
 - **jsonl** (``--data FILE.jsonl[.gz|.zst]``, output ``FILE.jsonl``), as DELT's tools:
   each input line is one record, its score the number in ``score_field``. The records
   are written unchanged (byte for byte) in the new order. With a score ``.npy`` instead,
@@ -34,9 +35,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.data.datasets.scores import check_scores, json_floats, read_scores
 from lqs_megatron.data.datasets.subset import sidecar_path, write_subset_with_sidecars
+from lqs_megatron.data.datasets.view import open_dataset, view_path, write_view
 from lqs_megatron.data.preprocess.jsonl import get_field, is_blank, iter_lines, parse_line
 from lqs_megatron.errors import InputError, LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_npy
@@ -66,7 +67,7 @@ def _summary(kind: str, out: str, n_in: int, positions: np.ndarray, out_scores: 
         "%d of %d %s written -> %s (scores %s..%s)",
         info["num_output"],
         n_in,
-        "sequences" if kind == "dataset" else "records",
+        "records" if kind == "jsonl" else "sequences",
         out,
         info["score_min"],
         info["score_max"],
@@ -80,22 +81,30 @@ def curate_dataset(
     out_prefix: str | os.PathLike,
     choose: Chooser,
     command: str = "select",
+    view: bool = False,
 ) -> dict:
-    """Apply ``choose`` to an indexed dataset and its score file (see the module docstring); ``command``
-    (``select`` / ``order``) is recorded in ``OUT.stats.json`` with the input's tokenizer."""
+    """Apply ``choose`` to an indexed dataset (or a view) and its score file (see the module docstring);
+    ``command`` (``select`` / ``order``) is recorded in ``OUT.stats.json`` with the input's tokenizer. ``view``:
+    write a view (``OUT.view.json`` and the same sidecars, :mod:`lqs_megatron.data.datasets.view`) instead of
+    ``OUT.bin/.idx``."""
     if is_jsonl(out_prefix):
         raise LQSError(
             f"--out {str(out_prefix)!r} is a jsonl file but --data is an indexed dataset; "
             "give an output prefix (or export the result with `lqs export-jsonl`)"
         )
-    ds = IndexedDataset(data_prefix)
+    ds = open_dataset(data_prefix)
     raw = read_scores(scores_path)
     scores = check_scores(raw, len(ds), name=str(scores_path))
     positions = np.asarray(choose(scores), dtype=np.int64)
     out_scores = raw[positions]
-    write_subset_with_sidecars(ds, positions, out_prefix, {"scores": out_scores, "indices": positions}, command)
-    info = _summary("dataset", str(out_prefix), len(ds), positions, scores[positions])
+    if view:
+        write_view(ds, positions, out_prefix, out_scores, command)
+    else:
+        write_subset_with_sidecars(ds, positions, out_prefix, {"scores": out_scores, "indices": positions}, command)
+    info = _summary("view" if view else "dataset", str(out_prefix), len(ds), positions, scores[positions])
     info.update(indices=sidecar_path(out_prefix, "indices"), scores=sidecar_path(out_prefix, "scores"))
+    if view:
+        info.update(view=view_path(out_prefix))
     return info
 
 

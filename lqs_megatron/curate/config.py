@@ -40,6 +40,10 @@ class CurateIO:
     """Output prefix (or .jsonl for jsonl)."""
     score_field: str = "score"
     """Score field of jsonl records."""
+    view: bool = False
+    """Write a view instead of a copy: OUT.view.json (the source prefix and its fingerprint) beside OUT.indices.npy
+    and OUT.scores.npy, no tokens; every command reads it as a dataset, `lqs materialize` writes the copy
+    (docs/curation.md, "Views"). Indexed datasets only."""
 
 
 @dataclass(kw_only=True)

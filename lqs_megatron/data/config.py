@@ -1,5 +1,5 @@
 """Settings of the data commands that have no configuration object of their own in the library:
-``train-tokenizer``, ``sample-proxy``, ``merge``, ``export-jsonl``. (``tokenize``, ``tokenize-target``
+``train-tokenizer``, ``sample-proxy``, ``merge``, ``export-jsonl``, ``materialize``. (``tokenize``, ``tokenize-target``
 and ``retokenize`` are :class:`~lqs_megatron.data.preprocess.tokenize.TokenizeConfig`,
 :class:`~lqs_megatron.data.preprocess.conversations.TargetConfig` and
 :class:`~lqs_megatron.data.preprocess.retokenize.RetokenizeConfig`.) See :mod:`lqs_megatron.options`.
@@ -43,7 +43,7 @@ class SampleProxyConfig:
     """Settings of ``lqs sample-proxy``."""
 
     data: str = option(metavar="PREFIX")
-    """Input indexed dataset (PREFIX.bin/.idx)."""
+    """Input indexed dataset (PREFIX.bin/.idx, or a view)."""
     num: int = option(metavar="N")
     """Number of sequences to sample (at most the dataset's size)."""
     out: str = option(metavar="PREFIX")
@@ -53,6 +53,16 @@ class SampleProxyConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+
+
+@dataclass
+class MaterializeConfig:
+    """Settings of ``lqs materialize``."""
+
+    data: str = option(metavar="PREFIX")
+    """Input view (PREFIX.view.json, written by select/order --view)."""
+    out: str = option(metavar="PREFIX")
+    """Output dataset prefix: OUT.bin/.idx and the sidecars the view's command writes without --view."""
 
 
 @dataclass

@@ -84,6 +84,14 @@ def _file_id(path: str | Path) -> list:
     return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
+def _data_id(prefix: str) -> list:
+    """:func:`_file_id` of a dataset's files: ``.idx`` and ``.bin``; a view's own files and its source's."""
+    from lqs_megatron.data.datasets.view import open_dataset
+
+    ds = open_dataset(prefix)
+    return [x for p in [*ds.index_files, ds.data_path] for x in _file_id(p)]
+
+
 def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     """``(trajectory, sweep)`` fingerprints: what must match for checkpoints / state to be reused.
 
@@ -95,15 +103,15 @@ def _fingerprints(cfg: AnnotateConfig, dims: ParallelDims) -> tuple[str, str]:
     )
     traj = {
         "model": model_files,
-        "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
+        "train": _data_id(cfg.train),
         **{k: getattr(cfg, k) for k in ("steps", "lr", "max_length", "micro_batch_size", "dtype")},
         "batch_size": cfg.global_batch_size,  # the fingerprint's names of before the rename: old runs resume
         "tp": dims.tp,
     }
     sweep = {
         "trajectory": traj,
-        "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
-        "proxy": _file_id(f"{cfg.proxy}.idx") + _file_id(f"{cfg.proxy}.bin"),
+        "target": _data_id(cfg.target),
+        "proxy": _data_id(cfg.proxy),
         **{k: getattr(cfg, k) for k in ("interval", "method", "proxy_num", "proxy_batch_size")},
         "backend": cfg.kernel_backend,
     }
@@ -135,10 +143,13 @@ def _input_id(path: str, suffixes: tuple[str, ...]) -> str:
 
 
 def _run_settings(cfg: AnnotateConfig) -> dict:
+    from lqs_megatron.data.datasets.view import is_view
+
     out = {k: getattr(cfg, k) for k in RESUME_KEYS}
     out["model"] = _input_id(cfg.model, ())
     for k in ("train", "target", "proxy"):
-        out[k] = _input_id(getattr(cfg, k), (".bin", ".idx"))
+        prefix = getattr(cfg, k)  # a view: its own files (its source is checked whenever it is opened)
+        out[k] = _input_id(prefix, (".view.json", ".indices.npy") if is_view(prefix) else (".bin", ".idx"))
     return out
 
 
@@ -166,8 +177,8 @@ def _probe_fingerprint(cfg: AnnotateConfig, dims: ParallelDims, steps: int, grid
     """What must match for a saved ``--lr auto`` probe to be reused."""
     key = {
         "model": sorted(_file_id(p) for p in Path(cfg.model).iterdir() if p.suffix in (".json", ".safetensors")),
-        "train": _file_id(f"{cfg.train}.idx") + _file_id(f"{cfg.train}.bin"),
-        "target": _file_id(f"{cfg.target}.idx") + _file_id(f"{cfg.target}.bin"),
+        "train": _data_id(cfg.train),
+        "target": _data_id(cfg.target),
         **{k: getattr(cfg, k) for k in ("max_length", "micro_batch_size", "dtype")},
         "batch_size": cfg.global_batch_size,
         "steps": steps,
@@ -219,9 +230,14 @@ def annotate(
 
 
 def _load_sets(cfg: AnnotateConfig, dims: ParallelDims, master_dtype: torch.dtype):
+    from lqs_megatron.data.datasets.view import data_exists
+
     for flag, prefix in (("--train", cfg.train), ("--target", cfg.target), ("--proxy", cfg.proxy)):
-        if not (os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx")):
-            raise LQSError(f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx)")
+        if not data_exists(prefix):
+            raise LQSError(
+                f"{flag} {prefix}: no indexed dataset there (expected {prefix}.bin and {prefix}.idx, or a view "
+                f"{prefix}.view.json)"
+            )
     from lqs_megatron.data.tokenizers.fingerprint import check_data_tokenizer, model_tokenizer
 
     sets = {f"--train {cfg.train}": cfg.train, f"--target {cfg.target}": cfg.target, f"--proxy {cfg.proxy}": cfg.proxy}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lqs_megatron.data.datasets.batching import pad_examples
-from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 
 
@@ -49,7 +49,7 @@ class ExampleSet:
 
     def __init__(self, prefix: str, flag: str, max_length: int, limit: int | None = None):
         self.flag = flag
-        self.ds = IndexedDataset(prefix)
+        self.ds = open_dataset(prefix)
         self.max_length = max_length
         self.size = len(self.ds) if limit is None else min(limit, len(self.ds))
 
@@ -88,10 +88,11 @@ class ExampleSet:
 
     def _token_range(self, n: int) -> tuple[int, int]:
         """Smallest and largest id stored in sequences ``[0, n)`` (whole sequences: a superset of the used tokens)."""
-        lo = int(self.ds.sequence_pointers[0])
-        hi = int(self.ds.sequence_pointers[n - 1]) + int(self.ds.sequence_lengths[n - 1]) * self.ds.dtype.itemsize
+        pointers = self.ds.sequence_pointers[:n].astype(np.int64)  # a view's lead anywhere into its source
+        lo = int(pointers.min())
+        hi = int((pointers + self.ds.sequence_lengths[:n].astype(np.int64) * self.ds.dtype.itemsize).max())
         tokens = np.memmap(
-            bin_path(self.ds.prefix),
+            self.ds.data_path,
             dtype=self.ds.dtype,
             mode="r",
             offset=lo,

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.data.datasets.indexed import IndexedDataset
-from lqs_megatron.data.datasets.meta import group_labels, has_meta, iter_meta
+from lqs_megatron.data.datasets.meta import group_labels
 from lqs_megatron.data.datasets.scores import check_scores, read_scores
+from lqs_megatron.data.datasets.view import dataset_meta, open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file, save_json
 from lqs_megatron.utils.correlation import spearman_or_nan
@@ -107,7 +108,7 @@ def build_report(
 ) -> tuple[dict, dict]:
     """``(report, arrays)``: the report record (JSON-ready) and the arrays the plot needs."""
     scores_path = scores if isinstance(scores, (str, os.PathLike)) else None
-    ds = IndexedDataset(data)
+    ds = open_dataset(data)
     n = len(ds)
     x = check_scores(read_scores(scores) if scores_path else np.asarray(scores), n, name=str(scores_path or "scores"))
     if n == 0:
@@ -245,10 +246,11 @@ def write_report(out: str | os.PathLike, scores, data: str, **kw) -> dict:
 def report_if_sidecar(out: str | os.PathLike, scores, data: str, tokenizer: str | None = None) -> dict | None:
     """The hook of ``prepare-scorer-data`` and ``score``: write the report when ``data`` has a sidecar
     (grouped by ``source`` when the sidecar has that field, else by its first field); never fails the caller."""
-    if not has_meta(data):
-        return None
     try:
-        first = next(iter_meta(data), {})
+        records = dataset_meta(data)
+        if records is None:
+            return None
+        first = next(records, {})
         by = "source" if "source" in first else next(iter(first), None)
         rep = write_report(out, scores, data, by=by, tokenizer=tokenizer)
     except (LQSError, OSError, ValueError) as e:

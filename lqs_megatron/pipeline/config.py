@@ -179,6 +179,9 @@ class SelectionSection:
     """The comparison arm: ``random`` (a seeded random selection of the same size, shuffled)
     or ``none``."""
     seed: int = 1
+    view: bool = False
+    """Write the selections and orderings as views (``lqs select/order --view``: indices, no copy of the tokens);
+    pretraining reads them as it reads datasets."""
 
 
 @dataclass

@@ -41,8 +41,9 @@ from lqs_megatron.training.config import EvaluateConfig, ExportHFConfig, Pretrai
 from lqs_megatron.utils.atomic import save_npy
 
 
-def _ds(prefix: Path) -> list[str]:
-    return [f"{prefix}.bin", f"{prefix}.idx"]
+def _ds(prefix: Path, view: bool = False) -> list[str]:
+    """The files that mark the dataset ``prefix`` written: ``.bin`` and ``.idx``, or a view's ``.view.json``."""
+    return [f"{prefix}.view.json"] if view else [f"{prefix}.bin", f"{prefix}.idx"]
 
 
 def command(name: str, *parts) -> list[str]:
@@ -289,7 +290,7 @@ class Plan:
     def select_settings(self, arm: str, scores: str, method: str) -> dict:
         """The ``lqs select`` settings of ``arm`` (``method`` random: the pick file's threshold)."""
         sel = self.cfg.selection
-        io = {"data": str(self.corpus), "scores": scores, "out": self.selected(arm)}
+        io = {"data": str(self.corpus), "scores": scores, "out": self.selected(arm), "view": sel.view}
         if method == "random":  # the pick file marks exactly the chosen sequences with 1
             return {**io, "method": "threshold", "threshold": 0.5}
         return {**io, "method": method, SELECT_PARAMS[method]: getattr(sel, SELECT_PARAMS[method])}
@@ -299,7 +300,7 @@ class Plan:
         sel, selected = self.cfg.selection, self.selected(arm)
         params = {"layers": sel.layers} if order == "folding" else {}
         params |= {"seed": sel.seed} if order == "shuffle" else {}
-        io = {"data": str(selected), "scores": f"{selected}.scores.npy", "method": order}
+        io = {"data": str(selected), "scores": f"{selected}.scores.npy", "method": order, "view": sel.view}
         return {**io, "out": self.train_data(arm), **params}
 
     def _curate(self, arm: str, scores: str, after: list[str], method: str, order: str) -> list[Step]:
@@ -309,7 +310,7 @@ class Plan:
             Step(
                 f"select-{arm}",
                 command("select", (SelectConfig, self.select_settings(arm, scores, method))),
-                outputs=[*_ds(selected), *sidecars],
+                outputs=[*_ds(selected, self.cfg.selection.view), *sidecars],
                 after=[*after, "tokenize"],
             )
         ]
@@ -319,7 +320,7 @@ class Plan:
                 Step(
                     f"order-{arm}",
                     command("order", (OrderConfig, self.order_settings(arm, order))),
-                    outputs=[*_ds(ordered), f"{ordered}.scores.npy", f"{ordered}.indices.npy"],
+                    outputs=[*_ds(ordered, self.cfg.selection.view), f"{ordered}.scores.npy", f"{ordered}.indices.npy"],
                     after=[f"select-{arm}"],
                 )
             )

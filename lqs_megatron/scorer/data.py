@@ -41,6 +41,7 @@ import numpy as np
 from lqs_megatron.data.datasets.indexed import IndexedDataset, dataset_exists
 from lqs_megatron.data.datasets.scores import CLIP, flat_scores, flat_scores_message, load_scores, normalize_scores
 from lqs_megatron.data.datasets.subset import write_subset
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.lqs.report import report_if_sidecar
 from lqs_megatron.scorer.config import PrepareScorerConfig
@@ -150,7 +151,7 @@ def _prepare(cfg: PrepareScorerConfig, args: dict | None) -> dict:
     if (cfg.src_tokenizer is None) != (cfg.dst_tokenizer is None):
         raise LQSError("--src-tokenizer and --dst-tokenizer go together (give both or neither)")
     t0 = time.time()
-    ds = IndexedDataset(cfg.proxy)
+    ds = open_dataset(cfg.proxy)  # a dataset or a view
     _check_sequences(ds)
     raw = load_scores(cfg.scores, expected_len=len(ds))
     flat = flat_scores(raw)

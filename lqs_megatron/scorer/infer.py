@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path, idx_path
+from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.data.preprocess.writing import file_digest
 from lqs_megatron.data.tokenizers.fingerprint import check_same_tokenizer, dataset_tokenizer
 from lqs_megatron.errors import LQSError
@@ -59,9 +60,10 @@ def run_meta(ds: IndexedDataset, ckpt: Path, part_size: int) -> dict:
     return {
         "num_sequences": len(ds),
         "num_tokens": ds.num_tokens,
-        "index_digest": file_digest(idx_path(ds.prefix)),
-        "data_size": os.path.getsize(bin_path(ds.prefix)),
-        "data_digest": file_digest(bin_path(ds.prefix), sampled=True),  # a .bin rewritten in place
+        # PREFIX.idx; a view: its view file, its indices and its source's .idx
+        "index_digest": "".join(file_digest(p) for p in ds.index_files),
+        "data_size": os.path.getsize(ds.data_path),
+        "data_digest": file_digest(ds.data_path, sampled=True),  # a .bin rewritten in place
         "scorer_digest": file_digest(ckpt / "model.safetensors") + file_digest(ckpt / "scorer.json"),
         "part_size": part_size,
     }
@@ -113,7 +115,7 @@ def _adopt_old_layout(out: Path) -> None:
 _LATER_KEYS = ("data_size", "data_digest")
 
 
-def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:
+def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:  # data: the token file (.bin)
     """Error message when ``part_dir`` holds parts of another run; else write the meta (first run)."""
     path = part_dir / "meta.json"
     if path.is_file():
@@ -121,7 +123,7 @@ def _check_meta(part_dir: Path, meta: dict, data: str) -> str | None:
         diff = [k for k in meta if old.get(k) != meta[k] and not (k in _LATER_KEYS and k not in old)]
         if diff and set(diff) <= {"data_size", "data_digest"}:
             return (
-                f"{bin_path(data)} changed since the parts in {part_dir} were scored (its size or content differs); "
+                f"{data} changed since the parts in {part_dir} were scored (its size or content differs); "
                 "use a fresh --out or delete that directory"
             )
         if diff:
@@ -185,7 +187,7 @@ def _plan(run: ScoreRun, opts: ScoreOptions, out: Path, dims) -> _Job:
 
     t0 = time.time()
     data, shard = run.data, run.shard
-    ds = IndexedDataset(data)
+    ds = open_dataset(data)
     if len(ds) == 0:
         raise LQSError(f"dataset {str(data)!r} is empty: nothing to score")
     # the whole dataset unless sharded; a shard is whole parts, so every score is computed in the
@@ -214,7 +216,7 @@ def _plan(run: ScoreRun, opts: ScoreOptions, out: Path, dims) -> _Job:
         for stale in part_dir.glob("*.tmp-*"):  # left by a killed run; no rank is writing yet
             stale.unlink(missing_ok=True)
         sharded = {"range": [begin, stop]} if shard is not None else {}
-        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded}, str(data))
+        err = _check_meta(part_dir, {**run_meta(ds, ckpt, opts.part_size), **sharded}, ds.data_path)
         todo = [k for k in range(len(ranges)) if not part_path(out, k).is_file()]
         plan = {"error": err, "todo": todo}
     plan = dims.broadcast_object(plan)

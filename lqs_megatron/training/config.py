@@ -299,11 +299,15 @@ def choose_resume_dir(cfg: PretrainConfig, dims) -> Path | None:
 def preflight(cfg: PretrainConfig) -> None:
     """Cheap checks before any process group starts: datasets exist, the model splits ``--tp`` ways,
     ``--out`` and ``--resume`` agree. Every rank runs them (no collective)."""
-    from lqs_megatron.data.datasets.indexed import dataset_exists, idx_path
+    from lqs_megatron.data.datasets.indexed import idx_path
+    from lqs_megatron.data.datasets.view import data_exists
 
     for p in [*cfg.data, *([cfg.valid_data] if cfg.valid_data else []), *([cfg.target] if cfg.target else [])]:
-        if not dataset_exists(p):
-            raise LQSError(f"indexed dataset {p!r}: missing {p}.bin or {idx_path(p)} (expected PREFIX.bin + .idx)")
+        if not data_exists(p):
+            raise LQSError(
+                f"indexed dataset {p!r}: missing {p}.bin or {idx_path(p)} (expected PREFIX.bin + .idx, or a view "
+                "PREFIX.view.json)"
+            )
     if cfg.model_config is not None:
         from lqs_megatron.models.config import load_model_config
         from lqs_megatron.models.parallelize import check_tp

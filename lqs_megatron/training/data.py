@@ -22,8 +22,8 @@ import os
 import numpy as np
 import torch
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
 from lqs_megatron.data.datasets.sample_index import build_sample_index, gather_sample, samples_available
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.parallel.dims import ParallelDims
 
@@ -86,7 +86,7 @@ class PackedSamples:
     """``num_samples`` samples of ``seq_length + 1`` tokens from one indexed dataset."""
 
     def __init__(self, prefix: str, seq_length: int, num_samples: int, shuffle: bool = False, seed: int = 0):
-        self.ds = IndexedDataset(prefix)
+        self.ds = open_dataset(prefix)  # a dataset or a view: the same sizes, the same samples
         self.prefix, self.seq_length, self.num_samples = str(prefix), seq_length, num_samples
         lengths = np.asarray(self.ds.sequence_lengths, dtype=np.int64)
         total = int(lengths.sum())
@@ -182,19 +182,20 @@ def check_token_ids(prefixes: list[str], vocab_size: int, dims: ParallelDims, ch
     """Raise :class:`LQSError` naming the dataset when any token id is ``< 0`` or ``>= vocab_size``.
 
     Reads every ``.bin`` once, in chunks; the chunks are split over all ranks and the
-    extremes all-reduced, so the check costs ``tokens / world_size`` reads per rank.
+    extremes all-reduced, so the check costs ``tokens / world_size`` reads per rank. A view is checked on its
+    source's ``.bin`` (a superset of its tokens, read front to back rather than gathered).
     """
     ext = torch.zeros(len(prefixes), 2, dtype=torch.int64)  # (max, -min) per dataset
     ext[:, 1] = -np.iinfo(np.int64).max
     ext[:, 0] = np.iinfo(np.int64).min
     for i, prefix in enumerate(prefixes):
-        ds = IndexedDataset(prefix)
+        ds = open_dataset(prefix)
         if np.issubdtype(ds.dtype, np.unsignedinteger) and np.iinfo(ds.dtype).max < vocab_size:
             continue  # every id the dtype can hold is in range
-        size = os.path.getsize(bin_path(prefix)) // ds.dtype.itemsize
+        size = os.path.getsize(ds.data_path) // ds.dtype.itemsize
         if size == 0:
             continue
-        tokens = np.memmap(bin_path(prefix), dtype=ds.dtype, mode="r", shape=(size,))
+        tokens = np.memmap(ds.data_path, dtype=ds.dtype, mode="r", shape=(size,))
         for c in range(dims.rank, -(-size // chunk), dims.world_size):
             part = tokens[c * chunk : (c + 1) * chunk]
             ext[i, 0] = max(int(ext[i, 0]), int(part.max()))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lqs_megatron.data.datasets.batching import pad_examples
-from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.decoder import Decoder
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
@@ -38,7 +38,7 @@ def evaluate_dataset(
     dims = dims or ParallelDims()
     if max_length < 1 or batch_size < 1:
         raise LQSError(f"--max-length and --micro-batch-size must be >= 1 (got {max_length}, {batch_size})")
-    ds = IndexedDataset(prefix)
+    ds = open_dataset(prefix)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise LQSError(f"dataset {prefix!r} holds no sequences")

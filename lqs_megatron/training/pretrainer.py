@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.data.datasets.sample_index import samples_available
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.models.config import ModelConfig, load_model_config
 from lqs_megatron.models.loading import build_model, load_model
@@ -217,7 +217,7 @@ class Pretrainer(Trainer):
     def _valid_samples(self) -> PackedSamples | None:
         if self.cfg.valid_data is None:
             return None
-        ds = IndexedDataset(self.cfg.valid_data)
+        ds = open_dataset(self.cfg.valid_data)
         n = min(self.cfg.eval_samples, samples_available(ds.num_tokens, self.cfg.max_length))
         if n < 1:
             raise LQSError(f"--valid-data {self.cfg.valid_data!r} holds fewer than {self.cfg.max_length + 1} tokens")

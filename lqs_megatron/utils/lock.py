@@ -5,7 +5,8 @@ lock (below) it checks, once, before anything is written (:func:`check_output`):
 
 - **no input is overwritten**: no path the run writes (``--out`` and, for a dataset prefix, its ``.bin``,
   ``.idx`` and sidecars) may equal, lie inside, or contain a path the run reads (each input flag; for a
-  dataset also its ``.bin``/``.idx`` and the raw corpus its ``.stats.json`` names), compared as real paths
+  dataset also its ``.bin``/``.idx`` and the raw corpus its ``.stats.json`` names; for a view,
+  ``PREFIX.view.json``, its indices and everything its source dataset reads), compared as real paths
   (symlinks resolved);
 - **no foreign directory is replaced**: a command that replaces ``--out`` as a whole directory (export-hf,
   train-tokenizer, prepare-scorer-data) does so only when it is absent, empty, or an earlier output of the
@@ -159,6 +160,7 @@ def _acquire(path: str, command: str | None) -> int:
 
 # What an output PREFIX writes beside PREFIX (each writer a subset: datasets, their sidecars, `lqs report`).
 PREFIX_FILES = (".bin", ".idx", ".stats.json", ".meta.jsonl", ".chunk-boundaries.bin", ".scores.npy", ".indices.npy")
+PREFIX_FILES += (".view.json",)
 PREFIX_FILES += (".txt", ".json", ".png")
 
 Inputs = Mapping[str, "str | os.PathLike | Iterable[str | os.PathLike] | None"]
@@ -201,7 +203,22 @@ def _input_paths(path: str | os.PathLike) -> list[str]:
     if os.path.exists(path + ".idx") or os.path.exists(path + ".bin"):
         out += [p for p in (path + ".bin", path + ".idx", path + ".stats.json") if os.path.exists(p)]
         out += _stats_corpus(path)
+    elif os.path.exists(path + ".view.json"):  # a view reads its own files and its source dataset
+        out += [p for p in (path + ".view.json", path + ".indices.npy", path + ".stats.json") if os.path.exists(p)]
+        source = _view_source(path)
+        if source is not None:
+            return [_real(p) for p in out] + _input_paths(source)
     return [_real(p) for p in out]
+
+
+def _view_source(prefix: str) -> str | None:
+    """The source prefix a view ``PREFIX.view.json`` names (None when unreadable: opening it reports that)."""
+    try:
+        with open(prefix + ".view.json") as f:
+            source = json.load(f).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source != prefix else None
 
 
 def check_output(
@@ -241,6 +258,9 @@ def check_output(
             given = os.fspath(given)
             if kind == "prefix" and _real(given) == real:
                 raise LQSError(f"{flag} {raw} is the input dataset of {in_flag}; choose another {flag}")
+            source = _view_source(given) if kind == "prefix" and os.path.exists(given + ".view.json") else None
+            if source is not None and _real(source) == real:
+                raise LQSError(f"{flag} {raw} is the source of the view {given} ({in_flag}); choose another {flag}")
             for src in _input_paths(given):
                 for dst in written:
                     if dst == src:

@@ -12,7 +12,13 @@ import pytest
 from lqs_megatron.cli import build_parser
 from lqs_megatron.cli.options import build, populated
 from lqs_megatron.curate.config import OrderConfig, SelectConfig
-from lqs_megatron.data.config import ExportJsonlConfig, MergeConfig, SampleProxyConfig, TrainTokenizerConfig
+from lqs_megatron.data.config import (
+    ExportJsonlConfig,
+    MaterializeConfig,
+    MergeConfig,
+    SampleProxyConfig,
+    TrainTokenizerConfig,
+)
 from lqs_megatron.data.preprocess.conversations import TargetConfig
 from lqs_megatron.data.preprocess.retokenize import RetokenizeConfig
 from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
@@ -30,6 +36,7 @@ COMMANDS = {
     "sample-proxy": [SampleProxyConfig],
     "merge": [MergeConfig],
     "export-jsonl": [ExportJsonlConfig],
+    "materialize": [MaterializeConfig],
     "pretrain": [PretrainConfig],
     "evaluate": [EvaluateConfig],
     "export-hf": [ExportHFConfig],

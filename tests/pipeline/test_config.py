@@ -198,3 +198,28 @@ def test_a_bad_key_of_a_demo_override_is_blamed_on_that_file(tmp_path):
     with pytest.raises(LQSError, match=r"mine\.yaml: proxy\.num: expected an integer"):
         demo_config(tmp_path / "w", str(override))
     assert not (tmp_path / "w").exists()  # nothing built before the check
+
+
+def test_selection_view_plans_views(tmp_path):
+    """``selection: {view: true}``: every select and order of the plan writes a view (``--view``), its step is done
+    when the view file exists, and pretraining reads the view; without the key nothing changes."""
+    from lqs_megatron.cli import build_parser
+
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data.update(workdir=str(tmp_path), data={**data["data"], "corpus": ["c.jsonl"], "target": "t.jsonl"})
+    plain = Plan(config_from_dict(data, tmp_path)).steps()
+    data["selection"] = {**data.get("selection", {}), "view": True}
+    steps = Plan(config_from_dict(data, tmp_path)).steps()
+    parser = build_parser()
+    curate = [s for s in steps if s.name.startswith(("select-", "order-"))]
+    assert curate and len(curate) == len([s for s in plain if s.name.startswith(("select-", "order-"))])
+    for s in curate:
+        assert vars(parser.parse_args(s.argv))["view"] is True, s.argv
+        out = s.argv[s.argv.index("--out") + 1]
+        assert f"{out}.view.json" in s.outputs and f"{out}.bin" not in s.outputs
+    for s in plain:
+        if s.name.startswith(("select-", "order-")):
+            assert "--view" not in s.argv and any(o.endswith(".bin") for o in s.outputs)
+    pre = {s.name: s.argv for s in steps if s.name.startswith("pretrain-") and s.name != "pretrain-annotation-model"}
+    orders = {s.argv[s.argv.index("--out") + 1] for s in curate if s.name.startswith("order-")}
+    assert pre and all(a[a.index("--data") + 1] in orders for a in pre.values())

@@ -81,7 +81,14 @@ class IndexedDataset:
         ipath, bpath = idx_path(prefix), bin_path(prefix)
         for p in (ipath, bpath):
             if not os.path.isfile(p):
-                raise LQSError(f"indexed dataset {self.prefix!r}: missing {p} (expected PREFIX.bin and PREFIX.idx)")
+                raise LQSError(
+                    f"indexed dataset {self.prefix!r}: missing {p} (expected PREFIX.bin and PREFIX.idx"
+                    + (
+                        ", or a view PREFIX.view.json: open it with data.datasets.view.open_dataset)"
+                        if os.path.isfile(f"{prefix}.view.json")
+                        else ")"
+                    )
+                )
         with open(ipath, "rb") as f:
             head = f.read(len(INDEX_HEADER) + 8 + 1 + 8 + 8)
         if len(head) < 34 or head[:9] != INDEX_HEADER:
@@ -119,6 +126,20 @@ class IndexedDataset:
                 "together, most likely a copy or rsync interrupted between them; copy both again"
             )
         self._bin = np.memmap(bpath, mode="r", dtype=np.uint8) if bsize else np.zeros(0, dtype=np.uint8)
+        self.data_path = bpath
+
+    #: False here; True for a :class:`~lqs_megatron.data.datasets.view.DatasetView`
+    is_view = False
+
+    @property
+    def index_files(self) -> list[str]:
+        """The files besides :attr:`data_path` (the token file) that define the sequences: ``PREFIX.idx``."""
+        return [idx_path(self.prefix)]
+
+    def root(self, indices: np.ndarray) -> tuple[IndexedDataset, np.ndarray]:
+        """``(dataset, positions)``: where sequences ``indices`` of this dataset are stored (here: itself, as given;
+        a view maps them into its source)."""
+        return self, np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)

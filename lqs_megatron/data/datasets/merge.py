@@ -31,6 +31,8 @@ import numpy as np
 
 from lqs_megatron.data.datasets.indexed import DType, IndexedDataset, bin_path, idx_path, write_index
 from lqs_megatron.data.datasets.meta import concat_meta, has_meta, meta_path
+from lqs_megatron.data.datasets.subset import gathered_bytes
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.data.tokenizers.fingerprint import inputs_tokenizer, write_dataset_identity
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_prefix
@@ -77,7 +79,7 @@ def merge_datasets(
     """
     if not prefixes:
         raise LQSError("--data needs at least one dataset to merge")
-    datasets = [IndexedDataset(p) for p in prefixes]
+    datasets = [open_dataset(p) for p in prefixes]
     for ds in datasets:
         docs = ds.document_indices
         if len(docs) == 0 or docs[0] != 0 or docs[-1] != len(ds) or np.any(np.diff(docs) < 0):
@@ -98,7 +100,10 @@ def merge_datasets(
         os.unlink(idx_path(out_prefix))
     inputs = [os.path.abspath(ds.prefix) for ds in datasets]
     write_dataset_identity(out_prefix, "merge", tokenizer, inputs=inputs)
-    has_sidecar = concat_meta([ds.prefix for ds in datasets], [len(ds) for ds in datasets], out_prefix)
+    roots = [ds.root(np.arange(len(ds))) if ds.is_view else (ds, None) for ds in datasets]  # a view's provenance
+    has_sidecar = concat_meta(
+        [r.prefix for r, _ in roots], [len(r) for r, _ in roots], out_prefix, picks=[p for _, p in roots]
+    )
     if not has_sidecar and has_meta(out_prefix):
         os.unlink(meta_path(out_prefix))
     with atomic_prefix(out_prefix) as tmp:
@@ -131,18 +136,18 @@ def _append_tokens(ds: IndexedDataset, dtype: np.dtype, out) -> None:
         return
     if ds.dtype == dtype and _is_packed(ds):  # the common case: copy the referenced bytes as they are
         need = ds.num_tokens * ds.dtype.itemsize
-        with open(bin_path(ds.prefix), "rb") as f:
+        with open(ds.data_path, "rb") as f:
             remaining = need
             while remaining:
                 buf = f.read(min(remaining, 64 << 20))
                 if not buf:
-                    raise LQSError(f"{bin_path(ds.prefix)}: ended early")
+                    raise LQSError(f"{ds.data_path}: ended early")
                 out.write(buf)
                 remaining -= len(buf)
         return
-    if ds.dtype == dtype:  # exotic layout: gather sequence by sequence
-        for i in range(len(ds)):
-            out.write(ds[i].tobytes())
+    if ds.dtype == dtype or ds.is_view:  # a view or an exotic layout: gathered in blocks of whole sequences
+        for block in gathered_bytes(ds, np.arange(len(ds))):
+            out.write(block.data if ds.dtype == dtype else block.view(ds.dtype).astype(dtype).tobytes())
         return
     src = np.memmap(bin_path(ds.prefix), mode="r", dtype=ds.dtype, shape=(ds.num_tokens,)) if _is_packed(ds) else None
     if src is not None:

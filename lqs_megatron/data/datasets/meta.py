@@ -94,7 +94,13 @@ def group_labels(prefix: str | os.PathLike, n: int, by: str | None) -> list[str]
     None for ``by=None``. :class:`LQSError` naming the sidecar when it is absent or lacks the field."""
     if by is None:
         return None
-    rows = read_meta(prefix, expected=n)
+    from lqs_megatron.data.datasets.view import dataset_meta, is_view  # view builds on this module
+
+    if is_view(prefix):  # a view's records are its source's, gathered by its indices
+        records = dataset_meta(prefix)
+        rows = None if records is None else list(records)
+    else:
+        rows = read_meta(prefix, expected=n)
     if rows is None:
         raise LQSError(
             f"--by {by}: {prefix} has no sidecar {meta_path(prefix)} (tokenize with `lqs tokenize --keep-fields {by}`)"
@@ -123,22 +129,32 @@ def subset_meta(src_prefix: str | os.PathLike, indices, out_prefix: str | os.Pat
     """
     if not has_meta(src_prefix):
         return False
+    write_meta(out_prefix, meta_lines(src_prefix, indices, n_src))
+    return True
+
+
+def meta_lines(src_prefix: str | os.PathLike, indices, n_src: int) -> Iterator[bytes]:
+    """Lines ``indices[0], indices[1], ...`` of ``src_prefix``'s sidecar (bytes, with their newline); its line count
+    is checked against ``n_src`` (the dataset's sequence count) before the first line is yielded."""
     path = meta_path(src_prefix)
     offsets = _line_offsets(path)
     if len(offsets) - 1 != n_src:
         raise LQSError(f"{path} has {len(offsets) - 1} lines but the dataset has {n_src} sequences")
     idx = np.asarray(indices, dtype=np.int64)
     data = np.memmap(path, dtype=np.uint8, mode="r") if offsets[-1] else np.zeros(0, dtype=np.uint8)
-    write_meta(out_prefix, (data[offsets[i] : offsets[i + 1]].tobytes() for i in idx.tolist()))
-    return True
+    return (data[offsets[i] : offsets[i + 1]].tobytes() for i in idx.tolist())
 
 
-def concat_meta(src_prefixes: list[str], counts: list[int], out_prefix: str | os.PathLike) -> bool:
+def concat_meta(
+    src_prefixes: list[str], counts: list[int], out_prefix: str | os.PathLike, picks: list | None = None
+) -> bool:
     """Write ``out_prefix.meta.jsonl`` as the sources' sidecars one after another (a merge, in order).
 
     All sources must have a sidecar, or none (then nothing is written and False returned);
-    each sidecar's line count must equal its dataset's ``counts[k]``.
+    each sidecar's line count must equal its dataset's ``counts[k]``. ``picks[k]`` (when given and not None):
+    only those lines of source ``k``, in that order (a view of the dataset ``src_prefixes[k]``).
     """
+    picks = picks if picks is not None else [None] * len(src_prefixes)
     present = [has_meta(p) for p in src_prefixes]
     if not any(present):
         return False
@@ -147,7 +163,10 @@ def concat_meta(src_prefixes: list[str], counts: list[int], out_prefix: str | os
         raise LQSError(f"some inputs have a {META_SUFFIX} sidecar and {', '.join(missing)} has none; keep all or none")
 
     def lines() -> Iterator[bytes]:
-        for prefix, count in zip(src_prefixes, counts):
+        for prefix, count, pick in zip(src_prefixes, counts, picks):
+            if pick is not None:
+                yield from meta_lines(prefix, pick, count)
+                continue
             n = 0
             with open(meta_path(prefix), "rb") as f:
                 for line in f:

@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.data.datasets.subset import sidecar_path, write_subset_with_sidecars
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def sample_proxy(data_prefix: str | os.PathLike, num: int, seed: int, out_prefix
 
     Returns ``{"prefix", "indices", "num_sequences", "num_tokens"}``.
     """
-    ds = IndexedDataset(data_prefix)
+    ds = open_dataset(data_prefix)
     indices = sample_indices(len(ds), num, seed)
     tokens = write_subset_with_sidecars(ds, indices, out_prefix, {"indices": indices}, "sample-proxy")
     logger.info("proxy sample: %d of %d sequences, %d tokens -> %s", num, len(ds), tokens, out_prefix)

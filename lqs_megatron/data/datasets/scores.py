@@ -98,18 +98,18 @@ def write_scores_parquet(path, scores: np.ndarray, data_prefix: str | os.PathLik
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lqs_megatron.data.datasets.indexed import IndexedDataset
-    from lqs_megatron.data.datasets.meta import has_meta, iter_meta, meta_path
+    from lqs_megatron.data.datasets.meta import meta_path
+    from lqs_megatron.data.datasets.view import dataset_meta, open_dataset
     from lqs_megatron.utils.atomic import atomic_file
 
-    ds = IndexedDataset(data_prefix)
+    ds = open_dataset(data_prefix)
     scores = np.asarray(scores)
     stop = start + len(scores)
     if stop > len(ds):
         raise LQSError(f"{len(scores)} scores from sequence {start} run past the {len(ds)} sequences of {data_prefix}")
     index = np.arange(start, stop, dtype=np.int64)
     document = np.searchsorted(ds.document_indices[1:], index, side="right").astype(np.int64)
-    meta = iter_meta(data_prefix) if has_meta(data_prefix) else None
+    meta = dataset_meta(ds)  # a view's: its source's records, gathered
     if meta is not None:
         for _ in range(start):
             next(meta)

@@ -21,6 +21,7 @@ complete-looking ``PREFIX.bin/.idx`` pair always has sidecars of the same run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -53,8 +54,20 @@ def write_subset(data: IndexedDataset | str | os.PathLike, indices, out_prefix: 
     each time). ``out_prefix`` must differ from the input's prefix: the commands check that with the output
     rule (:func:`~lqs_megatron.utils.lock.output_lock`).
     """
-    ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
+    ds = data if isinstance(data, IndexedDataset) else _open(data)
     idx = check_indices(indices, len(ds))
+    lengths = ds.sequence_lengths[idx].astype(np.int64)
+    with atomic_prefix(out_prefix) as tmp:
+        with open(bin_path(tmp), "wb") as f:
+            for block in gathered_bytes(ds, idx):
+                f.write(block.data)
+        write_index(idx_path(tmp), ds.dtype, lengths.astype(np.int32), np.arange(len(idx) + 1, dtype=np.int64))
+    return int(lengths.sum())
+
+
+def gathered_bytes(ds: IndexedDataset, idx: np.ndarray) -> Iterator[np.ndarray]:
+    """The bytes of sequences ``ds[idx[0]], ds[idx[1]], ...`` back to back, as uint8 blocks of about
+    ``_BLOCK_BYTES`` (each a whole number of tokens; ``ds`` may be a view: its pointers lead into its source)."""
     itemsize = ds.dtype.itemsize
     lengths = ds.sequence_lengths[idx].astype(np.int64)
     starts = ds.sequence_pointers[idx].astype(np.int64)
@@ -65,30 +78,35 @@ def write_subset(data: IndexedDataset | str | os.PathLike, indices, out_prefix: 
     run_first = np.flatnonzero(new_run)
     run_starts = starts[run_first]
     run_ends = np.append(ends[run_first[1:] - 1], ends[-1]) if len(idx) else run_starts
-    src = np.memmap(bin_path(ds.prefix), mode="r", dtype=np.uint8) if ds.num_tokens else None
-    with atomic_prefix(out_prefix) as tmp:
-        with open(bin_path(tmp), "wb") as f:
-            block: list[np.ndarray] = []
-            block_bytes = 0
-            for s, e in zip(run_starts.tolist(), run_ends.tolist()):
-                if e == s:  # empty sequences only
-                    continue
-                if e - s >= _BLOCK_BYTES:  # a long run: flush, then stream it in slices
-                    if block:
-                        f.write(np.concatenate(block).data)
-                        block, block_bytes = [], 0
-                    for off in range(s, e, _BLOCK_BYTES):
-                        f.write(src[off : min(off + _BLOCK_BYTES, e)].data)
-                    continue
-                block.append(src[s:e])
-                block_bytes += e - s
-                if block_bytes >= _BLOCK_BYTES:
-                    f.write(np.concatenate(block).data)
-                    block, block_bytes = [], 0
+    if not lengths.sum():
+        return
+    src = np.memmap(ds.data_path, mode="r", dtype=np.uint8)
+    step = _BLOCK_BYTES - _BLOCK_BYTES % itemsize
+    block: list[np.ndarray] = []
+    block_bytes = 0
+    for s, e in zip(run_starts.tolist(), run_ends.tolist()):
+        if e == s:  # empty sequences only
+            continue
+        if e - s >= _BLOCK_BYTES:  # a long run: flush, then stream it in slices
             if block:
-                f.write(np.concatenate(block).data)
-        write_index(idx_path(tmp), ds.dtype, lengths.astype(np.int32), np.arange(len(idx) + 1, dtype=np.int64))
-    return int(lengths.sum())
+                yield np.concatenate(block)
+                block, block_bytes = [], 0
+            for off in range(s, e, step):
+                yield src[off : min(off + step, e)]
+            continue
+        block.append(src[s:e])
+        block_bytes += e - s
+        if block_bytes >= _BLOCK_BYTES:
+            yield np.concatenate(block)
+            block, block_bytes = [], 0
+    if block:
+        yield np.concatenate(block)
+
+
+def _open(prefix: str | os.PathLike) -> IndexedDataset:
+    from lqs_megatron.data.datasets.view import open_dataset
+
+    return open_dataset(prefix)
 
 
 def sidecar_path(prefix: str | os.PathLike, name: str) -> str:
@@ -113,13 +131,15 @@ def write_subset_with_sidecars(
     dataset, ``.idx`` last.
     Returns the number of tokens written.
     """
-    ds = data if isinstance(data, IndexedDataset) else IndexedDataset(data)
-    if os.path.exists(idx_path(out_prefix)):
-        os.unlink(idx_path(out_prefix))
+    ds = data if isinstance(data, IndexedDataset) else _open(data)
+    for old in (idx_path(out_prefix), f"{out_prefix}.view.json"):  # an old dataset or view of this output
+        if os.path.exists(old):
+            os.unlink(old)
     for name, array in sidecars.items():
         save_npy(sidecar_path(out_prefix, name), np.asarray(array))
     idx = check_indices(indices, len(ds))
     write_dataset_identity(out_prefix, command, dataset_tokenizer(ds.prefix), source=os.path.abspath(ds.prefix))
-    if not subset_meta(ds.prefix, idx, out_prefix, len(ds)) and has_meta(out_prefix):
+    root, positions = ds.root(idx)  # a view's provenance is its source's, gathered by the view's indices
+    if not subset_meta(root.prefix, positions, out_prefix, len(root)) and has_meta(out_prefix):
         os.unlink(meta_path(out_prefix))  # an old run's provenance must not pair with this output
     return write_subset(ds, idx, out_prefix)

@@ -39,8 +39,9 @@ import os
 
 import numpy as np
 
-from lqs_megatron.data.datasets.indexed import IndexedDataset, bin_path
+from lqs_megatron.data.datasets.indexed import IndexedDataset
 from lqs_megatron.data.datasets.scores import check_scores, json_floats, read_scores
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.data.preprocess.sharding import Shard, shard_output, split_range
 from lqs_megatron.errors import LQSError
 from lqs_megatron.utils.atomic import atomic_file
@@ -79,13 +80,18 @@ def check_tokenizer(ds: IndexedDataset, tokenizer_dir: str, tok, start: int, sto
     top = max_token(ds, start, stop)
     if top >= vocab:
         raise LQSError(
-            f"{bin_path(ds.prefix)} holds token id {top}, but --tokenizer {tokenizer_dir} has {vocab} ids: "
+            f"{ds.data_path} holds token id {top}, but --tokenizer {tokenizer_dir} has {vocab} ids: "
             "it is not the dataset's tokenizer"
         )
 
 
 def max_token(ds: IndexedDataset, start: int, stop: int, chunk: int = 1 << 24) -> int:
     """The largest token id in sequences ``[start, stop)`` (-1 when they hold none), read in chunks."""
+    if ds.is_view:  # its sequences lie apart in its source: read them in gathered blocks, never all at once
+        from lqs_megatron.data.datasets.subset import gathered_bytes
+
+        blocks = (b.view(ds.dtype) for b in gathered_bytes(ds, np.arange(start, stop)))
+        return max((int(b.max()) for b in blocks if b.size), default=-1)
     tokens = ds.span(start, stop)
     top = -1
     for i in range(0, len(tokens), chunk):
@@ -107,7 +113,7 @@ def export_jsonl(
 
     fmt = export_format(str(out_path), fmt)
     out = shard_output(out_path, shard)
-    ds = IndexedDataset(data_prefix)
+    ds = open_dataset(data_prefix)
     n = len(ds)
     start, stop = split_range(n, shard)
     values = None

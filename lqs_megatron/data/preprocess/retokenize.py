@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lqs_megatron.data.datasets.indexed import IndexedDataset, optimal_dtype
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.data.preprocess.sharding import Shard, parse_shard, shard_output, split_range
 from lqs_megatron.data.preprocess.tokenize import (
     EncodedBatch,
@@ -168,7 +169,7 @@ def retokenize(config: RetokenizeConfig) -> dict:
 
 def _retokenize(config: RetokenizeConfig, out: str) -> dict:
     t0 = time.perf_counter()
-    ds = IndexedDataset(config.data)
+    ds = open_dataset(config.data)
     src, dst = BatchEncoder(config.src_tokenizer), BatchEncoder(config.dst_tokenizer)
     src.tok, dst.tok  # noqa: B018 - load both now: clear errors before any work
     vocab_a = vocab_size(src.tok)
