@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from lqs_megatron.data.datasets.batching import pad_examples
-from lqs_megatron.data.datasets.indexed import IndexedDataset
+from lqs_megatron.data.datasets.view import open_dataset
 from lqs_megatron.errors import LQSError
 from lqs_megatron.kernels.embedding_stats import grad_stats_embedding
 from lqs_megatron.kernels.linear_stats import grad_stats_linear
@@ -464,7 +464,7 @@ class TargetBatches:
     dp ranks and cut into micro-batches. A pure function of the step: a resumed run reads the same."""
 
     def __init__(self, prefix: str, max_length: int, batch_size: int, refresh: int, micro: int, dims: ParallelDims):
-        self.ds = IndexedDataset(prefix)
+        self.ds = open_dataset(prefix)  # a dataset or a view
         self.prefix, self.max_length, self.batch_size, self.refresh = prefix, max_length, batch_size, refresh
         self.micro, self.dims = micro, dims
         if len(self.ds) == 0:
@@ -708,16 +708,14 @@ def source_report(out, prefixes: list[str], first_document: Callable[[int], tupl
     that field."""
     from pathlib import Path
 
-    from lqs_megatron.data.datasets.meta import group_labels, has_meta
+    from lqs_megatron.data.datasets.meta import group_labels
 
     labels = []
     for p in prefixes:
-        lab = None
-        if has_meta(p):
-            try:
-                lab = group_labels(p, len(IndexedDataset(p)), "source")
-            except LQSError:
-                lab = None
+        try:  # a view's records are its source's; no sidecar or no source field: no report for it
+            lab = group_labels(p, len(open_dataset(p)), "source")
+        except LQSError:
+            lab = None
         labels.append(lab)
     if all(lab is None for lab in labels):
         return None

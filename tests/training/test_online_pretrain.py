@@ -87,6 +87,27 @@ def test_records_metrics_and_source_report(sourced, tmp_path):
     assert sum(r["candidates"] for r in rep["sources"].values()) == 8 * STEPS
 
 
+def test_data_and_target_as_views(sourced, tmp_path):
+    """A view (``lqs select --view``) works as --data, with its source's per-source report, and as --target."""
+    import numpy as np
+
+    from lqs_megatron.data.datasets.indexed import IndexedDataset
+    from lqs_megatron.data.datasets.view import write_view
+
+    n = len(IndexedDataset(sourced["train"]))
+    rev = tmp_path / "views" / "train"
+    rev.parent.mkdir()
+    write_view(sourced["train"], np.arange(n)[::-1].copy(), str(rev), np.linspace(0.0, 1.0, n), "test")
+    tgt = tmp_path / "views" / "target"
+    m = len(IndexedDataset(sourced["valid"]))
+    write_view(sourced["valid"], np.arange(m), str(tgt), None, "test")
+    out = tmp_path / "run"
+    res = _run(_cfg({**sourced, "train": str(rev)}, out, target=str(tgt), steps=2, save_interval=0))
+    assert res["step"] == 2 and len(_records(out)) == 2
+    rep = json.loads((out / "online_selection_sources.json").read_text())
+    assert sum(r["kept"] for r in rep["sources"].values()) == 4 * 2 and set(rep["sources"]) <= {"a", "b"}
+
+
 def test_dot_keeps_the_highest_scores_and_differs_from_plain(tiny_data, tmp_path):
     out = tmp_path / "run"
     _run(_cfg(tiny_data, out, steps=2, save_interval=0))
