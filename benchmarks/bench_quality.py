@@ -60,7 +60,7 @@ FULL = dict(
     seq=128,
     target_num=0,
     jitter=256,
-    eval_interval=30,
+    eval_interval=50,
     study=(150,),
 )
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)
@@ -395,14 +395,17 @@ def arm_steps(w: Path, c: dict, seeds: list[int], study: bool) -> list[Step]:
                     after=[made_by, "tokenize-holdout"],
                     resume_flag="--resume",
                 ),
-                Step(
-                    f"evaluate-{arm}-s{seed}",
-                    ["evaluate", "--model", str(ck), "--data", str(data / "holdout")]
-                    + ["--max-length", str(EVAL_LENGTH)],
-                    outputs=[str(w / "logs" / f"evaluate-{arm}-s{seed}.stdout")],
-                    after=[f"pretrain-{arm}-s{seed}", "tokenize-holdout"],
-                ),
             ]
+            if seed == seeds[0]:  # the table's losses are the curves' last points; this checks them
+                s.append(
+                    Step(
+                        f"evaluate-{arm}-s{seed}",
+                        ["evaluate", "--model", str(ck), "--data", str(data / "holdout")]
+                        + ["--max-length", str(EVAL_LENGTH)],
+                        outputs=[str(w / "logs" / f"evaluate-{arm}-s{seed}.stdout")],
+                        after=[f"pretrain-{arm}-s{seed}", "tokenize-holdout"],
+                    )
+                )
     return s
 
 
@@ -502,6 +505,8 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     where = {int(j): k for k, j in enumerate(np.load(w / "data" / "proxy.indices.npy"))}
     ppairs = np.array([(where[a], where[b]) for a, b in pairs if a in where and b in where]).reshape(-1, 2)
     for m in c["methods"]:
+        if not (layout(w, c)["annotate"][m] / "annotate.json").is_file():
+            continue
         rec = json.loads((layout(w, c)["annotate"][m] / "annotate.json").read_text())
         raw = np.load(layout(w, c)["annotate"][m] / "raw_scores.npy")
         curve = [p["loss"] for p in rec["target_loss_curve"]]
@@ -522,6 +527,8 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     meta = read_meta(w / "data" / "corpus")
     kinds = np.array([r["kind"] for r in meta], dtype=object)
     for m in ("lqs", "pds"):
+        if not (w / "scores" / m / "scores.npy").is_file():
+            continue
         sc = np.load(w / "scores" / m / "scores.npy").astype(np.float64)
         res["scorer"][m] = {
             **_aucs(sc, kinds),
@@ -547,22 +554,25 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     per_step = c["gbs"] * c["seq"]
     for arm in arm_list(c):
         for seed in seeds:
-            name = f"evaluate-{arm}-s{seed}"
-            if name not in runner.timings:
+            if f"pretrain-{arm}-s{seed}" not in runner.timings:
                 continue
-            loss = float(json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"])
-            final.setdefault(arm, {})[seed] = loss
             t, lo = valid_curve(w / "final" / arm / f"s{seed}" / "ckpt", per_step)
+            if len(t) == 0 or t[-1] != c["steps"] * per_step:
+                raise SystemExit(f"{arm} seed {seed}: its curve does not reach step {c['steps']}")
+            final.setdefault(arm, {})[seed] = float(lo[-1])  # lqs evaluate's number of the final model
             curves.setdefault(arm, {})[seed] = (t, lo)
-            if len(lo):
-                agree.append(abs(float(lo[-1]) - loss))
+            name = f"evaluate-{arm}-s{seed}"
+            if name in runner.timings:
+                loss = float(json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"])
+                agree.append(abs(float(lo[-1]) - loss) / loss)
     res["loss"] = {a: {str(k): v for k, v in by.items()} for a, by in final.items()}
     res["curves"] = {a: {str(k): [t.tolist(), lo.tolist()] for k, (t, lo) in by.items()} for a, by in curves.items()}
-    res["curve_vs_evaluate"] = max(agree) if agree else None  # the curve's last point against lqs evaluate
+    res["curve_vs_evaluate"] = max(agree) if agree else None  # relative: the curve's last point, lqs evaluate
     res["compare"] = compare_arms(final, curves, "random")
     if curves:
         plot_curves(curves, w / "curves.png", f"target-holdout loss, {len(seeds)} seeds, {c['steps']} steps")
     res["goal"] = goal(res["compare"])
+    res["seeds"] = seeds
     return res
 
 
@@ -648,6 +658,8 @@ def table(res: dict) -> str:
         }
         for n, r in {**rows, **res["study"]}.items():
             an, sc = r["annotation"], r["scorer"]
+            if not an:
+                continue
             lines.append(
                 f"| {n} steps | {an['clean>degraded']:.3f} / {an['clean>lower']:.3f} | "
                 f"{sc.get('clean>degraded', float('nan')):.3f} / {sc.get('clean>lower', float('nan')):.3f} | "
@@ -662,7 +674,8 @@ def table(res: dict) -> str:
         lines += ["", arm_table(res["compare"], res["config"])]
         if res.get("curve_vs_evaluate") is not None:
             lines.append(
-                f"\n(the curves' last points against `lqs evaluate`: at most {res['curve_vs_evaluate']:.1e} apart)"
+                f"\n(the losses are the curves' last points; `lqs evaluate` of each arm's seed-{res['seeds'][0]} model "
+                f"agrees to {res['curve_vs_evaluate']:.1e} relative)"
             )
         g = res.get("goal")
         if g:
@@ -732,6 +745,25 @@ def time_parts(timings: dict) -> dict:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def needed(steps: list[Step], targets: set[str]) -> list[Step]:
+    """The steps of ``targets`` and every step they read from, in plan order."""
+    by_name, keep, todo = {s.name: s for s in steps}, set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += by_name[name].after
+    return [s for s in steps if s.name in keep]
+
+
+def finished(runner: Runner, steps: list[Step]) -> None:
+    """``--collect-only``: record the steps that finished (their marker and outputs exist) as reused."""
+    for step in steps:
+        marker = runner.markers / f"{step.name}.json"
+        if marker.is_file() and all(os.path.exists(p) for p in step.outputs):
+            runner.timings[step.name] = {"seconds": json.loads(marker.read_text()).get("seconds", 0.0), "reused": True}
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
@@ -761,6 +793,11 @@ def main() -> None:
         "--seeds", type=int, default=3, help="seeds 1..N of every arm (pretrain --seed; RANDOM's pick and the shuffles)"
     )
     p.add_argument("--annotation-only", action="store_true", help="stop after the annotation (its AUCs only)")
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing: the table of the steps that finished (a run cut short, or arms run in several processes)",
+    )
     p.add_argument("--methods", default="lqs,pds", help="with --annotation-only: the methods to annotate")
     p.add_argument("--lqs-only", action="store_true", help="same as --methods lqs")
     p.add_argument(
@@ -803,7 +840,16 @@ def main() -> None:
     runner = Runner(w)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     steps = plan(w, c, seeds, args.annotation_only)
-    runner.run(steps)
+    if c["arms"]:  # only what these arms need, so that processes with other arms run beside this one
+        arm_runs = [s.name for s in steps if s.name.startswith(("pretrain-", "evaluate-"))]
+        steps = needed(steps, {n for n in arm_runs if not n.startswith("pretrain-annotation-model")})
+    if args.collect_only:
+        finished(runner, steps)
+    else:
+        runner.run(steps)
+    if c["arms"] and not args.collect_only:
+        print(f"\narms {', '.join(c['arms'])} done; the table: rerun with --collect-only (and without --arms)")
+        return
     res = collect(w, c, runner, seeds, args.annotation_only)
     res.update(
         config=c,

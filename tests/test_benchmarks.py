@@ -155,7 +155,8 @@ def test_quality_order_arms(tmp_path):
                 want = data if arm == "lqs-folding" else f"{arm}-{seed}"
                 assert pre.data == [str(tmp_path / "curated" / want / "ordered")] and pre.seed == seed
                 assert pre.valid_data == str(tmp_path / "data" / "holdout") and pre.eval_max_length == 1024
-                assert pre.eval_interval == c["eval_interval"] and f"evaluate-{arm}-s{seed}" in steps
+                assert pre.eval_interval == c["eval_interval"]
+                assert (f"evaluate-{arm}-s{seed}" in steps) == (seed == 1)  # checks the curve's last point
         for seed in (1, 2):  # RANDOM: its own pick, shuffle and initial weights per seed; FULL: both paths
             rnd = parsed(PretrainConfig, steps[f"pretrain-random-s{seed}"])
             assert rnd.seed == seed and rnd.data == [str(tmp_path / "curated" / f"random-{seed}" / "ordered")]
