@@ -8,14 +8,24 @@ public ``lqs`` command per step (``lqs_megatron.pipeline.runner``: logs in ``WOR
 finished steps reused on a rerun): train-tokenizer, tokenize (``--keep-fields source,kind``),
 tokenize-target, pretrain + export-hf the annotation model, sample-proxy, annotate (LQS and
 PDS), prepare-scorer-data, train-scorer, score, select top-50%, order, pretrain every arm from
-scratch at equal tokens, evaluate on the held-out target items. Arms: FULL (the whole corpus,
-shuffled), RANDOM (a random half, shuffled; ``--seeds`` seeds), PDS+folding, LQS+shuffle,
-LQS+folding, and the DELT follow-up's orderings of the same LQS half: LQS+stair, LQS+saw and
-LQS+folding+jitter (``--jitter`` positions per window). Prints the table of docs/quality.md and
-writes ``WORK/results.json``.
+scratch at equal tokens, once per seed (``--seeds``: seed k of every arm is ``pretrain --seed k``;
+RANDOM's pick and the shuffles use k too), with the held-out target's loss every ``--eval-interval``
+steps (``pretrain --eval-max-length``: ``lqs evaluate``'s number, checked by ``lqs evaluate`` of each
+arm's first seed). Arms: FULL (the whole corpus, ``order --method shuffle``, the arms' path),
+FULL-PRETRAIN-SHUFFLE (the corpus as stored, ``pretrain --shuffle``: the path of before), RANDOM (a
+random half, shuffled), PDS+folding, LQS+shuffle, LQS+folding, and the DELT follow-up's orderings of
+the same LQS half: LQS+stair, LQS+saw and LQS+folding+jitter (``--jitter`` positions per window); and
+the annotation-model study (``--study``): LQS+shuffle and LQS+folding from annotation models of other
+training lengths. Prints the tables of docs/quality.md (mean +- std over seeds, the paired difference
+against RANDOM, the tokens each arm needs to reach RANDOM's final loss, the mean gap between the
+curves), draws ``WORK/curves.png`` and writes ``WORK/results.json``.
 
-    python benchmarks/bench_quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
-    python benchmarks/bench_quality.py --tiny                           # smoke test, about a minute
+    python benchmarks/bench_quality.py --work /tmp/quality            # the full run
+    python benchmarks/bench_quality.py --tiny                           # smoke test of the chain
+    # arms in two processes on one work directory, then the table:
+    python benchmarks/bench_quality.py --work W --arms full,full-pretrain-shuffle,random &
+    python benchmarks/bench_quality.py --work W --arms pds-folding,lqs-folding,...
+    python benchmarks/bench_quality.py --work W --collect-only
     # a sweep point:
     python benchmarks/bench_quality.py --work W --annotation-only --methods lqs --lr 0.05 --am-steps 1200
 """
