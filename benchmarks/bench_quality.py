@@ -675,7 +675,7 @@ def table(res: dict) -> str:
                 f"{sc.get('clean>degraded', float('nan')):.3f} / {sc.get('clean>lower', float('nan')):.3f} | "
                 f"{an['lr']:g} | {an['target_loss'][0]} / {an['target_loss'][-1]} |"
             )
-    if res.get("annotation_model_fit"):
+    if any(res.get("annotation_model_fit", {}).values()):
         lines += ["", "Annotation model at theta_0: target loss / proxy-batch loss (ratio), uniform:"]
         for n, f in res["annotation_model_fit"].items():
             if f:
@@ -725,7 +725,7 @@ def arm_table(cmp: dict, c: dict) -> str:
         lines.append(
             f"| {arm.upper()} ({r['loss']['n']}) | {format_pm(r['loss'])} | "
             f"{_signed(d)}{noise} | "
-            f"{'' if not d else f'{z:+.1f}'} | {format_ratio(r.get('token_ratio')) if d else ''} | "
+            f"{'' if not d or d['n'] < 2 else f'{z:+.1f}'} | {format_ratio(r.get('token_ratio')) if d else ''} | "
             f"{format_pm(r['area'], 4) if d and r.get('area') else ''} |"
         )
     return "\n".join(lines)
