@@ -8,14 +8,24 @@ public ``lqs`` command per step (``lqs_megatron.pipeline.runner``: logs in ``WOR
 finished steps reused on a rerun): train-tokenizer, tokenize (``--keep-fields source,kind``),
 tokenize-target, pretrain + export-hf the annotation model, sample-proxy, annotate (LQS and
 PDS), prepare-scorer-data, train-scorer, score, select top-50%, order, pretrain every arm from
-scratch at equal tokens, evaluate on the held-out target items. Arms: FULL (the whole corpus,
-shuffled), RANDOM (a random half, shuffled; ``--seeds`` seeds), PDS+folding, LQS+shuffle,
-LQS+folding, and the DELT follow-up's orderings of the same LQS half: LQS+stair, LQS+saw and
-LQS+folding+jitter (``--jitter`` positions per window). Prints the table of docs/quality.md and
-writes ``WORK/results.json``.
+scratch at equal tokens, once per seed (``--seeds``: seed k of every arm is ``pretrain --seed k``;
+RANDOM's pick and the shuffles use k too), with the held-out target's loss every ``--eval-interval``
+steps (``pretrain --eval-max-length``: ``lqs evaluate``'s number, checked by ``lqs evaluate`` of each
+arm's first seed). Arms: FULL (the whole corpus, ``order --method shuffle``, the arms' path),
+FULL-PRETRAIN-SHUFFLE (the corpus as stored, ``pretrain --shuffle``: the path of before), RANDOM (a
+random half, shuffled), PDS+folding, LQS+shuffle, LQS+folding, and the DELT follow-up's orderings of
+the same LQS half: LQS+stair, LQS+saw and LQS+folding+jitter (``--jitter`` positions per window); and
+the annotation-model study (``--study``): LQS+shuffle and LQS+folding from annotation models of other
+training lengths. Prints the tables of docs/quality.md (mean +- std over seeds, the paired difference
+against RANDOM, the tokens each arm needs to reach RANDOM's final loss, the mean gap between the
+curves), draws ``WORK/curves.png`` and writes ``WORK/results.json``.
 
-    python benchmarks/bench_quality.py --work /tmp/quality            # the full run (< 45 min on 2 cores)
-    python benchmarks/bench_quality.py --tiny                           # smoke test, about a minute
+    python benchmarks/bench_quality.py --work /tmp/quality            # the full run
+    python benchmarks/bench_quality.py --tiny                           # smoke test of the chain
+    # arms in two processes on one work directory, then the table:
+    python benchmarks/bench_quality.py --work W --arms full,full-pretrain-shuffle,random &
+    python benchmarks/bench_quality.py --work W --arms pds-folding,lqs-folding,...
+    python benchmarks/bench_quality.py --work W --collect-only
     # a sweep point:
     python benchmarks/bench_quality.py --work W --annotation-only --methods lqs --lr 0.05 --am-steps 1200
 """
@@ -36,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality_corpus import PACKAGES, build_corpus, sources
 
 from lqs_megatron.data.datasets.meta import read_meta
+from lqs_megatron.pipeline.compare import compare_arms, format_pm, format_ratio, plot_curves, valid_curve
 from lqs_megatron.pipeline.runner import Runner, Step
 from lqs_megatron.utils.correlation import auc
 
@@ -59,9 +70,15 @@ FULL = dict(
     seq=128,
     target_num=0,
     jitter=256,
+    eval_interval=50,
+    study=(150,),
 )
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)
-TINY["jitter"] = 32
+TINY.update(jitter=32, eval_interval=5, study=())
+EVAL_LENGTH = 1024
+"""``lqs evaluate --max-length`` of the held-out target, and ``--eval-max-length`` of the arms' curves."""
+STUDY_ARMS = ("lqs-shuffle", "lqs-folding")
+"""The arms each other annotation model of the study (``--study``) is measured with."""
 
 
 def order_arms(c: dict) -> dict[str, tuple[str, list[str]]]:
@@ -69,11 +86,11 @@ def order_arms(c: dict) -> dict[str, tuple[str, list[str]]]:
     folding = ["--method", "folding", "--layers", "3"]
     return {
         "pds-folding": ("pds", folding),
-        "lqs-shuffle": ("lqs", ["--method", "shuffle", "--seed", "1"]),
+        "lqs-shuffle": ("lqs", ["--method", "shuffle", "--seed", "{seed}"]),  # {seed}: one order per seed
         "lqs-folding": ("lqs", folding),
         "lqs-stair": ("lqs", ["--method", "stair"]),  # the follow-up's configs: 3 layers, 2 sections, 0.225
         "lqs-saw": ("lqs", ["--method", "saw"]),  # 2 layers, 3 sections, 0.075
-        "lqs-folding-jitter": ("lqs", [*folding, "--jitter", str(c["jitter"]), "--seed", "1"]),
+        "lqs-folding-jitter": ("lqs", [*folding, "--jitter", str(c["jitter"]), "--seed", "{seed}"]),
     }
 
 
@@ -108,8 +125,6 @@ def layout(w: Path, c: dict) -> dict:
 def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step]:
     corpus, tok, data = w / "corpus", w / "tokenizer", w / "data"
     lay = layout(w, c)
-    am_ckpt, am_hf, am = lay["am_ckpt"], lay["am_hf"], lay["am"]
-    proxy = data / "proxy"
     target = str(lay["target"])
     target_in = f"{corpus}/target.jsonl"
     if c["target_num"]:
@@ -171,6 +186,42 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
             after=["train-tokenizer"],
         ),
         Step(
+            "sample-proxy",
+            [
+                "sample-proxy",
+                "--data",
+                str(data / "corpus"),
+                "--num",
+                str(c["proxy"]),
+                "--seed",
+                "1",
+                "--out",
+                str(data / "proxy"),
+            ],
+            outputs=_ds(data / "proxy"),
+            after=["tokenize"],
+        ),
+    ]
+    s += annotation_steps(w, c, c["methods"])
+    if annotation_only:
+        return s
+    for m in ("lqs", "pds"):
+        s += scorer_steps(w, c, m, "")
+    s += arm_steps(w, c, seeds, study=False)
+    for n in c["study"]:  # the annotation-model study: LQS only, STUDY_ARMS
+        cn = dict(c, am_steps=n)
+        s += annotation_steps(w, cn, ["lqs"]) + scorer_steps(w, cn, "lqs", f"-am{n}")
+    s += arm_steps(w, c, seeds, study=True)
+    return s
+
+
+def annotation_steps(w: Path, c: dict, methods: list[str]) -> list[Step]:
+    """The annotation model of ``c["am_steps"]`` steps (pretrain, export-hf) and its annotation by each method."""
+    tok, data, proxy = w / "tokenizer", w / "data", w / "data" / "proxy"
+    lay = layout(w, c)
+    am_ckpt, am_hf, am, target = lay["am_ckpt"], lay["am_hf"], lay["am"], str(lay["target"])
+    s = [
+        Step(
             f"pretrain-annotation-model-{am}",
             _pretrain(tok, data / "corpus", am_ckpt, c["am_steps"], c["am_lr"], c, 1),
             outputs=[str(am_ckpt)],
@@ -183,24 +234,8 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
             outputs=[str(am_hf)],
             after=[f"pretrain-annotation-model-{am}"],
         ),
-        Step(
-            "sample-proxy",
-            [
-                "sample-proxy",
-                "--data",
-                str(data / "corpus"),
-                "--num",
-                str(c["proxy"]),
-                "--seed",
-                "1",
-                "--out",
-                str(proxy),
-            ],
-            outputs=_ds(proxy),
-            after=["tokenize"],
-        ),
     ]
-    for m in c["methods"]:
+    for m in methods:
         out = lay["annotate"][m]
         s.append(
             Step(
@@ -236,157 +271,151 @@ def plan(w: Path, c: dict, seeds: list[int], annotation_only: bool) -> list[Step
                 state=[str(out)],
             )
         )
-    if annotation_only:
-        return s
-    for m in ("lqs", "pds"):
-        sd, ck, sc = w / "scorer" / m / "data", w / "scorer" / m / "ckpt", w / "scores" / m
-        s += [
-            Step(
-                f"prepare-scorer-data-{m}",
-                [
-                    "prepare-scorer-data",
-                    "--proxy",
-                    str(proxy),
-                    "--scores",
-                    str(lay["annotate"][m] / "scores.npy"),
-                    "--out",
-                    str(sd),
-                ],
-                outputs=[str(sd)],
-                after=[f"annotate-{m}-{lay['an']}"],
-            ),
-            Step(
-                f"train-scorer-{m}",
-                [
-                    "train-scorer",
-                    "--base",
-                    str(am_hf),
-                    "--data",
-                    str(sd),
-                    "--out",
-                    str(ck),
-                    "--epochs",
-                    str(c["scorer_epochs"]),
-                    "--lr",
-                    str(c["scorer_lr"]),
-                    "--global-batch-size",
-                    str(c["scorer_bs"]),
-                    "--warmup-steps",
-                    "20",
-                ],
-                outputs=[str(ck)],
-                after=[f"prepare-scorer-data-{m}"],
-                resume_flag="--resume",
-            ),
-            Step(
-                f"score-{m}",
-                ["score", "--scorer", str(ck), "--data", str(data / "corpus"), "--out", str(sc), "--no-progress"],
-                outputs=[str(sc / "scores.npy")],
-                after=[f"train-scorer-{m}"],
-            ),
-        ]
-    arms: dict = order_arms(c)
-    for m in ("lqs", "pds"):
+    return s
+
+
+def scorer_steps(w: Path, c: dict, m: str, tag: str) -> list[Step]:
+    """prepare-scorer-data, train-scorer, score and select top-50% of method ``m``'s annotation (``tag``: ""
+    for the benchmark's annotation model, ``-amN`` for the study's others)."""
+    lay = layout(w, c)
+    sd, ck, sc = w / "scorer" / f"{m}{tag}" / "data", w / "scorer" / f"{m}{tag}" / "ckpt", w / "scores" / f"{m}{tag}"
+    sel = w / "curated" / f"{m}{tag}" / "selected"
+    return [
+        Step(
+            f"prepare-scorer-data-{m}{tag}",
+            ["prepare-scorer-data", "--proxy", str(w / "data" / "proxy")]
+            + ["--scores", str(lay["annotate"][m] / "scores.npy"), "--out", str(sd)],
+            outputs=[str(sd)],
+            after=[f"annotate-{m}-{lay['an']}"],
+        ),
+        Step(
+            f"train-scorer-{m}{tag}",
+            ["train-scorer", "--base", str(lay["am_hf"]), "--data", str(sd), "--out", str(ck)]
+            + ["--epochs", str(c["scorer_epochs"]), "--lr", str(c["scorer_lr"])]
+            + ["--global-batch-size", str(c["scorer_bs"]), "--warmup-steps", "20"],
+            outputs=[str(ck)],
+            after=[f"prepare-scorer-data-{m}{tag}"],
+            resume_flag="--resume",
+        ),
+        Step(
+            f"score-{m}{tag}",
+            ["score", "--scorer", str(ck), "--data", str(w / "data" / "corpus"), "--out", str(sc), "--no-progress"],
+            outputs=[str(sc / "scores.npy")],
+            after=[f"train-scorer-{m}{tag}"],
+        ),
+        Step(
+            f"select-{m}{tag}",
+            ["select", "--data", str(w / "data" / "corpus"), "--scores", str(sc / "scores.npy")]
+            + ["--method", "top-r", "--r", "0.5", "--out", str(sel)],
+            outputs=_ds(sel),
+            after=[f"score-{m}{tag}"],
+        ),
+    ]
+
+
+def arm_list(c: dict) -> list[str]:
+    """Every arm of the table, in its order: FULL (both paths), RANDOM, the scored arms, the study's."""
+    study = [f"{a}-am{n}" for n in c["study"] for a in STUDY_ARMS]
+    return ["full", "full-pretrain-shuffle", "random", *order_arms(c), *study]
+
+
+def arm_steps(w: Path, c: dict, seeds: list[int], study: bool) -> list[Step]:
+    """The arms' training data and, per seed (seed-major, so a run cut short holds whole seeds), each arm's
+    pretrain and evaluate: the benchmark's arms, or (``study``) those of the annotation-model study. Seed
+    ``k`` of every arm: ``lqs pretrain --seed k`` (the initial weights); the shuffles of RANDOM, FULL,
+    LQS+shuffle and the jitter also use ``k``, and RANDOM picks its half with ``k``."""
+    data, s = w / "data", []
+    if study:
+        arms = {f"{a}-am{n}": (f"lqs-am{n}", order_arms(c)[a][1]) for n in c["study"] for a in STUDY_ARMS}
+    else:
+        arms = order_arms(c)
+    names = [*arms] if study else ["full", "full-pretrain-shuffle", "random", *arms]
+    wanted = [a for a in names if not c.get("arms") or a in c["arms"]]
+    src: dict[tuple[str, int], tuple[Path, str]] = {}  # (arm, seed) -> (its training data, the step that made it)
+    for arm, (m, how) in arms.items():
         sel = w / "curated" / m / "selected"
+        for seed in seeds if any("{seed}" in f for f in how) else [None]:
+            name = arm if seed is None else f"{arm}-{seed}"
+            ordered = w / "curated" / name / "ordered"
+            flags = [f.format(seed=seed) for f in how]
+            argv = ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", *flags, "--out", str(ordered)]
+            s.append(Step(f"order-{name}", argv, outputs=_ds(ordered), after=[f"select-{m}"]))
+            for k in seeds if seed is None else [seed]:
+                src[arm, k] = ordered, f"order-{name}"
+    if not study:
+        zeros = w / "curated" / "full" / "zeros.npy"
         s.append(
             Step(
-                f"select-{m}",
-                [
-                    "select",
-                    "--data",
-                    str(data / "corpus"),
-                    "--scores",
-                    str(w / "scores" / m / "scores.npy"),
-                    "--method",
-                    "top-r",
-                    "--r",
-                    "0.5",
-                    "--out",
-                    str(sel),
-                ],
-                outputs=_ds(sel),
-                after=[f"score-{m}"],
+                "zeros-full",
+                outputs=[str(zeros)],
+                after=["tokenize"],
+                func_id="zeros",
+                func=lambda: _zeros(zeros, data),
             )
         )
-    for arm, (m, how) in arms.items():
-        sel, ordered = w / "curated" / m / "selected", w / "curated" / arm / "ordered"
-        argv = ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", *how, "--out", str(ordered)]
-        s.append(Step(f"order-{arm}", argv, outputs=_ds(ordered), after=[f"select-{m}"]))
-    for seed in seeds:
-        arm = f"random-{seed}"
-        pick, sel, ordered = (
-            w / "curated" / arm / "pick.npy",
-            w / "curated" / arm / "selected",
-            w / "curated" / arm / "ordered",
-        )
+    for seed in seeds if not study else []:
+        pick, sel, ordered = (w / "curated" / f"random-{seed}" / x for x in ("pick.npy", "selected", "ordered"))
+        shuffle = ["--method", "shuffle", "--seed", str(seed)]
         s += [
             Step(
-                f"pick-{arm}",
+                f"pick-random-{seed}",
                 outputs=[str(pick)],
                 after=["tokenize"],
                 func_id=f"pick:{seed}",
                 func=lambda p=pick, sd=seed: _pick(p, data, sd),
             ),
             Step(
-                f"select-{arm}",
-                [
-                    "select",
-                    "--data",
-                    str(data / "corpus"),
-                    "--scores",
-                    str(pick),
-                    "--method",
-                    "threshold",
-                    "--threshold",
-                    "0.5",
-                    "--out",
-                    str(sel),
-                ],
+                f"select-random-{seed}",
+                ["select", "--data", str(data / "corpus"), "--scores", str(pick)]
+                + ["--method", "threshold", "--threshold", "0.5", "--out", str(sel)],
                 outputs=_ds(sel),
-                after=[f"pick-{arm}"],
+                after=[f"pick-random-{seed}"],
             ),
             Step(
-                f"order-{arm}",
-                [
-                    "order",
-                    "--data",
-                    str(sel),
-                    "--scores",
-                    f"{sel}.scores.npy",
-                    "--method",
-                    "shuffle",
-                    "--seed",
-                    str(seed),
-                    "--out",
-                    str(ordered),
-                ],
+                f"order-random-{seed}",
+                ["order", "--data", str(sel), "--scores", f"{sel}.scores.npy", *shuffle, "--out", str(ordered)],
                 outputs=_ds(ordered),
-                after=[f"select-{arm}"],
+                after=[f"select-random-{seed}"],
             ),
         ]
-        arms[arm] = None
-    arms["full"] = None
-    for arm in arms:
-        if c.get("arms") and arm not in c["arms"]:
-            continue
-        ck = w / "final" / arm / "ckpt"
-        src = data / "corpus" if arm == "full" else w / "curated" / arm / "ordered"
-        extra = ["--shuffle"] if arm == "full" else []
-        s += [
+        src["random", seed] = ordered, f"order-random-{seed}"
+        full = w / "curated" / f"full-{seed}" / "ordered"  # the arms' path: order --method shuffle, stored order
+        s.append(
             Step(
-                f"pretrain-{arm}",
-                _pretrain(tok, src, ck, c["steps"], c["plr"], c, 2) + extra,
-                outputs=[str(ck)],
-                after=["tokenize" if arm == "full" else f"order-{arm}"],
-                resume_flag="--resume",
-            ),
-            Step(
-                f"evaluate-{arm}",
-                ["evaluate", "--model", str(ck), "--data", str(data / "holdout"), "--max-length", "1024"],
-                outputs=[str(w / "logs" / f"evaluate-{arm}.stdout")],
-                after=[f"pretrain-{arm}", "tokenize-holdout"],
-            ),
-        ]
+                f"order-full-{seed}",
+                ["order", "--data", str(data / "corpus"), "--scores", str(zeros), *shuffle, "--out", str(full)],
+                outputs=_ds(full),
+                after=["zeros-full"],
+            )
+        )
+        src["full", seed] = full, f"order-full-{seed}"
+        src["full-pretrain-shuffle", seed] = data / "corpus", "tokenize"  # the old path: pretrain --shuffle
+    for seed in seeds:
+        for arm in wanted:
+            path, made_by = src[arm, seed]
+            ck = w / "final" / arm / f"s{seed}" / "ckpt"
+            extra = ["--shuffle"] if arm == "full-pretrain-shuffle" else []
+            curve = ["--valid-data", str(data / "holdout"), "--eval-interval", str(c["eval_interval"])]
+            curve += ["--eval-max-length", str(EVAL_LENGTH)]
+            s += [
+                Step(
+                    f"pretrain-{arm}-s{seed}",
+                    _pretrain(w / "tokenizer", path, ck, c["steps"], c["plr"], c, seed) + extra + curve,
+                    outputs=[str(ck)],
+                    after=[made_by, "tokenize-holdout"],
+                    resume_flag="--resume",
+                ),
+            ]
+            if seed == seeds[0]:  # the table's losses are the curves' last points; this checks them
+                s.append(
+                    Step(
+                        f"evaluate-{arm}-s{seed}",
+                        ["evaluate", "--model", str(ck), "--data", str(data / "holdout")]
+                        + ["--max-length", str(EVAL_LENGTH)],
+                        outputs=[str(w / "logs" / f"evaluate-{arm}-s{seed}.stdout")],
+                        after=[f"pretrain-{arm}-s{seed}", "tokenize-holdout"],
+                    )
+                )
     return s
 
 
@@ -414,6 +443,12 @@ def _pretrain(tok, data, out, steps, lr, c, seed) -> list[str]:
         "--seed",
         str(seed),
     ]
+
+
+def _zeros(path: Path, data: Path) -> None:
+    """A flat score per corpus sequence: ``lqs order --method shuffle`` of the whole corpus reads one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.zeros(len(read_meta(data / "corpus")), dtype=np.float32))
 
 
 def _pick(path: Path, data: Path, seed: int) -> None:
@@ -480,6 +515,8 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     where = {int(j): k for k, j in enumerate(np.load(w / "data" / "proxy.indices.npy"))}
     ppairs = np.array([(where[a], where[b]) for a, b in pairs if a in where and b in where]).reshape(-1, 2)
     for m in c["methods"]:
+        if not (layout(w, c)["annotate"][m] / "annotate.json").is_file():
+            continue
         rec = json.loads((layout(w, c)["annotate"][m] / "annotate.json").read_text())
         raw = np.load(layout(w, c)["annotate"][m] / "raw_scores.npy")
         curve = [p["loss"] for p in rec["target_loss_curve"]]
@@ -500,6 +537,8 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     meta = read_meta(w / "data" / "corpus")
     kinds = np.array([r["kind"] for r in meta], dtype=object)
     for m in ("lqs", "pds"):
+        if not (w / "scores" / m / "scores.npy").is_file():
+            continue
         sc = np.load(w / "scores" / m / "scores.npy").astype(np.float64)
         res["scorer"][m] = {
             **_aucs(sc, kinds),
@@ -507,17 +546,81 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
             "pairs": len(pairs),
             "by_source": _by_source(sc, meta),
         }
-    for name in runner.timings:
-        if name.startswith("evaluate-"):
-            res["loss"][name[len("evaluate-") :]] = float(
-                json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"]
-            )
-    rnd = [res["loss"][f"random-{s}"] for s in seeds if f"random-{s}" in res["loss"]]
-    if len(rnd) < len(seeds) or len(res["loss"]) < len(seeds) + 1 + len(order_arms(c)):  # some arms only (--arms)
-        res["loss"] = {}
-        return res
-    res["random_mean"], res["random_std"] = float(np.mean(rnd)), float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0
+    res["study"] = {}
+    for n in c["study"]:
+        cn = dict(c, am_steps=n)
+        if not (layout(w, cn)["annotate"]["lqs"] / "annotate.json").is_file():
+            continue
+        a = collect(w, dict(cn, methods=["lqs"], study=[]), runner, seeds, True)["annotation"]["lqs"]
+        sc = w / "scores" / f"lqs-am{n}" / "scores.npy"
+        scorer = (
+            {**_aucs(np.load(sc).astype(np.float64), kinds), "paired": paired(np.load(sc), pairs)}
+            if sc.is_file()
+            else {}
+        )
+        res["study"][n] = {"annotation": a, "scorer": scorer}
+    res["annotation_model_fit"] = {n: _fit(w, dict(c, am_steps=n)) for n in [c["am_steps"], *c["study"]]}
+    final, curves, agree = {}, {}, []
+    per_step = c["gbs"] * c["seq"]
+    for arm in arm_list(c):
+        for seed in seeds:
+            if f"pretrain-{arm}-s{seed}" not in runner.timings:
+                continue
+            t, lo = valid_curve(w / "final" / arm / f"s{seed}" / "ckpt", per_step)
+            if len(t) == 0 or t[-1] != c["steps"] * per_step:
+                raise SystemExit(f"{arm} seed {seed}: its curve does not reach step {c['steps']}")
+            final.setdefault(arm, {})[seed] = float(lo[-1])  # lqs evaluate's number of the final model
+            curves.setdefault(arm, {})[seed] = (t, lo)
+            name = f"evaluate-{arm}-s{seed}"
+            if name in runner.timings:
+                loss = float(json.loads(runner.stdout_of(name).strip().splitlines()[-1])["loss"])
+                agree.append(abs(float(lo[-1]) - loss) / loss)
+    res["loss"] = {a: {str(k): v for k, v in by.items()} for a, by in final.items()}
+    res["curves"] = {a: {str(k): [t.tolist(), lo.tolist()] for k, (t, lo) in by.items()} for a, by in curves.items()}
+    res["curve_vs_evaluate"] = max(agree) if agree else None  # relative: the curve's last point, lqs evaluate
+    res["compare"] = compare_arms(final, curves, "random")
+    if curves:
+        plot_curves(curves, w / "curves.png", f"target-holdout loss, {len(seeds)} seeds, {c['steps']} steps")
+    res["goal"] = goal(res["compare"])
+    res["seeds"] = seeds
     return res
+
+
+def _fit(w: Path, c: dict) -> dict:
+    """How well the annotation model knows the target against the data it trained on, at theta_0 of the
+    replay (annotate.json): the target loss, the proxy batches' loss, their ratio, and ln(vocabulary)."""
+    path = layout(w, c)["annotate"]["lqs"] / "annotate.json"
+    if not path.is_file():
+        return {}
+    h = json.loads(path.read_text())["health"]
+    tgt, train = h["target_loss"]["start"], h["train_loss"]["first_quarter_mean"]
+    return {
+        "target": round(tgt, 4),
+        "train": round(train, 4),
+        "ratio": round(tgt / train, 4),
+        "uniform": round(h["target_loss"]["uniform"], 4),
+    }
+
+
+def goal(cmp: dict) -> dict | None:
+    """The issue's goal for LQS's best ordering (by mean paired difference): it beats RANDOM by more than 2 std
+    of the paired difference and reaches RANDOM's final loss with at most 70% of its tokens."""
+    lqs = {a: r for a, r in cmp.items() if a.startswith("lqs-") and "-am" not in a and r.get("diff", {}).get("n")}
+    if not lqs:
+        return None
+    best = min(lqs, key=lambda a: lqs[a]["diff"]["mean"])
+    d, r = lqs[best]["diff"], lqs[best].get("token_ratio", {})
+    z = -d["mean"] / d["std"] if d["n"] > 1 and d["std"] > 0 else float("nan")
+    reached = bool(r) and r.get("reached") == r.get("seeds") and r.get("seeds", 0) > 0
+    return {
+        "arm": best,
+        "paired_diff": d["mean"],
+        "paired_std": d["std"],
+        "stds": z,
+        "token_ratio": r.get("mean"),
+        "beats_by_2std": bool(z > 2),
+        "ratio_at_most_0.7": bool(reached and r["mean"] <= 0.7),
+    }
 
 
 def table(res: dict) -> str:
@@ -548,16 +651,139 @@ def table(res: dict) -> str:
     for stage in ("annotation", "scorer"):
         for m, r in res[stage].items():
             lines.append(f"- {stage} {m}: " + ", ".join(f"{k} {v:+.2f}" for k, v in r["by_source"].items()))
-    if res["loss"]:
-        r, sd = res["random_mean"], res["random_std"]
-        lines += ["", "| arm | target-holdout loss | vs RANDOM mean (in RANDOM std) |", "|---|---|---|"]
-        lines.append(
-            f"| RANDOM ({len([k for k in res['loss'] if k.startswith('random')])} seeds) | {r:.4f} +- {sd:.4f} | |"
-        )
-        for arm in ("full", *order_arms(res["config"])):
-            v = res["loss"][arm]
-            lines.append(f"| {arm.upper()} | {v:.4f} | {v - r:+.4f} ({(v - r) / sd if sd else float('nan'):+.1f}) |")
+    if res.get("study"):
+        lines += [
+            "",
+            "Annotation-model study (LQS):",
+            "",
+            "| annotation model | annotation AUC clean > degraded / lower "
+            "| scorer AUC clean > degraded / lower | eta | replay L_tgt start / end |",
+            "|---|---|---|---|---|",
+        ]
+        rows = {
+            res["config"]["am_steps"]: {
+                "annotation": res["annotation"].get("lqs", {}),
+                "scorer": res["scorer"].get("lqs", {}),
+            }
+        }
+        for n, r in {**rows, **res["study"]}.items():
+            an, sc = r["annotation"], r["scorer"]
+            if not an:
+                continue
+            lines.append(
+                f"| {n} steps | {an['clean>degraded']:.3f} / {an['clean>lower']:.3f} | "
+                f"{sc.get('clean>degraded', float('nan')):.3f} / {sc.get('clean>lower', float('nan')):.3f} | "
+                f"{an['lr']:g} | {an['target_loss'][0]} / {an['target_loss'][-1]} |"
+            )
+    if res.get("annotation_model_fit"):
+        lines += ["", "Annotation model at theta_0: target loss / proxy-batch loss (ratio), uniform:"]
+        for n, f in res["annotation_model_fit"].items():
+            if f:
+                lines.append(f"- {n} steps: {f['target']} / {f['train']} ({f['ratio']}), ln V {f['uniform']}")
+    if res.get("compare"):
+        lines += ["", arm_table(res["compare"], res["config"])]
+        if res.get("curve_vs_evaluate") is not None:
+            lines.append(
+                f"\n(the losses are the curves' last points; `lqs evaluate` of each arm's seed-{res['seeds'][0]} model "
+                f"agrees to {res['curve_vs_evaluate']:.1e} relative)"
+            )
+        g = res.get("goal")
+        if g:
+            lines.append(
+                f"\nGoal (LQS's best ordering, {g['arm']}): paired difference {g['paired_diff']:+.4f} +- "
+                f"{g['paired_std']:.4f} ({g['stds']:.1f} std; > 2: {'met' if g['beats_by_2std'] else 'not met'}), "
+                f"tokens to RANDOM's final loss {_num(g['token_ratio']):.2f} "
+                f"of RANDOM's (<= 0.70: {'met' if g['ratio_at_most_0.7'] else 'not met'})"
+            )
     return "\n".join(lines)
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else x
+
+
+def _signed(d: dict | None) -> str:
+    if not d or d["n"] == 0:
+        return ""
+    return f"{d['mean']:+.4f}" + (f" +- {d['std']:.4f}" if d["n"] > 1 else "")
+
+
+def arm_table(cmp: dict, c: dict) -> str:
+    """The arms' table: final loss over seeds, the paired difference against RANDOM, token efficiency."""
+    lines = [
+        "| arm | target-holdout loss (mean +- std over seeds) | paired difference vs RANDOM | in paired std "
+        "| tokens to RANDOM's final loss (share of RANDOM's) | mean gap to RANDOM's curve |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in arm_list(c):
+        if arm not in cmp:
+            continue
+        r = cmp[arm]
+        d = r.get("diff")
+        z = d["mean"] / d["std"] if d and d["n"] > 1 and d["std"] > 0 else float("nan")
+        noise = " (within noise)" if r.get("within_noise") else ""
+        lines.append(
+            f"| {arm.upper()} ({r['loss']['n']}) | {format_pm(r['loss'])} | "
+            f"{_signed(d)}{noise} | "
+            f"{'' if not d else f'{z:+.1f}'} | {format_ratio(r.get('token_ratio')) if d else ''} | "
+            f"{format_pm(r['area'], 4) if d and r.get('area') else ''} |"
+        )
+    return "\n".join(lines)
+
+
+PARTS = (
+    ("tokenizer, tokenize (corpus, targets)", ("train-tokenizer", "tokenize")),
+    ("annotation models + export-hf", ("pretrain-annotation-model", "export-annotation-model")),
+    ("sample-proxy, annotate", ("sample-proxy", "annotate")),
+    (
+        "scorers: prepare, train, score, select",
+        ("prepare-scorer-data", "train-scorer", "score-", "select-lqs", "select-pds"),
+    ),
+    ("picks, selects and orders of the arms", ("zeros-", "pick-", "select-random", "order-")),
+    ("pretrain the arms (with their curves)", ("pretrain-",)),
+    ("evaluate the arms", ("evaluate-",)),
+)
+
+
+def time_parts(timings: dict) -> dict:
+    """Seconds per part of the chain (PARTS: the first whose prefix a step name has)."""
+    out = {name: 0.0 for name, _ in PARTS} | {"total": 0.0}
+    for step, t in timings.items():
+        part = next((name for name, prefixes in PARTS if step.startswith(prefixes)), None)
+        out[part or "other"] = out.get(part or "other", 0.0) + t["seconds"]
+        out["total"] += t["seconds"]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def needed(steps: list[Step], targets: set[str]) -> list[Step]:
+    """The steps of ``targets`` and every step they read from, in plan order."""
+    by_name, keep, todo = {s.name: s for s in steps}, set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += by_name[name].after
+    return [s for s in steps if s.name in keep]
+
+
+def finished(runner: Runner, steps: list[Step]) -> None:
+    """``--collect-only``: record the steps that finished (their marker and outputs exist) as reused."""
+    for step in steps:
+        marker = runner.markers / f"{step.name}.json"
+        if marker.is_file() and all(os.path.exists(p) for p in step.outputs):
+            runner.timings[step.name] = {"seconds": json.loads(marker.read_text()).get("seconds", 0.0), "reused": True}
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+_TYPES = {"lr": str, "study": _int_list}
+_HELP = {
+    "study": "the annotation-model study: other annotation-model training lengths (comma-separated, '' none), "
+    f"each with its LQS annotation, scorer and the arms {', '.join(STUDY_ARMS)} over every seed ",
+    "eval_interval": "every arm's target-holdout curve: evaluate every N pretraining steps ",
+}
 
 
 def main() -> None:
@@ -573,21 +799,31 @@ def main() -> None:
         "except with --tiny, which defaults to a fresh temporary directory)",
     )
     p.add_argument("--tiny", action="store_true", help="a smoke test of the whole chain (about a minute)")
-    p.add_argument("--seeds", type=int, default=3, help="RANDOM arm seeds (the noise floor)")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="seeds 1..N of every arm (pretrain --seed; RANDOM's pick and the shuffles)"
+    )
     p.add_argument("--annotation-only", action="store_true", help="stop after the annotation (its AUCs only)")
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing: the table of the steps that finished (a run cut short, or arms run in several processes)",
+    )
     p.add_argument("--methods", default="lqs,pds", help="with --annotation-only: the methods to annotate")
     p.add_argument("--lqs-only", action="store_true", help="same as --methods lqs")
     p.add_argument(
         "--arms",
         default=None,
-        help="pretrain and evaluate only these arms (comma-separated: full, random-1.., "
-        f"{', '.join(order_arms(FULL))}), e.g. to run arms in parallel processes",
+        help=f"pretrain and evaluate only these arms (comma-separated: {', '.join(arm_list(FULL))}), "
+        "e.g. to run arms in parallel processes",
     )
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every step (1 on a loaded machine)")
     for k, v in FULL.items():
         p.add_argument(
-            f"--{k.replace('_', '-')}", default=None, type=type(v) if k != "lr" else str, help=f"(full run: {v})"
+            f"--{k.replace('_', '-')}",
+            default=None,
+            type=_TYPES.get(k, type(v)),
+            help=_HELP.get(k, "") + f"(full run: {v})",
         )
     args = p.parse_args()
     c = dict(TINY if args.tiny else FULL)
@@ -614,7 +850,16 @@ def main() -> None:
     runner = Runner(w)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     steps = plan(w, c, seeds, args.annotation_only)
-    runner.run(steps)
+    if c["arms"]:  # only what these arms need, so that processes with other arms run beside this one
+        arm_runs = [s.name for s in steps if s.name.startswith(("pretrain-", "evaluate-"))]
+        steps = needed(steps, {n for n in arm_runs if not n.startswith("pretrain-annotation-model")})
+    if args.collect_only:
+        finished(runner, steps)
+    else:
+        runner.run(steps)
+    if c["arms"] and not args.collect_only:
+        print(f"\narms {', '.join(c['arms'])} done; the table: rerun with --collect-only (and without --arms)")
+        return
     res = collect(w, c, runner, seeds, args.annotation_only)
     res.update(
         config=c,
@@ -625,8 +870,13 @@ def main() -> None:
     (w / "results.json").write_text(json.dumps(res, indent=2))
     with open(w / "results.jsonl", "a") as f:  # every run of a sweep, one line each
         f.write(json.dumps(res) + "\n")
+    res["parts"] = time_parts(runner.timings)
+    (w / "results.json").write_text(json.dumps(res, indent=2))
     print()
     print(table(res))
+    print("\nseconds per part (steps run now; reused steps at their first run's time):")
+    for part, sec in res["parts"].items():
+        print(f"  {part:<36} {sec:8.1f}")
     print(f"\n{res['seconds'] / 60:.1f} min in all; results in {w / 'results.json'}")
 
 

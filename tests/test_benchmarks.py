@@ -101,7 +101,8 @@ def test_cpu_benchmark_tiny(script, tmp_path):
             sys.path.pop(0)
         if not all(paths for paths, _ in sources().values()):
             pytest.skip(f"bench_quality.py reads Debian documentation: apt-get install {' '.join(PACKAGES)}")
-    extra = ["--threads", "1", "--seeds", "2"] if script == "bench_quality.py" else []  # its steps: one thread each
+    # its steps: one thread each; one seed keeps the smoke test at 46 steps (the seeds' plan: test_quality_order_arms)
+    extra = ["--threads", "1", "--seeds", "1"] if script == "bench_quality.py" else []
     proc = subprocess.run(
         [sys.executable, path, "--tiny", *extra],
         cwd=tmp_path,
@@ -115,31 +116,65 @@ def test_cpu_benchmark_tiny(script, tmp_path):
 
 def test_quality_order_arms(tmp_path):
     """bench_quality.py's scored arms (stair, saw and folding+jitter beside folding, docs/quality.md) are ``lqs order``
-    command lines the CLI accepts, on the LQS half, each pretrained and evaluated."""
+    command lines the CLI accepts, on the LQS half, each pretrained (once per seed, with its target-holdout curve)
+    and evaluated; FULL takes the arms' path (``order --method shuffle``, stored order) beside the old one
+    (``pretrain --shuffle``); the annotation-model study has its own annotation model, scorer and arms."""
     from lqs_megatron.cli import build_parser
     from lqs_megatron.cli.options import build
     from lqs_megatron.curate.config import ORDER_PARAMS, OrderConfig
     from lqs_megatron.curate.ordering import check_params
+    from lqs_megatron.training.config import PretrainConfig
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         import bench_quality as quality
     finally:
         sys.path.pop(0)
+
+    def parsed(cls, step):
+        return build(cls, build_parser().parse_args(step.argv))
+
     for c, window in ((quality.FULL, 256), (quality.TINY, 32)):
         steps = {s.name: s for s in quality.plan(tmp_path, dict(c, methods=["lqs", "pds"], arms=None), [1, 2], False)}
         expected = {
             "lqs-folding": ("folding", None, {"layers": 3}),
             "lqs-stair": ("stair", None, {}),
             "lqs-saw": ("saw", None, {}),
-            "lqs-folding-jitter": ("folding", window, {"layers": 3, "seed": 1}),
+            "lqs-folding-jitter-2": ("folding", window, {"layers": 3, "seed": 2}),
+            "lqs-shuffle-1": ("shuffle", None, {"seed": 1}),
         }
-        for arm, (method, jitter, params) in expected.items():
-            step = steps[f"order-{arm}"]
-            cfg = build(OrderConfig, build_parser().parse_args(step.argv))
+        for name, (method, jitter, params) in expected.items():
+            step = steps[f"order-{name}"]
+            cfg = parsed(OrderConfig, step)
             given = {k: getattr(cfg, k) for k in ORDER_PARAMS if getattr(cfg, k) is not None}
             check_params(cfg.method, given, cfg.jitter)
-            assert (cfg.method, cfg.jitter, given) == (method, jitter, params), arm
-            assert step.after == ["select-lqs"] and f"/curated/{arm}/ordered" in step.argv[-1]
-            assert steps[f"pretrain-{arm}"].argv[steps[f"pretrain-{arm}"].argv.index("--data") + 1] == step.argv[-1]
-            assert f"evaluate-{arm}" in steps
+            assert (cfg.method, cfg.jitter, given) == (method, jitter, params), name
+            assert step.after == ["select-lqs"] and f"/curated/{name}/ordered" in step.argv[-1]
+        for arm, data in (("lqs-folding", "lqs-folding"), ("lqs-folding-jitter", "lqs-folding-jitter-2")):
+            for seed in (1, 2):
+                pre = parsed(PretrainConfig, steps[f"pretrain-{arm}-s{seed}"])
+                want = data if arm == "lqs-folding" else f"{arm}-{seed}"
+                assert pre.data == [str(tmp_path / "curated" / want / "ordered")] and pre.seed == seed
+                assert pre.valid_data == str(tmp_path / "data" / "holdout") and pre.eval_max_length == 1024
+                assert pre.eval_interval == c["eval_interval"]
+                assert (f"evaluate-{arm}-s{seed}" in steps) == (seed == 1)  # checks the curve's last point
+        for seed in (1, 2):  # RANDOM: its own pick, shuffle and initial weights per seed; FULL: both paths
+            rnd = parsed(PretrainConfig, steps[f"pretrain-random-s{seed}"])
+            assert rnd.seed == seed and rnd.data == [str(tmp_path / "curated" / f"random-{seed}" / "ordered")]
+            assert steps[f"pick-random-{seed}"].func_id == f"pick:{seed}"
+            assert parsed(OrderConfig, steps[f"order-random-{seed}"]).seed == seed
+            full = parsed(PretrainConfig, steps[f"pretrain-full-s{seed}"])
+            order = parsed(OrderConfig, steps[f"order-full-{seed}"])
+            assert (order.method, order.seed, order.data) == ("shuffle", seed, str(tmp_path / "data" / "corpus"))
+            assert full.data == [order.out] and not full.shuffle and full.seed == seed
+            old = parsed(PretrainConfig, steps[f"pretrain-full-pretrain-shuffle-s{seed}"])
+            assert old.shuffle and old.data == [str(tmp_path / "data" / "corpus")] and old.seed == seed
+    steps = {
+        s.name: s for s in quality.plan(tmp_path, dict(quality.FULL, methods=["lqs", "pds"], arms=None), [1], False)
+    }
+    assert "annotate-lqs-am150-lr0.003-tnall-T20-K5-B16-L128-lrauto" in steps and "annotate-pds-am150" not in str(steps)
+    study = parsed(PretrainConfig, steps["pretrain-lqs-folding-am150-s1"])
+    assert study.data == [str(tmp_path / "curated" / "lqs-folding-am150" / "ordered")]
+    assert steps["order-lqs-folding-am150"].after == ["select-lqs-am150"]
+    names = list(steps)
+    assert names.index("evaluate-lqs-folding-jitter-s1") < names.index("pretrain-annotation-model-am150-lr0.003")

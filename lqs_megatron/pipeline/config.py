@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from lqs_megatron.curate.config import SELECT_METHODS, OrderConfig, SelectConfig
+from lqs_megatron.curate.config import ORDER_METHODS, ORDER_PARAMS, SELECT_METHODS, OrderConfig, SelectConfig
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
 from lqs_megatron.errors import LQSError
@@ -79,16 +79,44 @@ TokenizerSection = derive(
 )
 
 # the plan sets the data, the output, the tokenizer and --resume; --stop-after is a test hook
-_PRETRAIN_OWN = ("data", "out", "tokenizer", "init_from", "resume", "stop_after", "valid_data", "data_weights")
+_PRETRAIN_OWN = (
+    "data",
+    "out",
+    "tokenizer",
+    "init_from",
+    "resume",
+    "stop_after",
+    "valid_data",
+    "eval_max_length",
+    "data_weights",
+)
 _PRETRAIN_DEFAULTS = {"model_config": "tiny", "steps": 100, "lr": 1e-3, "global_batch_size": 16, "max_length": 128}
 
 ModelTraining = derive(
     "ModelTraining",
     PretrainConfig,
     exclude=_PRETRAIN_OWN,
-    defaults={**_PRETRAIN_DEFAULTS, "seed": 1},
-    extra=(_key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),),
-    doc="How one model is trained by ``lqs pretrain``.",
+    # eval_interval: the arms' target-loss curve (the token efficiency of the table), 10 points at the default steps
+    defaults={**_PRETRAIN_DEFAULTS, "seed": 1, "eval_interval": 10},
+    extra=(
+        _key(
+            "seeds",
+            list[int],
+            factory=list,
+            doc="Pretrain every arm once per seed (``lqs pretrain --seed``, the initial weights; default: [seed]); "
+            "the table gives each arm's mean and std over them and its difference from the baseline seed by seed.",
+        ),
+        _key(
+            "baseline_seeds",
+            list[int],
+            factory=list,
+            doc="The random baseline's seeds (default: seeds): its run i also picks and shuffles with "
+            "selection.seed + i; more seeds than the arms' measure the noise an arm's difference is judged by.",
+        ),
+        _key("extra_args", list[str], factory=list, doc=_EXTRA_ARGS),
+    ),
+    doc="How one model is trained by ``lqs pretrain``; for the arms, with the target loss every "
+    "``eval_interval`` steps (``--valid-data`` the target set, ``--eval-max-length`` evaluate.max_length).",
 )
 
 AnnotationModelSection = derive(
@@ -162,23 +190,40 @@ EvaluateSection = derive(
 )
 
 
-@dataclass
-class SelectionSection:
-    """``lqs select`` and ``lqs order`` of each arm (and the random baseline)."""
+#: the ``lqs order`` settings a selection section takes (its seed is the section's own: it also seeds the baseline)
+ORDER_KEYS = (*(n for n in ORDER_PARAMS if n != "seed"), "jitter")
 
-    method: str = "top-r"
-    """``top-r`` | ``threshold`` | ``top-k``."""
-    r: float = 0.5
-    threshold: float | None = None
-    k: int | None = None
-    order: str = "folding"
-    """Ordering of the selected data: ``folding`` | ``sorting`` | ``shuffle`` | ``none``."""
-    layers: int = 3
-    """Folding layers."""
-    baseline: str = "random"
-    """The comparison arm: ``random`` (a seeded random selection of the same size, shuffled)
-    or ``none``."""
-    seed: int = 1
+SelectionSection = derive(
+    "SelectionSection",
+    OrderConfig,
+    only=ORDER_KEYS,
+    extra=(
+        _key("method", str, "top-r", doc="``top-r`` | ``threshold`` | ``top-k``."),
+        _key("r", float, 0.5, doc="top-r: the fraction to keep."),
+        _key("threshold", float | None, None, doc="threshold: keep scores >= this."),
+        _key("k", int | None, None, doc="top-k: the number to keep."),
+        _key(
+            "order",
+            str,
+            "folding",
+            doc=f"Ordering of the selected data: a method of ``lqs order`` ({', '.join(ORDER_METHODS)}) or "
+            "``none``; its settings are the keys above, as ``lqs order`` takes them.",
+        ),
+        _key(
+            "baseline",
+            str,
+            "random",
+            doc="The comparison arm: ``random`` (a seeded random selection of the same size, shuffled) or ``none``.",
+        ),
+        _key(
+            "seed",
+            int,
+            1,
+            doc="Seeds the random baseline's pick and shuffle, and the order's (shuffle, segment, jitter).",
+        ),
+    ),
+    doc="``lqs select`` and ``lqs order`` of each arm (and the random baseline).",
+)
 
 
 @dataclass
@@ -223,8 +268,14 @@ class PipelineConfig:
             raise LQSError(f"annotate.train must be proxy or corpus, got {self.annotate.train!r}")
         if self.selection.method not in SELECT_METHODS:
             raise LQSError(f"selection.method must be top-r, threshold or top-k, got {self.selection.method!r}")
-        if self.selection.order not in ("folding", "sorting", "shuffle", "none"):
-            raise LQSError(f"selection.order must be folding, sorting, shuffle or none, got {self.selection.order!r}")
+        if self.selection.order not in (*ORDER_METHODS, "none"):
+            raise LQSError(
+                f"selection.order must be one of {', '.join(ORDER_METHODS)} or none, got {self.selection.order!r}"
+            )
+        for key in ("seeds", "baseline_seeds"):
+            seeds = getattr(self.pretrain, key)
+            if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+                raise LQSError(f"pretrain.{key} must be distinct seeds >= 0, got {seeds}")
         if self.selection.baseline not in ("random", "none"):
             raise LQSError(f"selection.baseline must be random or none, got {self.selection.baseline!r}")
         if self.selection.method == "threshold" and self.selection.threshold is None:

@@ -17,10 +17,15 @@ Layout under ``WORKDIR`` (every path of a run is here, so a run is one directory
 
 ARM is each annotation method (``lqs``, ``pds``) plus the ``random`` baseline: a seeded
 random selection of exactly as many sequences as the first method's selection, shuffled.
+An arm is pretrained once per seed (``pretrain.seeds``; the baseline ``pretrain.baseline_seeds``):
+its first seed's run is ARM, each further seed's ``ARM-sSEED`` (``final/ARM-sSEED/ckpt``; no HF
+export); a scored arm's runs share its selection and order, each baseline run has its own
+(``curated/random-sSEED``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from functools import partial
 from pathlib import Path
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lqs_megatron.curate.config import SELECT_PARAMS, OrderConfig, SelectConfig
+from lqs_megatron.curate.ordering import ORDERINGS
 from lqs_megatron.data.config import SampleProxyConfig, TrainTokenizerConfig
 from lqs_megatron.data.preprocess.conversations import TargetConfig
 from lqs_megatron.data.preprocess.tokenize import TokenizeConfig
@@ -75,6 +81,14 @@ class Plan:
         self.tok_dep = [] if cfg.tokenizer.path else ["train-tokenizer"]
         self.model_dep = [] if cfg.annotation_model.init_from else ["export-annotation-model"]
         self.arms = self.methods + (["random"] if cfg.selection.baseline == "random" else [])
+        seeds = list(cfg.pretrain.seeds) or [cfg.pretrain.seed]
+        base_seeds = list(cfg.pretrain.baseline_seeds) or seeds
+        #: arm -> [(seed, run)]: the run names of its seeds (the first is the arm's own name)
+        self.runs = {
+            arm: [(s, arm if i == 0 else f"{arm}-s{s}") for i, s in enumerate(base_seeds if arm == "random" else seeds)]
+            for arm in self.arms
+        }
+        self.baseline_runs = {run for _, run in self.runs.get("random", [])}
 
     def raw_inputs(self) -> list[str]:
         """The corpus files (globs expanded, sorted)."""
@@ -93,7 +107,8 @@ class Plan:
         return self.w / "curated" / arm / "selected"
 
     def train_data(self, arm: str) -> Path:
-        if arm == "random" or self.cfg.selection.order != "none":
+        """The training data of an arm, or of a baseline run (each has its own)."""
+        if arm in self.baseline_runs or self.cfg.selection.order != "none":
             return self.w / "curated" / arm / "ordered"
         return self.selected(arm)
 
@@ -113,36 +128,57 @@ class Plan:
             s += self._curate(m, str(self.corpus_scores(m)), [f"score-{m}"], sel.method, sel.order)
         if "random" in self.arms:
             first = self.methods[0]
-            rnd = self.w / "curated" / "random" / "random_pick.npy"
+            for i, (_, run) in enumerate(self.runs["random"]):
+                rnd = self.w / "curated" / run / "random_pick.npy"
+                s.append(
+                    Step(
+                        f"pick-{run}",
+                        outputs=[str(rnd)],
+                        after=[f"select-{first}"],
+                        func=lambda r=rnd, k=sel.seed + i: self._pick_random(first, r, k),
+                        func_id=f"pick-random:{sel.seed + i}",
+                    )
+                )
+                s += self._curate(run, str(rnd), [f"pick-{run}"], "random", "shuffle", seed=sel.seed + i)
+        for arm in self.arms:
+            for i, (seed, run) in enumerate(self.runs[arm]):
+                s += self._arm_run(arm, seed, run, export=i == 0)
+        return s
+
+    def _arm_run(self, arm: str, seed: int, run: str, export: bool) -> list[Step]:
+        """Pretrain ``run`` (seed ``seed`` of ``arm``) with its target-loss curve, export it (``export``), and
+        evaluate it."""
+        sel, ckpt = self.cfg.selection, str(self.final_ckpt(run))
+        data = run if run in self.baseline_runs else arm  # a scored arm's seeds share its data
+        data_step = f"order-{data}" if (data in self.baseline_runs or sel.order != "none") else f"select-{data}"
+        curve = {"valid_data": str(self.target), "eval_max_length": self.cfg.evaluate.max_length, "seed": seed}
+        pretrain = self._pretrain(
+            f"pretrain-{run}",
+            self.cfg.pretrain,
+            [str(self.train_data(data))],
+            ckpt,
+            [data_step, "tokenize-target"],
+            curve,
+        )
+        evaluate = {"model": ckpt, "data": self.target}
+        s = [pretrain]
+        if export:
             s.append(
                 Step(
-                    "pick-random",
-                    outputs=[str(rnd)],
-                    after=[f"select-{first}"],
-                    func=lambda: self._pick_random(first, rnd),
-                    func_id=f"pick-random:{sel.seed}",
+                    f"export-{run}",
+                    command("export-hf", (ExportHFConfig, {"checkpoint": ckpt, "out": self.final_hf(run)})),
+                    outputs=[str(self.final_hf(run))],
+                    after=[f"pretrain-{run}"],
                 )
             )
-            s += self._curate("random", str(rnd), ["pick-random"], "random", "shuffle")
-        for arm in self.arms:
-            ckpt = str(self.final_ckpt(arm))
-            data_step = f"order-{arm}" if (arm == "random" or sel.order != "none") else f"select-{arm}"
-            evaluate = {"model": ckpt, "data": self.target}
-            s += [
-                self._pretrain(f"pretrain-{arm}", self.cfg.pretrain, [str(self.train_data(arm))], ckpt, [data_step]),
-                Step(
-                    f"export-{arm}",
-                    command("export-hf", (ExportHFConfig, {"checkpoint": ckpt, "out": self.final_hf(arm)})),
-                    outputs=[str(self.final_hf(arm))],
-                    after=[f"pretrain-{arm}"],
-                ),
-                Step(
-                    f"evaluate-{arm}",
-                    command("evaluate", (EvaluateConfig, evaluate), (EvaluateConfig, self.cfg.evaluate)),
-                    outputs=[str(self.w / "logs" / f"evaluate-{arm}.stdout")],
-                    after=[f"pretrain-{arm}", "tokenize-target"],
-                ),
-            ]
+        s.append(
+            Step(
+                f"evaluate-{run}",
+                command("evaluate", (EvaluateConfig, evaluate), (EvaluateConfig, self.cfg.evaluate)),
+                outputs=[str(self.w / "logs" / f"evaluate-{run}.stdout")],
+                after=[f"pretrain-{run}", "tokenize-target"],
+            )
+        )
         return s
 
     def _data_steps(self) -> list[Step]:
@@ -224,11 +260,14 @@ class Plan:
         )
         return [annotate, gate]
 
-    def _pretrain(self, name: str, section, data: list[str], out: str, after: list[str]) -> Step:
-        paths = {"data": data, "out": out, "tokenizer": str(self.tokenizer)}
+    def _pretrain(
+        self, name: str, section, data: list[str], out: str, after: list[str], more: dict | None = None
+    ) -> Step:
+        """``lqs pretrain`` of ``section``'s settings on ``data`` (``more``: settings that replace the section's)."""
+        values = {**section_values(section, PretrainConfig), "data": data, "out": out, "tokenizer": str(self.tokenizer)}
         return Step(
             name,
-            [*command("pretrain", (PretrainConfig, paths), (PretrainConfig, section)), *section.extra_args],
+            [*command("pretrain", (PretrainConfig, {**values, **(more or {})})), *section.extra_args],
             outputs=[out],
             after=[*after, *self.tok_dep],
             distributed=True,
@@ -294,15 +333,22 @@ class Plan:
             return {**io, "method": "threshold", "threshold": 0.5}
         return {**io, "method": method, SELECT_PARAMS[method]: getattr(sel, SELECT_PARAMS[method])}
 
-    def order_settings(self, arm: str, order: str) -> dict:
-        """The ``lqs order`` settings of ``arm`` (``order`` is not none)."""
+    def order_settings(self, arm: str, order: str, seed: int | None = None) -> dict:
+        """The ``lqs order`` settings of ``arm`` (``order`` is not none): a baseline run's shuffle (seeded by
+        ``seed``), or the selection section's order with the ``lqs order`` settings it gives (and its seed
+        where the method or the jitter takes one)."""
         sel, selected = self.cfg.selection, self.selected(arm)
-        params = {"layers": sel.layers} if order == "folding" else {}
-        params |= {"seed": sel.seed} if order == "shuffle" else {}
-        io = {"data": str(selected), "scores": f"{selected}.scores.npy", "method": order}
-        return {**io, "out": self.train_data(arm), **params}
+        io = {"data": str(selected), "scores": f"{selected}.scores.npy", "method": order, "out": self.train_data(arm)}
+        if arm in self.baseline_runs or arm == "random":
+            return {**io, "seed": sel.seed if seed is None else seed}
+        params = {k: v for k, v in section_values(sel, OrderConfig).items() if v is not None}
+        if "seed" in inspect.signature(ORDERINGS[order]).parameters or sel.jitter is not None:
+            params["seed"] = sel.seed
+        return {**io, **params}
 
-    def _curate(self, arm: str, scores: str, after: list[str], method: str, order: str) -> list[Step]:
+    def _curate(
+        self, arm: str, scores: str, after: list[str], method: str, order: str, seed: int | None = None
+    ) -> list[Step]:
         selected = self.selected(arm)
         sidecars = [f"{selected}.scores.npy", f"{selected}.indices.npy"]
         steps = [
@@ -318,17 +364,17 @@ class Plan:
             steps.append(
                 Step(
                     f"order-{arm}",
-                    command("order", (OrderConfig, self.order_settings(arm, order))),
+                    command("order", (OrderConfig, self.order_settings(arm, order, seed))),
                     outputs=[*_ds(ordered), f"{ordered}.scores.npy", f"{ordered}.indices.npy"],
                     after=[f"select-{arm}"],
                 )
             )
         return steps
 
-    def _pick_random(self, first_method: str, out: Path) -> None:
+    def _pick_random(self, first_method: str, out: Path, seed: int) -> None:
         n_keep = len(np.load(f"{self.selected(first_method)}.indices.npy"))
         n = len(np.load(self.corpus_scores(first_method)))
-        rng = np.random.default_rng(self.cfg.selection.seed)
+        rng = np.random.default_rng(seed)
         pick = np.zeros(n, dtype=np.float32)
         pick[rng.choice(n, size=n_keep, replace=False)] = 1.0
         os.makedirs(out.parent, exist_ok=True)

@@ -1,4 +1,6 @@
-"""The pipeline's closing summary, from the files a run wrote: the table (target loss per arm, and how
+"""The pipeline's closing summary, from the files a run wrote: the table (target loss per arm over its
+seeds, its difference from the random baseline seed by seed and whether that is within the noise, the
+tokens it needed to reach the baseline's final target loss: :mod:`lqs_megatron.pipeline.compare`; how
 well scores separate clean from degraded documents, AUC), then per method the annotation's health
 verdict and learning rate, the share of each source's documents that each arm kept (when the corpus
 was tokenized with a ``source`` field, ``data.keep_fields``), and where the selections, the score
@@ -15,6 +17,7 @@ import numpy as np
 
 from lqs_megatron.data.datasets.meta import read_meta
 from lqs_megatron.errors import LQSError
+from lqs_megatron.pipeline.compare import NOISE_STDS, compare_arms, format_pm, format_ratio, plot_curves, valid_curve
 from lqs_megatron.utils.correlation import auc
 
 
@@ -44,16 +47,42 @@ KEPT_ROWS = 12
 def format_table(results: dict) -> str:
     """A plain-text table of ``results`` (as written to results.json)."""
     arms = results["arms"]
-    base = arms.get("random", {}).get("target_loss")
-    rows = [("arm", "selection", "order", "target loss", "vs random", "tokens seen")]
+    rows = [
+        ("arm", "selection", "order", "seeds", "target loss", "vs random", "tokens to random's loss", "tokens seen")
+    ]
     for name, a in arms.items():
-        delta = "" if base is None or name == "random" else f"{a['target_loss'] - base:+.4f}"
+        cmp = a.get("comparison", {})
+        loss = format_pm(cmp["loss"]) if cmp.get("loss") else f"{a['target_loss']:.4f}"
+        delta = ""
+        if cmp.get("diff") and cmp["diff"]["n"]:
+            d = cmp["diff"]
+            delta = f"{d['mean']:+.4f}" + (f" +- {d['std']:.4f}" if d["n"] > 1 else "")
+            delta += " (within noise)" if cmp.get("within_noise") else ""
+        ratio = format_ratio(cmp.get("token_ratio")) if name != "random" else ""
+        seeds = ",".join(str(s) for s in a.get("seeds", {}))
         rows.append(
-            (name, a["selection"], a["order"], f"{a['target_loss']:.4f}", delta, str(a.get("train_tokens", "")))
+            (
+                name,
+                a["selection"],
+                a["order"],
+                seeds,
+                loss,
+                delta,
+                "" if ratio == "-" else ratio,
+                str(a["train_tokens"]),
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if "random" in arms and len(arms) > 1:
+        out += [
+            "",
+            "target loss: mean +- std over the seeds; vs random: the difference from random's run of the same seed "
+            f"(mean +- std over seeds), within noise when within {NOISE_STDS:g} x its std (one seed: x sqrt(2) x "
+            "random's std over its seeds); tokens to random's loss: the share of random's tokens after which the arm's "
+            "target loss first reached random's final one (same seed, linear between the evaluations).",
+        ]
     if results.get("auc"):
         out.append("")
         out.append("Clean vs degraded documents, AUC of the scores (1.0 = every clean document scores higher):")
@@ -91,6 +120,8 @@ def format_summary(results: dict) -> list[str]:
         out.append(f"  {' ' * len(arm)}  model (Hugging Face) {p['hf']}")
         for r in p.get("reports", []):
             out.append(f"  {' ' * len(arm)}  report {r}")
+    if paths.get("curves"):
+        out.append(f"  target-loss curves {paths['curves']}")
     out.append(f"  results {paths['results']}, logs {paths['logs']}")
     return out
 
@@ -149,25 +180,38 @@ def _paths(plan) -> dict:
 
 
 def collect(plan, runner, labels_path: str | None) -> dict:
-    """Gather the per-arm losses and score AUCs of a finished run into a dict."""
+    """Gather the per-arm losses (every seed), their comparison with the baseline and the score AUCs of a
+    finished run into a dict; draw the arms' target-loss curves into ``WORKDIR/curves.png``."""
     cfg = plan.cfg
-    tokens = cfg.pretrain.steps * cfg.pretrain.global_batch_size * cfg.pretrain.max_length
+    per_step = cfg.pretrain.global_batch_size * cfg.pretrain.max_length
+    tokens = cfg.pretrain.steps * per_step
     sel = cfg.selection
     how = {"top-r": f"top-r {sel.r}", "threshold": f"score >= {sel.threshold}", "top-k": f"top-k {sel.k}"}[sel.method]
-    arms = {}
+    arms, final, curves = {}, {}, {}
     for arm in plan.arms:
-        res = evaluate_result(runner.stdout_of(f"evaluate-{arm}"))
+        examples = None
+        for seed, run in plan.runs[arm]:
+            res = evaluate_result(runner.stdout_of(f"evaluate-{run}"))
+            final.setdefault(arm, {})[seed] = float(res["loss"])
+            curves.setdefault(arm, {})[seed] = valid_curve(plan.final_ckpt(run), per_step)
+            examples = res.get("examples")
         arms[arm] = {
             "selection": "random, same size" if arm == "random" else f"{arm.upper()} {how}",
             "order": "shuffle" if arm == "random" else sel.order,
-            "target_loss": float(res["loss"]),
-            "eval_examples": res.get("examples"),
+            "target_loss": float(np.mean(list(final[arm].values()))),
+            "seeds": {str(s): v for s, v in final[arm].items()},
+            "eval_examples": examples,
             "train_tokens": tokens,
         }
+    for arm, rec in compare_arms(final, curves, "random").items():
+        arms[arm]["comparison"] = rec
+    png = plan.w / "curves.png"
+    drawn = plot_curves(curves, png, f"target loss along the run ({', '.join(plan.arms)})") if curves else None
     out = {"workdir": str(plan.w), "arms": arms, "auc": {}, "timings": runner.timings}
     out["methods"] = _annotation_summary(plan)
     out["kept_share"] = _kept_share(plan)
     out["paths"] = _paths(plan)
+    out["paths"]["curves"] = str(drawn) if drawn else None
     if labels_path:
         n = len(np.load(plan.corpus_scores(plan.methods[0])))
         labels = load_labels(labels_path, n)

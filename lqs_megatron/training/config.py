@@ -65,8 +65,12 @@ class PretrainConfig:
     """Held-out indexed dataset for the periodic validation loss."""
     eval_interval: int = option(1000, group=DATA)
     """Validate every N steps and after the last (0: only after the last)."""
-    eval_samples: int = option(256, group=DATA)
-    """Packed validation samples per evaluation."""
+    eval_samples: int | None = option(None, group=DATA)
+    """Validation samples per evaluation (default: 256 packed samples; with --eval-max-length every sequence)."""
+    eval_max_length: int | None = option(None, metavar="L", group=DATA)
+    """Validate as ``lqs evaluate --max-length L`` does (each --valid-data sequence one example, cut to L+1 tokens,
+    the mean of the examples' mean token losses), so each point of the curve is the number ``lqs evaluate`` gives
+    for the checkpoint of that step; default: packed samples of --max-length tokens."""
     shuffle: bool = option(False, group=DATA)
     """Shuffle the packed samples (seeded) instead of the stored order."""
     micro_batch_size: int | None = option(None, group=OPTIM)
@@ -148,8 +152,16 @@ class PretrainConfig:
         from lqs_megatron.training.data import parse_blend
 
         self.data, self.data_weights = parse_blend(self.data, self.data_weights)
-        for name in ("max_length", "global_batch_size", "steps", "eval_samples", "log_interval", "tp"):
-            if getattr(self, name) < 1:
+        for name in (
+            "max_length",
+            "global_batch_size",
+            "steps",
+            "eval_samples",
+            "eval_max_length",
+            "log_interval",
+            "tp",
+        ):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LQSError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_interval", "save_interval", "weight_decay", "clip_grad"):
             if getattr(self, name) < 0:

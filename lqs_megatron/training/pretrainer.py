@@ -27,8 +27,9 @@ from lqs_megatron.models.loading import build_model, load_model
 from lqs_megatron.models.parallelize import check_tp
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.checkpoint import load_training_state, remove_leftovers, save_checkpoint
-from lqs_megatron.training.config import PretrainConfig, choose_resume_dir, resume_changes
+from lqs_megatron.training.config import EvaluateConfig, PretrainConfig, choose_resume_dir, resume_changes
 from lqs_megatron.training.data import PackedSamples, SampleStream, check_token_ids
+from lqs_megatron.training.evaluate import evaluate_dataset
 from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
 from lqs_megatron.training.loss import CausalLMLoss
 from lqs_megatron.training.optim import WarmupCosine, build_optimizer
@@ -102,6 +103,10 @@ def lm_micro_batches(tokens: torch.Tensor, micro_batch_size: int) -> list[tuple[
         (inputs[s : s + micro_batch_size], labels[s : s + micro_batch_size], mask[s : s + micro_batch_size])
         for s in range(0, tokens.shape[0], micro_batch_size)
     ]
+
+
+#: examples per forward of the ``--eval-max-length`` validation: ``lqs evaluate``'s default micro-batch
+EVALUATE_BATCH = EvaluateConfig.__dataclass_fields__["micro_batch_size"].default
 
 
 class Pretrainer(Trainer):
@@ -214,11 +219,18 @@ class Pretrainer(Trainer):
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
 
-    def _valid_samples(self) -> PackedSamples | None:
+    def _valid_samples(self) -> PackedSamples | str | None:
+        """The packed validation samples; with ``--eval-max-length`` the dataset's prefix (``lqs evaluate``'s
+        examples are read at each evaluation)."""
         if self.cfg.valid_data is None:
             return None
         ds = IndexedDataset(self.cfg.valid_data)
-        n = min(self.cfg.eval_samples, samples_available(ds.num_tokens, self.cfg.max_length))
+        if self.cfg.eval_max_length is not None:
+            if len(ds) == 0:
+                raise LQSError(f"--valid-data {self.cfg.valid_data!r} holds no sequences")
+            self.model_config.check_max_length(self.cfg.eval_max_length, "the model (--eval-max-length)")
+            return self.cfg.valid_data
+        n = min(self.cfg.eval_samples or 256, samples_available(ds.num_tokens, self.cfg.max_length))
         if n < 1:
             raise LQSError(f"--valid-data {self.cfg.valid_data!r} holds fewer than {self.cfg.max_length + 1} tokens")
         return PackedSamples(self.cfg.valid_data, self.cfg.max_length, n)
@@ -350,7 +362,21 @@ class Pretrainer(Trainer):
             self.save(done, self.last.loss if self.last else None)
 
     def evaluate(self) -> float:
-        """Mean per-example loss of the validation samples (split over the dp ranks)."""
+        """Mean per-example loss of the validation samples (split over the dp ranks); with
+        ``--eval-max-length`` exactly what ``lqs evaluate`` computes (:func:`evaluate_dataset`)."""
+        if isinstance(self.valid, str):
+            res = evaluate_dataset(
+                self.model,
+                self.valid,
+                self.cfg.eval_max_length,
+                self.dims,
+                EVALUATE_BATCH,
+                self.cfg.precision,
+                self.cfg.eval_samples,
+                progress=False,
+            )
+            self.model.train()
+            return res["loss"]
         lo, hi = rank_slice(len(self.valid), self.dims.dp, self.dims.dp_rank)
         total = torch.zeros(2, dtype=torch.float64, device=self.dims.device)
         if hi > lo:

@@ -94,7 +94,9 @@ def test_plan_of_the_demo_config_is_consistent(tmp_path):
         "order",
         "sample-proxy",
     }
-    assert names[-1] == "evaluate-random" and "pick-random" in names
+    # the baseline twice (baseline_seeds [2, 3]), the scored arms once: one more pretrain than one seed each
+    assert names[-1] == "evaluate-random-s3" and {"pick-random", "pick-random-s3"} <= set(names)
+    assert sum(n.startswith("pretrain-") for n in names) == 5 and "export-random-s3" not in names
 
 
 def test_distributed_steps_run_under_torchrun_on_one_node(tmp_path):
@@ -184,6 +186,72 @@ def test_every_planned_command_parses_with_the_section_values(tmp_path):
     p = parsed["pretrain-lqs"]
     assert (p["warmup_steps"], p["shuffle"], p["steps"], p["seed"]) == (7, True, 300, 2)
     assert parsed["prepare-scorer-data-lqs"]["src_tokenizer"] == str(tmp_path / "tokenizer")
+
+
+@pytest.mark.parametrize(
+    "order,extra,expected",
+    [
+        ("stair", {}, {}),
+        ("saw", {"layers": 3, "sections": 4, "transition_ratio": 0.1}, {"layers": 3, "sections": 4}),
+        ("segment", {"front_ratio": 0.2, "back_from": "low"}, {"front_ratio": 0.2, "back_from": "low", "seed": 5}),
+        ("folding", {"jitter": 64}, {"jitter": 64, "seed": 5, "layers": None}),
+        ("shuffle", {}, {"seed": 5}),
+    ],
+)
+def test_selection_order_takes_every_lqs_order_method_and_its_settings(tmp_path, order, extra, expected):
+    """selection.order is any ``lqs order`` method, its settings the section's keys of OrderConfig (with the
+    section's seed where the method or the jitter takes one); the baseline keeps its shuffle."""
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.curate.config import OrderConfig
+
+    data = {**_minimal(tmp_path), "selection": {"order": order, "seed": 5, **extra}}
+    steps = {s.name: s for s in Plan(config_from_dict(data, tmp_path)).steps()}
+    cfg = build(OrderConfig, build_parser().parse_args(steps["order-lqs"].argv))
+    assert cfg.method == order
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+    rnd = build(OrderConfig, build_parser().parse_args(steps["order-random"].argv))
+    assert (rnd.method, rnd.seed, rnd.jitter, rnd.layers) == ("shuffle", 5, None, None)
+
+
+def test_a_setting_the_order_does_not_take_is_blamed_on_its_key(tmp_path):
+    data = {**_minimal(tmp_path), "selection": {"order": "sorting", "sections": 3}}
+    with pytest.raises(LQSError, match=r"selection\.sections: --sections does not apply to --method sorting"):
+        config_from_dict(data, tmp_path)
+    with pytest.raises(LQSError, match="selection.jitter"):
+        config_from_dict({**_minimal(tmp_path), "selection": {"jitter": -1}}, tmp_path)
+
+
+def test_seeds_pretrain_every_arm_and_the_baseline_with_its_own_pick(tmp_path):
+    """pretrain.seeds: every arm once per seed (its data shared, the initial weights not); baseline_seeds: the
+    baseline's own, each run with its pick and shuffle seeded by selection.seed + i; every arm run carries
+    the target-loss curve of ``lqs evaluate``'s metric."""
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.curate.config import OrderConfig
+    from lqs_megatron.training.config import PretrainConfig
+
+    data = {**_minimal(tmp_path), "annotate": {"methods": ["lqs"]}, "selection": {"seed": 7}}
+    data |= {"pretrain": {"seeds": [4, 9], "baseline_seeds": [4, 9, 11]}, "evaluate": {"max_length": 200}}
+    plan = Plan(config_from_dict(data, tmp_path))
+    steps = {s.name: s for s in plan.steps()}
+    assert plan.runs == {
+        "lqs": [(4, "lqs"), (9, "lqs-s9")],
+        "random": [(4, "random"), (9, "random-s9"), (11, "random-s11")],
+    }
+    parse = build_parser().parse_args
+    for run, seed, data_run in (("lqs", 4, "lqs"), ("lqs-s9", 9, "lqs"), ("random-s11", 11, "random-s11")):
+        pre = build(PretrainConfig, parse(steps[f"pretrain-{run}"].argv))
+        assert pre.seed == seed and pre.data == [str(plan.train_data(data_run))]
+        assert (pre.valid_data, pre.eval_max_length, pre.eval_interval) == (str(plan.target), 200, 10)
+        assert f"evaluate-{run}" in steps and (f"export-{run}" in steps) == (run in ("lqs", "random"))
+    for i, run in enumerate(("random", "random-s9", "random-s11")):
+        assert steps[f"pick-{run}"].func_id == f"pick-random:{7 + i}"
+        order = build(OrderConfig, parse(steps[f"order-{run}"].argv))
+        assert order.seed == 7 + i and order.data == str(plan.selected(run))
+    with pytest.raises(LQSError, match="pretrain.seeds must be distinct"):
+        config_from_dict({**_minimal(tmp_path), "pretrain": {"seeds": [1, 1]}}, tmp_path)
 
 
 def test_a_bad_key_of_a_demo_override_is_blamed_on_that_file(tmp_path):

@@ -133,7 +133,7 @@ def test_rerun_reuses_every_step(uninterrupted, tmp_path):
 def test_changed_hyperparameter_reruns_only_downstream_steps(uninterrupted, tmp_path):
     work, _, _ = uninterrupted
     cfg = yaml.safe_load((work / "pipeline.yaml").read_text())
-    cfg["evaluate"]["max_length"] = 48
+    cfg["evaluate"]["micro_batch_size"] = 5  # evaluate's own (max_length is also the arms' curves')
     out = _finish(_start(cfg, tmp_path / "p.yaml"))
     ran = {name for name, ln in _step_lines(out).items() if "done in" in ln}
     assert ran == {"evaluate-lqs", "evaluate-random"}, ran

@@ -153,6 +153,31 @@ def test_evaluate_equals_transformers(run, hf_dir):
     assert abs(ck["loss"] - ref) / ref < 1e-5 and ck["tokens"] == tokens
 
 
+def test_eval_max_length_curve_is_what_lqs_evaluate_gives(run, tmp_path):
+    """``--eval-max-length L``: each point of the validation curve is ``lqs evaluate --max-length L``'s number
+    for the checkpoint of that step (``--eval-samples N``: its ``--limit N``), not the packed samples' loss."""
+    out = tmp_path / "ckpt"
+    _pretrain(run, out, "--save-interval", "2", "--valid-data", run["valid"], "--eval-interval", "2", steps=4)
+    packed = {r["step"]: r["valid_loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "valid_loss" in r}
+    out2 = tmp_path / "ckpt2"
+    curve = ("--valid-data", run["valid"], "--eval-interval", "2", "--eval-max-length", "48")
+    _pretrain(run, out2, "--save-interval", "2", *curve, steps=4)
+    recs = [r for r in map(json.loads, open(out2 / "metrics.jsonl")) if "valid_loss" in r]
+    assert [r["step"] for r in recs] == [2, 4]
+    for r in recs:
+        ck = out2 / f"step_{r['step']:08d}"
+        res = json.loads(
+            lqs("evaluate", "--model", ck, "--data", run["valid"], "--max-length", "48").stdout.strip().splitlines()[-1]
+        )
+        assert rel_err(r["valid_loss"], res["loss"]) < 1e-6, (r, res)
+        assert rel_err(r["valid_loss"], packed[r["step"]]) > 1e-3  # another quantity than the packed samples'
+    out3 = tmp_path / "ckpt3"
+    _pretrain(run, out3, *curve, "--eval-samples", "5", steps=2)
+    last = [r for r in map(json.loads, open(out3 / "metrics.jsonl")) if "valid_loss" in r][-1]
+    ref = lqs("evaluate", "--model", out3, "--data", run["valid"], "--max-length", "48", "--limit", "5")
+    assert rel_err(last["valid_loss"], json.loads(ref.stdout.strip().splitlines()[-1])["loss"]) < 1e-6
+
+
 def test_resume_continues_exactly(run, tmp_path):
     out = tmp_path / "ckpt"
     extra = ("--save-interval", "3", "--valid-data", run["valid"], "--eval-samples", "6")
