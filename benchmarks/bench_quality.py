@@ -634,8 +634,22 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     res["goal"] = goal(res["compare"])
     if c["online_c"]:
         res["online"] = {"flops": online_flops(c), **online_verdicts(res["compare"])}
+        res["online"]["kept_rate"] = {a: online_sources(w, a, seeds) for a in ONLINE_ARMS}
     res["seeds"] = seeds
     return res
+
+
+def online_sources(w: Path, arm: str, seeds: list[int]) -> dict:
+    """Per corpus source, the share of its candidates the online arm kept, mean over the seeds that have the
+    pretrain's report (``OUT/online_selection_sources.json``), highest first."""
+    rates: dict[str, list[float]] = {}
+    for seed in seeds:
+        path = w / "final" / arm / f"s{seed}" / "ckpt" / "online_selection_sources.json"
+        if path.is_file():
+            for src, r in json.loads(path.read_text())["sources"].items():
+                rates.setdefault(src, []).append(r["kept_rate"])
+    mean = {src: round(float(np.mean(v)), 3) for src, v in rates.items()}
+    return dict(sorted(mean.items(), key=lambda kv: -kv[1]))
 
 
 def _fit(w: Path, c: dict) -> dict:
@@ -782,6 +796,9 @@ def table(res: dict) -> str:
                         f"over {v['n']} seeds ({-v['stds']:+.1f} paired std; beats RANDOM by more than 2 std: "
                         f"{'met' if v['beats_by_2std'] else 'not met'})"
                     )
+                if on.get("kept_rate", {}).get(arm):
+                    rates = ", ".join(f"{k} {v:.2f}" for k, v in on["kept_rate"][arm].items())
+                    lines.append(f"  kept share of each source's candidates (mean over seeds): {rates}")
     return "\n".join(lines)
 
 

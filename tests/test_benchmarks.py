@@ -6,11 +6,13 @@ with their ``--tiny`` flag (a script without one is reported, not run), ``bench_
 ``tests/data/test_tokenize_benchmark.py`` (which also checks its table)."""
 
 import glob
+import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.utils import REPO
@@ -243,3 +245,14 @@ def test_quality_online_arms(tmp_path):
     assert not quality.online_verdicts({"online-dot": {"diff": {"mean": -0.1, "std": 0.06, "n": 3}}})["online-dot"][
         "beats_by_2std"
     ]
+    # the per-source kept rates: mean over the seeds that have the pretrain's report, highest first
+    rng = np.random.default_rng()
+    rates = rng.uniform(size=(2, 3))
+    for k, seed in enumerate((1, 3)):
+        out = tmp_path / "final" / "online-dot" / f"s{seed}" / "ckpt"
+        out.mkdir(parents=True)
+        sources = {f"src{j}": {"candidates": 9, "kept": 4, "kept_rate": float(rates[k, j])} for j in range(3)}
+        (out / "online_selection_sources.json").write_text(json.dumps({"by": "source", "sources": sources}))
+    got = quality.online_sources(tmp_path, "online-dot", [1, 2, 3])
+    want = {f"src{j}": round(float(rates[:, j].mean()), 3) for j in range(3)}
+    assert got == want and list(got.values()) == sorted(want.values(), reverse=True)
