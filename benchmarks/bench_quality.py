@@ -14,7 +14,10 @@ steps (``pretrain --eval-max-length``: ``lqs evaluate``'s number, checked by ``l
 arm's first seed). Arms: FULL (the whole corpus, ``order --method shuffle``, the arms' path),
 FULL-PRETRAIN-SHUFFLE (the corpus as stored, ``pretrain --shuffle``: the path of before), RANDOM (a
 random half, shuffled), PDS+folding, LQS+shuffle, LQS+folding, and the DELT follow-up's orderings of
-the same LQS half: LQS+stair, LQS+saw and LQS+folding+jitter (``--jitter`` positions per window); and
+the same LQS half: LQS+stair, LQS+saw and LQS+folding+jitter (``--jitter`` positions per window); online
+selection from FULL's stream (``pretrain --online-select dot --target`` the annotation's target set,
+``--online-c`` candidates per kept sample, 0: none, as in ``--tiny``): ONLINE-DOT at every arm's steps and
+ONLINE-DOT-FLOPS at a plain arm's training FLOPs (fewer steps, ``online_flops``); and
 the annotation-model study (``--study``): LQS+shuffle and LQS+folding from annotation models of other
 training lengths. Prints the tables of docs/quality.md (mean +- std over seeds, the paired difference
 against RANDOM, the tokens each arm needs to reach RANDOM's final loss, the mean gap between the
@@ -72,13 +75,18 @@ FULL = dict(
     jitter=256,
     eval_interval=50,
     study=(150,),
+    online_c=2,
+    online_refresh=10,
 )
 TINY = dict(FULL, vocab=2048, doc_len=65, am_steps=20, proxy=64, T=4, K=2, L=32, scorer_epochs=1, steps=20, seq=32)
-TINY.update(jitter=32, eval_interval=5, study=())
+TINY.update(jitter=32, eval_interval=5, study=(), online_c=0)
 EVAL_LENGTH = 1024
 """``lqs evaluate --max-length`` of the held-out target, and ``--eval-max-length`` of the arms' curves."""
 STUDY_ARMS = ("lqs-shuffle", "lqs-folding")
 """The arms each other annotation model of the study (``--study``) is measured with."""
+ONLINE_ARMS = ("online-dot", "online-dot-flops")
+"""Online selection (``pretrain --online-select dot``) from FULL's stream: at the arms' optimizer steps, and at
+their training FLOPs (fewer steps, :func:`online_flops`)."""
 
 
 def order_arms(c: dict) -> dict[str, tuple[str, list[str]]]:
@@ -92,6 +100,35 @@ def order_arms(c: dict) -> dict[str, tuple[str, list[str]]]:
         "lqs-saw": ("lqs", ["--method", "saw"]),  # 2 layers, 3 sections, 0.075
         "lqs-folding-jitter": ("lqs", [*folding, "--jitter", str(c["jitter"]), "--seed", "{seed}"]),
     }
+
+
+def online_flops(c: dict) -> dict:
+    """The training FLOPs of an online step in plain steps, and the steps of ``online-dot-flops``.
+
+    Counted in multiply-adds x 2 of the weight matrices per token (attention's ``T^2`` products, norms, the
+    embedding lookup and AdamW left out). A plain step on ``B`` samples of ``T`` tokens costs ``6 B T W``
+    (forward 2, activation gradients 2, weight gradients 2; ``W`` the weights of the linear layers and the LM
+    head). An online step (docs/online_selection.md): the candidate pass over ``C B`` samples, ``6 C B T W``
+    (forward 2, activation gradients 2, the score ``<g_i, G>`` of every layer 2, a weight-gradient-sized product);
+    the update over the ``B`` kept samples, ``2 B T W_body + 4 B T W_head`` (the head's gradient is rebuilt: a
+    logits GEMM and a gradient GEMM); the target gradient, ``6 b (T + 1) W`` every ``M`` steps (``b = B``, the
+    target batch cut to ``L + 1 = T + 1`` tokens, padding counted). The ratio is
+    ``C + (2 + 2 h) / 6 + (T + 1) / (T M)`` with ``h = W_head / W``; ``online-dot-flops`` trains
+    ``floor(steps / ratio)`` steps, so its FLOPs are at most a plain arm's."""
+    from lqs_megatron.models.config import load_model_config
+
+    m = load_model_config("tiny")
+    d, kv = m.hidden_size, m.num_kv_heads * m.head_dim
+    body = m.num_layers * (2 * d * m.num_heads * m.head_dim + 2 * d * kv + 3 * d * m.intermediate_size)
+    head = -(-c["vocab"] // 128) * 128 * d  # the padded vocabulary (make_vocab_size_divisible_by 128)
+    h = head / (body + head)
+    ratio = c["online_c"] + (2 + 2 * h) / 6 + (c["seq"] + 1) / (c["seq"] * c["online_refresh"])
+    return {"ratio": ratio, "head_share": h, "steps": int(c["steps"] // ratio)}
+
+
+def arm_steps_count(c: dict, arm: str) -> int:
+    """The optimizer steps of ``arm``: every arm's ``steps``, except the equal-FLOPs online arm."""
+    return online_flops(c)["steps"] if arm == "online-dot-flops" else c["steps"]
 
 
 def _ds(prefix: Path) -> list[str]:
@@ -314,9 +351,11 @@ def scorer_steps(w: Path, c: dict, m: str, tag: str) -> list[Step]:
 
 
 def arm_list(c: dict) -> list[str]:
-    """Every arm of the table, in its order: FULL (both paths), RANDOM, the scored arms, the study's."""
+    """Every arm of the table, in its order: FULL (both paths), RANDOM, the scored arms, the online arms (with
+    ``online_c``), the study's."""
     study = [f"{a}-am{n}" for n in c["study"] for a in STUDY_ARMS]
-    return ["full", "full-pretrain-shuffle", "random", *order_arms(c), *study]
+    online = list(ONLINE_ARMS) if c["online_c"] else []
+    return ["full", "full-pretrain-shuffle", "random", *order_arms(c), *online, *study]
 
 
 def arm_steps(w: Path, c: dict, seeds: list[int], study: bool) -> list[Step]:
@@ -329,7 +368,8 @@ def arm_steps(w: Path, c: dict, seeds: list[int], study: bool) -> list[Step]:
         arms = {f"{a}-am{n}": (f"lqs-am{n}", order_arms(c)[a][1]) for n in c["study"] for a in STUDY_ARMS}
     else:
         arms = order_arms(c)
-    names = [*arms] if study else ["full", "full-pretrain-shuffle", "random", *arms]
+    online = list(ONLINE_ARMS) if c["online_c"] and not study else []
+    names = [*arms] if study else ["full", "full-pretrain-shuffle", "random", *arms, *online]
     wanted = [a for a in names if not c.get("arms") or a in c["arms"]]
     src: dict[tuple[str, int], tuple[Path, str]] = {}  # (arm, seed) -> (its training data, the step that made it)
     for arm, (m, how) in arms.items():
@@ -390,19 +430,28 @@ def arm_steps(w: Path, c: dict, seeds: list[int], study: bool) -> list[Step]:
         )
         src["full", seed] = full, f"order-full-{seed}"
         src["full-pretrain-shuffle", seed] = data / "corpus", "tokenize"  # the old path: pretrain --shuffle
+        for arm in ONLINE_ARMS:  # candidates from FULL's stream: the whole corpus in seed k's shuffle
+            src[arm, seed] = full, f"order-full-{seed}"
+    lay = layout(w, c)
+    # online selection towards the annotation's target set (not the held-out half the curves measure)
+    online = ["--online-select", "dot", "--target", str(lay["target"])]
+    online += ["--candidates-per-pick", str(c["online_c"]), "--target-refresh", str(c["online_refresh"])]
     for seed in seeds:
         for arm in wanted:
             path, made_by = src[arm, seed]
             ck = w / "final" / arm / f"s{seed}" / "ckpt"
             extra = ["--shuffle"] if arm == "full-pretrain-shuffle" else []
+            extra += online if arm in ONLINE_ARMS else []
             curve = ["--valid-data", str(data / "holdout"), "--eval-interval", str(c["eval_interval"])]
             curve += ["--eval-max-length", str(EVAL_LENGTH)]
+            n = arm_steps_count(c, arm)
             s += [
                 Step(
                     f"pretrain-{arm}-s{seed}",
-                    _pretrain(w / "tokenizer", path, ck, c["steps"], c["plr"], c, seed) + extra + curve,
+                    _pretrain(w / "tokenizer", path, ck, n, c["plr"], c, seed) + extra + curve,
                     outputs=[str(ck)],
-                    after=[made_by, "tokenize-holdout"],
+                    after=[made_by, "tokenize-holdout"]
+                    + ([f"tokenize-target-{lay['tn']}"] if arm in ONLINE_ARMS else []),
                     resume_flag="--resume",
                 ),
             ]
@@ -567,8 +616,9 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
             if f"pretrain-{arm}-s{seed}" not in runner.timings:
                 continue
             t, lo = valid_curve(w / "final" / arm / f"s{seed}" / "ckpt", per_step)
-            if len(t) == 0 or t[-1] != c["steps"] * per_step:
-                raise SystemExit(f"{arm} seed {seed}: its curve does not reach step {c['steps']}")
+            n = arm_steps_count(c, arm)
+            if len(t) == 0 or t[-1] != n * per_step:
+                raise SystemExit(f"{arm} seed {seed}: its curve does not reach step {n}")
             final.setdefault(arm, {})[seed] = float(lo[-1])  # lqs evaluate's number of the final model
             curves.setdefault(arm, {})[seed] = (t, lo)
             name = f"evaluate-{arm}-s{seed}"
@@ -582,8 +632,24 @@ def collect(w: Path, c: dict, runner: Runner, seeds: list[int], annotation_only:
     if curves:
         plot_curves(curves, w / "curves.png", f"target-holdout loss, {len(seeds)} seeds, {c['steps']} steps")
     res["goal"] = goal(res["compare"])
+    if c["online_c"]:
+        res["online"] = {"flops": online_flops(c), **online_verdicts(res["compare"])}
+        res["online"]["kept_rate"] = {a: online_sources(w, a, seeds) for a in ONLINE_ARMS}
     res["seeds"] = seeds
     return res
+
+
+def online_sources(w: Path, arm: str, seeds: list[int]) -> dict:
+    """Per corpus source, the share of its candidates the online arm kept, mean over the seeds that have the
+    pretrain's report (``OUT/online_selection_sources.json``), highest first."""
+    rates: dict[str, list[float]] = {}
+    for seed in seeds:
+        path = w / "final" / arm / f"s{seed}" / "ckpt" / "online_selection_sources.json"
+        if path.is_file():
+            for src, r in json.loads(path.read_text())["sources"].items():
+                rates.setdefault(src, []).append(r["kept_rate"])
+    mean = {src: round(float(np.mean(v)), 3) for src, v in rates.items()}
+    return dict(sorted(mean.items(), key=lambda kv: -kv[1]))
 
 
 def _fit(w: Path, c: dict) -> dict:
@@ -621,6 +687,25 @@ def goal(cmp: dict) -> dict | None:
         "beats_by_2std": bool(z > 2),
         "ratio_at_most_0.7": bool(reached and r["mean"] <= 0.7),
     }
+
+
+def online_verdicts(cmp: dict) -> dict:
+    """Per online arm that has paired seeds: the paired difference against RANDOM, its std, how many std it is
+    below zero, and whether that is more than 2 (the issue's bar, as for LQS's :func:`goal`)."""
+    out = {}
+    for arm in ONLINE_ARMS:
+        d = cmp.get(arm, {}).get("diff")
+        if not d or not d["n"]:
+            continue
+        z = -d["mean"] / d["std"] if d["n"] > 1 and d["std"] > 0 else float("nan")
+        out[arm] = {
+            "paired_diff": d["mean"],
+            "paired_std": d["std"],
+            "n": d["n"],
+            "stds": z,
+            "beats_by_2std": bool(z > 2),
+        }
+    return out
 
 
 def table(res: dict) -> str:
@@ -695,6 +780,25 @@ def table(res: dict) -> str:
                 f"tokens to RANDOM's final loss {_num(g['token_ratio']):.2f} "
                 f"of RANDOM's (<= 0.70: {'met' if g['ratio_at_most_0.7'] else 'not met'})"
             )
+        on = res.get("online")
+        if on:
+            c, f = res["config"], on["flops"]
+            lines.append(
+                f"\nOnline selection (dot, C={c['online_c']}, target refresh {c['online_refresh']}): ONLINE-DOT at "
+                f"{c['steps']} steps, ONLINE-DOT-FLOPS at {f['steps']} steps (an online step is {f['ratio']:.2f} "
+                f"plain steps of training FLOPs, the candidate pass and target gradient counted)"
+            )
+            for arm in ONLINE_ARMS:
+                if arm in on:
+                    v = on[arm]
+                    lines.append(
+                        f"- {arm.upper()}: paired difference {v['paired_diff']:+.4f} +- {v['paired_std']:.4f} "
+                        f"over {v['n']} seeds ({-v['stds']:+.1f} paired std; beats RANDOM by more than 2 std: "
+                        f"{'met' if v['beats_by_2std'] else 'not met'})"
+                    )
+                if on.get("kept_rate", {}).get(arm):
+                    rates = ", ".join(f"{k} {v:.2f}" for k, v in on["kept_rate"][arm].items())
+                    lines.append(f"  kept share of each source's candidates (mean over seeds): {rates}")
     return "\n".join(lines)
 
 
@@ -783,6 +887,8 @@ _HELP = {
     "study": "the annotation-model study: other annotation-model training lengths (comma-separated, '' none), "
     f"each with its LQS annotation, scorer and the arms {', '.join(STUDY_ARMS)} over every seed ",
     "eval_interval": "every arm's target-holdout curve: evaluate every N pretraining steps ",
+    "online_c": "the online arms (online-dot, online-dot-flops): --candidates-per-pick C, 0 for no online arms ",
+    "online_refresh": "the online arms' --target-refresh ",
 }
 
 

@@ -6,11 +6,13 @@ with their ``--tiny`` flag (a script without one is reported, not run), ``bench_
 ``tests/data/test_tokenize_benchmark.py`` (which also checks its table)."""
 
 import glob
+import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.utils import REPO
@@ -177,3 +179,79 @@ def test_quality_order_arms(tmp_path):
     assert steps["order-lqs-folding-am150"].after == ["select-lqs-am150"]
     names = list(steps)
     assert names.index("evaluate-lqs-folding-jitter-s1") < names.index("pretrain-annotation-model-am150-lr0.003")
+
+
+def test_quality_online_arms(tmp_path):
+    """bench_quality.py's online arms: ``pretrain --online-select dot`` on FULL's stream of seed k (the whole
+    corpus, ``order --method shuffle --seed k``), towards the annotation's target set (not the held-out half the
+    curves measure), at every arm's B and steps (ONLINE-DOT) and at a plain arm's training FLOPs (ONLINE-DOT-FLOPS:
+    fewer steps, counted from the model's own weight matrices); the smoke plan (--tiny) has none."""
+    import dataclasses
+
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.models.config import load_model_config
+    from lqs_megatron.models.loading import build_model
+    from lqs_megatron.training.config import PretrainConfig
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import bench_quality as quality
+    finally:
+        sys.path.pop(0)
+
+    c = dict(quality.FULL, methods=["lqs", "pds"], arms=None)
+    # the FLOPs count from the weight matrices of the model the arms train (the embedding is a lookup)
+    model = build_model(dataclasses.replace(load_model_config("tiny"), vocab_size=c["vocab"]), None, seed=0)
+    mats = {n: p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("tok_emb")}
+    head = mats.pop("output.weight")
+    body = sum(mats.values())
+    T, C, M = c["seq"], c["online_c"], c["online_refresh"]
+    online = 6 * C * T * (body + head) + 2 * T * body + 4 * T * head + 6 * (T + 1) * (body + head) / M
+    want = online / (6 * T * (body + head))  # FLOPs per sample of B: an online step over a plain one
+    f = quality.online_flops(c)
+    assert abs(f["ratio"] - want) < 1e-12 * want and f["steps"] == int(c["steps"] // want)
+    assert f["steps"] * f["ratio"] <= c["steps"] < (f["steps"] + 1) * f["ratio"]
+    steps = {s.name: s for s in quality.plan(tmp_path, c, [1, 2], False)}
+    target = str(quality.layout(tmp_path, c)["target"])
+    for seed in (1, 2):
+        full = build(PretrainConfig, build_parser().parse_args(steps[f"pretrain-full-s{seed}"].argv))
+        for arm, n in (("online-dot", c["steps"]), ("online-dot-flops", f["steps"])):
+            step = steps[f"pretrain-{arm}-s{seed}"]
+            pre = build(PretrainConfig, build_parser().parse_args(step.argv))
+            assert (pre.online_select, pre.target, pre.candidates_per_pick, pre.target_refresh) == (
+                "dot",
+                target,
+                2,
+                10,
+            )
+            assert pre.target != pre.valid_data == str(tmp_path / "data" / "holdout")
+            assert pre.data == full.data and pre.seed == seed and pre.steps == n
+            same = ("global_batch_size", "max_length", "lr", "model_config", "eval_interval", "eval_max_length")
+            assert all(getattr(pre, k) == getattr(full, k) for k in same)
+            assert pre.warmup_steps == max(1, n // 20)
+            assert f"order-full-{seed}" in step.after and "tokenize-target-tnall" in step.after
+            assert (f"evaluate-{arm}-s{seed}" in steps) == (seed == 1)
+    assert quality.arm_list(c)[-4:] == ["online-dot", "online-dot-flops", "lqs-shuffle-am150", "lqs-folding-am150"]
+    # --arms online-dot: FULL's streams and the target, no annotation
+    only = [s.name for s in quality.plan(tmp_path, dict(c, arms=["online-dot"]), [1], False)]
+    needed = quality.needed(quality.plan(tmp_path, c, [1], False), {"pretrain-online-dot-s1", "evaluate-online-dot-s1"})
+    assert "pretrain-online-dot-s1" in only and not any(s.name.startswith("annotate") for s in needed)
+    tiny = quality.plan(tmp_path, dict(quality.TINY, methods=["lqs", "pds"], arms=None), [1], False)
+    assert not any("online" in s.name for s in tiny) and "online-dot" not in quality.arm_list(quality.TINY)
+    verdict = quality.online_verdicts({"online-dot": {"diff": {"mean": -0.1, "std": 0.04, "n": 3}}})
+    assert verdict["online-dot"]["beats_by_2std"] and abs(verdict["online-dot"]["stds"] - 2.5) < 1e-12
+    assert not quality.online_verdicts({"online-dot": {"diff": {"mean": -0.1, "std": 0.06, "n": 3}}})["online-dot"][
+        "beats_by_2std"
+    ]
+    # the per-source kept rates: mean over the seeds that have the pretrain's report, highest first
+    rng = np.random.default_rng()
+    rates = rng.uniform(size=(2, 3))
+    for k, seed in enumerate((1, 3)):
+        out = tmp_path / "final" / "online-dot" / f"s{seed}" / "ckpt"
+        out.mkdir(parents=True)
+        sources = {f"src{j}": {"candidates": 9, "kept": 4, "kept_rate": float(rates[k, j])} for j in range(3)}
+        (out / "online_selection_sources.json").write_text(json.dumps({"by": "source", "sources": sources}))
+    got = quality.online_sources(tmp_path, "online-dot", [1, 2, 3])
+    want = {f"src{j}": round(float(rates[:, j].mean()), 3) for j in range(3)}
+    assert got == want and list(got.values()) == sorted(want.values(), reverse=True)
