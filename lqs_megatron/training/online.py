@@ -41,7 +41,6 @@ activations); the kept gradients are summed over dp.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.parallel.mappings import copy_to_region
 from lqs_megatron.training.capture import as_computed, bias_stats, capture_hook, frozen, lm_head
 from lqs_megatron.training.config import ONLINE_METHODS
-from lqs_megatron.training.optim import WarmupCosine, clip_grad_norm, set_lr
+from lqs_megatron.training.optim import WarmupCosine
 from lqs_megatron.training.step import StepResult, TrainStep
 
 METHODS = ONLINE_METHODS
@@ -549,12 +548,8 @@ class OnlineStep(TrainStep):
         backend: str = "auto",
         gram_method: str = "auto",
     ):
-        # not TrainStep.__init__: no DDP wrapper (the pass freezes the weights and the kept gradients are
-        # assembled and summed over dp here)
-        self.loss_module, self.dims, self.optimizer, self.schedule = loss_module, dims, optimizer, schedule
-        self.clip_grad, self.amp_dtype = clip_grad, amp_dtype
-        self.module = loss_module
-        self.params = [p for p in loss_module.parameters() if p.requires_grad]
+        # no DDP wrapper: the pass freezes the weights, and the kept gradients are assembled and summed over dp here
+        super().__init__(loss_module, dims, optimizer, schedule, clip_grad, amp_dtype, data_parallel=False)
         if settings.method not in METHODS:
             raise LQSError(f"--online-select must be one of {', '.join(METHODS)}, got {settings.method!r}")
         self.settings = settings
@@ -607,9 +602,7 @@ class OnlineStep(TrainStep):
     def __call__(self, micro_batches: Sequence[tuple], n_local: int, step: int) -> StepResult:
         s, dims = self.settings, self.dims
         t0 = time.perf_counter()
-        lr = self.schedule(step)
-        set_lr(self.optimizer, lr)
-        self.loss_module.train()
+        lr = self.begin(step)
         refreshed = self.target is None or step % s.target_refresh == 0 or self.target_step is None
         if refreshed:
             self.target, self.target_step = self.target_gradient(step), step
@@ -625,13 +618,8 @@ class OnlineStep(TrainStep):
         self.cand.assemble(weights)
         self.cand.release()
         self._all_reduce_dp([p.grad for p in self.params])
-        grad_norm = clip_grad_norm(self.params, self.clip_grad, dims)
         loss = float(losses[kept].mean())
-        norm = float(grad_norm)
-        finite = math.isfinite(loss) and math.isfinite(norm) and bool(np.isfinite(scores).all())
-        if finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm, finite = self.update(loss, finite=bool(np.isfinite(scores).all()))
         t3 = time.perf_counter()
         seconds = {"target_s": t_target - t0, "candidate_s": t1 - t_target, "select_s": t2 - t1, "update_s": t3 - t2}
         self.record = StepRecord(kept, scores, losses, seconds, refreshed)

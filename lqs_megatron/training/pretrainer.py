@@ -91,6 +91,8 @@ def run_tokenizer(cfg: PretrainConfig, tok) -> dict | None:
     sets = {f"--data {p}": p for p in cfg.data}
     if cfg.valid_data:
         sets[f"--valid-data {cfg.valid_data}"] = cfg.valid_data
+    if cfg.target:  # online selection's target batches meet the model too
+        sets[f"--target {cfg.target}"] = cfg.target
     check_data_tokenizer(sets, model_tok, name, cfg.allow_tokenizer_mismatch)
     return model_tok or next((t for p in cfg.data if (t := dataset_tokenizer(p)) is not None), None)
 

@@ -92,19 +92,37 @@ class TrainStep:
         clip_grad: float = 1.0,
         amp_dtype: torch.dtype | None = None,
         find_unused_parameters: bool = False,
+        data_parallel: bool = True,
     ):
+        """``data_parallel=False``: no DDP wrapper (a subclass that sums the gradients over dp itself)."""
         self.loss_module, self.dims, self.optimizer, self.schedule = loss_module, dims, optimizer, schedule
         self.clip_grad, self.amp_dtype = clip_grad, amp_dtype
-        self.module = wrap_data_parallel(loss_module, dims, find_unused_parameters)
+        wrap = wrap_data_parallel(loss_module, dims, find_unused_parameters) if data_parallel else loss_module
+        self.module = wrap
         self.params = [p for p in loss_module.parameters() if p.requires_grad]
 
     def autocast(self):
         return autocast(self.dims.device, self.amp_dtype)
 
-    def __call__(self, micro_batches: Sequence[tuple], n_local: int, step: int) -> StepResult:
+    def begin(self, step: int) -> float:
+        """The step's learning rate, set on the optimizer; the model in training mode."""
         lr = self.schedule(step)
         set_lr(self.optimizer, lr)
         self.loss_module.train()
+        return lr
+
+    def update(self, loss: float, finite: bool = True) -> tuple[float, bool]:
+        """The policy after the gradients are in place: global-norm clip, then the optimizer step only when the
+        loss, the norm (and ``finite``) are finite; gradients cleared either way. Returns ``(norm, applied)``."""
+        norm = float(clip_grad_norm(self.params, self.clip_grad, self.dims))
+        finite = finite and math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, finite
+
+    def __call__(self, micro_batches: Sequence[tuple], n_local: int, step: int) -> StepResult:
+        lr = self.begin(step)
         n_micro = len(micro_batches)
         loss_sum = torch.zeros((), device=self.dims.device, dtype=torch.float32)
         for i, mb in enumerate(micro_batches):
@@ -115,12 +133,7 @@ class TrainStep:
                     losses = self.module(*mb)
                 (losses.sum() / n_local).backward()
             loss_sum += losses.detach().sum()
-        grad_norm = clip_grad_norm(self.params, self.clip_grad, self.dims)
         self.dims.all_reduce(loss_sum, group="dp")
         loss = float(loss_sum / (n_local * self.dims.dp))
-        norm = float(grad_norm)
-        finite = math.isfinite(loss) and math.isfinite(norm)
-        if finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm, finite = self.update(loss)
         return StepResult(loss, norm, lr, finite)

@@ -237,6 +237,29 @@ def test_pretrain_checks_and_its_checkpoints_and_export_carry_the_identity(world
     assert rc == 1 and world["fp_a"] in err and world["fp_b"] in err
 
 
+def test_pretrain_refuses_an_online_target_of_another_tokenizer(world, capsys):
+    d = world["dir"]
+    common = ["--max-length", 16, "--global-batch-size", 2, "--steps", 1, "--lr", "1e-3", "--device", "cpu"]
+    rc, err = _lqs(
+        capsys,
+        "pretrain",
+        "--init-from",
+        world["model_a"],
+        "--data",
+        world["a"],
+        "--online-select",
+        "dot",
+        "--target",
+        world["b"],
+        "--out",
+        d / "pt_target",
+        *common,
+    )
+    assert rc == 1
+    _one_line_naming_both(err, world["tok_b"], world["model_a"])
+    assert "--target" in err
+
+
 def test_a_model_trained_without_a_tokenizer_records_the_datas(world, capsys, tmp_path):
     """--init-from a model directory without tokenizer files: the checkpoint records the data's identity."""
     import shutil

@@ -144,12 +144,17 @@ class IndexedDataset:
     def __len__(self) -> int:
         return len(self.sequence_lengths)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def position(self, i: int) -> int:
+        """Sequence number ``i`` (negative from the end) as a position in ``0 .. len - 1``; IndexError outside."""
         n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sequence {i} out of range for {n} sequences")
+        return i
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = self.position(i)
         return np.frombuffer(
             self._bin, dtype=self.dtype, count=int(self.sequence_lengths[i]), offset=int(self.sequence_pointers[i])
         )

@@ -140,12 +140,7 @@ class DatasetView(IndexedDataset):
         return self.base.sequence_pointers[self.indices]
 
     def __getitem__(self, i: int) -> np.ndarray:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sequence {i} out of range for {n} sequences")
-        return self.base[int(self.indices[i])]
+        return self.base[int(self.indices[self.position(i)])]
 
     @property
     def index_files(self) -> list[str]:
