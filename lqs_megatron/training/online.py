@@ -674,8 +674,10 @@ class SelectionLog:
             for line in self.path.read_text().splitlines():
                 if line.strip() and json.loads(line).get("step", 0) <= start_step:
                     kept.append(line)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(f"{ln}\n" for ln in kept))
+        from lqs_megatron.utils.atomic import atomic_file
+
+        with atomic_file(self.path) as tmp:  # a kill while trimming keeps the old log whole
+            tmp.write_text("".join(f"{ln}\n" for ln in kept))
         self.fh = open(self.path, "a")  # noqa: SIM115 (held for the run)
 
     def write(self, rec: dict) -> None:
