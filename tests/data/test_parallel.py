@@ -56,3 +56,38 @@ def test_first_failure_in_input_order_is_raised(workers):
 def test_a_dead_worker_is_an_error_not_a_hang():
     with pytest.raises(LQSError, match="died"):
         list(ordered_map(_die_on_5, range(10), workers=2))
+
+
+_SIGTERM_SCRIPT = """
+import signal, sys
+from lqs_megatron.data.preprocess.pool import ordered_map
+
+def on_term(signum, frame):  # a Python-level handler, as `lqs` installs one; forked workers inherit it
+    raise KeyboardInterrupt
+
+def mask_term_in_main_thread():  # the kernel must deliver SIGTERM to another thread of the worker
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+def fail(x):
+    raise ValueError("bad task")
+
+signal.signal(signal.SIGTERM, on_term)
+try:
+    list(ordered_map(fail, range(4), 2, initializer=mask_term_in_main_thread))
+except ValueError:
+    print("raised")
+"""
+
+
+def test_a_failure_ends_workers_whichever_thread_gets_sigterm(tmp_path):
+    """Workers are stopped with SIGTERM when a task fails. A worker that kept the parent's Python handler
+    never ran it when the signal reached a thread other than the main one (blocked on the task queue),
+    and the parent waited on it forever (a CI hang in tokenize-target). Here the signal can only reach
+    those other threads."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "s.py"
+    script.write_text(_SIGTERM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "raised", proc.stderr

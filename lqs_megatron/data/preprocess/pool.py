@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -60,6 +61,11 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _worker_main(fn, initializer, initargs, tasks, results, parent_pid: int) -> None:
+    # SIGTERM kills a worker outright, before any thread of its own starts. The parent's handler (inherited
+    # through fork) runs only in the main thread, and the kernel may deliver the signal to any thread:
+    # delivered to the watchdog or a queue feeder while the main thread waits on the task queue, it was
+    # never acted on and the parent's terminate() + join() waited forever (seen in CI).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     try:
@@ -173,6 +179,9 @@ def ordered_map(
             p.join(timeout=2 * _POLL_S if finished else 0)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=10 * _POLL_S)
+            if p.is_alive():  # never wait on a worker forever
+                p.kill()
                 p.join()
         task_q.close()
         result_q.close()
