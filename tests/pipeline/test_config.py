@@ -162,6 +162,15 @@ def test_sections_take_their_defaults_from_the_steps(tmp_path):
         assert getattr(cfg.annotate, key) == getattr(step, key), key
     # the one default the pipeline changes: the probe picks eta (docs/quality.md); the command keeps 0.008
     assert cfg.annotate.lr == "auto" and step.lr == 0.008
+    # and the order: saw, the best ordering of docs/quality.md's seeded benchmark, planned with its own settings
+    from lqs_megatron.cli import build_parser
+    from lqs_megatron.cli.options import build
+    from lqs_megatron.curate.config import OrderConfig
+
+    assert cfg.selection.order == "saw"
+    steps = {s.name: s for s in Plan(cfg).steps()}
+    order = build(OrderConfig, build_parser().parse_args(steps["order-lqs"].argv))
+    assert (order.method, order.layers, order.sections, order.transition_ratio) == ("saw", None, None, None)
     assert cfg.scorer.warmup_steps == TrainScorerConfig().warmup_steps
     assert cfg.scorer.global_batch_size == TrainScorerConfig().global_batch_size
 
