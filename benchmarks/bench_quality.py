@@ -663,7 +663,7 @@ def _fit(w: Path, c: dict) -> dict:
     return {
         "target": round(tgt, 4),
         "train": round(train, 4),
-        "ratio": round(tgt / train, 4),
+        "ratio": round(h["target_loss"].get("over_train", tgt / train), 4),  # an annotation before the figure: derived
         "uniform": round(h["target_loss"]["uniform"], 4),
     }
 

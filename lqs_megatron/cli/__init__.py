@@ -90,7 +90,9 @@ _MAIN_PID = os.getpid()
 
 
 def _terminate(signum, frame) -> None:
-    if os.getpid() != _MAIN_PID:  # a forked worker (tokenize, retokenize) dies as by default; its parent reports
+    # a forked worker in the moment before it sets SIGTERM's default itself (data/preprocess/pool.py): it dies as
+    # by default, its parent reports
+    if os.getpid() != _MAIN_PID:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return

@@ -28,8 +28,8 @@ not proof of a problem: a weak annotation model gives mostly positive ``cos``, a
 corpora do have their junk in their shortest documents). ``ok`` is false when a replay
 warning fired; ``lqs annotate --strict`` fails on any warning; ``lqs pipeline`` stops before
 the scorer when ``ok`` is false. The correlations are always reported, and so is
-``target_loss.over_train_start``: the target loss at ``theta_0`` over the first replay batch's loss,
-which grows as the annotation model learns the corpus faster than the target (docs/quality.md).
+``target_loss.over_train``: the target loss at ``theta_0`` over the mean train-batch loss of the replay's
+first quarter, which grows as the annotation model learns the corpus faster than the target (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -177,12 +177,11 @@ def replay_health(
             lr=probe["chosen"],
         )
     record["train_loss"] = _train_checks(train_losses, th, warn)
-    if train_losses and np.isfinite(start):
-        first = float(train_losses[min(train_losses)])
-        if np.isfinite(first) and first > 0:
-            # a figure, no warning: docs/quality.md measured it rising with the annotation model's training
-            # (1.03 at 150 steps, 1.09 at 600 on its corpus) but two points place no threshold
-            record["target_loss"]["over_train_start"] = start / first
+    first = record["train_loss"].get("first_quarter_mean")
+    if first is not None and first > 0 and np.isfinite(start):
+        # a figure, no warning: docs/quality.md measured it rising with the annotation model's training
+        # (1.03 at 150 steps, 1.09 at 600 on its corpus) but two points place no threshold
+        record["target_loss"]["over_train"] = start / first
     raw = np.asarray(raw_scores, dtype=np.float64)
     if not np.all(np.isfinite(raw)):
         warn("non_finite", f"{int((~np.isfinite(raw)).sum())} raw score(s) are not finite")

@@ -22,6 +22,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
 MODEL, DATA, OPTIM, ONLINE, RUN = "model (one of)", "data", "optimisation", "online selection", "run"
 ONLINE_METHODS = ("dot", "greedy", "boltzmann")
+PACKED_EVAL_SAMPLES = 256
+"""``--eval-samples`` when not given and the validation is of packed samples (no ``--eval-max-length``)."""
 ONLINE_SETTINGS = (
     "online_select",
     "target",

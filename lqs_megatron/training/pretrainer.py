@@ -27,7 +27,13 @@ from lqs_megatron.models.loading import build_model, load_model
 from lqs_megatron.models.parallelize import check_tp
 from lqs_megatron.parallel.dims import ParallelDims, rank_slice
 from lqs_megatron.training.checkpoint import load_training_state, remove_leftovers, save_checkpoint
-from lqs_megatron.training.config import EvaluateConfig, PretrainConfig, choose_resume_dir, resume_changes
+from lqs_megatron.training.config import (
+    PACKED_EVAL_SAMPLES,
+    EvaluateConfig,
+    PretrainConfig,
+    choose_resume_dir,
+    resume_changes,
+)
 from lqs_megatron.training.data import PackedSamples, SampleStream, check_token_ids
 from lqs_megatron.training.evaluate import evaluate_dataset
 from lqs_megatron.training.loop import Batch, LoopSettings, Trainer
@@ -232,7 +238,7 @@ class Pretrainer(Trainer):
                 raise LQSError(f"--valid-data {self.cfg.valid_data!r} holds no sequences")
             self.model_config.check_max_length(self.cfg.eval_max_length, "the model (--eval-max-length)")
             return self.cfg.valid_data
-        n = min(self.cfg.eval_samples or 256, samples_available(ds.num_tokens, self.cfg.max_length))
+        n = min(self.cfg.eval_samples or PACKED_EVAL_SAMPLES, samples_available(ds.num_tokens, self.cfg.max_length))
         if n < 1:
             raise LQSError(f"--valid-data {self.cfg.valid_data!r} holds fewer than {self.cfg.max_length + 1} tokens")
         return PackedSamples(self.cfg.valid_data, self.cfg.max_length, n)

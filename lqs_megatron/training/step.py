@@ -97,8 +97,7 @@ class TrainStep:
         """``data_parallel=False``: no DDP wrapper (a subclass that sums the gradients over dp itself)."""
         self.loss_module, self.dims, self.optimizer, self.schedule = loss_module, dims, optimizer, schedule
         self.clip_grad, self.amp_dtype = clip_grad, amp_dtype
-        wrap = wrap_data_parallel(loss_module, dims, find_unused_parameters) if data_parallel else loss_module
-        self.module = wrap
+        self.module = wrap_data_parallel(loss_module, dims, find_unused_parameters) if data_parallel else loss_module
         self.params = [p for p in loss_module.parameters() if p.requires_grad]
 
     def autocast(self):

@@ -199,9 +199,12 @@ def test_data_without_a_recorded_identity_keeps_working(world, capsys, tmp_path)
     assert rc == 0, err
 
 
+_ONE_STEP = ["--max-length", 16, "--global-batch-size", 2, "--steps", 1, "--lr", "1e-3", "--device", "cpu"]
+"""One pretraining step on the CPU (the flags every pretrain of these tests shares)."""
+
+
 def test_pretrain_checks_and_its_checkpoints_and_export_carry_the_identity(world, capsys):
     d = world["dir"]
-    common = ["--max-length", 16, "--global-batch-size", 2, "--steps", 1, "--lr", "1e-3", "--device", "cpu"]
     rc, err = _lqs(
         capsys,
         "pretrain",
@@ -213,17 +216,17 @@ def test_pretrain_checks_and_its_checkpoints_and_export_carry_the_identity(world
         world["a"],
         "--out",
         d / "pt_bad",
-        *common,
+        *_ONE_STEP,
     )
     assert rc == 1
     _one_line_naming_both(err, world["tok_a"], world["tok_b"])
     rc, err = _lqs(
-        capsys, "pretrain", "--init-from", world["model_a"], "--data", world["b"], "--out", d / "pt_bad2", *common
+        capsys, "pretrain", "--init-from", world["model_a"], "--data", world["b"], "--out", d / "pt_bad2", *_ONE_STEP
     )
     assert rc == 1
     _one_line_naming_both(err, world["tok_b"], world["model_a"])
     rc, err = _lqs(
-        capsys, "pretrain", "--init-from", world["model_a"], "--data", world["a"], "--out", d / "pt", *common
+        capsys, "pretrain", "--init-from", world["model_a"], "--data", world["a"], "--out", d / "pt", *_ONE_STEP
     )
     assert rc == 0, err
     assert model_tokenizer(d / "pt")["fingerprint"] == world["fp_a"]
@@ -239,7 +242,6 @@ def test_pretrain_checks_and_its_checkpoints_and_export_carry_the_identity(world
 
 def test_pretrain_refuses_an_online_target_of_another_tokenizer(world, capsys):
     d = world["dir"]
-    common = ["--max-length", 16, "--global-batch-size", 2, "--steps", 1, "--lr", "1e-3", "--device", "cpu"]
     rc, err = _lqs(
         capsys,
         "pretrain",
@@ -253,7 +255,7 @@ def test_pretrain_refuses_an_online_target_of_another_tokenizer(world, capsys):
         world["b"],
         "--out",
         d / "pt_target",
-        *common,
+        *_ONE_STEP,
     )
     assert rc == 1
     _one_line_naming_both(err, world["tok_b"], world["model_a"])
